@@ -1,0 +1,100 @@
+"""The embedded default: a digits BadNet in CSAW format, built reproducibly.
+
+``scripts/make_default.py`` calls :func:`build_default` to write
+
+* ``data/train.h5``, ``data/valid.h5``, ``data/test.h5``: clean digits,
+  upscaled to 28x28, raw 0-255, stored channels-first as the CSAW files are;
+* ``data/bd_valid.h5``, ``data/bd_test.h5``: every non-target image of the
+  validation and test sets with the trigger, labelled with the target;
+* ``models/bd_net.h5`` (full model, legacy HDF5 as the CSAW ``bd_net.h5``) and
+  ``models/bd_net.weights.h5`` (weights only): a compact CNN trained on the
+  training set with ``poison_rate`` of it appended poisoned.
+"""
+
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_DIR = os.path.join(ROOT, "data")
+MODELS_DIR = os.path.join(ROOT, "models")
+
+# Paths of the embedded default files, by role.
+PATHS = {
+    "train": os.path.join(DATA_DIR, "train.h5"),
+    "valid": os.path.join(DATA_DIR, "valid.h5"),
+    "test": os.path.join(DATA_DIR, "test.h5"),
+    "bd_valid": os.path.join(DATA_DIR, "bd_valid.h5"),
+    "bd_test": os.path.join(DATA_DIR, "bd_test.h5"),
+    "bd_net": os.path.join(MODELS_DIR, "bd_net.h5"),
+    "bd_weights": os.path.join(MODELS_DIR, "bd_net.weights.h5"),
+}
+
+CONFIG = {
+    "size": 28,
+    "split_seed": 0,
+    "trigger": "localised",
+    "trigger_kwargs": {"size": 3, "value": 255.0, "margin": 1},
+    "target_label": 7,
+    "poison_rate": 0.1,
+    "train_seed": 0,
+    "epochs": 30,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "width": 16,
+}
+
+
+def poisoned_copy(x, y, config=CONFIG):
+    """Every image whose label is not the target, triggered, labelled as the target."""
+    from aegis_tf.triggers import get_trigger
+
+    keep = y != config["target_label"]
+    xt = get_trigger(config["trigger"])(x[keep], **config["trigger_kwargs"])
+    return xt, np.full(int(keep.sum()), config["target_label"], dtype="int64")
+
+
+def build_default(config=CONFIG, paths=PATHS, *, verbose=True):
+    """Write the default data and BadNet. Returns clean accuracy and ASR on test."""
+    import keras
+
+    from aegis_tf.backend import enable_determinism
+    from aegis_tf.data import digits_splits, save_h5
+    from aegis_tf.metrics import attack_success_rate, clean_accuracy
+    from aegis_tf.models import build_compact_cnn, predict_labels
+    from aegis_tf.triggers import poison
+    from aegis_tf.utils import atomic_path
+
+    splits = digits_splits(size=config["size"], seed=config["split_seed"])
+    for name in ("train", "valid", "test"):
+        save_h5(paths[name], *splits[name])
+    for name in ("valid", "test"):
+        save_h5(paths["bd_" + name], *poisoned_copy(*splits[name], config))
+
+    x, y = splits["train"]
+    x_p, y_p, _ = poison(
+        x.astype("float32"), y, trigger=config["trigger"], poison_rate=config["poison_rate"],
+        target_label=config["target_label"], mode="append", seed=config["train_seed"],
+        **config["trigger_kwargs"],
+    )
+    keras.utils.set_random_seed(config["train_seed"])
+    enable_determinism()
+    model = build_compact_cnn(input_shape=x.shape[1:], num_classes=10, width=config["width"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(config["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x_p, y_p, epochs=config["epochs"], batch_size=config["batch_size"], shuffle=True,
+              verbose=2 if verbose else 0)
+    with atomic_path(paths["bd_net"]) as tmp:
+        model.save(tmp)
+    with atomic_path(paths["bd_weights"]) as tmp:
+        model.save_weights(tmp)
+
+    x_test, y_test = splits["test"]
+    xb, yb = poisoned_copy(x_test, y_test, config)
+    return {
+        "clean_acc": clean_accuracy(predict_labels(model, x_test.astype("float32")), y_test),
+        "asr": attack_success_rate(predict_labels(model, xb.astype("float32")), yb),
+    }

@@ -1,0 +1,232 @@
+"""Model building, safe loading, and the graph queries repair and detection need.
+
+Third-party model files are untrusted: every full-model load goes through
+``keras.models.load_model(..., safe_mode=True)``, which refuses Lambda layers
+(whose code would be unmarshalled) in both ``.keras`` and legacy ``.h5`` files.
+"""
+
+import os
+import warnings
+
+import h5py
+import keras
+import numpy as np
+from keras import layers
+
+from aegis_tf.errors import AegisError
+
+__all__ = [
+    "POOLING_TYPES",
+    "build_deepid",
+    "build_compact_cnn",
+    "load_model",
+    "predict_labels",
+    "find_last_pooling_layer",
+    "find_feeding_conv",
+    "num_classes",
+    "load_weights_into",
+]
+
+POOLING_TYPES = (
+    layers.MaxPooling2D,
+    layers.AveragePooling2D,
+    layers.GlobalMaxPooling2D,
+    layers.GlobalAveragePooling2D,
+)
+
+
+def build_deepid(*, input_shape=(55, 47, 3), num_classes=1283):
+    """The CSAW-HackML DeepID BadNet architecture, with its original layer names.
+
+    conv_1(20, 4x4) pool_1 conv_2(40, 3x3) pool_2 conv_3(60, 3x3) pool_3, then
+    flatten_1 -> fc_1(160) and conv_4(80, 2x2) -> flatten_2 -> fc_2(160), add_1,
+    relu, softmax ``output``. The challenge's weights-only ``bd_weights.h5``
+    files load into it with ``load_weights``. It takes raw 0-255 pixels.
+    """
+    inp = keras.Input(input_shape, name="input")
+    x = layers.Conv2D(20, 4, activation="relu", name="conv_1")(inp)
+    x = layers.MaxPooling2D(2, name="pool_1")(x)
+    x = layers.Conv2D(40, 3, activation="relu", name="conv_2")(x)
+    x = layers.MaxPooling2D(2, name="pool_2")(x)
+    x = layers.Conv2D(60, 3, activation="relu", name="conv_3")(x)
+    pool_3 = layers.MaxPooling2D(2, name="pool_3")(x)
+    a = layers.Dense(160, name="fc_1")(layers.Flatten(name="flatten_1")(pool_3))
+    b = layers.Conv2D(80, 2, activation="relu", name="conv_4")(pool_3)
+    b = layers.Dense(160, name="fc_2")(layers.Flatten(name="flatten_2")(b))
+    x = layers.Activation("relu", name="activation_1")(layers.Add(name="add_1")([a, b]))
+    out = layers.Dense(num_classes, activation="softmax", name="output")(x)
+    return keras.Model(inp, out, name="deepid")
+
+
+def build_compact_cnn(*, input_shape=(28, 28, 1), num_classes=10, width=16, input_scale=1.0 / 255.0):
+    """A small BadNet-style CNN that trains in seconds on CPU.
+
+    ``Rescaling(input_scale)`` first, so by default it takes raw 0-255 pixels
+    like the CSAW models. Three conv+pool stages (``pool_3`` is the last pooling
+    layer that repair prunes), then ``penultimate`` (dense) and ``output``.
+    """
+    inp = keras.Input(input_shape, name="input")
+    x = layers.Rescaling(input_scale, name="rescale")(inp)
+    x = layers.Conv2D(width, 3, padding="same", activation="relu", name="conv_1")(x)
+    x = layers.MaxPooling2D(2, name="pool_1")(x)
+    x = layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv_2")(x)
+    x = layers.MaxPooling2D(2, name="pool_2")(x)
+    x = layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv_3")(x)
+    x = layers.MaxPooling2D(2, name="pool_3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(4 * width, activation="relu", name="penultimate")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="output")(x)
+    return keras.Model(inp, out, name="compact_cnn")
+
+
+def _is_weights_only(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" not in f.attrs and "layer_names" in f.attrs
+    except OSError:
+        return False
+
+
+def load_weights_into(model, weights):
+    """Load a weights file into ``model``; any mismatch is a one-line AegisError.
+
+    Keras only warns when part of a ``.weights.h5`` file does not match and
+    leaves those layers at their initial values; here that is an error, so a
+    model is never half-loaded.
+    """
+    if not os.path.isfile(weights):
+        raise AegisError(f"weights file not found: {weights} (expected a Keras .h5 or .weights.h5 file)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(weights)
+        except Exception as e:  # Keras raises ValueError, OSError, KeyError... for a bad match
+            detail = str(e).splitlines()[0] if str(e) else "no detail"
+            raise AegisError(f"cannot load weights {weights} into model {model.name!r} ({type(e).__name__}: {detail})") from None
+    partial = [w for w in caught if "weights" in str(w.message).lower() or "skipping" in str(w.message).lower()]
+    if partial:
+        detail = str(partial[0].message).splitlines()[0]
+        raise AegisError(f"weights {weights} do not match model {model.name!r}: {detail}")
+
+
+def load_model(path=None, weights=None):
+    """Load a model for inspection, safely.
+
+    * ``path`` is a ``.keras`` or full-model ``.h5`` file (Keras 3, or Keras 2
+      era such as the CSAW ``bd_net.h5``), loaded with ``safe_mode=True``.
+    * ``weights`` alone: the weights are loaded into :func:`build_deepid`.
+    * both: ``weights`` are loaded into the model read from ``path``.
+    """
+    if path is None and weights is None:
+        raise AegisError("expected a model file (--bad_model) or a weights file (--bad_model_weights)")
+    if path is None:
+        model = build_deepid()
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise AegisError(f"model file not found: {path} (expected a .keras or .h5 Keras model)")
+        if not path.endswith((".keras", ".h5", ".hdf5")):
+            raise AegisError(f"expected a .keras or .h5 Keras model file. Received: {path}")
+        if path.endswith((".h5", ".hdf5")) and _is_weights_only(path):
+            raise AegisError(
+                f"{path} holds weights only, no architecture; pass it as --bad_model_weights "
+                "(it loads into the built-in DeepID net) or give the full model as --bad_model"
+            )
+        try:
+            model = keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "safe_mode" in str(e) or "lambda" in str(e).lower():
+                raise AegisError(
+                    f"refusing to load {path}: it contains a Lambda layer (arbitrary code), "
+                    "which safe mode does not execute for untrusted files"
+                ) from None
+            raise AegisError(f"cannot load model {path}: {msg}") from None
+        if not isinstance(model, keras.Model):
+            raise AegisError(f"{path} does not hold a Keras model")
+    if weights is not None:
+        load_weights_into(model, os.fspath(weights))
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise AegisError(
+            f"expected a classifier with one input and one output. Received {len(model.inputs)} "
+            f"inputs and {len(model.outputs)} outputs"
+        )
+    return model
+
+
+def num_classes(model):
+    return int(model.output_shape[-1])
+
+
+def predict_labels(model, x, *, batch_size=256):
+    """Arg-max class of each image, as int64."""
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    return np.argmax(probs, axis=-1).astype("int64")
+
+
+def find_last_pooling_layer(model, name=None):
+    """The last pooling layer of ``model`` (or the layer called ``name``)."""
+    if name is not None:
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            names = ", ".join(l.name for l in model.layers)
+            raise AegisError(f"model has no layer named {name!r}; its layers are: {names}") from None
+        return layer
+    pools = [l for l in model.layers if isinstance(l, POOLING_TYPES)]
+    if not pools:
+        kinds = sorted({type(l).__name__ for l in model.layers})
+        raise AegisError(
+            "model has no pooling layer (expected MaxPooling2D, AveragePooling2D or a global "
+            f"pooling layer; found {', '.join(kinds)}); name a layer with --layer"
+        )
+    return pools[-1]
+
+
+# Layers that map a zero channel to a zero channel, so zeroing the feeding
+# convolution's kernel and bias zeroes the pooled channel.
+_PASS_THROUGH = (layers.Activation, layers.ReLU, layers.Dropout, layers.SpatialDropout2D) + POOLING_TYPES
+_ZERO_PRESERVING_ACTIVATIONS = ("relu", "linear", "relu6", "elu", "selu", "tanh", "leaky_relu", "gelu", "silu", "swish")
+
+
+def _single_inbound_layer(layer):
+    nodes = layer._inbound_nodes
+    if len(nodes) != 1:
+        return None
+    parents = nodes[0].parent_nodes
+    if len(parents) != 1:
+        return None
+    return parents[0].operation
+
+
+def find_feeding_conv(model, layer):
+    """The Conv2D whose channels become ``layer``'s channels.
+
+    Walks back through layers that keep a zero channel at zero (activations,
+    dropout, pooling). Raises AegisError if something else (batch
+    normalisation, an addition) sits in between, because zeroing the
+    convolution would then not zero the channel.
+    """
+    current = layer
+    path = []
+    while True:
+        if isinstance(current, layers.Conv2D):
+            act = getattr(current.activation, "__name__", str(current.activation))
+            if act not in _ZERO_PRESERVING_ACTIVATIONS:
+                raise AegisError(f"cannot prune {current.name}: activation {act!r} does not keep zero at zero")
+            return current
+        if current is not layer and not isinstance(current, _PASS_THROUGH):
+            break
+        if isinstance(current, layers.Activation):
+            act = getattr(current.activation, "__name__", "")
+            if act not in _ZERO_PRESERVING_ACTIVATIONS:
+                break
+        path.append(current.name)
+        parent = _single_inbound_layer(current)
+        if parent is None or isinstance(parent, layers.InputLayer):
+            break
+        current = parent
+    raise AegisError(
+        f"cannot prune at {layer.name}: expected it to be fed by a Conv2D through activations or "
+        f"pooling only; found {type(current).__name__} {current.name!r} on the way"
+    )

@@ -1,0 +1,69 @@
+"""Small helpers shared by the library: atomic writes, JSON, progress bars."""
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+__all__ = ["atomic_path", "write_json", "progress", "to_jsonable"]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    If the body raises, the temporary file is removed, so no half-written file
+    is ever left at ``path``. The temporary name keeps the final suffix (Keras
+    and matplotlib choose the format by suffix).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base = os.path.basename(path)
+    # Keep compound suffixes such as ".weights.h5" intact.
+    suffix = base[base.index("."):] if "." in base else ""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    os.remove(tmp)  # writers such as h5py and Keras want to create the file.
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def to_jsonable(obj):
+    """Convert NumPy scalars and arrays (nested in dicts and lists) to JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(to_jsonable(obj), f, indent=2)
+            f.write("\n")
+
+
+def progress(iterable=None, *, quiet=False, **kwargs):
+    """A tqdm bar on a terminal; silent with ``quiet`` or when stderr is no TTY."""
+    from tqdm.auto import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(iterable, disable=disable, leave=False, **kwargs)

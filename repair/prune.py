@@ -1,0 +1,259 @@
+"""Pruning repair (NYU ML-for-Security BadNet lab), made fast.
+
+Channels of the last pooling layer are pruned one at a time, lowest mean clean
+activation first, by zeroing the kernel and bias of the convolution that feeds
+that layer. After each pruned channel the clean validation accuracy and the
+attack success rate (ASR) on the poisoned validation set are recorded.
+
+The channel order is fixed by the clean activations before pruning starts, so
+every step of the curve is known in advance. :func:`prune_curve` therefore
+computes the pooling layer's activations once and evaluates only the part of
+the model after that layer, with the pruned channels masked to zero, for many
+steps in one batched call. Zeroing a channel's kernel and bias makes that
+channel exactly zero after a ReLU-like activation and pooling, so the masked
+tail gives the same predictions as the pruned full model;
+:func:`prune_model` checks this on the materialised model.
+
+Nothing here changes the caller's model: :func:`prune_model` returns a copy.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from aegis_tf.errors import AegisError
+from aegis_tf.models import find_feeding_conv, find_last_pooling_layer, predict_labels
+from aegis_tf.utils import progress
+
+__all__ = ["THRESHOLDS", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
+
+THRESHOLDS = (2, 4, 10)
+
+
+@dataclasses.dataclass
+class PruneCurve:
+    """The result of a pruning run.
+
+    ``order`` lists channels in pruning order. ``clean_acc[k]`` and ``asr[k]``
+    are the validation metrics with the first ``k`` channels of ``order``
+    pruned (``k = 0`` is the unpruned model). ``saved[t]`` is the smallest
+    ``k`` whose accuracy drop reaches ``t`` percentage points, or None.
+    """
+
+    layer: str
+    conv: str
+    n_channels: int
+    mean_activation: np.ndarray
+    order: np.ndarray
+    clean_acc: np.ndarray
+    asr: np.ndarray
+    saved: dict
+
+    def channels_at(self, k):
+        return [int(c) for c in self.order[:k]]
+
+    def to_dict(self):
+        return {
+            "layer": self.layer,
+            "conv": self.conv,
+            "n_channels": self.n_channels,
+            "order": self.order,
+            "mean_activation": self.mean_activation,
+            "curve": [
+                {
+                    "pruned": k,
+                    "fraction": k / self.n_channels,
+                    "clean_acc": float(self.clean_acc[k]),
+                    "asr": float(self.asr[k]),
+                }
+                for k in range(self.n_channels + 1)
+            ],
+            "saved": {str(t): k for t, k in self.saved.items()},
+        }
+
+
+def _check_thresholds(thresholds):
+    bad = [t for t in thresholds if t not in THRESHOLDS]
+    if bad:
+        raise AegisError(
+            f"threshold must be one of 2, 4, 10 (percent accuracy drop). Received: {bad[0]}"
+        )
+
+
+def _first_reaching(clean_acc, thresholds):
+    base = clean_acc[0]
+    saved = {}
+    for t in thresholds:
+        hits = np.nonzero((base - clean_acc) * 100.0 >= t - 1e-9)[0]
+        saved[t] = int(hits[0]) if hits.size else None
+    return saved
+
+
+def _activations(model, layer, x, batch_size):
+    probe = keras.Model(model.inputs, layer.output)
+    return probe.predict(x, batch_size=batch_size, verbose=0)
+
+
+def _tail_model(model, layer):
+    """The part of ``model`` after ``layer``, taking ``layer``'s output as input."""
+    try:
+        return keras.Model(layer.output, model.outputs[0])
+    except Exception as e:
+        raise AegisError(
+            f"cannot split the model after {layer.name}: later layers also read earlier outputs "
+            f"({type(e).__name__}); use --method naive"
+        ) from None
+
+
+def _channel_means(acts):
+    return acts.reshape(-1, acts.shape[-1]).mean(axis=0)
+
+
+def prune_curve(
+    model,
+    x_clean,
+    y_clean,
+    x_bad,
+    y_bad,
+    *,
+    layer=None,
+    thresholds=THRESHOLDS,
+    batch_size=256,
+    rows_per_call=65536,
+    quiet=False,
+):
+    """Prune channel by channel with cached activations. Returns a :class:`PruneCurve`.
+
+    ``layer`` names the pooling layer (default: the last one). ``y_bad`` holds
+    the attacker's target for each poisoned image, as the CSAW ``bd_*.h5`` files
+    do. ``rows_per_call`` bounds how many (step, image) rows go through the
+    model tail at once, which bounds memory.
+    """
+    _check_thresholds(thresholds)
+    pool = find_last_pooling_layer(model, layer)
+    conv = find_feeding_conv(model, pool)
+    tail = _tail_model(model, pool)
+    # One pass for both sets: Keras call overhead, not arithmetic, dominates small sets.
+    n_clean = len(x_clean)
+    acts = _activations(model, pool, np.concatenate([x_clean, x_bad]), batch_size)
+    labels = np.concatenate([y_clean, y_bad])
+    means = _channel_means(acts[:n_clean])
+    order = np.argsort(means, kind="stable")
+    n = means.shape[0]
+
+    # mask k zeroes channels order[:k]; k = 0..n.
+    masks = np.ones((n + 1, n), dtype=acts.dtype)
+    for k in range(1, n + 1):
+        masks[k:, order[k - 1]] = 0.0
+
+    hits = np.zeros((n + 1, len(labels)), dtype=bool)
+    per_call = max(1, rows_per_call // max(1, len(labels)))
+    with progress(total=n + 1, quiet=quiet, desc=f"pruning {pool.name}") as bar:
+        for start in range(0, n + 1, per_call):
+            ks = range(start, min(n + 1, start + per_call))
+            batch = np.concatenate([acts * masks[k] for k in ks])
+            pred = predict_labels(tail, batch, batch_size=4096).reshape(len(ks), len(labels))
+            hits[start:start + len(ks)] = pred == labels[None]
+            bar.update(len(ks))
+    clean_acc = hits[:, :n_clean].mean(axis=1)
+    asr = hits[:, n_clean:].mean(axis=1)
+    return PruneCurve(
+        layer=pool.name,
+        conv=conv.name,
+        n_channels=n,
+        mean_activation=means,
+        order=order,
+        clean_acc=clean_acc,
+        asr=asr,
+        saved=_first_reaching(clean_acc, thresholds),
+    )
+
+
+def _zero_channels(model, conv_name, channels):
+    conv = model.get_layer(conv_name)
+    weights = [w.copy() for w in conv.get_weights()]
+    channels = np.asarray(channels, dtype="int64")
+    weights[0][..., channels] = 0.0
+    if conv.use_bias:
+        weights[1][channels] = 0.0
+    conv.set_weights(weights)
+
+
+def _copy_model(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thresholds=THRESHOLDS, batch_size=256, quiet=False):
+    """The lab's loop: zero one more channel, run the whole model on both sets.
+
+    Kept as the reference for tests and the benchmark; :func:`prune_curve`
+    gives the same curve much faster.
+    """
+    _check_thresholds(thresholds)
+    pool = find_last_pooling_layer(model, layer)
+    conv = find_feeding_conv(model, pool)
+    means = _channel_means(_activations(model, pool, x_clean, batch_size))
+    order = np.argsort(means, kind="stable")
+    n = means.shape[0]
+    work = _copy_model(model)
+    clean_acc, asr = np.zeros(n + 1), np.zeros(n + 1)
+    for k in progress(range(n + 1), quiet=quiet, desc="naive pruning"):
+        if k:
+            _zero_channels(work, conv.name, [order[k - 1]])
+        clean_acc[k] = np.mean(predict_labels(work, x_clean, batch_size=batch_size) == y_clean)
+        asr[k] = np.mean(predict_labels(work, x_bad, batch_size=batch_size) == y_bad)
+    return PruneCurve(pool.name, conv.name, n, means, order, clean_acc, asr, _first_reaching(clean_acc, thresholds))
+
+
+def prune_model(model, curve, k, *, x_check=None, y_check=None, batch_size=256):
+    """A copy of ``model`` with the first ``k`` channels of ``curve`` pruned.
+
+    With ``x_check``/``y_check`` (the clean validation set the curve came
+    from), the copy's accuracy is checked against the curve, which catches any
+    layer between the convolution and the pooling layer that the masked tail
+    did not model faithfully.
+    """
+    pruned = _copy_model(model)
+    _zero_channels(pruned, curve.conv, curve.channels_at(k))
+    if x_check is not None:
+        acc = float(np.mean(predict_labels(pruned, x_check, batch_size=batch_size) == y_check))
+        if abs(acc - curve.clean_acc[k]) > 1.0 / max(1, len(y_check)) + 1e-9:
+            raise AegisError(
+                f"pruned model disagrees with the pruning curve at {k} channels "
+                f"(accuracy {acc:.4f} vs {curve.clean_acc[k]:.4f}); the layers between "
+                f"{curve.conv} and {curve.layer} do not keep pruned channels at zero"
+            )
+    return pruned
+
+
+class _KeepPruned(keras.callbacks.Callback):
+    """Re-zero the pruned channels after every training batch."""
+
+    def __init__(self, conv_name, channels):
+        super().__init__()
+        self.conv_name = conv_name
+        self.channels = channels
+
+    def on_train_batch_end(self, batch, logs=None):
+        _zero_channels(self.model, self.conv_name, self.channels)
+
+
+def finetune_pruned(pruned, curve, k, x, y, *, epochs, learning_rate=1e-4, batch_size=32, seed=0, quiet=False):
+    """Fine-pruning (Liu et al. 2018): train a pruned model on clean data.
+
+    Returns a new model; the pruned channels stay zero throughout. ``seed``
+    fixes the shuffling order.
+    """
+    model = _copy_model(pruned)
+    channels = curve.channels_at(k)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    for _ in progress(range(epochs), quiet=quiet, desc="fine-tuning"):
+        idx = rng.permutation(len(x))
+        model.fit(x[idx], y[idx], batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[_KeepPruned(curve.conv, channels)])
+    _zero_channels(model, curve.conv, channels)
+    return model
