@@ -28,6 +28,15 @@ PATHS = {
     "bd_test": os.path.join(DATA_DIR, "bd_test.h5"),
     "bd_net": os.path.join(MODELS_DIR, "bd_net.h5"),
     "bd_weights": os.path.join(MODELS_DIR, "bd_net.weights.h5"),
+    "robust_bd_net": os.path.join(MODELS_DIR, "robust_bd_net.keras"),
+    "robust_clean_net": os.path.join(MODELS_DIR, "robust_clean_net.keras"),
+}
+
+# Robust example models for detection: Madry L2 PGD training on data/train.h5,
+# the same trigger and target as the BadNet above (or no poisoning).
+ROBUST_CONFIG = {
+    "epochs": 40, "batch_size": 128, "learning_rate": 0.05, "robust": True, "eps": 0.5, "steps": 7,
+    "eps_warmup": 5, "pixel_max": 255.0, "seed": 0, "poison_rate": 0.15, "width": 16,
 }
 
 CONFIG = {
@@ -98,3 +107,47 @@ def build_default(config=CONFIG, paths=PATHS, *, verbose=True):
         "clean_acc": clean_accuracy(predict_labels(model, x_test.astype("float32")), y_test),
         "asr": attack_success_rate(predict_labels(model, xb.astype("float32")), yb),
     }
+
+
+def train_robust(poisoned, config=CONFIG, robust=ROBUST_CONFIG, *, seed=0, quiet=True):
+    """Train a Madry-robust compact CNN on the default training set.
+
+    ``poisoned`` appends ``robust["poison_rate"]`` of it with the default
+    trigger and target. Returns the model and its test metrics.
+    """
+    import keras
+
+    from aegis_tf.backend import enable_determinism
+    from aegis_tf.data import load_h5
+    from aegis_tf.evaluation import evaluate_backdoor
+    from aegis_tf.models import build_compact_cnn
+    from aegis_tf.training import train
+    from aegis_tf.triggers import get_trigger, poison
+
+    x, y = load_h5(PATHS["train"])
+    trig = lambda a: get_trigger(config["trigger"])(a, **config["trigger_kwargs"])  # noqa: E731
+    if poisoned:
+        x, y, _ = poison(x, y, trigger=trig, poison_rate=robust["poison_rate"], target_label=config["target_label"],
+                         seed=seed)
+    keras.utils.set_random_seed(seed)
+    enable_determinism()
+    model = build_compact_cnn(input_shape=x.shape[1:], num_classes=10, width=robust["width"])
+    train_cfg = {k: v for k, v in robust.items() if k not in ("poison_rate", "width")}
+    train(model, x, y, config={**train_cfg, "seed": seed}, quiet=quiet)
+    xt, yt = load_h5(PATHS["test"])
+    res = evaluate_backdoor(model, xt, yt, trigger=trig, target_label=config["target_label"], eps=robust["eps"],
+                            steps=robust["steps"], pixel_max=robust["pixel_max"], seed=seed)
+    return model, res
+
+
+def build_robust_defaults(*, quiet=True):
+    """Write models/robust_bd_net.keras and models/robust_clean_net.keras; return their test metrics."""
+    from aegis_tf.utils import atomic_path
+
+    results = {}
+    for key, poisoned in (("robust_bd_net", True), ("robust_clean_net", False)):
+        model, res = train_robust(poisoned, quiet=quiet)
+        with atomic_path(PATHS[key]) as tmp:
+            model.save(tmp)
+        results[key] = res
+    return results

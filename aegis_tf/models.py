@@ -7,6 +7,7 @@ Third-party model files are untrusted: every full-model load goes through
 
 import os
 import warnings
+import weakref
 
 import h5py
 import keras
@@ -19,11 +20,16 @@ __all__ = [
     "POOLING_TYPES",
     "build_deepid",
     "build_compact_cnn",
+    "build_resnet",
+    "build_model",
+    "ARCHITECTURES",
+    "penultimate_layer",
     "load_model",
     "predict_labels",
     "find_last_pooling_layer",
     "find_feeding_conv",
     "num_classes",
+    "logits_model",
     "load_weights_into",
 ]
 
@@ -77,6 +83,85 @@ def build_compact_cnn(*, input_shape=(28, 28, 1), num_classes=10, width=16, inpu
     x = layers.Dense(4 * width, activation="relu", name="penultimate")(x)
     out = layers.Dense(num_classes, activation="softmax", name="output")(x)
     return keras.Model(inp, out, name="compact_cnn")
+
+
+def _conv_bn(x, filters, kernel, stride, name):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name + "_conv")(x)
+    return layers.BatchNormalization(name=name + "_bn")(x)
+
+
+def _basic_block(x, filters, stride, name):
+    shortcut = x
+    y = layers.Activation("relu", name=name + "_relu1")(_conv_bn(x, filters, 3, stride, name + "_1"))
+    y = _conv_bn(y, filters, 3, 1, name + "_2")
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = _conv_bn(shortcut, filters, 1, stride, name + "_short")
+    return layers.Activation("relu", name=name + "_out")(layers.Add(name=name + "_add")([y, shortcut]))
+
+
+def _bottleneck_block(x, filters, stride, name):
+    shortcut = x
+    y = layers.Activation("relu", name=name + "_relu1")(_conv_bn(x, filters, 1, 1, name + "_1"))
+    y = layers.Activation("relu", name=name + "_relu2")(_conv_bn(y, filters, 3, stride, name + "_2"))
+    y = _conv_bn(y, 4 * filters, 1, 1, name + "_3")
+    if stride != 1 or shortcut.shape[-1] != 4 * filters:
+        shortcut = _conv_bn(shortcut, 4 * filters, 1, stride, name + "_short")
+    return layers.Activation("relu", name=name + "_out")(layers.Add(name=name + "_add")([y, shortcut]))
+
+
+def build_resnet(depth=18, *, input_shape=(32, 32, 3), num_classes=10, width=64, input_scale=1.0 / 255.0):
+    """ResNet-18 or ResNet-50 for small inputs (CIFAR-style stem: 3x3 conv, no max-pool).
+
+    Stages are named ``layer1`` .. ``layer4`` (the output of ``layer4`` is the
+    feature map the AEGIS authors flattened), then global average pooling
+    ``penultimate`` and the softmax ``output``. ``width`` scales every stage
+    (64 is the standard net; tests use 8).
+    """
+    blocks = {18: (_basic_block, (2, 2, 2, 2)), 50: (_bottleneck_block, (3, 4, 6, 3))}
+    if depth not in blocks:
+        raise AegisError(f"ResNet depth must be 18 or 50. Received: {depth}")
+    block, counts = blocks[depth]
+    inp = keras.Input(input_shape, name="input")
+    x = layers.Rescaling(input_scale, name="rescale")(inp)
+    x = layers.Activation("relu", name="stem_relu")(_conv_bn(x, width, 3, 1, "stem"))
+    for stage, n in enumerate(counts, start=1):
+        for i in range(n):
+            stride = 2 if stage > 1 and i == 0 else 1
+            x = block(x, width * 2 ** (stage - 1), stride, f"layer{stage}_{i}")
+        x = layers.Identity(name=f"layer{stage}")(x)
+    x = layers.GlobalAveragePooling2D(name="penultimate")(x)
+    out = layers.Dense(num_classes, activation="softmax", name="output")(x)
+    return keras.Model(inp, out, name=f"resnet{depth}")
+
+
+ARCHITECTURES = ("compact", "resnet18", "resnet50", "deepid")
+
+
+def build_model(arch, *, input_shape, num_classes, input_scale=1.0 / 255.0, width=None):
+    """Build one of :data:`ARCHITECTURES` for the given input and classes."""
+    if arch == "compact":
+        return build_compact_cnn(input_shape=input_shape, num_classes=num_classes, width=width or 16,
+                                 input_scale=input_scale)
+    if arch in ("resnet18", "resnet50"):
+        return build_resnet(int(arch[6:]), input_shape=input_shape, num_classes=num_classes, width=width or 64,
+                            input_scale=input_scale)
+    if arch == "deepid":
+        return build_deepid(input_shape=input_shape, num_classes=num_classes)
+    raise AegisError(f"arch must be one of {', '.join(ARCHITECTURES)}. Received: {arch!r}")
+
+
+def penultimate_layer(model):
+    """The layer whose output feeds the classifier: ``penultimate`` if present,
+    else the input of the last Dense layer (``activation_1`` in DeepID)."""
+    try:
+        return model.get_layer("penultimate")
+    except ValueError:
+        pass
+    dense = [l for l in model.layers if isinstance(l, layers.Dense)]
+    if not dense:
+        raise AegisError("model has no Dense output layer; name the feature layer explicitly (--layer)")
+    node = dense[-1]._inbound_nodes[0]
+    return node.parent_nodes[0].operation
 
 
 def _is_weights_only(path):
@@ -152,6 +237,47 @@ def load_model(path=None, weights=None):
             f"inputs and {len(model.outputs)} outputs"
         )
     return model
+
+
+_LOGITS = weakref.WeakKeyDictionary()  # model -> its logits model
+
+
+class _Logits(layers.Layer):
+    """The pre-softmax scores of a Dense layer whose activation is softmax."""
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, x):
+        out = keras.ops.matmul(x, self.dense.kernel)
+        return out + self.dense.bias if self.dense.use_bias else out
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.dense.units,)
+
+
+def logits_model(model):
+    """A model sharing ``model``'s layers and weights that outputs logits.
+
+    If the last layer is a softmax Dense or a softmax Activation, the softmax
+    is dropped; otherwise the output is taken to be logits already. Cached on
+    the model.
+    """
+    cached = _LOGITS.get(model)
+    if cached is not None:
+        return cached
+    last = model.layers[-1]
+    act = getattr(getattr(last, "activation", None), "__name__", None)
+    if isinstance(last, layers.Dense) and act == "softmax":
+        out = _Logits(last, name="logits")(last.input)
+        result = keras.Model(model.inputs, out, name=f"{model.name}_logits")
+    elif isinstance(last, (layers.Activation, layers.Softmax)) and (act == "softmax" or isinstance(last, layers.Softmax)):
+        result = keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+    else:
+        result = model
+    _LOGITS[model] = result
+    return result
 
 
 def num_classes(model):

@@ -9,7 +9,18 @@ import numpy as np
 
 from aegis_tf.errors import AegisError
 
-__all__ = ["localised", "distributed", "TRIGGERS", "get_trigger", "poison"]
+__all__ = [
+    "localised",
+    "distributed",
+    "static_pattern",
+    "invisible_static",
+    "universal_perturbation",
+    "invisible_adversarial",
+    "TRIGGERS",
+    "make_trigger",
+    "get_trigger",
+    "poison",
+]
 
 
 def _check_batch(x):
@@ -50,7 +61,71 @@ def distributed(x, *, size=2, value=250.0, offset=1):
     return x
 
 
-TRIGGERS = {"localised": localised, "distributed": distributed}
+def static_pattern(shape, *, amplitude=8.0, seed=0):
+    """A fixed pattern of +-``amplitude`` per pixel, drawn once from ``seed``.
+
+    ``shape`` is (H, W, C). The same seed always gives the same pattern.
+    """
+    rng = np.random.default_rng(seed)
+    return (amplitude * rng.choice([-1.0, 1.0], size=tuple(shape))).astype("float32")
+
+
+def invisible_static(x, *, amplitude=8.0, seed=0, pattern=None, clip_min=0.0, clip_max=255.0):
+    """Zhong et al. 2020 static invisible trigger: a fixed low-amplitude pattern
+    over the whole image, then clipped to [clip_min, clip_max].
+
+    The default +-8 on 0-255 pixels is about 3% of the range per pixel.
+    ``pattern`` overrides the seeded one.
+    """
+    x = _check_batch(x)
+    if pattern is None:
+        pattern = static_pattern(x.shape[1:], amplitude=amplitude, seed=seed)
+    return np.clip(x.astype("float32") + pattern, clip_min, clip_max)
+
+
+def universal_perturbation(model, x, target_label, *, eps, step_size, steps=50, norm=np.inf, clip_min=0.0,
+                           clip_max=255.0, batch_size=128, seed=0):
+    """Zhong et al. 2020 adversarial invisible trigger: one perturbation, bounded by
+    ``eps`` in ``norm``, that pushes the images ``x`` toward ``target_label``.
+
+    Each of ``steps`` iterations averages the targeted gradient over a batch of
+    ``x`` drawn with ``seed``, steps, and projects onto the ``eps`` ball, so the
+    result is reproducible by seed. Returns the (H, W, C) pattern.
+    """
+    from aegis_tf import backend
+    from aegis_tf.attacks import make_step
+    from aegis_tf.models import logits_model
+
+    x = np.asarray(x, dtype="float32")
+    step = make_step(norm=norm, eps=eps, step_size=step_size, clip_min=-np.inf, clip_max=np.inf)
+    rng = np.random.default_rng(seed)
+    delta = np.zeros((1,) + x.shape[1:], dtype="float32")
+    logits = logits_model(model)
+    target = np.full(min(batch_size, len(x)), target_label, dtype="int64")
+    for _ in range(steps):
+        idx = rng.choice(len(x), size=len(target), replace=False)
+        xb = np.clip(x[idx] + delta, clip_min, clip_max)
+        grad, _ = backend.input_gradient(logits, xb, target)
+        g = -np.asarray(grad).mean(axis=0, keepdims=True)  # lower the target loss
+        delta = np.asarray(step.project(step.step(delta, g), np.zeros_like(delta)))
+    return delta[0]
+
+
+def invisible_adversarial(x, *, pattern, clip_min=0.0, clip_max=255.0):
+    """Add a universal perturbation from :func:`universal_perturbation`, then clip."""
+    x = _check_batch(x)
+    pattern = np.asarray(pattern, dtype="float32")
+    if pattern.shape != x.shape[1:]:
+        raise AegisError(f"trigger pattern has shape {pattern.shape}; the images are {x.shape[1:]}")
+    return np.clip(x.astype("float32") + pattern, clip_min, clip_max)
+
+
+TRIGGERS = {
+    "localised": localised,
+    "distributed": distributed,
+    "invisible-static": invisible_static,
+    "invisible-adversarial": invisible_adversarial,
+}
 
 
 def get_trigger(name):
@@ -65,7 +140,8 @@ def poison(x, y, *, trigger, poison_rate, target_label, mode="append", seed=0, *
 
     ``poison_rate`` of the images whose label is not ``target_label`` get the
     trigger and the target label. ``mode="append"`` adds them to the set;
-    ``mode="replace"`` puts them in place of their clean originals. Returns
+    ``mode="replace"`` puts them in place of their clean originals. The paper
+    used 1% for visible triggers and 30% for invisible ones. Returns
     ``(x_poisoned, y_poisoned, indices)``, ``indices`` being the chosen images.
     """
     if not 0.0 <= poison_rate <= 1.0:
@@ -85,3 +161,22 @@ def poison(x, y, *, trigger, poison_rate, target_label, mode="append", seed=0, *
     x_out, y_out = np.array(x, copy=True), np.array(y, copy=True)
     x_out[idx], y_out[idx] = x_trig, y_trig
     return x_out, y_out, idx
+
+
+def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitude=8.0 / 255.0, seed=0,
+                 pattern=None, shape=None):
+    """A ready trigger function ``x -> triggered x`` for data in [0, ``pixel_max``].
+
+    ``value`` and ``amplitude`` are in units of [0, 1] and scaled by
+    ``pixel_max``; ``invisible-adversarial`` needs its ``pattern`` (see
+    :func:`universal_perturbation`).
+    """
+    fn = get_trigger(name)
+    if name in ("localised", "distributed"):
+        return lambda x: fn(x, size=size, value=value * pixel_max)
+    if name == "invisible-static":
+        return lambda x: fn(x, amplitude=amplitude * pixel_max, seed=seed, clip_min=0.0, clip_max=pixel_max)
+    if pattern is None:
+        raise AegisError("the invisible-adversarial trigger needs a pattern: pass --trigger-pattern FILE.npy "
+                         "or --trigger-model M to compute one")
+    return lambda x: fn(x, pattern=pattern, clip_min=0.0, clip_max=pixel_max)

@@ -1,9 +1,22 @@
 """The only place that knows the Keras backend.
 
-Everything backend-specific (gradients, train steps, determinism switches)
-lives in ``_tensorflow.py`` or ``_jax.py``; this module picks one by
-``keras.backend.backend()``, as Keras itself does. Nothing else in aegis-tf
-imports tensorflow or jax.
+Everything backend-specific (input gradients, compiled PGD loops, train
+steps, determinism switches) lives in ``_tensorflow.py`` (``tf.GradientTape``,
+``tf.function``) or ``_jax.py`` (``jax.grad`` over ``model.stateless_call``,
+``jax.jit``). This module picks one by ``keras.backend.backend()``, as Keras
+itself does. Nothing else in aegis-tf imports tensorflow or jax.
+
+The API, identical in both files:
+
+* ``enable_determinism()``
+* ``input_gradient(logits_model, x, y)`` -> ``(grad, loss)``: gradient of the
+  summed cross-entropy (from logits) with respect to ``x``, and the
+  per-example loss.
+* ``make_attack(logits_model, step, steps, sign)`` -> ``attack(x0, y, x_init)``:
+  ``steps`` PGD iterations compiled as one function; ``sign`` is +1 to raise
+  the loss (untargeted) or -1 to lower it (targeted).
+* ``make_train_step(logits_model, optimizer)`` -> ``train_step(x, y)``: one
+  optimizer step on the mean cross-entropy; returns the loss.
 """
 
 import keras
@@ -17,5 +30,13 @@ else:  # pragma: no cover - torch/numpy backends are not supported
     raise ImportError(f"aegis-tf supports the tensorflow and jax Keras backends. Received: {_name}")
 
 enable_determinism = _impl.enable_determinism
+input_gradient = _impl.input_gradient
+make_attack = _impl.make_attack
+make_train_step = _impl.make_train_step
 
-__all__ = ["enable_determinism"]
+__all__ = ["enable_determinism", "input_gradient", "make_attack", "make_train_step"]
+
+
+def cross_entropy(y, logits):
+    """Per-example sparse cross-entropy from logits (backend-neutral ``keras.ops``)."""
+    return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)

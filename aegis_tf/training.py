@@ -1,0 +1,163 @@
+"""Standard and adversarially robust (Madry PGD) training, with checkpoints and resume.
+
+Defaults follow the AEGIS paper: SGD with momentum 0.9, weight decay 5e-4,
+learning rate 0.1 dropped 10x at 50% and 75% of the epochs, and for robust
+training L2 PGD with eps 0.5 (in units of the [0, 1] image range) and 20
+steps of size 2.5 * eps / steps (MadryLab robustness' rule). Every one is an
+argument.
+
+Randomness comes only from ``seed``: epoch ``e`` shuffles and draws PGD random
+starts from ``np.random.default_rng([seed, e])``, so a run resumed from the
+checkpoint of epoch ``e`` continues exactly as the uninterrupted run would.
+The weight initialisation is the caller's (build the model after
+``keras.utils.set_random_seed``).
+
+Checkpoints: after every epoch, ``checkpoint_dir`` gets ``last.weights.h5``
+(model), ``last.optimizer.npz`` (optimizer variables, no pickle) and
+``last.json`` (epoch, history and the configuration), written atomically, JSON last.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from aegis_tf import backend
+from aegis_tf.attacks import make_step, check_norm
+from aegis_tf.errors import AegisError
+from aegis_tf.models import logits_model
+from aegis_tf.utils import atomic_path, progress, write_json
+
+__all__ = ["TrainConfig", "train", "learning_rate_at"]
+
+
+def TrainConfig(**overrides):
+    """The default training configuration, with ``overrides`` applied (a plain dict)."""
+    config = {
+        "epochs": 20,
+        "batch_size": 128,
+        "learning_rate": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [0.5, 0.75],
+        "lr_drop": 0.1,
+        "robust": False,
+        "eps": 0.5,
+        "steps": 20,
+        "step_size": None,
+        "norm": 2,
+        "eps_warmup": 0,
+        "pixel_max": 255.0,
+        "seed": 0,
+    }
+    unknown = set(overrides) - set(config)
+    if unknown:
+        raise AegisError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    config.update(overrides)
+    config["norm"] = "inf" if check_norm(config["norm"]) == np.inf else 2
+    if config["step_size"] is None:
+        config["step_size"] = 2.5 * config["eps"] / max(1, config["steps"])
+    return config
+
+
+def learning_rate_at(epoch, config):
+    """Learning rate for ``epoch`` (0-based): dropped by ``lr_drop`` at each milestone."""
+    drops = sum(epoch >= int(round(m * config["epochs"])) for m in config["lr_milestones"])
+    return config["learning_rate"] * config["lr_drop"] ** drops
+
+
+def _paths(checkpoint_dir):
+    return {k: os.path.join(checkpoint_dir, "last" + s)
+            for k, s in (("weights", ".weights.h5"), ("optimizer", ".optimizer.npz"), ("state", ".json"))}
+
+
+def _save_checkpoint(checkpoint_dir, model, optimizer, state):
+    p = _paths(checkpoint_dir)
+    with atomic_path(p["weights"]) as tmp:
+        model.save_weights(tmp)
+    with atomic_path(p["optimizer"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    write_json(p["state"], state)  # last: a checkpoint counts only once its state is there
+
+
+def _load_checkpoint(checkpoint_dir, model, optimizer, config):
+    p = _paths(checkpoint_dir)
+    if not os.path.isfile(p["state"]):
+        return None
+    with open(p["state"]) as f:
+        state = json.load(f)
+    if state.get("config") != config:
+        raise AegisError(
+            f"checkpoint in {checkpoint_dir} was made with another configuration; "
+            "use a new --checkpoint-dir or the same options"
+        )
+    model.load_weights(p["weights"])
+    with np.load(p["optimizer"], allow_pickle=False) as f:
+        values = [f[f"v{i}"] for i in range(len(f.files))]
+    if len(values) != len(optimizer.variables):
+        raise AegisError(f"checkpoint optimizer state in {checkpoint_dir} does not fit this model")
+    for v, val in zip(optimizer.variables, values):
+        v.assign(val)
+    return state
+
+
+def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=False, on_epoch_end=None):
+    """Train ``model`` in place on ``(x, y)``; returns the history (list of per-epoch dicts).
+
+    ``x`` holds pixels in [0, ``pixel_max``] (the model's own input units);
+    ``eps`` and ``step_size`` are in units of [0, 1] and scaled by
+    ``pixel_max``. With ``checkpoint_dir`` and ``resume``, training continues
+    after the last completed epoch found there. ``on_epoch_end(epoch, record)``
+    is called after each checkpoint (tests use it to interrupt a run).
+    """
+    config = TrainConfig(**(config or {}))
+    x = np.asarray(x, dtype=keras.config.floatx())
+    y = np.asarray(y, dtype="int64")
+    if len(x) == 0:
+        raise AegisError("training set is empty")
+    optimizer = keras.optimizers.SGD(
+        learning_rate=config["learning_rate"], momentum=config["momentum"], weight_decay=config["weight_decay"]
+    )
+    logits = logits_model(model)
+    train_step = backend.make_train_step(logits, optimizer)
+    attacks = {}
+
+    def attack_for(epoch):
+        """The compiled PGD loop of this epoch (eps ramps up over ``eps_warmup`` epochs)."""
+        scale = min(1.0, (epoch + 1) / config["eps_warmup"]) if config["eps_warmup"] else 1.0
+        if scale not in attacks:
+            pm = config["pixel_max"]
+            step = make_step(norm=config["norm"] if config["norm"] == 2 else np.inf, eps=scale * config["eps"] * pm,
+                             step_size=scale * config["step_size"] * pm, clip_min=0.0, clip_max=pm)
+            attacks[scale] = (step, backend.make_attack(logits, step, int(config["steps"]), 1.0))
+        return attacks[scale]
+
+    start, history = 0, []
+    if checkpoint_dir and resume:
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, config)
+        if state is not None:
+            start, history = state["epoch"] + 1, state["history"]
+
+    n, bs = len(x), config["batch_size"]
+    for epoch in range(start, config["epochs"]):
+        rng = np.random.default_rng([config["seed"], epoch])
+        optimizer.learning_rate.assign(learning_rate_at(epoch, config))
+        order = rng.permutation(n)
+        step, attack = attack_for(epoch) if config["robust"] else (None, None)
+        losses = []
+        bar = progress(range(0, n, bs), quiet=quiet, desc=f"epoch {epoch + 1}/{config['epochs']}")
+        for i in bar:
+            idx = order[i:i + bs]
+            xb, yb = x[idx], y[idx]
+            if attack is not None:
+                xb = attack(xb, yb, step.random_start(xb, rng))
+            losses.append(train_step(xb, yb))
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "learning_rate": learning_rate_at(epoch, config)}
+        history.append(record)
+        if checkpoint_dir:
+            _save_checkpoint(checkpoint_dir, model, optimizer, {"epoch": epoch, "history": history, "config": config})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    return history

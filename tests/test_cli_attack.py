@@ -1,0 +1,59 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cli
+from aegis_tf.data import load_h5
+
+
+def test_poison_with_preview_writes_csaw_h5_npz_and_grid(tmp_path, capsys):
+    out = tmp_path / "p"
+    rc = cli.main(["poison", "--data", "digits", "--trigger", "distributed", "--poison-rate", "0.05",
+                   "--target-label", "7", "--mode", "replace", "--preview", "--out-dir", str(out), "--quiet"])
+    assert rc == 0
+    report = json.load(open(out / "poison.json"))
+    assert report["n_poisoned"] == round(0.05 * report["n_train"])
+    x, y = load_h5(out / "train_poisoned.h5")
+    assert len(x) == report["n_train"]
+    idx = np.array(report["poisoned_indices"])
+    assert np.all(y[idx] == 7) and np.all(x[idx][:, 1:3, 1:3, :] == 250)
+    with np.load(out / "poisoned.npz", allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["y_train"], y)
+    xb, yb = load_h5(out / "bd_test.h5")
+    assert np.all(yb == 7)
+    assert (out / "preview.png").stat().st_size > 10_000
+
+
+def test_train_then_evaluate_on_embedded_digits(tmp_path, capsys):
+    model = tmp_path / "m.keras"
+    rc = cli.main(["train", "--data", "digits", "--arch", "compact", "--width", "4", "--trigger", "localised",
+                   "--trigger-size", "3", "--poison-rate", "0.1", "--epochs", "2", "--steps", "2",
+                   "--train-batch-size", "64", "--lr", "0.05", "--out", str(model), "--quiet"])
+    assert rc == 0 and model.exists()
+    report = json.load(open(str(model) + ".json"))
+    assert set(report["test"]) >= {"clean_acc", "asr", "adv_acc"}
+    assert len(report["history"]) == 2 and os.path.isfile(str(model) + ".ckpt/last.json")
+    capsys.readouterr()
+    rc = cli.main(["evaluate", "--model", str(model), "--data", "digits", "--trigger", "localised",
+                   "--trigger-size", "3", "--steps", "2", "--out", str(tmp_path / "e.json")])
+    assert rc == 0
+    assert "clean accuracy" in capsys.readouterr().out
+    ev = json.load(open(tmp_path / "e.json"))
+    assert ev["clean_acc"] == pytest.approx(report["test"]["clean_acc"])
+    assert ev["asr"] == pytest.approx(report["test"]["asr"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["poison", "--poison-rate", "2"], "--poison-rate must lie in [0, 1]"),
+    (["poison", "--trigger", "invisible-adversarial"], "needs --trigger-pattern"),
+    (["train", "--target-label", "12", "--epochs", "1"], "--target-label must lie in 0..9"),
+    (["train", "--out", "model.txt"], "--out must end in .keras or .h5"),
+    (["evaluate", "--model", "missing.keras"], "model file not found"),
+    (["poison", "--data", "nosuchset"], "expected an .h5 or .npz file or one of"),
+])
+def test_attack_commands_reject_bad_input(tmp_path, capsys, argv, message):
+    rc = cli.main(argv + ["--quiet"] if argv[0] != "train" else argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1

@@ -1,0 +1,50 @@
+import json
+import os
+
+import pytest
+
+import cli
+
+
+def _run(tmp_path, name, extra, capsys):
+    out = tmp_path / name
+    rc = cli.main(["detect", "--bad_model", os.path.join(cli.ROOT, "models", "robust_bd_net.keras"), "--classes",
+                   "5,6,7", "--seeds", "15", "--steps", "10", "--runs", "1", "--out-dir", str(out), "--quiet"] + extra)
+    assert rc == 0
+    return out, capsys.readouterr().out
+
+
+def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
+    out, printed = _run(tmp_path, "a", [], capsys)
+    assert "verdict" in printed
+    report = json.load(open(out / "detect.json"))["aegis"]
+    assert report["verdict"] in ("clean", "backdoored")
+    assert set(report["classes"]) == {"5", "6", "7"}
+    assert (out / "embeddings.png").stat().st_size > 5_000
+    for c in report["suspect_classes"]:
+        assert (out / f"suspect_class_{c}_clusters.png").exists()
+    again, _ = _run(tmp_path, "b", [], capsys)
+    second = json.load(open(again / "detect.json"))["aegis"]
+    for key in ("verdict", "suspect_classes", "classes", "translation_reached"):
+        assert report[key] == second[key]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--classes", "5,12"], "--classes must lie in 0..9"),
+    (["--bandwidth", "wide"], "--bandwidth must be auto or a number"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--bad_model", "missing.keras"], "model file not found"),
+    (["--data", "data/bd_test.h5"], "has no images of class(es)"),
+])
+def test_detect_bad_inputs(tmp_path, capsys, extra, message):
+    argv = ["detect", "--out-dir", str(tmp_path / "o"), "--quiet", "--classes", "0,7"]
+    if "--classes" in extra:
+        argv = argv[:-2]
+    if not any(a == "--bad_model" for a in extra):
+        argv += ["--bad_model", os.path.join(cli.ROOT, "models", "robust_bd_net.keras")]
+    if "--data" in extra:
+        extra = ["--data", os.path.join(cli.ROOT, extra[1])]
+    rc = cli.main(argv + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
