@@ -18,7 +18,7 @@ __all__ = ["run_aegis", "run_neural_cleanse", "format_summary", "DEFAULTS"]
 # The measured default (results/detect_ablation.md); the paper's own is PRESETS["paper"].
 DEFAULTS = {
     "n_seeds": 200, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": None,
-    "reducer": "tsne", "clusterer": "meanshift", "bandwidth": "auto", "population": "both",
+    "reducer": "tsne", "clusterer": "meanshift", "bandwidth": "auto", "population": "translated",
     "criterion": "absolute", "runs": 3, "min_cluster_frac": 0.0,
 }
 
@@ -42,7 +42,7 @@ def _plot_embeddings(det, path, title):
         ax.scatter(emb[trans, 0], emb[trans, 1], c=[colours[i] for i in np.nonzero(trans)[0]], marker="x", s=8,
                    linewidths=0.6, label="translated")
         flag = " SUSPECT" if c in det.suspect_classes_ else ""
-        ax.set_title(f"class {c}: {det.counts_[c][0]} clusters{flag}", fontsize=9,
+        ax.set_title(f"class {c}: {det.counts_[c][0]} cluster{'s' if det.counts_[c][0] != 1 else ''}{flag}", fontsize=9,
                      color="red" if flag else "black")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -139,6 +139,9 @@ def format_summary(report, name):
     if report["method"] == "aegis":
         counts = ", ".join(f"{c}:{'/'.join(map(str, v['clusters']))}" for c, v in report["classes"].items())
         lines.append(f"  clusters per class (per t-SNE run): {counts}")
+        if not report["suspect_classes"]:
+            lines.append("  caution: AEGIS has missed known backdoors in our measurements "
+                         "(results/detect_ablation.md); confirm with --method both")
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"  warning: translation reached fewer than 90% for class(es) {', '.join(low)}")

@@ -271,9 +271,9 @@ def logits_model(model):
     act = getattr(getattr(last, "activation", None), "__name__", None)
     if isinstance(last, layers.Dense) and act == "softmax":
         out = _Logits(last, name="logits")(last.input)
-        result = keras.Model(model.inputs, out, name=f"{model.name}_logits")
+        result = keras.Model(model.inputs[0], out, name=f"{model.name}_logits")
     elif isinstance(last, (layers.Activation, layers.Softmax)) and (act == "softmax" or isinstance(last, layers.Softmax)):
-        result = keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+        result = keras.Model(model.inputs[0], last.input, name=f"{model.name}_logits")
     else:
         result = model
     _LOGITS[model] = result

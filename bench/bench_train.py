@@ -124,7 +124,7 @@ def main():
     write_json(os.path.join(args.out_dir, f"bench_train_{backend}_{device}.json"), {
         "meta": {"backend": backend, "device": device, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                  "images": args.images, "batch_size": args.batch_size, "model": "compact CNN (28x28x1, width 16)",
-                 "command": f"KERAS_BACKEND={backend} python bench/bench_train.py"},
+                 "command": f"KERAS_BACKEND={backend} python bench/bench_train.py " + " ".join(sys.argv[1:])},
         "rows": rows})
 
 
