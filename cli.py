@@ -234,10 +234,6 @@ def _load_set(path, default_key, model, scale, what):
     return (x, y), path
 
 
-def _say(args, text):
-    print(text)
-
-
 def cmd_repair(args):
     from aegis_tf.models import load_model
     from aegis_tf.utils import write_json
@@ -261,8 +257,8 @@ def cmd_repair(args):
     )
     if report["pruned"][str(args.threshold)] is None:
         raise AegisError(f"accuracy never dropped by {args.threshold}% while pruning {report['layer']}; no B' for it")
-    _say(args, format_table(report))
-    _say(args, f"wrote {report['files']['report']}, {report['files']['curve_plot']} and B'/GoodNet files to {args.out_dir}")
+    print(format_table(report))
+    print(f"wrote {report['files']['report']}, {report['files']['curve_plot']} and B'/GoodNet files to {args.out_dir}")
     if args.out:
         write_json(args.out, report)
     return 0

@@ -85,7 +85,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     t = time.perf_counter()
     translations = translate_all(model, x, y, classes, n_seeds=config["n_seeds"], eps=config["eps"] * pixel_max,
                                  step_size=config["step_size"] * pixel_max, steps=config["steps"], clip_min=0.0,
-                                 clip_max=pixel_max, seed=seed, batch_size=batch_size, quiet=quiet)
+                                 clip_max=pixel_max, seed=seed, batch_size=batch_size)
     times["translate"] = time.perf_counter() - t
     t = time.perf_counter()
     feats = class_features(model, x, y, translations, n_seeds=config["n_seeds"], layer=config["layer"], seed=seed,

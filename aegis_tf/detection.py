@@ -38,7 +38,7 @@ PRESETS = {
 
 
 def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_min, clip_max, seed=0,
-                  batch_size=512, quiet=True):
+                  batch_size=512):
     """Translate ``n_seeds`` training images of other classes toward each class in ``classes``.
 
     Returns ``{c: (x_translated, seed_indices, reached)}``; ``reached`` is the
