@@ -529,11 +529,11 @@ def cmd_detect(args):
         targets = [(os.path.splitext(os.path.basename(args.bad_model or args.bad_model_weights))[0],
                     args.bad_model, args.bad_model_weights)]
     data = args.data or PATHS["train"]
+    x_data, y = load_split(data, split="train", data_dir=args.data_dir, scale=args.scale)
     loaded = []
     for name, path, weights in targets:  # check every input before any work
         model = load_model(path, weights)
-        x, y = load_split(data, split="train", data_dir=args.data_dir, scale=args.scale)
-        x = check_fits_model(x, y, model, f"--data {data}")
+        x = check_fits_model(x_data, y, model, f"--data {data}")
         classes = _parse_classes(args.classes, int(model.output_shape[-1]))
         missing = [c for c in classes if not (y == c).any()]
         if missing and args.method != "neural-cleanse":

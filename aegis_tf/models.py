@@ -29,6 +29,7 @@ __all__ = [
     "find_last_pooling_layer",
     "find_feeding_conv",
     "num_classes",
+    "copy_model",
     "logits_model",
     "load_weights_into",
 ]
@@ -278,6 +279,15 @@ def logits_model(model):
         result = model
     _LOGITS[model] = result
     return result
+
+
+def copy_model(model, name=None):
+    """An independent copy of ``model`` (same architecture and weights), optionally renamed."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    if name is not None:
+        clone.name = name
+    return clone
 
 
 def num_classes(model):

@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 
 from aegis_tf.errors import AegisError
-from aegis_tf.models import build_deepid, load_model, load_weights_into
+from aegis_tf.models import build_deepid, copy_model, load_model, load_weights_into
 from aegis_tf.utils import atomic_path
 
 __all__ = ["GoodNet", "GoodNetDecision"]
@@ -46,13 +46,6 @@ class GoodNetDecision(keras.layers.Layer):
         return shape[:-1] + (None if shape[-1] is None else shape[-1] + 1,)
 
 
-def _renamed_copy(model, name):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    clone.name = name
-    return clone
-
-
 class GoodNet:
     """B and B' with the disagreement rule. See the module docstring."""
 
@@ -63,8 +56,8 @@ class GoodNet:
             base = model
         else:
             base = load_model(model)
-        self.B = _renamed_copy(base, "B")
-        self.B_prime = _renamed_copy(base, "B_prime")
+        self.B = copy_model(base, "B")
+        self.B_prime = copy_model(base, "B_prime")
         self._keras_model = None
 
     @classmethod
@@ -76,8 +69,8 @@ class GoodNet:
                 f"{B.input_shape}->{B.output_shape} and {B_prime.input_shape}->{B_prime.output_shape}"
             )
         g = cls.__new__(cls)
-        g.B = _renamed_copy(B, "B")
-        g.B_prime = _renamed_copy(B_prime, "B_prime")
+        g.B = copy_model(B, "B")
+        g.B_prime = copy_model(B_prime, "B_prime")
         g._keras_model = None
         return g
 

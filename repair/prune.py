@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from aegis_tf.errors import AegisError
-from aegis_tf.models import find_feeding_conv, find_last_pooling_layer, predict_labels
+from aegis_tf.models import copy_model, find_feeding_conv, find_last_pooling_layer, predict_labels
 from aegis_tf.utils import progress
 
 __all__ = ["THRESHOLDS", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
@@ -180,12 +180,6 @@ def _zero_channels(model, conv_name, channels):
     conv.set_weights(weights)
 
 
-def _copy_model(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thresholds=THRESHOLDS, batch_size=256, quiet=False):
     """The lab's loop: zero one more channel, run the whole model on both sets.
 
@@ -198,7 +192,7 @@ def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thre
     means = _channel_means(_activations(model, pool, x_clean, batch_size))
     order = np.argsort(means, kind="stable")
     n = means.shape[0]
-    work = _copy_model(model)
+    work = copy_model(model)
     clean_acc, asr = np.zeros(n + 1), np.zeros(n + 1)
     for k in progress(range(n + 1), quiet=quiet, desc="naive pruning"):
         if k:
@@ -216,7 +210,7 @@ def prune_model(model, curve, k, *, x_check=None, y_check=None, batch_size=256):
     layer between the convolution and the pooling layer that the masked tail
     did not model faithfully.
     """
-    pruned = _copy_model(model)
+    pruned = copy_model(model)
     _zero_channels(pruned, curve.conv, curve.channels_at(k))
     if x_check is not None:
         acc = float(np.mean(predict_labels(pruned, x_check, batch_size=batch_size) == y_check))
@@ -247,7 +241,7 @@ def finetune_pruned(pruned, curve, k, x, y, *, epochs, learning_rate=1e-4, batch
     Returns a new model; the pruned channels stay zero throughout. ``seed``
     fixes the shuffling order.
     """
-    model = _copy_model(pruned)
+    model = copy_model(pruned)
     channels = curve.channels_at(k)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(seed)
