@@ -161,6 +161,8 @@ def build_parser():
     _pgd_flags(t)
     _flag(t, "--eps-warmup", type=int, default=0,
           help="ramp eps linearly over this many first epochs (default 0, as in the paper)")
+    t.add_argument("--augment", action="store_true",
+                   help="random 4-pixel-padded crops and horizontal flips each epoch (CIFAR-style; off by default)")
     _flag(t, "--epochs", type=int, default=20, help="epochs (default 20)")
     _flag(t, "--train-batch-size", type=int, default=128, help="training batch size (default 128)")
     _flag(t, "--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
@@ -440,7 +442,7 @@ def cmd_train(args):
                          momentum=args.momentum, weight_decay=args.weight_decay, lr_milestones=milestones,
                          lr_drop=args.lr_drop, robust=args.robust, eps=args.eps, steps=args.steps,
                          step_size=args.step_size, norm=args.norm, eps_warmup=args.eps_warmup,
-                         pixel_max=_pixel_max(args.scale), seed=args.seed)
+                         augment=args.augment, pixel_max=_pixel_max(args.scale), seed=args.seed)
     (x, y), (xt, yt) = _train_test(args)
     n_classes = int(max(y.max(), yt.max())) + 1
     if not 0 <= args.target_label < n_classes:

@@ -50,6 +50,11 @@ class Step:
     def random_start(self, x, rng):
         raise NotImplementedError
 
+    def start_from_noise(self, x, normal, uniform):
+        """``random_start`` inside compiled code: ``normal`` (standard normal) and
+        ``uniform`` (on [0, 1)) are noise tensors of ``x``'s shape, drawn by the caller."""
+        raise NotImplementedError
+
     def step(self, x, grad):
         raise NotImplementedError
 
@@ -68,6 +73,12 @@ class L2Step(Step):
         radius = self.eps * rng.random(len(x)).astype("float32")
         delta = noise * (radius / norms).reshape((-1,) + (1,) * (x.ndim - 1))
         return np.clip(x + delta, self.clip_min, self.clip_max)
+
+    def start_from_noise(self, x, normal, uniform):
+        axes = tuple(range(1, len(x.shape)))
+        norms = ops.sqrt(ops.sum(ops.square(normal), axis=axes) + _TINY)
+        radius = self.eps * ops.reshape(uniform, (uniform.shape[0], -1))[:, 0]  # one radius per example
+        return ops.clip(x + normal * _per_example(radius / norms, x), self.clip_min, self.clip_max)
 
     def step(self, x, grad):
         axes = tuple(range(1, len(x.shape)))
@@ -89,6 +100,9 @@ class LinfStep(Step):
         x = np.asarray(x, dtype="float32")
         delta = rng.uniform(-self.eps, self.eps, size=x.shape).astype("float32")
         return np.clip(x + delta, self.clip_min, self.clip_max)
+
+    def start_from_noise(self, x, normal, uniform):
+        return ops.clip(x + self.eps * (2.0 * uniform - 1.0), self.clip_min, self.clip_max)
 
     def step(self, x, grad):
         return x + self.step_size * ops.sign(grad)

@@ -15,6 +15,11 @@ The weight initialisation is the caller's (build the model after
 Checkpoints: after every epoch, ``checkpoint_dir`` gets ``last.weights.h5``
 (model), ``last.optimizer.npz`` (optimizer variables, no pickle) and
 ``last.json`` (epoch, history and the configuration), written atomically, JSON last.
+
+``augment=True`` adds the CIFAR recipe (zero-pad 4, random crop, horizontal
+flip; see :mod:`aegis_tf.augment`). The compiled work per batch lives in
+:mod:`aegis_tf.backend` (``make_trainer``); under JAX a whole chunk of
+batches runs in one jitted call with the data on the device.
 """
 
 import json
@@ -25,6 +30,7 @@ import numpy as np
 
 from aegis_tf import backend
 from aegis_tf.attacks import make_step, check_norm
+from aegis_tf.augment import crop_flip_params
 from aegis_tf.errors import AegisError
 from aegis_tf.models import logits_model
 from aegis_tf.utils import atomic_path, progress, write_json
@@ -48,6 +54,7 @@ def TrainConfig(**overrides):
         "step_size": None,
         "norm": 2,
         "eps_warmup": 0,
+        "augment": False,
         "pixel_max": 255.0,
         "seed": 0,
     }
@@ -121,17 +128,17 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
         learning_rate=config["learning_rate"], momentum=config["momentum"], weight_decay=config["weight_decay"]
     )
     logits = logits_model(model)
-    train_step = backend.make_train_step(logits, optimizer)
+    trainer = backend.make_trainer(logits, optimizer, x, y)
     attacks = {}
 
     def attack_for(epoch):
-        """The compiled PGD loop of this epoch (eps ramps up over ``eps_warmup`` epochs)."""
+        """(step, steps) of this epoch's PGD (eps ramps up over ``eps_warmup`` epochs)."""
         scale = min(1.0, (epoch + 1) / config["eps_warmup"]) if config["eps_warmup"] else 1.0
         if scale not in attacks:
             pm = config["pixel_max"]
             step = make_step(norm=config["norm"] if config["norm"] == 2 else np.inf, eps=scale * config["eps"] * pm,
                              step_size=scale * config["step_size"] * pm, clip_min=0.0, clip_max=pm)
-            attacks[scale] = (step, backend.make_attack(logits, step, int(config["steps"]), 1.0))
+            attacks[scale] = (step, int(config["steps"]))
         return attacks[scale]
 
     start, history = 0, []
@@ -145,16 +152,12 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
         rng = np.random.default_rng([config["seed"], epoch])
         optimizer.learning_rate.assign(learning_rate_at(epoch, config))
         order = rng.permutation(n)
-        step, attack = attack_for(epoch) if config["robust"] else (None, None)
-        losses = []
-        bar = progress(range(0, n, bs), quiet=quiet, desc=f"epoch {epoch + 1}/{config['epochs']}")
-        for i in bar:
-            idx = order[i:i + bs]
-            xb, yb = x[idx], y[idx]
-            if attack is not None:
-                xb = attack(xb, yb, step.random_start(xb, rng))
-            losses.append(train_step(xb, yb))
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "learning_rate": learning_rate_at(epoch, config)}
+        augment = crop_flip_params(n, rng) if config["augment"] else None
+        bar = progress(total=-(-n // bs), quiet=quiet, desc=f"epoch {epoch + 1}/{config['epochs']}")
+        with bar:
+            loss = trainer.epoch(order, rng, batch_size=bs, attack=attack_for(epoch) if config["robust"] else None,
+                                 augment=augment, on_batches=bar.update)
+        record = {"epoch": epoch, "loss": loss, "learning_rate": learning_rate_at(epoch, config)}
         history.append(record)
         if checkpoint_dir:
             _save_checkpoint(checkpoint_dir, model, optimizer, {"epoch": epoch, "history": history, "config": config})

@@ -3,14 +3,18 @@
     python bench/bench_train.py                       # the current Keras backend
     KERAS_BACKEND=jax python bench/bench_train.py     # adds the hand-written JAX reference
 
-Measures ``aegis_tf.training.train`` on the compact CNN with MNIST-shaped
-data (28x28x1, 10 classes; random pixels, since throughput does not depend on
-content), standard and with L2 PGD of ``--pgd-steps`` steps. Under JAX it also
+Measures ``aegis_tf.training.train`` on ``--model compact`` with MNIST-shaped
+data (28x28x1) or ``--model resnet18`` with CIFAR-shaped data (32x32x3), 10
+classes, random pixels (throughput does not depend on content), standard and
+with L2 PGD of ``--pgd-steps`` steps. Under JAX it also
 runs a minimal hand-written jitted loop for the same model (one jitted
 function per batch: PGD by ``lax.fori_loop``, then SGD with momentum, all on
 ``model.stateless_call``) and reports our figure as a ratio of it. Each
 figure is the best of ``--repeats`` timed epochs after one warm-up epoch
-(compilation excluded). Writes results/bench_train_<backend>_<device>.json.
+(compilation excluded). Writes results/bench_train_<backend>_<device>_<model>.json.
+
+    KERAS_BACKEND=jax python bench/bench_train.py --images 65536 --batch-size 256            # GPU, MNIST CNN
+    KERAS_BACKEND=jax python bench/bench_train.py --model resnet18 --pgd-steps 7 --images 16384 --batch-size 256
 """
 
 import argparse
@@ -26,14 +30,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aegis_tf.models import build_compact_cnn, logits_model  # noqa: E402
+from aegis_tf.models import build_model, logits_model  # noqa: E402
 from aegis_tf.training import train  # noqa: E402
 from aegis_tf.utils import write_json  # noqa: E402
 
 
-def ours(x, y, *, robust, steps, batch_size, repeats):
+SHAPES = {"compact": (28, 28, 1), "resnet18": (32, 32, 3)}
+
+
+def build(arch):
     keras.utils.set_random_seed(0)
-    model = build_compact_cnn()
+    return build_model(arch, input_shape=SHAPES[arch], num_classes=10)
+
+
+def ours(arch, x, y, *, robust, steps, batch_size, repeats):
+    model = build(arch)
     stamps = []
     cfg = {"epochs": repeats + 1, "batch_size": batch_size, "robust": robust, "steps": steps, "eps": 0.5,
            "lr_milestones": []}
@@ -43,12 +54,11 @@ def ours(x, y, *, robust, steps, batch_size, repeats):
     return len(x) / epoch_times.min()
 
 
-def jax_reference(x, y, *, robust, steps, batch_size, repeats):
+def jax_reference(arch, x, y, *, robust, steps, batch_size, repeats):
     import jax
     import jax.numpy as jnp
 
-    keras.utils.set_random_seed(0)
-    model = logits_model(build_compact_cnn())
+    model = logits_model(build(arch))
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
     mom = [jnp.zeros_like(v) for v in tv]
@@ -94,6 +104,7 @@ def jax_reference(x, y, *, robust, steps, batch_size, repeats):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(SHAPES), default="compact")
     p.add_argument("--images", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--pgd-steps", type=int, default=20)
@@ -101,7 +112,7 @@ def main():
     p.add_argument("--out-dir", default=os.path.join(ROOT, "results"))
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(args.images, 28, 28, 1)).astype("float32")
+    x = rng.integers(0, 256, size=(args.images,) + SHAPES[args.model]).astype("float32")
     y = rng.integers(0, 10, size=args.images)
     backend = keras.backend.backend()
     device = "cpu"
@@ -112,18 +123,18 @@ def main():
     rows = []
     for robust in (False, True):
         kind = f"PGD training ({args.pgd_steps} steps)" if robust else "standard training"
-        row = {"kind": kind, "ours_images_per_s": ours(x, y, robust=robust, steps=args.pgd_steps,
+        row = {"kind": kind, "ours_images_per_s": ours(args.model, x, y, robust=robust, steps=args.pgd_steps,
                                                        batch_size=args.batch_size, repeats=args.repeats)}
         if backend == "jax":
-            row["reference_images_per_s"] = jax_reference(x, y, robust=robust, steps=args.pgd_steps,
+            row["reference_images_per_s"] = jax_reference(args.model, x, y, robust=robust, steps=args.pgd_steps,
                                                           batch_size=args.batch_size, repeats=args.repeats)
             row["ratio"] = row["ours_images_per_s"] / row["reference_images_per_s"]
         rows.append(row)
         ref = f", hand-written JAX {row['reference_images_per_s']:.0f}/s, ratio {row['ratio']:.2f}" if "ratio" in row else ""
-        print(f"{backend}/{device} {kind}: ours {row['ours_images_per_s']:.0f} images/s{ref}")
-    write_json(os.path.join(args.out_dir, f"bench_train_{backend}_{device}.json"), {
+        print(f"{backend}/{device} {args.model} {kind}: ours {row['ours_images_per_s']:.0f} images/s{ref}")
+    write_json(os.path.join(args.out_dir, f"bench_train_{backend}_{device}_{args.model}.json"), {
         "meta": {"backend": backend, "device": device, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                 "images": args.images, "batch_size": args.batch_size, "model": "compact CNN (28x28x1, width 16)",
+                 "images": args.images, "batch_size": args.batch_size, "model": args.model, "input_shape": list(SHAPES[args.model]),
                  "command": f"KERAS_BACKEND={backend} python bench/bench_train.py " + " ".join(sys.argv[1:])},
         "rows": rows})
 

@@ -86,3 +86,21 @@ def test_logits_model_matches_softmax(model, images):
     probs = model.predict(images, verbose=0)
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(e / e.sum(1, keepdims=True), probs, atol=1e-5)
+
+
+def test_compiled_random_starts_stay_inside_and_spread(images):
+    """``start_from_noise`` (PGD's random start inside compiled training) keeps the bounds."""
+    rng = np.random.default_rng(0)
+    normal = rng.standard_normal(images.shape).astype("float32")
+    uniform = rng.random(images.shape).astype("float32")
+    for step in (L2Step(eps=2.0, step_size=0.1, clip_min=-100, clip_max=100),
+                 LinfStep(eps=0.1, step_size=0.1, clip_min=-100, clip_max=100)):
+        a = np.asarray(step.start_from_noise(images, normal, uniform))
+        d = (a - images).reshape(len(images), -1)
+        size = np.sqrt((d**2).sum(1)) if isinstance(step, L2Step) else np.abs(d).max(1)
+        assert np.all(size <= step.eps * (1 + 1e-5))
+        assert size.max() > 0.5 * step.eps  # a real start, not the clean point
+        if isinstance(step, L2Step):  # one radius per example, drawn uniformly in [0, eps)
+            np.testing.assert_allclose(size, step.eps * uniform.reshape(len(images), -1)[:, 0], rtol=1e-4)
+    clipped = np.asarray(L2Step(eps=50.0, step_size=0.1, clip_min=0, clip_max=1).start_from_noise(images, normal, uniform))
+    assert clipped.min() >= 0 and clipped.max() <= 1

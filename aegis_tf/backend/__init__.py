@@ -15,8 +15,15 @@ The API, identical in both files:
 * ``make_attack(logits_model, step, steps, sign)`` -> ``attack(x0, y, x_init)``:
   ``steps`` PGD iterations compiled as one function; ``sign`` is +1 to raise
   the loss (untargeted) or -1 to lower it (targeted).
-* ``make_train_step(logits_model, optimizer)`` -> ``train_step(x, y)``: one
-  optimizer step on the mean cross-entropy; returns the loss.
+* ``make_trainer(logits_model, optimizer, x, y)`` -> ``trainer`` whose
+  ``trainer.epoch(order, rng, *, batch_size, attack=None, augment=None,
+  on_batches=None)`` trains one epoch over ``x[order]`` and returns the mean
+  loss. ``attack`` is ``(step, steps)`` for Madry training (PGD from a random
+  start, then the optimizer step on the adversarial batch); ``augment`` is
+  ``aegis_tf.augment.crop_flip_params`` output; ``on_batches(k)`` reports
+  progress. TensorFlow draws random starts from ``rng`` on the host; JAX keeps
+  the data on the device and draws them with ``jax.random`` from a key taken
+  from ``rng``, and skips the last partial batch.
 """
 
 import keras
@@ -32,9 +39,9 @@ else:  # pragma: no cover - torch/numpy backends are not supported
 enable_determinism = _impl.enable_determinism
 input_gradient = _impl.input_gradient
 make_attack = _impl.make_attack
-make_train_step = _impl.make_train_step
+make_trainer = _impl.make_trainer
 
-__all__ = ["enable_determinism", "input_gradient", "make_attack", "make_train_step"]
+__all__ = ["enable_determinism", "input_gradient", "make_attack", "make_trainer"]
 
 
 def cross_entropy(y, logits):
