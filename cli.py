@@ -179,9 +179,10 @@ def build_parser():
     t.set_defaults(out=None)
 
     d = sub.add_parser("detect", help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
-                       description="AEGIS: translate training images toward each class with targeted L2 PGD, take "
-                                   "features, reduce (t-SNE), count clusters; flag classes with more clusters than "
-                                   "clean classes show. With no model flag it examines the embedded robust clean and "
+                       description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
+                                   "a class when enough of its translations carry a patch that moves other images "
+                                   "to it (default), or, as in the paper, when t-SNE + clustering of features shows "
+                                   "more clusters than clean classes. With no model flag it examines the embedded robust clean and "
                                    "backdoored digits models.")
     _model_flags(d)
     _flag(d, "--data", default=None, help="training images: .h5, .npz (train split) or a named set (default data/train.h5)")
@@ -194,6 +195,11 @@ def build_parser():
     _flag(d, "--steps", type=int, default=None, help="PGD steps of the translation (default and paper 75)")
     _flag(d, "--eps", type=float, default=None, help="L2 radius of the translation, units of [0, 1] (paper: 100 MNIST, 500 CIFAR)")
     _flag(d, "--step-size", type=float, default=None, help="translation step, units of [0, 1] (paper 0.25)")
+    _flag(d, "--score", choices=("transfer", "clusters"), default=None,
+          help="transfer: share of translations whose most-changed pixels move other images to the class "
+               "(default); clusters: t-SNE + clustering counts (the paper)")
+    _flag(d, "--top-frac", type=float, default=None, help="share of pixels in a translation's patch (default 0.02)")
+    _flag(d, "--probes", type=int, default=None, help="clean images each patch is pasted onto (default 20)")
     _flag(d, "--layer", default=None, help="feature layer (default: the penultimate layer)")
     _flag(d, "--reducer", choices=("tsne", "pca"), default=None, help="2-D reduction (default tsne)")
     _flag(d, "--clusterer", choices=("meanshift", "hdbscan", "affinity"), default=None, help="clustering (default meanshift)")
@@ -485,7 +491,8 @@ def _detect_config(args):
     config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS)
     for flag, key in (("seeds", "n_seeds"), ("steps", "steps"), ("eps", "eps"), ("step_size", "step_size"),
                       ("layer", "layer"), ("reducer", "reducer"), ("clusterer", "clusterer"),
-                      ("population", "population"), ("criterion", "criterion"), ("runs", "runs")):
+                      ("population", "population"), ("criterion", "criterion"), ("runs", "runs"),
+                      ("score", "score"), ("top_frac", "top_frac"), ("probes", "n_probes")):
         if getattr(args, flag) is not None:
             config[key] = getattr(args, flag)
     if args.bandwidth is not None:
@@ -498,9 +505,11 @@ def _detect_config(args):
                 raise AegisError(f"--bandwidth must be auto or a number. Received: {args.bandwidth}") from None
             if config["bandwidth"] <= 0:
                 raise AegisError(f"--bandwidth must be positive. Received: {args.bandwidth}")
-    for key in ("n_seeds", "steps", "runs"):
-        if config[key] < 1:
-            raise AegisError(f"--{'seeds' if key == 'n_seeds' else key} must be at least 1. Received: {config[key]}")
+    for key, flag in (("n_seeds", "seeds"), ("steps", "steps"), ("runs", "runs"), ("n_probes", "probes")):
+        if config.get(key, 1) < 1:
+            raise AegisError(f"--{flag} must be at least 1. Received: {config[key]}")
+    if not 0.0 < config.get("top_frac", 0.02) <= 1.0:
+        raise AegisError(f"--top-frac must lie in (0, 1]. Received: {config['top_frac']}")
     return config
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from aegis_tf import backend
 from aegis_tf.errors import AegisError
 from aegis_tf.models import logits_model
+from aegis_tf.report import verdict_report
 from aegis_tf.utils import progress
 
 __all__ = ["reverse_engineer_trigger", "anomaly_index", "NeuralCleanse"]
@@ -142,9 +143,5 @@ class NeuralCleanse:
         return self
 
     def report(self):
-        return {
-            "verdict": "backdoored" if self.is_backdoored_ else "clean",
-            "suspect_classes": self.suspect_classes_,
-            "classes": {str(c): {"l1_norm": self.l1_norms_[c], "anomaly_index": self.anomaly_index_[c],
-                                 "attack_success": self.success_[c]} for c in self.classes_},
-        }
+        return verdict_report(self, lambda c: {"l1_norm": self.l1_norms_[c], "anomaly_index": self.anomaly_index_[c],
+                                               "attack_success": self.success_[c]})

@@ -1,10 +1,10 @@
-"""Figures: image grids of clean and triggered samples."""
+"""Figures (image grids of clean and triggered samples) and the detectors' common JSON report."""
 
 import numpy as np
 
 from aegis_tf.utils import atomic_path
 
-__all__ = ["save_image_grid"]
+__all__ = ["save_image_grid", "verdict_report"]
 
 
 def save_image_grid(rows, path, *, pixel_max=255.0, title=None):
@@ -41,3 +41,15 @@ def save_image_grid(rows, path, *, pixel_max=255.0, title=None):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def verdict_report(detector, per_class, params=()):
+    """The JSON-ready report of a fitted detector: verdict, suspects, ``per_class(c)`` for each class, params."""
+    out = {
+        "verdict": "backdoored" if detector.is_backdoored_ else "clean",
+        "suspect_classes": detector.suspect_classes_,
+        "classes": {str(c): per_class(c) for c in detector.classes_},
+    }
+    if params:
+        out["params"] = {k: getattr(detector, k) for k in params}
+    return out

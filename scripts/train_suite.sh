@@ -39,9 +39,9 @@ import os
 os.replace(dst + ".tmp.npz", dst)
 PY
 done
-for d in mnist fashion_mnist; do
-  for t in clean localised distributed; do
-    for s in 0 1 2; do echo "$d $t $s"; done
+for s in 0 1 2; do  # one model of each kind first, then the next seed
+  for d in mnist fashion_mnist; do
+    for t in clean localised distributed; do echo "$d $t $s"; done
   done
 done | xargs -P "$jobs" -L 1 bash -c '
   d=$0; t=$1; s=$2

@@ -21,8 +21,10 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert report["verdict"] in ("clean", "backdoored")
     assert set(report["classes"]) == {"5", "6", "7"}
     assert (out / "embeddings.png").stat().st_size > 5_000
-    for c in report["suspect_classes"]:
-        assert (out / f"suspect_class_{c}_clusters.png").exists()
+    assert report["score"] == "transfer"
+    assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
+    for path in report["files"]["suspect_patches"].values():
+        assert os.path.getsize(path) > 5_000
     again, _ = _run(tmp_path, "b", [], capsys)
     second = json.load(open(again / "detect.json"))["aegis"]
     for key in ("verdict", "suspect_classes", "classes", "translation_reached"):
@@ -33,6 +35,8 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     (["--classes", "5,12"], "--classes must lie in 0..9"),
     (["--bandwidth", "wide"], "--bandwidth must be auto or a number"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--top-frac", "1.5"], "--top-frac must lie in (0, 1]"),
+    (["--probes", "0"], "--probes must be at least 1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
 ])

@@ -91,3 +91,68 @@ def test_neural_cleanse_finds_the_default_badnet_target(default_model, default_v
     nc = NeuralCleanse(epochs=6, steps_per_epoch=10, random_state=0).fit(default_model, x[:200], list(range(10)))
     assert nc.suspect_classes_ == [7]
     assert nc.l1_norms_[7] == min(nc.l1_norms_.values())
+
+
+def test_patches_are_the_most_changed_pixels_and_paste_exactly():
+    from aegis_tf.detection import _patch_pixels, paste_patches
+
+    seed = np.zeros((2, 4, 4, 1), "float32")
+    moved = seed.copy()
+    moved[0, 3, 3] = 9.0  # image 0: one big change, one small
+    moved[0, 0, 1] = 1.0
+    moved[1, 1, 2] = 5.0
+    pixels = _patch_pixels(moved, seed, top_frac=1 / 16)
+    assert pixels.tolist() == [[15], [6]]
+    probes = np.full((3, 4, 4, 1), 2.0, "float32")
+    pasted = paste_patches(moved, pixels, probes)
+    assert pasted.shape == (2, 3, 4, 4, 1)
+    assert np.all(pasted[0, :, 3, 3, 0] == 9.0) and np.all(pasted[1, :, 1, 2, 0] == 5.0)
+    assert np.sum(pasted != 2.0) == 2 * 3  # nothing else changed
+
+
+def test_transfer_detector_scores_and_criteria():
+    from aegis_tf.detection import PatchTransferDetector
+
+    rng = np.random.default_rng(0)
+    rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
+    rates[4][:12] = 1.0  # 12% of class 4's translations carry a patch that moves every probe
+    det = PatchTransferDetector().fit(rates)
+    assert det.suspect_classes_ == [4] and det.is_backdoored_
+    assert det.scores_[4] == pytest.approx(0.12) and det.scores_[0] == 0.0
+    assert PatchTransferDetector().fit({c: rng.uniform(0, 0.3, 100) for c in range(6)}).suspect_classes_ == []
+    every = {c: np.r_[np.ones(12), np.zeros(88)] for c in range(6)}  # every class transfers: not one class's fault
+    assert PatchTransferDetector().fit(every).suspect_classes_ == []
+    few = {**{c: np.zeros(20) for c in range(6)}, 2: np.r_[np.ones(2), np.zeros(18)]}  # 2 translations: below min_count
+    assert PatchTransferDetector().fit(few).suspect_classes_ == []
+    with pytest.raises(AegisError, match="flip_at must lie"):
+        PatchTransferDetector(flip_at=0).fit(rates)
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    from aegis_tf.data import load_h5
+    from aegis_tf.defaults import PATHS
+
+    return load_h5(PATHS["train"])
+
+
+@pytest.mark.parametrize("name, suspects", [("robust_bd_net", [7]), ("robust_clean_net", [])])
+def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(digits_train, name, suspects):
+    from aegis_tf.defaults import PATHS
+    from aegis_tf.detection import PatchTransferDetector, patch_transfer_rates
+    from aegis_tf.models import load_model
+
+    model = load_model(PATHS[name])
+    x, y = digits_train
+
+    def once():
+        tr = translate_all(model, x, y, [3, 7], n_seeds=60, eps=100 * 255.0, step_size=0.25 * 255, steps=75,
+                           clip_min=0, clip_max=255.0, seed=1)
+        rates = patch_transfer_rates(model, x, y, tr, seed=1)
+        return {c: r[0] for c, r in rates.items()}
+
+    rates = once()
+    assert PatchTransferDetector().fit(rates).suspect_classes_ == suspects
+    again = once()
+    for c in rates:
+        np.testing.assert_array_equal(rates[c], again[c])  # same seed, same result

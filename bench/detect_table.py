@@ -1,0 +1,125 @@
+"""AEGIS verdicts on a set of trained models, several detection runs each.
+
+    python bench/detect_table.py out/suite/*.keras --runs 5 --seeds 100
+
+For each model (a ``.keras`` file with the ``.keras.json`` report that
+``cli.py train`` writes beside it, which names the data, the trigger, the
+poison rate and the target class), runs the detector ``--runs`` times with
+detection seeds 0, 1, ... (different seed images, probes and t-SNE seeds) and
+records the verdict, the suspect classes and the stage times. Ground truth:
+poison rate > 0 means backdoored toward ``target_label``. Writes
+``--out`` (.json) and a Markdown table beside it, updated after every model.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from aegis_tf.data import load_split  # noqa: E402
+from aegis_tf.detect_job import DEFAULTS, run_aegis  # noqa: E402
+from aegis_tf.detection import PRESETS  # noqa: E402
+from aegis_tf.models import load_model  # noqa: E402
+from aegis_tf.utils import atomic_path, write_json  # noqa: E402
+
+
+def score_run(report, target, n_classes):
+    suspects = report["suspect_classes"]
+    wrong = [c for c in suspects if c != target]
+    return {"flagged": bool(suspects), "suspects": suspects, "right_class": target in suspects if target is not None else None,
+            "fp_share": len(wrong) / (n_classes - (target is not None))}
+
+
+def summarise(rows, runs):
+    bd = [r for r in rows if r["target"] is not None]
+    clean = [r for r in rows if r["target"] is None]
+    majority = lambda r, key: sum(bool(x[key]) for x in r["runs"]) > len(r["runs"]) / 2
+    stable = lambda r: max(sum(x["flagged"] for x in r["runs"]), sum(not x["flagged"] for x in r["runs"])) >= 0.8 * len(r["runs"])
+    fp = [x["fp_share"] for r in rows for x in r["runs"]]
+    return {
+        "backdoored_models": len(bd), "backdoored_flagged_right_class": sum(majority(r, "right_class") for r in bd),
+        "clean_models": len(clean), "clean_flagged": sum(majority(r, "flagged") for r in clean),
+        "fp_class_share": float(np.mean(fp)) if fp else None,
+        "stable_models": sum(stable(r) for r in rows), "models": len(rows),
+    }
+
+
+def markdown(result):
+    m = result["meta"]
+    lines = [f"# AEGIS on trained models ({m['score']} score)", "",
+             f"`{m['command']}` ({m['machine']}, Keras backend {m['backend']}). "
+             f"Detection config: {json.dumps(m['config'])}.", "",
+             "A cell per detection run: suspect classes (- for none). Truth: the model's target, or clean.", "",
+             "| model | data | trigger | clean acc | ASR | truth | " + " | ".join(f"run {i}" for i in range(m["runs"]))
+             + " | flagged with right class | s per run |", "|---" * (8 + m["runs"]) + "|"]
+    for r in result["rows"]:
+        cells = [",".join(map(str, x["suspects"])) or "-" for x in r["runs"]]
+        ok = sum(bool(x["right_class"]) for x in r["runs"]) if r["target"] is not None else "-"
+        lines.append(f"| {r['name']} | {r['data']} | {r['trigger']} | {r['clean_acc']:.2%} | "
+                     f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {r['target'] if r['target'] is not None else 'clean'} | "
+                     + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} |")
+    s = result["summary"]
+    lines += ["", f"- backdoored models flagged with the right class (majority of runs): "
+                  f"{s['backdoored_flagged_right_class']} of {s['backdoored_models']}",
+              f"- clean models flagged (majority of runs): {s['clean_flagged']} of {s['clean_models']}",
+              f"- false-positive classes, mean over all runs: "
+              + ("-" if s["fp_class_share"] is None else f"{s['fp_class_share']:.1%}"),
+              f"- models with the same verdict in at least 80% of runs: {s['stable_models']} of {s['models']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help=".keras models with their .keras.json training reports")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=100, help="translations per class")
+    p.add_argument("--preset", choices=("default", "paper"), default="default")
+    p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
+    p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
+    args = p.parse_args()
+    import keras
+
+    config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS, n_seeds=args.seeds)
+    paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
+    result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
+                       "config": config, "score": config["score"], "backend": keras.backend.backend(),
+                       "machine": f"{os.cpu_count()} CPU cores"}, "rows": []}
+    for path in paths:
+        with open(path + ".json") as f:
+            info = json.load(f)
+        x, y = load_split(info["data"], split="train", data_dir=args.data_dir, scale="raw")
+        x, y = x[:args.train_images], y[:args.train_images]
+        model = load_model(path)
+        n_classes = int(model.output_shape[-1])
+        target = info["target_label"] if info.get("poison_rate", 0) > 0 else None
+        row = {"name": os.path.basename(path), "data": os.path.basename(str(info["data"])), "trigger": info["trigger"] if target is not None else "none",
+               "clean_acc": info["test"]["clean_acc"], "asr": info["test"].get("asr") if target is not None else None,
+               "target": target, "runs": [], "seconds": []}
+        for r in range(args.runs):
+            t = time.perf_counter()
+            rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir="",
+                            seed=r, plots=False)
+            row["seconds"].append(time.perf_counter() - t)
+            row["runs"].append({**score_run(rep, target, n_classes),
+                                "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}})
+            print(f"{row['name']} run {r}: suspects {rep['suspect_classes']} ({row['seconds'][-1]:.0f} s)", flush=True)
+        result["rows"].append(row)
+        result["summary"] = summarise(result["rows"], args.runs)
+        write_json(args.out, result)
+        with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp:
+            with open(tmp, "w") as f:
+                f.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
