@@ -16,7 +16,7 @@ from aegis_tf.utils import atomic_path
 
 __all__ = ["run_aegis", "run_neural_cleanse", "format_summary", "DEFAULTS"]
 
-# The measured default (results/detect_ablation.md); the paper's own is PRESETS["paper"].
+# The measured default (results/detect_table.md, results/detect_ablation.md); the paper's own is PRESETS["paper"].
 DEFAULTS = {
     "n_seeds": 200, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": None,
     "score": "transfer", "top_frac": 0.02, "n_probes": 20,
@@ -81,7 +81,7 @@ def _cluster_grids(det, translations, out_dir, pixel_max):
     return files
 
 
-def _transfer_grids(det, translations, rates, x, out_dir, pixel_max, flip_at):
+def _transfer_grids(det, translations, rates, x, out_dir, pixel_max):
     """For each suspect class: its translations whose patch transfers, the patches, and a patched probe."""
     from aegis_tf.report import save_image_grid
 
@@ -89,7 +89,7 @@ def _transfer_grids(det, translations, rates, x, out_dir, pixel_max, flip_at):
     for c in det.suspect_classes_:
         x_t, r = translations[c][0], rates[c]
         order = np.argsort(-r[0])
-        idx = order[r[0][order] >= flip_at][:10]
+        idx = order[r[0][order] >= det.flip_at][:10]
         pixels, probes = r[1][idx], x[r[2][:1]]
         alone = paste_patches(x_t[idx], pixels, np.zeros_like(probes))[:, 0]
         on_probe = paste_patches(x_t[idx], pixels, probes)[:, 0]
@@ -157,8 +157,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         if clusters:
             report["files"]["suspect_clusters"] = _cluster_grids(det, translations, out_dir, pixel_max)
         else:
-            report["files"]["suspect_patches"] = _transfer_grids(transfer, translations, rates, x, out_dir, pixel_max,
-                                                                 transfer.flip_at)
+            report["files"]["suspect_patches"] = _transfer_grids(transfer, translations, rates, x, out_dir, pixel_max)
     report["seconds"] = times
     return report
 

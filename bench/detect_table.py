@@ -38,7 +38,7 @@ def score_run(report, target, n_classes):
             "fp_share": len(wrong) / (n_classes - (target is not None))}
 
 
-def summarise(rows, runs):
+def summarise(rows):
     bd = [r for r in rows if r["target"] is not None]
     clean = [r for r in rows if r["target"] is None]
     majority = lambda r, key: sum(bool(x[key]) for x in r["runs"]) > len(r["runs"]) / 2
@@ -113,7 +113,7 @@ def main():
                                 "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}})
             print(f"{row['name']} run {r}: suspects {rep['suspect_classes']} ({row['seconds'][-1]:.0f} s)", flush=True)
         result["rows"].append(row)
-        result["summary"] = summarise(result["rows"], args.runs)
+        result["summary"] = summarise(result["rows"])
         write_json(args.out, result)
         with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp:
             with open(tmp, "w") as f:
