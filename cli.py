@@ -195,6 +195,8 @@ def build_parser():
     _flag(d, "--steps", type=int, default=None, help="PGD steps of the translation (default and paper 75)")
     _flag(d, "--eps", type=float, default=None, help="L2 radius of the translation, units of [0, 1] (paper: 100 MNIST, 500 CIFAR)")
     _flag(d, "--step-size", type=float, default=None, help="translation step, units of [0, 1] (paper 0.25)")
+    _flag(d, "--start-noise", type=float, default=None,
+          help="std of Gaussian noise added to each seed before translating, units of [0, 1] (default 0.1; paper 0)")
     _flag(d, "--score", choices=("transfer", "clusters"), default=None,
           help="transfer: share of translations whose most-changed pixels move other images to the class "
                "(default); clusters: t-SNE + clustering counts (the paper)")
@@ -208,7 +210,9 @@ def build_parser():
           help="cluster training+translated images (paper) or translated only")
     _flag(d, "--criterion", choices=("absolute", "relative"), default=None,
           help="absolute: more clusters than a clean class (paper); relative: more than the median class")
-    _flag(d, "--runs", type=int, default=None, help="t-SNE seeds to vote over (default 3; paper 1)")
+    _flag(d, "--runs", type=int, default=None, help="t-SNE seeds to vote over with --score clusters (default and paper 1)")
+    _flag(d, "--jobs", type=int, default=1,
+          help="classes reduced and clustered at once, in threads (default 1; -1: every core); same report")
     _flag(d, "--out-dir", default=os.path.join("out", "detect"), help="report folder (default out/detect)")
     _common(d)
 
@@ -490,7 +494,7 @@ def _detect_config(args):
 
     config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS)
     for flag, key in (("seeds", "n_seeds"), ("steps", "steps"), ("eps", "eps"), ("step_size", "step_size"),
-                      ("layer", "layer"), ("reducer", "reducer"), ("clusterer", "clusterer"),
+                      ("start_noise", "start_noise"), ("layer", "layer"), ("reducer", "reducer"), ("clusterer", "clusterer"),
                       ("population", "population"), ("criterion", "criterion"), ("runs", "runs"),
                       ("score", "score"), ("top_frac", "top_frac"), ("probes", "n_probes")):
         if getattr(args, flag) is not None:
@@ -508,6 +512,10 @@ def _detect_config(args):
     for key, flag in (("n_seeds", "seeds"), ("steps", "steps"), ("runs", "runs"), ("n_probes", "probes")):
         if config.get(key, 1) < 1:
             raise AegisError(f"--{flag} must be at least 1. Received: {config[key]}")
+    if args.jobs == 0 or args.jobs < -1:
+        raise AegisError(f"--jobs must be a positive integer or -1. Received: {args.jobs}")
+    if config.get("start_noise", 0.0) < 0:
+        raise AegisError(f"--start-noise must be >= 0. Received: {config['start_noise']}")
     if not 0.0 < config.get("top_frac", 0.02) <= 1.0:
         raise AegisError(f"--top-frac must lie in (0, 1]. Received: {config['top_frac']}")
     return config
@@ -558,7 +566,8 @@ def cmd_detect(args):
         result = {"model": source}
         if args.method in ("aegis", "both"):
             result["aegis"] = run_aegis(model, x, y, classes=classes, config=config, pixel_max=pm, out_dir=out_dir,
-                                        seed=args.seed, batch_size=args.batch_size, quiet=args.quiet)
+                                        seed=args.seed, batch_size=args.batch_size, quiet=args.quiet,
+                                        n_jobs=args.jobs)
             print(format_summary(result["aegis"], name))
         if args.method in ("neural-cleanse", "both"):
             result["neural_cleanse"] = run_neural_cleanse(model, x, classes=classes, pixel_max=pm, out_dir=out_dir,

@@ -26,6 +26,9 @@ class is suspect with more than 2 clusters. Other options are measured in
 ``results/detect_ablation.md``.
 """
 
+import time
+from typing import NamedTuple
+
 import numpy as np
 
 from aegis_tf.attacks import projected_gradient_descent
@@ -33,28 +36,46 @@ from aegis_tf.errors import AegisError
 from aegis_tf.models import penultimate_layer, predict_labels
 from aegis_tf.report import verdict_report
 
-__all__ = ["PRESETS", "translate_all", "extract_features", "AegisDetector", "class_features", "paste_patches",
+__all__ = ["PRESETS", "Translation", "translate_all", "feature_layer", "extract_features", "AegisDetector", "class_features", "paste_patches",
            "patch_transfer_rates", "PatchTransferDetector"]
 
 PRESETS = {
-    # The authors' notebooks (MNIST values; the CLI scales eps by the pixel range).
+    # The authors' notebooks (MNIST values; the CLI scales eps by the pixel range). They
+    # flattened the output of ResNet layer4; models without one give their penultimate layer.
     "paper": {
-        "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": None,
+        "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": "layer4,penultimate",
         "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
-        "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters",
+        "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
     },
 }
 
 
+class Translation(NamedTuple):
+    """Translations toward one class: the images, the indices of their seeds in
+    the training set, the share the model classifies as the class, and the
+    images PGD started from (the seeds, plus noise with ``start_noise``)."""
+
+    images: np.ndarray
+    seeds: np.ndarray
+    reached: float
+    starts: np.ndarray
+
+
 def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_min, clip_max, seed=0,
-                  batch_size=512):
+                  batch_size=512, start_noise=0.0):
     """Translate ``n_seeds`` training images of other classes toward each class in ``classes``.
 
-    Returns ``{c: (x_translated, seed_indices, reached)}``; ``reached`` is the
-    fraction of translations the model classifies as ``c``. All classes go
-    through one batched targeted L2 PGD call (``eps``/``step_size`` in the
-    model's input units; no random start, as in the paper).
+    Returns ``{c: Translation}``. All classes go through one batched targeted
+    L2 PGD call (``eps``/``step_size`` in the model's input units). The paper
+    starts PGD from the seed images themselves (``start_noise=0``).
+    ``start_noise`` > 0 adds Gaussian noise of that standard deviation (input
+    units) to each seed first, drawn from ``seed``: a ReLU network often has
+    zero gradient on a black corner, so PGD from a clean seed can never light
+    a corner trigger there; from a noisy start it can
+    (``results/detect_table.md``).
     """
+    if start_noise < 0:
+        raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
     rng = np.random.default_rng(seed)
     rows, targets, seeds = [], [], {}
     for c in classes:
@@ -66,7 +87,11 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
         rows.append(idx)
         targets.append(np.full(len(idx), c))
     all_idx, all_t = np.concatenate(rows), np.concatenate(targets)
-    adv = projected_gradient_descent(model, x[all_idx], eps=eps, step_size=step_size, steps=steps, norm=2, y=all_t,
+    starts = np.asarray(x[all_idx], dtype="float32")
+    if start_noise > 0:
+        noise = rng.standard_normal(starts.shape).astype("float32") * np.float32(start_noise)
+        starts = np.clip(starts + noise, clip_min, clip_max)
+    adv = projected_gradient_descent(model, starts, eps=eps, step_size=step_size, steps=steps, norm=2, y=all_t,
                                      targeted=True, random_start=False, clip_min=clip_min, clip_max=clip_max,
                                      batch_size=batch_size)
     pred = predict_labels(model, adv, batch_size=batch_size)
@@ -74,22 +99,33 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     for c in classes:
         n = len(seeds[c])
         sl = slice(start, start + n)
-        out[c] = (adv[sl], seeds[c], float(np.mean(pred[sl] == c)))
+        out[c] = Translation(adv[sl], seeds[c], float(np.mean(pred[sl] == c)), starts[sl])
         start += n
     return out
 
 
+def feature_layer(model, layer=None):
+    """The layer ``layer`` names: ``None`` or ``"penultimate"`` is the layer
+    feeding the classifier; ``"a,b"`` is the first of ``a``, ``b`` that the
+    model has (the paper preset asks for ``layer4,penultimate``: the last
+    residual stage of a ResNet, else the penultimate layer)."""
+    if layer is None:
+        return penultimate_layer(model)
+    names = [n.strip() for n in str(layer).split(",") if n.strip()]
+    for name in names:
+        try:
+            return model.get_layer(name)
+        except ValueError:
+            if name == "penultimate":
+                return penultimate_layer(model)
+    raise AegisError(f"model has no layer named {' or '.join(map(repr, names)) or repr(layer)}")
+
+
 def extract_features(model, x, *, layer=None, batch_size=512):
-    """Flattened output of ``layer`` (a name; default the penultimate layer) for ``x``."""
+    """Flattened output of ``layer`` (see :func:`feature_layer`) for ``x``."""
     import keras
 
-    if layer is None:
-        target = penultimate_layer(model)
-    else:
-        try:
-            target = model.get_layer(layer)
-        except ValueError:
-            raise AegisError(f"model has no layer named {layer!r}") from None
+    target = feature_layer(model, layer)
     probe = keras.Model(model.inputs, target.output)
     f = probe.predict(x, batch_size=batch_size, verbose=0)
     return f.reshape(len(x), -1)
@@ -102,7 +138,8 @@ def class_features(model, x, y, translations, *, n_seeds, layer=None, seed=0, ba
     """
     rng = np.random.default_rng(seed + 1)
     out = {}
-    for c, (xt, _, _) in translations.items():
+    for c, tr in translations.items():
+        xt = tr.images
         own = np.nonzero(y == c)[0]
         if len(own) == 0:
             raise AegisError(f"class {c} has no training images")
@@ -173,16 +210,22 @@ class AegisDetector:
       than half of the runs.
     * ``random_state``: seed of PCA, t-SNE and the clusterers; run ``r`` uses
       ``random_state + r``.
+    * ``n_jobs``: classes (and runs) reduced and clustered at once, in threads
+      (1: one after the other; -1: one per CPU core). The result does not
+      depend on it.
 
     Attributes after ``fit``: ``classes_``, ``counts_`` (class -> list of counts,
     one per run), ``votes_`` (class -> share of runs flagging it),
     ``suspect_classes_``, ``is_backdoored_``, ``embeddings_`` and ``labels_``
-    (class -> 2-D points and cluster labels of the first run), ``bandwidths_``.
+    (class -> 2-D points and cluster labels of the first run), ``bandwidths_``,
+    ``seconds_`` (wall time spent reducing and clustering; with ``n_jobs`` > 1
+    the wall time of the parallel section, split between the two in
+    proportion to their summed per-job times).
     """
 
     def __init__(self, *, reducer="tsne", clusterer="meanshift", bandwidth="auto", population="both",
                  criterion="absolute", min_cluster_frac=0.0, runs=1, perplexity=30.0, pca_components=150,
-                 random_state=0):
+                 random_state=0, n_jobs=1):
         self.reducer = reducer
         self.clusterer = clusterer
         self.bandwidth = bandwidth
@@ -193,6 +236,7 @@ class AegisDetector:
         self.perplexity = perplexity
         self.pca_components = pca_components
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _check(self):
         if self.reducer not in ("tsne", "pca"):
@@ -203,6 +247,8 @@ class AegisDetector:
             raise AegisError(f"criterion must be absolute or relative. Received: {self.criterion!r}")
         if int(self.runs) < 1:
             raise AegisError(f"runs must be at least 1. Received: {self.runs}")
+        if not isinstance(self.n_jobs, (int, np.integer)) or self.n_jobs == 0 or self.n_jobs < -1:
+            raise AegisError(f"n_jobs must be a positive integer or -1. Received: {self.n_jobs!r}")
 
     def _points(self, f_train, f_trans):
         if self.population == "translated":
@@ -221,16 +267,33 @@ class AegisDetector:
         # equal modes of a clean class (training + translated). With translated
         # images alone a clean class has one mode, so the same scale needs 0.6.
         quantile = 0.3 if self.population == "both" else 0.6
-        for r in range(int(self.runs)):
+
+        def job(r, c):
             rs = int(self.random_state) + r
-            for c in self.classes_:
-                pts, is_trans = self._points(*features[c])
-                emb = _reduce(pts, self.reducer, rs, self.perplexity, self.pca_components)
-                labels, bw = _cluster(emb, self.clusterer, self.bandwidth, rs, quantile=quantile)
-                self.counts_[c].append(_count(labels, self.min_cluster_frac))
-                if r == 0:
-                    self.embeddings_[c], self.labels_[c], self.is_translated_[c] = emb, labels, is_trans
-                    self.bandwidths_[c] = bw
+            pts, is_trans = self._points(*features[c])
+            t = time.perf_counter()
+            emb = _reduce(pts, self.reducer, rs, self.perplexity, self.pca_components)
+            t2 = time.perf_counter()
+            labels, bw = _cluster(emb, self.clusterer, self.bandwidth, rs, quantile=quantile)
+            return emb, labels, is_trans, bw, t2 - t, time.perf_counter() - t2
+
+        tasks = [(r, c) for r in range(int(self.runs)) for c in self.classes_]
+        t = time.perf_counter()
+        if self.n_jobs == 1:
+            results = [job(r, c) for r, c in tasks]
+        else:  # threads: t-SNE and mean shift spend their time in compiled code; nothing is pickled
+            from sklearn.utils.parallel import Parallel, delayed
+
+            results = Parallel(n_jobs=self.n_jobs, backend="threading")(delayed(job)(r, c) for r, c in tasks)
+        wall = time.perf_counter() - t
+        work = {"reduce": sum(x[4] for x in results), "cluster": sum(x[5] for x in results)}
+        total = sum(work.values()) or 1.0
+        self.seconds_ = {k: v if self.n_jobs == 1 else wall * v / total for k, v in work.items()}
+        for (r, c), (emb, labels, is_trans, bw, _, _) in zip(tasks, results):
+            self.counts_[c].append(_count(labels, self.min_cluster_frac))
+            if r == 0:
+                self.embeddings_[c], self.labels_[c], self.is_translated_[c] = emb, labels, is_trans
+                self.bandwidths_[c] = bw
         expected = 2 if self.population == "both" else 1
         flags = {c: [] for c in self.classes_}
         for r in range(int(self.runs)):
@@ -248,7 +311,7 @@ class AegisDetector:
         return verdict_report(
             self, lambda c: {"clusters": self.counts_[c], "vote": self.votes_[c], "bandwidth": self.bandwidths_[c]},
             ("reducer", "clusterer", "bandwidth", "population", "criterion", "min_cluster_frac", "runs", "perplexity",
-             "pca_components", "random_state"))
+             "pca_components", "random_state", "n_jobs"))
 
 
 def _patch_pixels(x_translated, x_seed, top_frac):
@@ -282,10 +345,11 @@ def patch_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=2
     """
     rng = np.random.default_rng(seed + 2)
     out = {}
-    for c, (xt, seeds, _) in translations.items():
+    for c, tr in translations.items():
+        xt = tr.images
         pool = np.nonzero(y != c)[0]
         probe_idx = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
-        pixels = _patch_pixels(xt, x[seeds], top_frac)
+        pixels = _patch_pixels(xt, tr.starts, top_frac)
         pasted = paste_patches(xt, pixels, x[probe_idx])
         pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
         out[c] = ((pred.reshape(len(xt), len(probe_idx)) == c).mean(axis=1), pixels, probe_idx)

@@ -25,7 +25,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
     for path in report["files"]["suspect_patches"].values():
         assert os.path.getsize(path) > 5_000
-    again, _ = _run(tmp_path, "b", [], capsys)
+    again, _ = _run(tmp_path, "b", ["--jobs", "2"], capsys)  # classes clustered in parallel: same report
     second = json.load(open(again / "detect.json"))["aegis"]
     for key in ("verdict", "suspect_classes", "classes", "translation_reached"):
         assert report[key] == second[key]
@@ -37,6 +37,8 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--top-frac", "1.5"], "--top-frac must lie in (0, 1]"),
     (["--probes", "0"], "--probes must be at least 1"),
+    (["--start-noise", "-0.1"], "--start-noise must be >= 0"),
+    (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
 ])

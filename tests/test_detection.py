@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from aegis_tf.detection import AegisDetector, class_features, extract_features, translate_all
+from aegis_tf.detection import PRESETS, AegisDetector, class_features, extract_features, feature_layer, translate_all
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse, anomaly_index
 from conftest import tiny_cnn
@@ -56,11 +56,24 @@ def test_same_seed_same_report_and_voting():
     assert a["suspect_classes"] == [1] and a["classes"]["1"]["vote"] == 1.0
 
 
+def test_parallel_classes_give_the_same_counts_and_embeddings():
+    f = synthetic_features(planted=3)
+    one = AegisDetector(runs=2, random_state=3).fit(f)
+    two = AegisDetector(runs=2, random_state=3, n_jobs=2).fit(f)
+    assert one.counts_ == two.counts_ and one.suspect_classes_ == two.suspect_classes_ == [3]
+    for c in f:
+        np.testing.assert_array_equal(one.embeddings_[c], two.embeddings_[c])
+        np.testing.assert_array_equal(one.labels_[c], two.labels_[c])
+    assert set(two.seconds_) == {"reduce", "cluster"} and all(v >= 0 for v in two.seconds_.values())
+
+
 def test_detector_rejects_bad_parameters():
     with pytest.raises(AegisError, match="reducer must be"):
         AegisDetector(reducer="umap").fit(synthetic_features())
     with pytest.raises(AegisError, match="clusterer must be"):
         AegisDetector(reducer="pca", clusterer="kmeans").fit(synthetic_features())
+    with pytest.raises(AegisError, match="n_jobs must be"):
+        AegisDetector(reducer="pca", n_jobs=0).fit(synthetic_features())
 
 
 def test_translation_reaches_targets_and_features_have_shapes(rng):
@@ -69,10 +82,22 @@ def test_translation_reaches_targets_and_features_have_shapes(rng):
     y = np.arange(60) % 3
     tr = translate_all(model, x, y, [0, 2], n_seeds=10, eps=50.0, step_size=0.5, steps=30, clip_min=0, clip_max=1)
     assert set(tr) == {0, 2}
-    for c, (xt, idx, reached) in tr.items():
+    for c, (xt, idx, reached, starts) in tr.items():
         assert xt.shape == (10, 8, 8, 1) and np.all(y[idx] != c)
         assert xt.min() >= 0 and xt.max() <= 1
         assert reached >= 0.9
+        np.testing.assert_array_equal(starts, x[idx])  # no start noise: PGD starts at the seeds
+    noisy = translate_all(model, x, y, [0], n_seeds=10, eps=50.0, step_size=0.5, steps=3, clip_min=0, clip_max=1,
+                          start_noise=0.1)
+    again = translate_all(model, x, y, [0], n_seeds=10, eps=50.0, step_size=0.5, steps=3, clip_min=0, clip_max=1,
+                          start_noise=0.1)
+    starts, seeds = noisy[0].starts, x[noisy[0].seeds]
+    assert starts.min() >= 0 and starts.max() <= 1
+    assert 0.05 < np.std(starts - seeds) < 0.1  # Gaussian noise of std 0.1, clipped into [0, 1]
+    np.testing.assert_array_equal(starts, again[0].starts)  # drawn from the seed
+    with pytest.raises(AegisError, match="start_noise must be"):
+        translate_all(model, x, y, [0], n_seeds=2, eps=1.0, step_size=0.5, steps=1, clip_min=0, clip_max=1,
+                      start_noise=-1)
     feats = class_features(model, x, y, tr, n_seeds=10)
     assert feats[0][0].shape == (10, 64) and feats[0][1].shape == (10, 64)  # pool output flattened: 4*4*4
     with pytest.raises(AegisError, match="no layer named"):
@@ -156,3 +181,18 @@ def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(d
     again = once()
     for c in rates:
         np.testing.assert_array_equal(rates[c], again[c])  # same seed, same result
+
+
+def test_paper_preset_takes_resnet_layer4_and_falls_back_to_the_penultimate_layer():
+    from aegis_tf.models import build_resnet
+
+    resnet = build_resnet(18, input_shape=(16, 16, 3), num_classes=3, width=4)
+    layer = PRESETS["paper"]["layer"]
+    assert feature_layer(resnet, layer).name == "layer4"
+    assert feature_layer(resnet, None).name == "penultimate"
+    x = np.zeros((2, 16, 16, 3), "float32")
+    assert extract_features(resnet, x, layer=layer).shape == (2, 2 * 2 * 32)  # layer4 flattened, not pooled
+    cnn = tiny_cnn(seed=0, num_classes=3)
+    assert feature_layer(cnn, layer) is feature_layer(cnn, None)  # no layer4: the penultimate layer
+    with pytest.raises(AegisError, match="no layer named 'a' or 'b'"):
+        feature_layer(cnn, "a,b")
