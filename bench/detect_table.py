@@ -9,6 +9,8 @@ detection seeds 0, 1, ... (different seed images, probes and t-SNE seeds) and
 records the verdict, the suspect classes and the stage times. Ground truth:
 poison rate > 0 means backdoored toward ``target_label``. Writes
 ``--out`` (.json) and a Markdown table beside it, updated after every model.
+With ``--resume``, models already in ``--out`` with the same configuration and
+number of runs are kept and not run again.
 """
 
 import argparse
@@ -38,18 +40,35 @@ def score_run(report, target, n_classes):
             "fp_share": len(wrong) / (n_classes - (target is not None))}
 
 
+IMPLANTED_ASR = 0.5  # a poisoned model whose ASR stays below this did not learn the backdoor
+
+
+def kind(row):
+    """backdoored, clean, or not-learned (poisoned, but the trigger does not work)."""
+    if row["target"] is None:
+        return "clean"
+    return "backdoored" if (row["asr"] or 0.0) >= IMPLANTED_ASR else "not-learned"
+
+
 def summarise(rows):
-    bd = [r for r in rows if r["target"] is not None]
-    clean = [r for r in rows if r["target"] is None]
+    bd = [r for r in rows if kind(r) == "backdoored"]
+    clean = [r for r in rows if kind(r) == "clean"]
+    weak = [r for r in rows if kind(r) == "not-learned"]
     majority = lambda r, key: sum(bool(x[key]) for x in r["runs"]) > len(r["runs"]) / 2
     stable = lambda r: max(sum(x["flagged"] for x in r["runs"]), sum(not x["flagged"] for x in r["runs"])) >= 0.8 * len(r["runs"])
     fp = [x["fp_share"] for r in rows for x in r["runs"]]
     return {
         "backdoored_models": len(bd), "backdoored_flagged_right_class": sum(majority(r, "right_class") for r in bd),
         "clean_models": len(clean), "clean_flagged": sum(majority(r, "flagged") for r in clean),
+        "not_learned_models": len(weak), "not_learned_flagged_right_class": sum(majority(r, "right_class") for r in weak),
         "fp_class_share": float(np.mean(fp)) if fp else None,
         "stable_models": sum(stable(r) for r in rows), "models": len(rows),
     }
+
+
+def _label(row):
+    """The model's folder and file name (suites in different folders reuse file names)."""
+    return "/".join(row.get("path", row["name"]).split(os.sep)[-2:])
 
 
 def markdown(result):
@@ -57,19 +76,25 @@ def markdown(result):
     lines = [f"# AEGIS on trained models ({m['score']} score)", "",
              f"`{m['command']}` ({m['machine']}, Keras backend {m['backend']}). "
              f"Detection config: {json.dumps(m['config'])}.", "",
-             "A cell per detection run: suspect classes (- for none). Truth: the model's target, or clean.", "",
-             "| model | data | trigger | clean acc | ASR | truth | " + " | ".join(f"run {i}" for i in range(m["runs"]))
-             + " | flagged with right class | s per run |", "|---" * (8 + m["runs"]) + "|"]
+             "A cell per detection run: suspect classes (- for none). Truth: the model's target, or clean; "
+             f"a poisoned model whose ASR is under {IMPLANTED_ASR:.0%} did not learn the backdoor and is counted "
+             "apart (not learned).", "",
+             "| model | data | trigger | poisoned | clean acc | ASR | truth | "
+             + " | ".join(f"run {i}" for i in range(m["runs"]))
+             + " | flagged with right class | s per run |", "|---" * (9 + m["runs"]) + "|"]
     for r in result["rows"]:
         cells = [",".join(map(str, x["suspects"])) or "-" for x in r["runs"]]
         ok = sum(bool(x["right_class"]) for x in r["runs"]) if r["target"] is not None else "-"
-        lines.append(f"| {r['name']} | {r['data']} | {r['trigger']} | {r['clean_acc']:.2%} | "
-                     f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {r['target'] if r['target'] is not None else 'clean'} | "
+        truth = {"clean": "clean", "backdoored": r["target"], "not-learned": f"{r['target']} (not learned)"}[kind(r)]
+        lines.append(f"| {_label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
+                     f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth} | "
                      + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} |")
     s = result["summary"]
     lines += ["", f"- backdoored models flagged with the right class (majority of runs): "
                   f"{s['backdoored_flagged_right_class']} of {s['backdoored_models']}",
               f"- clean models flagged (majority of runs): {s['clean_flagged']} of {s['clean_models']}",
+              f"- poisoned models that did not learn the backdoor, flagged with the target anyway: "
+              f"{s['not_learned_flagged_right_class']} of {s['not_learned_models']}",
               f"- false-positive classes, mean over all runs: "
               + ("-" if s["fp_class_share"] is None else f"{s['fp_class_share']:.1%}"),
               f"- models with the same verdict in at least 80% of runs: {s['stable_models']} of {s['models']}"]
@@ -82,18 +107,32 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--seeds", type=int, default=100, help="translations per class")
     p.add_argument("--preset", choices=("default", "paper"), default="default")
+    p.add_argument("--start-noise", type=float, default=None, help="override the configuration's start noise")
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
+    p.add_argument("--resume", action="store_true", help="keep the models --out already holds for this configuration")
     args = p.parse_args()
     import keras
 
     config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS, n_seeds=args.seeds)
+    if args.start_noise is not None:
+        config["start_noise"] = args.start_noise
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config, "score": config["score"], "backend": keras.backend.backend(),
                        "machine": f"{os.cpu_count()} CPU cores"}, "rows": []}
+    done = {}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        if old["meta"]["config"] == config and old["meta"]["runs"] == args.runs:
+            done = {r["path"]: r for r in old["rows"] if "path" in r}
     for path in paths:
+        if path in done:
+            result["rows"].append(done[path])
+            print(f"{done[path]['name']}: kept from {args.out}", flush=True)
+            continue
         with open(path + ".json") as f:
             info = json.load(f)
         x, y = load_split(info["data"], split="train", data_dir=args.data_dir, scale="raw")
@@ -101,9 +140,9 @@ def main():
         model = load_model(path)
         n_classes = int(model.output_shape[-1])
         target = info["target_label"] if info.get("poison_rate", 0) > 0 else None
-        row = {"name": os.path.basename(path), "data": os.path.basename(str(info["data"])), "trigger": info["trigger"] if target is not None else "none",
+        row = {"name": os.path.basename(path), "path": path, "data": os.path.basename(str(info["data"])), "trigger": info["trigger"] if target is not None else "none",
                "clean_acc": info["test"]["clean_acc"], "asr": info["test"].get("asr") if target is not None else None,
-               "target": target, "runs": [], "seconds": []}
+               "target": target, "poison_rate": info.get("poison_rate", 0), "runs": [], "seconds": []}
         for r in range(args.runs):
             t = time.perf_counter()
             rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir="",
@@ -113,12 +152,17 @@ def main():
                                 "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}})
             print(f"{row['name']} run {r}: suspects {rep['suspect_classes']} ({row['seconds'][-1]:.0f} s)", flush=True)
         result["rows"].append(row)
-        result["summary"] = summarise(result["rows"])
-        write_json(args.out, result)
-        with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp:
-            with open(tmp, "w") as f:
-                f.write(markdown(result))
+        _write(result, args.out)
+    _write(result, args.out)
     print(markdown(result))
+
+
+def _write(result, out):
+    result["summary"] = summarise(result["rows"])
+    write_json(out, result)
+    with atomic_path(os.path.splitext(out)[0] + ".md") as tmp:
+        with open(tmp, "w") as f:
+            f.write(markdown(result))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""AEGIS detection speed: time per stage, and translation throughput against the model's own limit.
+
+    python bench/bench_detect.py                                   # embedded robust_bd_net, digits
+    python bench/bench_detect.py --model results/models/mnist_compact_robust_localised.keras \
+        --data mnist --data-dir DATA --train-images 20000          # an MNIST-size model
+    KERAS_BACKEND=jax python bench/bench_detect.py ...             # the JAX path (GPU when lent)
+
+Runs the whole default detection job (``aegis_tf.detect_job.run_aegis`` with
+the CLI's default configuration and its figures) and reports the seconds of
+each stage: translate (targeted L2 PGD toward every class, compilation
+included), patch_transfer (the default score), features, reduce (PCA +
+t-SNE), cluster (mean shift) and report (figures); plus the end-to-end time.
+
+Translation is ``steps`` forward+backward passes per image, so its limit is
+the model's forward+backward throughput: a compiled input gradient of the
+cross-entropy at the same batch size, timed in the same run (best of
+``--repeats``). The bench reports the PGD loop's image-steps per second as a
+ratio of that, once in steady state (the compiled loop timed on the same
+seeds after a warm-up batch) and once for the translate stage as a user sees
+it (compilation and the final prediction included).
+
+Writes ``results/bench_detect_<backend>_<device>.json`` and prints a summary.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from aegis_tf import backend  # noqa: E402
+from aegis_tf.attacks import make_step  # noqa: E402
+from aegis_tf.data import check_fits_model, load_split  # noqa: E402
+from aegis_tf.defaults import PATHS  # noqa: E402
+from aegis_tf.detect_job import DEFAULTS, run_aegis  # noqa: E402
+from aegis_tf.models import load_model, logits_model  # noqa: E402
+from aegis_tf.utils import write_json  # noqa: E402
+
+
+def forward_backward_rate(model, x, y, *, batch_size, repeats):
+    """Images per second of the compiled input gradient (forward + backward) at ``batch_size``."""
+    lm = logits_model(model)
+    xb = keras.ops.convert_to_tensor(x[:batch_size])
+    yb = keras.ops.convert_to_tensor(y[:batch_size].astype("int64"))
+    np.asarray(backend.input_gradient(lm, xb, yb)[0])  # compile
+    reps = max(3, int(np.ceil(2048 / batch_size)))
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(reps):
+            g, _ = backend.input_gradient(lm, xb, yb)
+        np.asarray(g)  # wait for the last (JAX dispatches asynchronously)
+        best = min(best, time.perf_counter() - t)
+    return reps * batch_size / best
+
+
+def pgd_steady_rate(model, x, y, *, config, pixel_max, batch_size, repeats):
+    """Image-steps per second of the compiled translation loop, after a warm-up call."""
+    lm = logits_model(model)
+    step = make_step(norm=2, eps=config["eps"] * pixel_max, step_size=config["step_size"] * pixel_max, clip_min=0.0,
+                     clip_max=pixel_max)
+    attack = backend.make_attack(lm, step, int(config["steps"]), -1.0)
+    xb, yb = x[:batch_size], y[:batch_size].astype("int64")
+    attack(xb, yb, xb)  # compile
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        attack(xb, yb, xb)  # returns NumPy: waits for the result
+        best = min(best, time.perf_counter() - t)
+    return len(xb) * int(config["steps"]) / best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=PATHS["robust_bd_net"], help="model to examine (default the embedded robust_bd_net)")
+    p.add_argument("--data", default=PATHS["train"], help="training images (.h5, .npz or a named set)")
+    p.add_argument("--data-dir", default=None, help="folder with NAME.npz for named sets")
+    p.add_argument("--train-images", type=int, default=0, help="first N training images only (0: all)")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["n_seeds"], help="translations per class (default as the CLI)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-jobs", type=int, default=1, help="classes reduced and clustered at once (threads; -1: all cores)")
+    p.add_argument("--out", default=None, help="JSON path (default results/bench_detect_<backend>_<device>.json)")
+    args = p.parse_args()
+
+    name = keras.backend.backend()
+    device = "cpu"
+    if name == "jax":
+        import jax
+
+        device = jax.devices()[0].platform
+    model = load_model(args.model)
+    x, y = load_split(args.data, split="train", data_dir=args.data_dir, scale="raw")
+    if args.train_images:
+        x, y = x[:args.train_images], y[:args.train_images]
+    x = check_fits_model(x, y, model, f"--data {args.data}").astype("float32")
+    n_classes = int(model.output_shape[-1])
+    config = dict(DEFAULTS, n_seeds=args.seeds)
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        report = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0,
+                           out_dir=out_dir, seed=0, batch_size=args.batch_size, plots=True, n_jobs=args.n_jobs)
+    total = time.perf_counter() - t
+    stages = report["seconds"]
+    n_translated = n_classes * min(args.seeds, len(x))
+    user_rate = n_translated * config["steps"] / stages["translate"]
+    fb = forward_backward_rate(model, x, y, batch_size=args.batch_size, repeats=args.repeats)
+    steady = pgd_steady_rate(model, x, y, config=config, pixel_max=255.0, batch_size=args.batch_size,
+                             repeats=args.repeats)
+    result = {
+        "meta": {"backend": name, "device": device, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                 "model": os.path.relpath(args.model, ROOT) if os.path.isabs(args.model) else args.model,
+                 "input_shape": list(model.input_shape[1:]), "classes": n_classes, "train_images": len(x),
+                 "seeds_per_class": args.seeds, "steps": config["steps"], "batch_size": args.batch_size,
+                 "n_jobs": args.n_jobs,
+                 "command": f"KERAS_BACKEND={name} python bench/bench_detect.py " + " ".join(sys.argv[1:])},
+        "verdict": report["verdict"], "suspect_classes": report["suspect_classes"],
+        "seconds": {**stages, "end_to_end": total},
+        "forward_backward_images_per_s": fb,
+        "translate_image_steps_per_s": {"steady": steady, "stage": user_rate},
+        "ratio_to_forward_backward": {"steady": steady / fb, "stage": user_rate / fb},
+    }
+    out = args.out or os.path.join(ROOT, "results", f"bench_detect_{name}_{device}.json")
+    write_json(out, result)
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in result["seconds"].items())
+    print(f"{name}/{device} {result['meta']['model']}: {n_classes} classes x {args.seeds} seeds x {config['steps']} steps; "
+          f"verdict {report['verdict']} {report['suspect_classes']}")
+    print(f"  stages: {secs}")
+    print(f"  forward+backward {fb:.0f} images/s; translation {steady:.0f} image-steps/s steady "
+          f"(ratio {steady / fb:.2f}), {user_rate:.0f} in the translate stage (ratio {user_rate / fb:.2f})")
+    print(f"  wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
