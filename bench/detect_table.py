@@ -67,8 +67,8 @@ def summarise(rows):
 
 
 def _label(row):
-    """The model's folder and file name (suites in different folders reuse file names)."""
-    return "/".join(row.get("path", row["name"]).split(os.sep)[-2:])
+    """The model's path as given (suites in different folders reuse file names)."""
+    return row.get("path", row["name"])
 
 
 def markdown(result):
@@ -78,7 +78,7 @@ def markdown(result):
              f"Detection config: {json.dumps(m['config'])}.", "",
              "A cell per detection run: suspect classes (- for none). Truth: the model's target, or clean; "
              f"a poisoned model whose ASR is under {IMPLANTED_ASR:.0%} did not learn the backdoor and is counted "
-             "apart (not learned).", "",
+             "apart (not learned)." + (f" {m['note']}" if m.get("note") else ""), "",
              "| model | data | trigger | poisoned | clean acc | ASR | truth | "
              + " | ".join(f"run {i}" for i in range(m["runs"]))
              + " | flagged with right class | s per run |", "|---" * (9 + m["runs"]) + "|"]
@@ -89,8 +89,16 @@ def markdown(result):
         lines.append(f"| {_label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
                      f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth} | "
                      + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} |")
+    lines += ["", "By folder:", "", "| folder | backdoored flagged with right class | clean flagged | not learned, "
+              "flagged with target | false-positive classes | same verdict in >= 80% of runs |", "|---" * 6 + "|"]
+    for folder, g in result.get("summary_by_folder", {}).items():
+        lines.append(f"| {folder} | {g['backdoored_flagged_right_class']} of {g['backdoored_models']} | "
+                     f"{g['clean_flagged']} of {g['clean_models']} | {g['not_learned_flagged_right_class']} of "
+                     f"{g['not_learned_models']} | "
+                     + ("-" if g["fp_class_share"] is None else f"{g['fp_class_share']:.1%}")
+                     + f" | {g['stable_models']} of {g['models']} |")
     s = result["summary"]
-    lines += ["", f"- backdoored models flagged with the right class (majority of runs): "
+    lines += ["", "All models:", "", f"- backdoored models flagged with the right class (majority of runs): "
                   f"{s['backdoored_flagged_right_class']} of {s['backdoored_models']}",
               f"- clean models flagged (majority of runs): {s['clean_flagged']} of {s['clean_models']}",
               f"- poisoned models that did not learn the backdoor, flagged with the target anyway: "
@@ -111,6 +119,7 @@ def main():
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
+    p.add_argument("--note", default="", help="a sentence for the table's header (say what else ran on the machine)")
     p.add_argument("--resume", action="store_true", help="keep the models --out already holds for this configuration")
     args = p.parse_args()
     import keras
@@ -121,7 +130,7 @@ def main():
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config, "score": config["score"], "backend": keras.backend.backend(),
-                       "machine": f"{os.cpu_count()} CPU cores"}, "rows": []}
+                       "machine": f"{os.cpu_count()} CPU cores", "note": args.note}, "rows": []}
     done = {}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
@@ -159,6 +168,9 @@ def main():
 
 def _write(result, out):
     result["summary"] = summarise(result["rows"])
+    folder = lambda r: os.path.dirname(r.get("path", ""))
+    result["summary_by_folder"] = {f: summarise([r for r in result["rows"] if folder(r) == f])
+                                   for f in sorted({folder(r) for r in result["rows"]})}
     write_json(out, result)
     with atomic_path(os.path.splitext(out)[0] + ".md") as tmp:
         with open(tmp, "w") as f:
