@@ -162,7 +162,6 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
             report["files"]["suspect_clusters"] = _cluster_grids(det, translations, out_dir, pixel_max)
         else:
             report["files"]["suspect_patches"] = _transfer_grids(transfer, translations, rates, x, out_dir, pixel_max)
-    if plots:
         times["report"] = time.perf_counter() - t
     report["seconds"] = times
     return report

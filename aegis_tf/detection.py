@@ -72,7 +72,7 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     units) to each seed first, drawn from ``seed``: a ReLU network often has
     zero gradient on a black corner, so PGD from a clean seed can never light
     a corner trigger there; from a noisy start it can
-    (``results/detect_table.md``).
+    (``results/trigger_lit.md``).
     """
     if start_noise < 0:
         raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
