@@ -202,6 +202,8 @@ def build_parser():
                "(default); clusters: t-SNE + clustering counts (the paper)")
     _flag(d, "--top-frac", type=float, default=None, help="share of pixels in a translation's patch (default 0.02)")
     _flag(d, "--probes", type=int, default=None, help="clean images each patch is pasted onto (default 20)")
+    _flag(d, "--flip-at", type=float, default=None,
+          help="share of the probes a patch must move to the class for its translation to count (default 0.9)")
     _flag(d, "--layer", default=None, help="feature layer (default: the penultimate layer)")
     _flag(d, "--reducer", choices=("tsne", "pca"), default=None, help="2-D reduction (default tsne)")
     _flag(d, "--clusterer", choices=("meanshift", "hdbscan", "affinity"), default=None, help="clustering (default meanshift)")
@@ -496,7 +498,8 @@ def _detect_config(args):
     for flag, key in (("seeds", "n_seeds"), ("steps", "steps"), ("eps", "eps"), ("step_size", "step_size"),
                       ("start_noise", "start_noise"), ("layer", "layer"), ("reducer", "reducer"), ("clusterer", "clusterer"),
                       ("population", "population"), ("criterion", "criterion"), ("runs", "runs"),
-                      ("score", "score"), ("top_frac", "top_frac"), ("probes", "n_probes")):
+                      ("score", "score"), ("top_frac", "top_frac"), ("probes", "n_probes"),
+                      ("flip_at", "flip_at")):
         if getattr(args, flag) is not None:
             config[key] = getattr(args, flag)
     if args.bandwidth is not None:
@@ -518,6 +521,8 @@ def _detect_config(args):
         raise AegisError(f"--start-noise must be >= 0. Received: {config['start_noise']}")
     if not 0.0 < config.get("top_frac", 0.02) <= 1.0:
         raise AegisError(f"--top-frac must lie in (0, 1]. Received: {config['top_frac']}")
+    if not 0.0 < config.get("flip_at", 0.9) <= 1.0:
+        raise AegisError(f"--flip-at must lie in (0, 1]. Received: {config['flip_at']}")
     return config
 
 

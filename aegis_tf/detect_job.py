@@ -16,10 +16,10 @@ from aegis_tf.utils import atomic_path
 
 __all__ = ["run_aegis", "run_neural_cleanse", "format_summary", "DEFAULTS"]
 
-# The measured default (results/detect_table.md, results/detect_ablation.md); the paper's own is PRESETS["paper"].
+# The measured default (results/detect_table.md, results/detect_rules.md, results/detect_ablation.md); the paper's own is PRESETS["paper"].
 DEFAULTS = {
     "n_seeds": 200, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": None, "start_noise": 0.1,
-    "score": "transfer", "top_frac": 0.02, "n_probes": 20,
+    "score": "transfer", "top_frac": 0.02, "n_probes": 20, "flip_at": 0.9,
     "reducer": "tsne", "clusterer": "meanshift", "bandwidth": "auto", "population": "translated",
     "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0,
 }
@@ -123,7 +123,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         t = time.perf_counter()
         rates = patch_transfer_rates(model, x, y, translations, top_frac=config["top_frac"],
                                      n_probes=config["n_probes"], seed=seed, batch_size=batch_size)
-        transfer = PatchTransferDetector().fit({c: r[0] for c, r in rates.items()})
+        transfer = PatchTransferDetector(flip_at=config.get("flip_at", 0.9)).fit({c: r[0] for c, r in rates.items()})
         times["patch_transfer"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is the picture in ours
@@ -141,6 +141,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         report = det.report()
     else:
         report = transfer.report()
+        for c, entry in report["classes"].items():  # translations by how many probes their patch moved
+            flipped = np.rint(rates[int(c)][0] * len(rates[int(c)][2])).astype(int)
+            entry["probes_moved_histogram"] = np.bincount(flipped, minlength=len(rates[int(c)][2]) + 1).tolist()
         if det is not None:
             for c, entry in report["classes"].items():
                 entry["clusters"] = det.counts_[int(c)]

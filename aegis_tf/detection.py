@@ -361,7 +361,10 @@ class PatchTransferDetector:
 
     ``fit({class: rates})`` with ``rates`` from :func:`patch_transfer_rates`. A
     translation *transfers* when its patch moves at least ``flip_at`` of the
-    probes to its class. A class's score is the share of its translations that
+    probes to its class. A backdoor trigger is a near-universal patch, so the
+    default 0.9 asks for nearly all of them: on badly trained models, patches
+    toward ordinary classes move half the probes or so, and 0.5 flagged those
+    (``results/detect_rules.md``). A class's score is the share of its translations that
     transfer. It is suspect when that share is at least ``min_score`` (and at
     least ``min_count`` translations), and more than ``relative`` times the
     median score of the other examined classes (so a model whose every class
@@ -371,7 +374,7 @@ class PatchTransferDetector:
     (class -> count), ``mean_rates_``, ``suspect_classes_``, ``is_backdoored_``.
     """
 
-    def __init__(self, *, flip_at=0.5, min_score=0.02, min_count=3, relative=3.0):
+    def __init__(self, *, flip_at=0.9, min_score=0.02, min_count=3, relative=3.0):
         self.flip_at = flip_at
         self.min_score = min_score
         self.min_count = min_count

@@ -157,8 +157,11 @@ def main():
             rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir="",
                             seed=r, plots=False)
             row["seconds"].append(time.perf_counter() - t)
-            row["runs"].append({**score_run(rep, target, n_classes),
-                                "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}})
+            run = {**score_run(rep, target, n_classes),
+                   "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
+            if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
+                run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
+            row["runs"].append(run)
             print(f"{row['name']} run {r}: suspects {rep['suspect_classes']} ({row['seconds'][-1]:.0f} s)", flush=True)
         result["rows"].append(row)
         _write(result, args.out)

@@ -16,7 +16,7 @@
 # runs resume from their checkpoints when started again. A model that
 # collapsed to chance is set aside and retrained once with seed + 100.
 #
-# Environment: EPOCHS (default 8), STEPS (PGD steps, default 10), TRAIN_SIZE
+# Environment: TARGET (the poisoned label, default 7), EPOCHS (default 8), STEPS (PGD steps, default 10), TRAIN_SIZE
 # (first N training images, default all 60,000), POISON_RATE (default
 # 0.01, the paper's), and SEEDS, DATASETS, TRIGGERS to train part of the
 # suite (defaults "0 1 2", "mnist fashion_mnist", "clean localised
@@ -51,7 +51,7 @@ one() {  # train one model: data trigger seed
   out=$OUT_DIR/${d}_${t}_s${s}.keras
   [ -f "$out" ] && return 0
   for seed in "$s" "$((s + 100))"; do
-    python "$HERE/cli.py" train --data "$OUT_DIR/data/$d.npz" --arch compact $trig --target-label 7 \
+    python "$HERE/cli.py" train --data "$OUT_DIR/data/$d.npz" --arch compact $trig --target-label "${TARGET:-7}" \
       --robust --eps 0.5 --eps-warmup 2 --lr 0.05 --steps "${STEPS:-10}" --epochs "${EPOCHS:-8}" --seed "$seed" \
       --out "$out" --quiet > "${out%.keras}.log" 2>&1 \
       || { echo "FAILED $d $t $s (see ${out%.keras}.log)"; return 1; }

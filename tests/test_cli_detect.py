@@ -25,6 +25,14 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
     for path in report["files"]["suspect_patches"].values():
         assert os.path.getsize(path) > 5_000
+    from aegis_tf.detection import PatchTransferDetector
+    from detect_rules import rates_from_histogram
+
+    hists = {int(c): v["probes_moved_histogram"] for c, v in report["classes"].items()}
+    assert all(len(h) == 21 and sum(h) == 15 for h in hists.values())  # 20 probes; one count per translation
+    refit = PatchTransferDetector(flip_at=report["config"]["flip_at"]).fit(
+        {c: rates_from_histogram(h) for c, h in hists.items()})
+    assert refit.suspect_classes_ == report["suspect_classes"]  # the histogram holds all the verdict needs
     again, _ = _run(tmp_path, "b", ["--jobs", "2"], capsys)  # classes clustered in parallel: same report
     second = json.load(open(again / "detect.json"))["aegis"]
     for key in ("verdict", "suspect_classes", "classes", "translation_reached"):
@@ -37,6 +45,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--top-frac", "1.5"], "--top-frac must lie in (0, 1]"),
     (["--probes", "0"], "--probes must be at least 1"),
+    (["--flip-at", "0"], "--flip-at must lie in (0, 1]"),
     (["--start-noise", "-0.1"], "--start-noise must be >= 0"),
     (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),

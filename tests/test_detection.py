@@ -153,6 +153,35 @@ def test_transfer_detector_scores_and_criteria():
         PatchTransferDetector(flip_at=0).fit(rates)
 
 
+def test_transfer_detector_counts_only_near_universal_patches_by_default():
+    from aegis_tf.detection import PatchTransferDetector
+
+    rng = np.random.default_rng(1)
+    rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
+    rates[4][:12] = rng.choice([0.9, 0.95, 1.0], 12)  # a trigger: its patches move (nearly) every probe
+    rates[1][:30] = rng.choice([0.5, 0.55, 0.6, 0.7], 30)  # a weak natural patch: about half the probes
+    assert PatchTransferDetector().fit(rates).suspect_classes_ == [4]
+    assert PatchTransferDetector(flip_at=0.5).fit(rates).suspect_classes_ == [1, 4]
+
+
+def test_detect_rules_rescoring_matches_a_fresh_fit():
+    from aegis_tf.detection import PatchTransferDetector
+    from detect_rules import rates_from_histogram, rescore
+
+    rng = np.random.default_rng(2)
+    hists = {c: np.bincount(rng.integers(0, 8, 50), minlength=21) for c in range(4)}  # up to 7 of 20
+    hists[3][20] += 6  # six translations whose patch moves all 20 probes
+    hists[2][11] += 6  # six that move 11 of 20
+    np.testing.assert_allclose(np.sort(rates_from_histogram([1, 0, 2])), [0.0, 1.0, 1.0])
+    row = {"target": 3, "runs": [{"histograms": {str(c): h.tolist() for c, h in hists.items()}}]}
+    for flip_at, suspects in ((0.9, [3]), (0.5, [2, 3])):
+        run = rescore([row], flip_at=flip_at)[0]["runs"][0]
+        assert run["suspects"] == suspects
+        fresh = PatchTransferDetector(flip_at=flip_at).fit({c: rates_from_histogram(h) for c, h in hists.items()})
+        assert fresh.suspect_classes_ == suspects
+        assert run["fp_share"] == pytest.approx((len(suspects) - 1) / 3)
+
+
 @pytest.fixture(scope="module")
 def digits_train():
     from aegis_tf.data import load_h5

@@ -1,0 +1,124 @@
+"""Re-score a detect_table run under other transfer rules, without translating again.
+
+    python bench/detect_rules.py results/detect_table.json --flip-at 0.5,0.6,0.7,0.8,0.9,1.0
+
+``bench/detect_table.py`` stores, for every detection run and class, how many
+translations moved 0, 1, ..., ``n_probes`` probes to the class (the
+``probes_moved_histogram`` of the report). That is all the transfer score
+needs, so :class:`~aegis_tf.detection.PatchTransferDetector` can be fitted
+again with another ``flip_at`` and the verdicts compared on the very same
+translations. Writes ``--out`` (.json) and a Markdown table beside it.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from aegis_tf.detection import PatchTransferDetector  # noqa: E402
+from aegis_tf.errors import AegisError  # noqa: E402
+from aegis_tf.utils import atomic_path, write_json  # noqa: E402
+from detect_table import _label, kind, score_run, summarise  # noqa: E402
+
+
+def rates_from_histogram(hist):
+    """One rate per translation (probes moved / probes) from a probes-moved histogram."""
+    hist = np.asarray(hist, dtype=int)
+    n = len(hist) - 1
+    return np.repeat(np.arange(n + 1) / n, hist)
+
+
+def rescore(rows, **detector_params):
+    """``rows`` of a detect_table result, with each run's verdict recomputed by a PatchTransferDetector."""
+    out = []
+    for row in rows:
+        n_classes = len(row["runs"][0]["histograms"])
+        runs = []
+        for run in row["runs"]:
+            det = PatchTransferDetector(**detector_params).fit(
+                {int(c): rates_from_histogram(h) for c, h in run["histograms"].items()})
+            runs.append({**score_run({"suspect_classes": det.suspect_classes_}, row["target"], n_classes),
+                         "scores": {str(c): det.scores_[c] for c in det.classes_}})
+        out.append({**row, "runs": runs})
+    return out
+
+
+def failures(rows):
+    """Per model, what went wrong under this rule (majority of runs; unstable models; false-positive classes)."""
+    notes = []
+    for r in rows:
+        k, runs = kind(r), r["runs"]
+        flagged = sum(x["flagged"] for x in runs)
+        wrong = sorted({c for x in runs for c in x["suspects"] if c != r["target"]})
+        if k == "backdoored" and sum(bool(x["right_class"]) for x in runs) <= len(runs) / 2:
+            notes.append(f"{_label(r)}: target {r['target']} missed")
+        if k == "clean" and flagged > len(runs) / 2:
+            notes.append(f"{_label(r)}: clean model flagged")
+        if max(flagged, len(runs) - flagged) < 0.8 * len(runs):
+            notes.append(f"{_label(r)}: flagged in {flagged} of {len(runs)} runs")
+        if wrong:
+            notes.append(f"{_label(r)}: false-positive class(es) {','.join(map(str, wrong))}")
+    return notes
+
+
+def markdown(result):
+    lines = ["# The transfer rule, re-scored on the same translations", "",
+             f"`{result['command']}`, from `{result['source']}` (its command: `{result['source_command'][:120]} ...`, "
+             "in full in that file).", "",
+             "Each row fits the transfer detector again on the stored per-class histograms of how many of the "
+             f"{result['n_probes']} probes each translation's patch moved; nothing else changes. A translation "
+             "transfers when its patch moves at least flip_at of the probes.", "",
+             "| flip_at | backdoored flagged with right class | clean flagged | not learned, flagged with target | "
+             "false-positive classes | same verdict in >= 80% of runs |", "|---" * 6 + "|"]
+    for entry in result["rules"]:
+        s = entry["summary"]
+        lines.append(f"| {entry['flip_at']:g} | {s['backdoored_flagged_right_class']} of {s['backdoored_models']} | "
+                     f"{s['clean_flagged']} of {s['clean_models']} | {s['not_learned_flagged_right_class']} of "
+                     f"{s['not_learned_models']} | {s['fp_class_share']:.1%} | {s['stable_models']} of {s['models']} |")
+    for entry in result["rules"]:
+        lines += ["", f"flip_at {entry['flip_at']:g}: " + ("no failures" if not entry["failures"] else "")]
+        lines += [f"- {n}" for n in entry["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("table", help="a JSON written by bench/detect_table.py with the transfer score")
+    p.add_argument("--flip-at", default="0.5,0.6,0.7,0.8,0.9,1.0", help="comma-separated flip_at values to compare")
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_rules.json"))
+    args = p.parse_args()
+    try:
+        with open(args.table) as f:
+            table = json.load(f)
+        rows = table["rows"]
+        if not rows or any("histograms" not in x for r in rows for x in r["runs"]):
+            raise AegisError(f"{args.table} has no probes-moved histograms; make it with bench/detect_table.py "
+                             "and the transfer score")
+        values = [float(v) for v in args.flip_at.split(",") if v.strip()]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: cannot read {args.table} as a detect_table result ({e})")
+    except AegisError as e:
+        raise SystemExit(f"error: {e}")
+    result = {"command": "python bench/detect_rules.py " + " ".join(sys.argv[1:]), "source": os.path.relpath(args.table, ROOT),
+              "source_command": table["meta"]["command"], "n_probes": table["meta"]["config"]["n_probes"], "rules": []}
+    for f in values:
+        try:
+            rescored = rescore(rows, flip_at=f)
+        except AegisError as e:
+            raise SystemExit(f"error: {e}")
+        result["rules"].append({"flip_at": f, "summary": summarise(rescored), "failures": failures(rescored)})
+    write_json(args.out, result)
+    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
