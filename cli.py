@@ -491,10 +491,9 @@ def cmd_train(args):
 
 
 def _detect_config(args):
-    from aegis_tf.detect_job import DEFAULTS
-    from aegis_tf.detection import PRESETS
+    from aegis_tf.detect_job import detect_config
 
-    config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS)
+    config = detect_config(args.preset)
     for flag, key in (("seeds", "n_seeds"), ("steps", "steps"), ("eps", "eps"), ("step_size", "step_size"),
                       ("start_noise", "start_noise"), ("layer", "layer"), ("reducer", "reducer"), ("clusterer", "clusterer"),
                       ("population", "population"), ("criterion", "criterion"), ("runs", "runs"),
@@ -513,15 +512,15 @@ def _detect_config(args):
             if config["bandwidth"] <= 0:
                 raise AegisError(f"--bandwidth must be positive. Received: {args.bandwidth}")
     for key, flag in (("n_seeds", "seeds"), ("steps", "steps"), ("runs", "runs"), ("n_probes", "probes")):
-        if config.get(key, 1) < 1:
+        if config[key] < 1:
             raise AegisError(f"--{flag} must be at least 1. Received: {config[key]}")
     if args.jobs == 0 or args.jobs < -1:
         raise AegisError(f"--jobs must be a positive integer or -1. Received: {args.jobs}")
-    if config.get("start_noise", 0.0) < 0:
+    if config["start_noise"] < 0:
         raise AegisError(f"--start-noise must be >= 0. Received: {config['start_noise']}")
-    if not 0.0 < config.get("top_frac", 0.02) <= 1.0:
+    if not 0.0 < config["top_frac"] <= 1.0:
         raise AegisError(f"--top-frac must lie in (0, 1]. Received: {config['top_frac']}")
-    if not 0.0 < config.get("flip_at", 0.9) <= 1.0:
+    if not 0.0 < config["flip_at"] <= 1.0:
         raise AegisError(f"--flip-at must lie in (0, 1]. Received: {config['flip_at']}")
     return config
 

@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 
-from aegis_tf.detection import (AegisDetector, PatchTransferDetector, class_features, paste_patches,
-                                patch_transfer_rates, translate_all)
+from aegis_tf.detection import (PRESETS, AegisDetector, PatchTransferDetector, class_features, paste_patches,
+                                patch_transfer_rates, probes_moved_histogram, translate_all)
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.utils import atomic_path
 
-__all__ = ["run_aegis", "run_neural_cleanse", "format_summary", "DEFAULTS"]
+__all__ = ["run_aegis", "run_neural_cleanse", "format_summary", "DEFAULTS", "detect_config"]
 
 # The measured default (results/detect_table.md, results/detect_rules.md, results/detect_ablation.md); the paper's own is PRESETS["paper"].
 DEFAULTS = {
@@ -23,6 +23,12 @@ DEFAULTS = {
     "reducer": "tsne", "clusterer": "meanshift", "bandwidth": "auto", "population": "translated",
     "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0,
 }
+
+
+def detect_config(preset="default"):
+    """A fresh configuration: :data:`DEFAULTS`, or a preset of :data:`PRESETS` over it (so a
+    preset that does not name a setting, such as the transfer score's, still has one)."""
+    return dict(DEFAULTS) if preset == "default" else {**DEFAULTS, **PRESETS[preset]}
 
 
 def _plot_embeddings(det, path, title, suspects, marked=None):
@@ -123,7 +129,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         t = time.perf_counter()
         rates = patch_transfer_rates(model, x, y, translations, top_frac=config["top_frac"],
                                      n_probes=config["n_probes"], seed=seed, batch_size=batch_size)
-        transfer = PatchTransferDetector(flip_at=config.get("flip_at", 0.9)).fit({c: r[0] for c, r in rates.items()})
+        transfer = PatchTransferDetector(flip_at=config["flip_at"]).fit({c: r[0] for c, r in rates.items()})
         times["patch_transfer"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is the picture in ours
@@ -141,9 +147,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         report = det.report()
     else:
         report = transfer.report()
-        for c, entry in report["classes"].items():  # translations by how many probes their patch moved
-            flipped = np.rint(rates[int(c)][0] * len(rates[int(c)][2])).astype(int)
-            entry["probes_moved_histogram"] = np.bincount(flipped, minlength=len(rates[int(c)][2]) + 1).tolist()
+        for c, entry in report["classes"].items():
+            entry["probes_moved_histogram"] = probes_moved_histogram(rates[int(c)][0], len(rates[int(c)][2])).tolist()
         if det is not None:
             for c, entry in report["classes"].items():
                 entry["clusters"] = det.counts_[int(c)]

@@ -37,7 +37,7 @@ from aegis_tf.models import penultimate_layer, predict_labels
 from aegis_tf.report import verdict_report
 
 __all__ = ["PRESETS", "Translation", "translate_all", "feature_layer", "extract_features", "AegisDetector", "class_features", "paste_patches",
-           "patch_transfer_rates", "PatchTransferDetector"]
+           "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram", "PatchTransferDetector"]
 
 PRESETS = {
     # The authors' notebooks (MNIST values; the CLI scales eps by the pixel range). They
@@ -354,6 +354,20 @@ def patch_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=2
         pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
         out[c] = ((pred.reshape(len(xt), len(probe_idx)) == c).mean(axis=1), pixels, probe_idx)
     return out
+
+
+def probes_moved_histogram(rates, n_probes):
+    """How many translations moved 0, 1, ..., ``n_probes`` probes, from their ``rates``
+    (:func:`patch_transfer_rates`). It holds all that :class:`PatchTransferDetector` needs."""
+    moved = np.rint(np.asarray(rates, dtype="float64") * n_probes).astype(int)
+    return np.bincount(moved, minlength=n_probes + 1)
+
+
+def rates_from_histogram(hist):
+    """The inverse of :func:`probes_moved_histogram`: one rate per translation, in increasing order."""
+    hist = np.asarray(hist, dtype=int)
+    n = len(hist) - 1
+    return np.repeat(np.arange(n + 1) / n, hist)
 
 
 class PatchTransferDetector:

@@ -21,17 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from aegis_tf.detection import PatchTransferDetector  # noqa: E402
+from aegis_tf.detection import PatchTransferDetector, rates_from_histogram  # noqa: E402
 from aegis_tf.errors import AegisError  # noqa: E402
 from aegis_tf.utils import atomic_path, write_json  # noqa: E402
-from detect_table import _label, kind, score_run, summarise  # noqa: E402
-
-
-def rates_from_histogram(hist):
-    """One rate per translation (probes moved / probes) from a probes-moved histogram."""
-    hist = np.asarray(hist, dtype=int)
-    n = len(hist) - 1
-    return np.repeat(np.arange(n + 1) / n, hist)
+from detect_table import _label, kind, majority, score_run, stable, summarise  # noqa: E402
 
 
 def rescore(rows, **detector_params):
@@ -54,17 +47,40 @@ def failures(rows):
     notes = []
     for r in rows:
         k, runs = kind(r), r["runs"]
-        flagged = sum(x["flagged"] for x in runs)
         wrong = sorted({c for x in runs for c in x["suspects"] if c != r["target"]})
-        if k == "backdoored" and sum(bool(x["right_class"]) for x in runs) <= len(runs) / 2:
+        if k == "backdoored" and not majority(r, "right_class"):
             notes.append(f"{_label(r)}: target {r['target']} missed")
-        if k == "clean" and flagged > len(runs) / 2:
+        if k == "clean" and majority(r, "flagged"):
             notes.append(f"{_label(r)}: clean model flagged")
-        if max(flagged, len(runs) - flagged) < 0.8 * len(runs):
-            notes.append(f"{_label(r)}: flagged in {flagged} of {len(runs)} runs")
+        if not stable(r):
+            notes.append(f"{_label(r)}: flagged in {sum(x['flagged'] for x in runs)} of {len(runs)} runs")
         if wrong:
             notes.append(f"{_label(r)}: false-positive class(es) {','.join(map(str, wrong))}")
     return notes
+
+
+def separation(rows, values):
+    """How far apart the implanted targets and every other class are, per ``flip_at`` in ``values``.
+
+    For the target of each backdoored model: the fewest of its translations that
+    transfer in any one run. For every other class (of every model): how many
+    translations transfer, out of how many, and the most probes any of them moved.
+    """
+    target_counts, other_hists = [], []
+    for r in rows:
+        for run in r["runs"]:
+            for c, h in run["histograms"].items():
+                h = np.asarray(h)
+                if kind(r) == "backdoored" and int(c) == r["target"]:
+                    target_counts.append(h)
+                else:
+                    other_hists.append(h)
+    others = np.sum(other_hists, axis=0) if other_hists else np.zeros(1, int)
+    n = len(others) - 1
+    at = lambda h, f: int(h[int(np.ceil(f * n - 1e-9)):].sum())  # translations moving at least f of the probes
+    return {"other_translations": int(others.sum()), "other_most_moved": int(np.nonzero(others)[0].max(initial=0)),
+            "by_flip_at": [{"flip_at": f, "target_fewest": min((at(h, f) for h in target_counts), default=None),
+                            "other_transferring": at(others, f)} for f in values]}
 
 
 def markdown(result):
@@ -81,6 +97,15 @@ def markdown(result):
         lines.append(f"| {entry['flip_at']:g} | {s['backdoored_flagged_right_class']} of {s['backdoored_models']} | "
                      f"{s['clean_flagged']} of {s['clean_models']} | {s['not_learned_flagged_right_class']} of "
                      f"{s['not_learned_models']} | {s['fp_class_share']:.1%} | {s['stable_models']} of {s['models']} |")
+    sep = result["separation"]
+    lines += ["", f"Separation, over all runs. Target: the fewest of a backdoored model's translations toward its "
+              f"target that transfer in one run (of {result['n_seeds']}). Other: translations toward every other class "
+              f"that transfer, of {sep['other_translations']}; the most probes any of them moved is "
+              f"{sep['other_most_moved']} of {result['n_probes']}.", "",
+              "| flip_at | target, fewest in a run | other classes, transferring |", "|---|---|---|"]
+    for e in sep["by_flip_at"]:
+        lines.append(f"| {e['flip_at']:g} | {'-' if e['target_fewest'] is None else e['target_fewest']} | "
+                     f"{e['other_transferring']} |")
     for entry in result["rules"]:
         lines += ["", f"flip_at {entry['flip_at']:g}: " + ("no failures" if not entry["failures"] else "")]
         lines += [f"- {n}" for n in entry["failures"]]
@@ -106,7 +131,8 @@ def main():
     except AegisError as e:
         raise SystemExit(f"error: {e}")
     result = {"command": "python bench/detect_rules.py " + " ".join(sys.argv[1:]), "source": os.path.relpath(args.table, ROOT),
-              "source_command": table["meta"]["command"], "n_probes": table["meta"]["config"]["n_probes"], "rules": []}
+              "source_command": table["meta"]["command"], "n_probes": table["meta"]["config"]["n_probes"],
+              "n_seeds": table["meta"]["config"]["n_seeds"], "separation": separation(rows, values), "rules": []}
     for f in values:
         try:
             rescored = rescore(rows, flip_at=f)

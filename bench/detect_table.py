@@ -27,8 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from aegis_tf.data import load_split  # noqa: E402
-from aegis_tf.detect_job import DEFAULTS, run_aegis  # noqa: E402
-from aegis_tf.detection import PRESETS  # noqa: E402
+from aegis_tf.detect_job import detect_config, run_aegis  # noqa: E402
 from aegis_tf.models import load_model  # noqa: E402
 from aegis_tf.utils import atomic_path, write_json  # noqa: E402
 
@@ -50,12 +49,21 @@ def kind(row):
     return "backdoored" if (row["asr"] or 0.0) >= IMPLANTED_ASR else "not-learned"
 
 
+def majority(row, key):
+    """Whether ``key`` (flagged, right_class) holds in more than half of the row's runs."""
+    return sum(bool(x[key]) for x in row["runs"]) > len(row["runs"]) / 2
+
+
+def stable(row):
+    """Whether at least 80% of the row's runs give the same verdict."""
+    flagged = sum(x["flagged"] for x in row["runs"])
+    return max(flagged, len(row["runs"]) - flagged) >= 0.8 * len(row["runs"])
+
+
 def summarise(rows):
     bd = [r for r in rows if kind(r) == "backdoored"]
     clean = [r for r in rows if kind(r) == "clean"]
     weak = [r for r in rows if kind(r) == "not-learned"]
-    majority = lambda r, key: sum(bool(x[key]) for x in r["runs"]) > len(r["runs"]) / 2
-    stable = lambda r: max(sum(x["flagged"] for x in r["runs"]), sum(not x["flagged"] for x in r["runs"])) >= 0.8 * len(r["runs"])
     fp = [x["fp_share"] for r in rows for x in r["runs"]]
     return {
         "backdoored_models": len(bd), "backdoored_flagged_right_class": sum(majority(r, "right_class") for r in bd),
@@ -124,7 +132,7 @@ def main():
     args = p.parse_args()
     import keras
 
-    config = dict(PRESETS["paper"] if args.preset == "paper" else DEFAULTS, n_seeds=args.seeds)
+    config = dict(detect_config(args.preset), n_seeds=args.seeds)
     if args.start_noise is not None:
         config["start_noise"] = args.start_noise
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))

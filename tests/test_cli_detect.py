@@ -25,8 +25,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
     for path in report["files"]["suspect_patches"].values():
         assert os.path.getsize(path) > 5_000
-    from aegis_tf.detection import PatchTransferDetector
-    from detect_rules import rates_from_histogram
+    from aegis_tf.detection import PatchTransferDetector, rates_from_histogram
 
     hists = {int(c): v["probes_moved_histogram"] for c, v in report["classes"].items()}
     assert all(len(h) == 21 and sum(h) == 15 for h in hists.values())  # 20 probes; one count per translation

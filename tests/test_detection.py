@@ -165,14 +165,15 @@ def test_transfer_detector_counts_only_near_universal_patches_by_default():
 
 
 def test_detect_rules_rescoring_matches_a_fresh_fit():
-    from aegis_tf.detection import PatchTransferDetector
-    from detect_rules import rates_from_histogram, rescore
+    from aegis_tf.detection import PatchTransferDetector, probes_moved_histogram, rates_from_histogram
+    from detect_rules import rescore
 
     rng = np.random.default_rng(2)
     hists = {c: np.bincount(rng.integers(0, 8, 50), minlength=21) for c in range(4)}  # up to 7 of 20
     hists[3][20] += 6  # six translations whose patch moves all 20 probes
     hists[2][11] += 6  # six that move 11 of 20
     np.testing.assert_allclose(np.sort(rates_from_histogram([1, 0, 2])), [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(probes_moved_histogram(rates_from_histogram(hists[2]), 20), hists[2])
     row = {"target": 3, "runs": [{"histograms": {str(c): h.tolist() for c, h in hists.items()}}]}
     for flip_at, suspects in ((0.9, [3]), (0.5, [2, 3])):
         run = rescore([row], flip_at=flip_at)[0]["runs"][0]
@@ -225,3 +226,12 @@ def test_paper_preset_takes_resnet_layer4_and_falls_back_to_the_penultimate_laye
     assert feature_layer(cnn, layer) is feature_layer(cnn, None)  # no layer4: the penultimate layer
     with pytest.raises(AegisError, match="no layer named 'a' or 'b'"):
         feature_layer(cnn, "a,b")
+
+
+def test_a_preset_keeps_the_settings_it_does_not_name():
+    from aegis_tf.detect_job import DEFAULTS, detect_config
+
+    paper = detect_config("paper")
+    assert {k: paper[k] for k in PRESETS["paper"]} == PRESETS["paper"]
+    assert paper["top_frac"] == DEFAULTS["top_frac"] and paper["flip_at"] == DEFAULTS["flip_at"]  # --score transfer works
+    assert detect_config() == DEFAULTS and detect_config() is not DEFAULTS
