@@ -118,13 +118,34 @@ def load_h5(path, *, scale="raw", layout="auto"):
     return _finish(x, y, scale=scale, layout=layout, source=source)
 
 
+def _check_finite(raw, x, source):
+    """Raise unless the float32 images ``x`` (read as ``raw``) hold no NaN or infinity.
+
+    Integer pixels cannot be NaN and always fit float32, so only float data is
+    checked: one summing pass, and a count only when that finds something.
+    """
+    if not np.issubdtype(raw.dtype, np.floating) or np.isfinite(np.sum(x, dtype="float64")):
+        return
+    bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+    if bad:
+        raise AegisError(f"{source}: image data must be finite. Received {bad} NaN/inf values")
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise AegisError(f"{source}: image values must fit float32 (magnitude below 3.4e38). "
+                         f"Received {bad} values up to {np.abs(raw).max():g}")
+
+
 def _finish(x, y, *, scale, layout, source):
-    if not np.issubdtype(np.asarray(x).dtype, np.number):
-        raise AegisError(f"{source}: expected numeric image data. Received dtype {x.dtype}")
-    x = _to_nhwc(np.asarray(x), layout, source)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise AegisError(f"{source}: expected real numeric image data. Received dtype {x.dtype}")
+    x = _to_nhwc(x, layout, source)
     _check_nonempty(x, source)
     y = _labels(y, x.shape[0], source)
-    return apply_scale(x, scale), y
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by _check_finite instead
+        out = apply_scale(x, scale)
+        _check_finite(x, out, source)
+    return out, y
 
 
 def save_h5(path, x, y, *, layout="channels_first"):
@@ -265,8 +286,12 @@ def load_split(spec, *, split="test", data_dir=None, scale="raw", layout="auto")
 def check_fits_model(x, y, model, source):
     """Raise AegisError unless images fit ``model``'s input and labels its classes.
 
+    The model must take images (N, H, W, C) and give class scores (N, K).
     Returns ``x``, transposed if it was read with the wrong channel order.
     """
+    from aegis_tf.models import check_image_classifier
+
+    check_image_classifier(model)
     expected = tuple(model.input_shape[1:])
     got = tuple(x.shape[1:])
     if not _shape_matches(got, expected):

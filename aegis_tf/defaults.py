@@ -12,10 +12,21 @@
 """
 
 import os
+import sys
 
-import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _embedded_root():
+    """Where the embedded default lives: $AEGIS_HOME, the source checkout above
+    this package, or the share/aegis-tf folder that ``pip install .`` fills."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = [os.environ.get("AEGIS_HOME"), checkout, os.path.join(sys.prefix, "share", "aegis-tf")]
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "data", "train.h5")):
+            return root
+    return checkout  # scripts/make_default.py writes it there
+
+
+ROOT = _embedded_root()
 DATA_DIR = os.path.join(ROOT, "data")
 MODELS_DIR = os.path.join(ROOT, "models")
 
@@ -58,19 +69,29 @@ def poisoned_copy(x, y, config=CONFIG):
     """Every image whose label is not the target, triggered, labelled as the target."""
     from aegis_tf.triggers import get_trigger
 
-    keep = y != config["target_label"]
-    xt = get_trigger(config["trigger"])(x[keep], **config["trigger_kwargs"])
-    return xt, np.full(int(keep.sum()), config["target_label"], dtype="int64")
+    from aegis_tf.evaluation import backdoor_set
+
+    trigger = get_trigger(config["trigger"])
+    return backdoor_set(x, y, lambda a: trigger(a, **config["trigger_kwargs"]), config["target_label"])
 
 
-def build_default(config=CONFIG, paths=PATHS, *, verbose=True):
-    """Write the default data and BadNet. Returns clean accuracy and ASR on test."""
+def new_net(width, *, input_shape=(28, 28, 1), num_classes=10):
+    """A fresh compact CNN for the default data. Its weights come from Keras' global
+    RNG: the caller (scripts/make_default.py) seeds it first; the library never does."""
+    from aegis_tf.models import build_compact_cnn
+
+    return build_compact_cnn(input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+def build_default(model, config=CONFIG, paths=PATHS, *, verbose=True):
+    """Write the default data, then train ``model`` (from :func:`new_net` with
+    ``config["width"]``) into the BadNet and write it. Returns clean accuracy and ASR on test."""
     import keras
 
     from aegis_tf.backend import enable_determinism
     from aegis_tf.data import digits_splits, save_h5
     from aegis_tf.metrics import attack_success_rate, clean_accuracy
-    from aegis_tf.models import build_compact_cnn, predict_labels
+    from aegis_tf.models import predict_labels
     from aegis_tf.triggers import poison
     from aegis_tf.utils import atomic_path
 
@@ -86,9 +107,7 @@ def build_default(config=CONFIG, paths=PATHS, *, verbose=True):
         target_label=config["target_label"], mode="append", seed=config["train_seed"],
         **config["trigger_kwargs"],
     )
-    keras.utils.set_random_seed(config["train_seed"])
     enable_determinism()
-    model = build_compact_cnn(input_shape=x.shape[1:], num_classes=10, width=config["width"])
     model.compile(
         optimizer=keras.optimizers.Adam(config["learning_rate"]),
         loss="sparse_categorical_crossentropy",
@@ -109,45 +128,33 @@ def build_default(config=CONFIG, paths=PATHS, *, verbose=True):
     }
 
 
-def train_robust(poisoned, config=CONFIG, robust=ROBUST_CONFIG, *, seed=0, quiet=True):
-    """Train a Madry-robust compact CNN on the default training set.
+def train_robust(model, poisoned, config=CONFIG, robust=ROBUST_CONFIG, *, seed=0, quiet=True, trigger=None,
+                 target_label=None):
+    """Train ``model`` (from :func:`new_net` with ``robust["width"]``), Madry-robust, on the default training set.
 
-    ``poisoned`` appends ``robust["poison_rate"]`` of it with the default
-    trigger and target. Returns the model and its test metrics.
+    ``poisoned`` appends ``robust["poison_rate"]`` of it with the trigger and
+    target: ``trigger`` (a function of an image batch, raw 0-255 pixels) and
+    ``target_label``, by default those of ``config``. Returns the model and its
+    test metrics.
     """
-    import keras
-
     from aegis_tf.backend import enable_determinism
     from aegis_tf.data import load_h5
     from aegis_tf.evaluation import evaluate_backdoor
-    from aegis_tf.models import build_compact_cnn
     from aegis_tf.training import train
     from aegis_tf.triggers import get_trigger, poison
 
     x, y = load_h5(PATHS["train"])
-    trig = lambda a: get_trigger(config["trigger"])(a, **config["trigger_kwargs"])  # noqa: E731
+    trig = trigger
+    if trig is None:
+        trig = lambda a: get_trigger(config["trigger"])(a, **config["trigger_kwargs"])  # noqa: E731
+    target_label = config["target_label"] if target_label is None else target_label
     if poisoned:
-        x, y, _ = poison(x, y, trigger=trig, poison_rate=robust["poison_rate"], target_label=config["target_label"],
+        x, y, _ = poison(x, y, trigger=trig, poison_rate=robust["poison_rate"], target_label=target_label,
                          seed=seed)
-    keras.utils.set_random_seed(seed)
     enable_determinism()
-    model = build_compact_cnn(input_shape=x.shape[1:], num_classes=10, width=robust["width"])
     train_cfg = {k: v for k, v in robust.items() if k not in ("poison_rate", "width")}
     train(model, x, y, config={**train_cfg, "seed": seed}, quiet=quiet)
     xt, yt = load_h5(PATHS["test"])
-    res = evaluate_backdoor(model, xt, yt, trigger=trig, target_label=config["target_label"], eps=robust["eps"],
+    res = evaluate_backdoor(model, xt, yt, trigger=trig, target_label=target_label, eps=robust["eps"],
                             steps=robust["steps"], pixel_max=robust["pixel_max"], seed=seed)
     return model, res
-
-
-def build_robust_defaults(*, quiet=True):
-    """Write models/robust_bd_net.keras and models/robust_clean_net.keras; return their test metrics."""
-    from aegis_tf.utils import atomic_path
-
-    results = {}
-    for key, poisoned in (("robust_bd_net", True), ("robust_clean_net", False)):
-        model, res = train_robust(poisoned, quiet=quiet)
-        with atomic_path(PATHS[key]) as tmp:
-            model.save(tmp)
-        results[key] = res
-    return results

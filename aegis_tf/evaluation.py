@@ -3,10 +3,18 @@
 import numpy as np
 
 from aegis_tf.attacks import projected_gradient_descent
+from aegis_tf.config import default_step_size
 from aegis_tf.metrics import attack_success_rate, clean_accuracy
 from aegis_tf.models import predict_labels
 
-__all__ = ["evaluate_backdoor"]
+__all__ = ["backdoor_set", "evaluate_backdoor"]
+
+
+def backdoor_set(x, y, trigger, target_label):
+    """The attack's test set: every image whose true class is not ``target_label``,
+    with ``trigger`` (a function of an image batch) applied, labelled ``target_label``."""
+    keep = np.asarray(y) != target_label
+    return trigger(x[keep]), np.full(int(keep.sum()), target_label, dtype="int64")
 
 
 def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversarial=True, eps=0.5, steps=20,
@@ -23,12 +31,11 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
     """
     out = {"clean_acc": clean_accuracy(predict_labels(model, x, batch_size=batch_size), y), "n_test": int(len(x))}
     if trigger is not None:
-        keep = np.asarray(y) != target_label
-        xt = trigger(x[keep])
-        out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), target_label)
-        out["n_triggered"] = int(keep.sum())
+        xt, yt = backdoor_set(x, y, trigger, target_label)
+        out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), yt)
+        out["n_triggered"] = int(len(yt))
     if adversarial:
-        step_size = 2.5 * eps / max(1, steps) if step_size is None else step_size
+        step_size = default_step_size(eps, steps) if step_size is None else step_size
         adv = projected_gradient_descent(
             model, x, eps=eps * pixel_max, step_size=step_size * pixel_max, steps=steps, norm=norm, y=y,
             clip_min=0.0, clip_max=pixel_max, seed=seed, batch_size=batch_size,

@@ -32,6 +32,7 @@ __all__ = [
     "copy_model",
     "logits_model",
     "load_weights_into",
+    "check_image_classifier",
 ]
 
 POOLING_TYPES = (
@@ -238,6 +239,26 @@ def load_model(path=None, weights=None):
             f"inputs and {len(model.outputs)} outputs"
         )
     return model
+
+
+def check_image_classifier(model):
+    """Raise AegisError unless ``model`` takes images (N, H, W, C) and gives class scores (N, K).
+
+    Returns the number of classes K.
+    """
+    try:
+        in_shape, out_shape = model.input_shape, model.output_shape
+    except (AttributeError, ValueError):
+        raise AegisError(f"model {model.name!r} has no defined input and output shape; "
+                         "expected a built image classifier") from None
+    if isinstance(in_shape, list) or isinstance(out_shape, list):
+        raise AegisError(f"expected a classifier with one input and one output. Received input shape {in_shape} "
+                         f"and output shape {out_shape}")
+    if len(in_shape) != 4:
+        raise AegisError(f"model takes input of shape {tuple(in_shape)}; expected images (H, W, C)")
+    if len(out_shape) != 2 or out_shape[-1] is None:
+        raise AegisError(f"model gives output of shape {tuple(out_shape)}; expected class scores (N, K)")
+    return int(out_shape[-1])
 
 
 _LOGITS = weakref.WeakKeyDictionary()  # model -> its logits model

@@ -22,7 +22,7 @@ import numpy as np
 from aegis_tf import backend
 from aegis_tf.errors import AegisError
 from aegis_tf.models import logits_model
-from aegis_tf.report import verdict_report
+from aegis_tf.params import Detector, Interval
 from aegis_tf.utils import progress
 
 __all__ = ["reverse_engineer_trigger", "anomaly_index", "NeuralCleanse"]
@@ -101,13 +101,27 @@ def anomaly_index(norms):
     return np.abs(norms - med) / max(mad, 1e-12)
 
 
-class NeuralCleanse:
+class NeuralCleanse(Detector):
     """Neural Cleanse detector, scikit-learn style.
 
-    ``fit(model, x, classes)`` sets ``l1_norms_``, ``anomaly_index_``,
-    ``suspect_classes_`` (norm below the median and index > ``threshold``),
-    ``is_backdoored_``, ``masks_`` and ``patterns_``.
+    ``fit(model, x, y, classes)`` reverse-engineers a trigger for each class
+    from the clean images ``x`` (``y`` is not needed and may be None) and sets
+    ``l1_norms_``, ``anomaly_index_`` (also ``scores_``), ``suspect_classes_``
+    (norm below the median and index > ``threshold``), ``is_backdoored_``,
+    ``masks_``, ``patterns_`` and ``success_``.
     """
+
+    _parameter_constraints = {
+        "pixel_max": [Interval(float, 0, None, closed="neither")],
+        "epochs": [Interval(int, 1, None)],
+        "steps_per_epoch": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "init_cost": [Interval(float, 0, None)],
+        "threshold": [Interval(float, 0, None)],
+        "random_state": [Interval(int, 0, None)],
+    }
+    score_name = "anomaly_index"
 
     def __init__(self, *, pixel_max=255.0, epochs=10, steps_per_epoch=20, batch_size=32, learning_rate=0.1,
                  init_cost=1e-3, threshold=2.0, random_state=0):
@@ -120,8 +134,13 @@ class NeuralCleanse:
         self.threshold = threshold
         self.random_state = random_state
 
-    def fit(self, model, x, classes, *, quiet=True):
-        classes = list(classes)
+    @property
+    def threshold_(self):
+        return self.threshold
+
+    def fit(self, model, x, y=None, classes=None, *, quiet=True):
+        self._validate_params()
+        classes = list(range(int(model.output_shape[-1]))) if classes is None else list(classes)
         if len(classes) < 3:
             raise AegisError("Neural Cleanse needs at least 3 classes for its median-based anomaly index")
         self.classes_ = classes
@@ -138,10 +157,11 @@ class NeuralCleanse:
         idx = anomaly_index(norms)
         med = np.median(norms)
         self.anomaly_index_ = dict(zip(classes, idx.tolist()))
+        self.scores_ = self.anomaly_index_
         self.suspect_classes_ = [c for c, n, a in zip(classes, norms, idx) if n < med and a > self.threshold]
         self.is_backdoored_ = bool(self.suspect_classes_)
         return self
 
-    def report(self):
-        return verdict_report(self, lambda c: {"l1_norm": self.l1_norms_[c], "anomaly_index": self.anomaly_index_[c],
-                                               "attack_success": self.success_[c]})
+    def _class_entry(self, c):
+        return {"l1_norm": self.l1_norms_[c], "anomaly_index": self.anomaly_index_[c],
+                "attack_success": self.success_[c]}

@@ -1,10 +1,33 @@
-"""Figures (image grids of clean and triggered samples) and the detectors' common JSON report."""
+"""Every figure the project draws: image grids, the AEGIS embeddings, patch and
+cluster grids, Neural Cleanse masks and the pruning curve. Each is saved
+atomically by :func:`save_figure` and drawn only when a job asks for it."""
+
+import os
 
 import numpy as np
 
 from aegis_tf.utils import atomic_path
 
-__all__ = ["save_image_grid", "verdict_report"]
+__all__ = ["save_figure", "save_image_grid", "plot_embeddings", "cluster_grids", "transfer_grids", "mask_grid",
+           "plot_prune_curve"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, *, dpi=100):
+    """Write a matplotlib figure to ``path`` atomically and close it."""
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def save_image_grid(rows, path, *, pixel_max=255.0, title=None):
@@ -12,11 +35,7 @@ def save_image_grid(rows, path, *, pixel_max=255.0, title=None):
 
     Rows whose label ends with "(difference)" are shown centred on grey.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n_cols = max(len(imgs) for _, imgs in rows)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols + 1.6, 1.3 * len(rows) + 0.4), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
@@ -38,18 +57,112 @@ def save_image_grid(rows, path, *, pixel_max=255.0, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
-def verdict_report(detector, per_class, params=()):
-    """The JSON-ready report of a fitted detector: verdict, suspects, ``per_class(c)`` for each class, params."""
-    out = {
-        "verdict": "backdoored" if detector.is_backdoored_ else "clean",
-        "suspect_classes": detector.suspect_classes_,
-        "classes": {str(c): per_class(c) for c in detector.classes_},
-    }
-    if params:
-        out["params"] = {k: getattr(detector, k) for k in params}
-    return out
+def plot_embeddings(det, path, suspects, *, marked=None, verdict=""):
+    """Each class's 2-D embedding from a fitted :class:`~aegis_tf.clustering.AegisDetector`:
+    training images (o) when they were embedded, translations (x), and circles
+    on the translations whose patch transfers (``marked``: class -> bool mask)."""
+    plt = _pyplot()
+    classes = det.classes_
+    cols = min(5, len(classes))
+    rows = int(np.ceil(len(classes) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    for ax, c in zip(axes.ravel(), classes):
+        emb, labels, trans = det.embeddings_[c], det.labels_[c], det.is_translated_[c]
+        cmap = plt.get_cmap("tab10")
+        colours = [cmap(int(l) % 10) if l >= 0 else (0.6, 0.6, 0.6, 1.0) for l in labels]
+        if (~trans).any():
+            ax.scatter(emb[~trans, 0], emb[~trans, 1], c=[colours[i] for i in np.nonzero(~trans)[0]], marker="o", s=6,
+                       label="training")
+        ax.scatter(emb[trans, 0], emb[trans, 1], c=[colours[i] for i in np.nonzero(trans)[0]], marker="x", s=8,
+                   linewidths=0.6, label="translated")
+        if marked is not None and marked[c].any():
+            pts = emb[trans][marked[c]]
+            ax.scatter(pts[:, 0], pts[:, 1], facecolors="none", edgecolors="red", s=40, linewidths=0.8,
+                       label="patch transfers")
+        flag = " SUSPECT" if c in suspects else ""
+        ax.set_title(f"class {c}: {det.counts_[c][0]} cluster{'s' if det.counts_[c][0] != 1 else ''}{flag}", fontsize=9,
+                     color="red" if flag else "black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(classes):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7, loc="best")
+    shown = "training (o) and translated (x)" if det.population == "both" else "translated (x)"
+    fig.suptitle(f"AEGIS: t-SNE of {shown} features" + (f"; verdict {verdict}" if verdict else ""), fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def cluster_grids(det, translations, out_dir, pixel_max):
+    """For each suspect class, a grid of translated images, one row per cluster (paper Fig. 8)."""
+    files = {}
+    for c in det.suspect_classes_:
+        x_t = translations[c].images
+        labels = det.labels_[c][det.is_translated_[c]]
+        rows = []
+        for lab in sorted(set(labels.tolist())):
+            members = np.nonzero(labels == lab)[0]
+            name = "noise" if lab < 0 else f"cluster {lab}"
+            rows.append((f"{name} ({len(members)})", x_t[members[:10]]))
+        path = os.path.join(out_dir, f"suspect_class_{c}_clusters.png")
+        save_image_grid(rows, path, pixel_max=pixel_max, title=f"class {c}: translated images by cluster")
+        files[str(c)] = path
+    return files
+
+
+def transfer_grids(det, translations, x, out_dir, pixel_max):
+    """For each suspect class of a fitted :class:`~aegis_tf.patch_transfer.PatchTransferDetector`:
+    its translations whose patch transfers, the patches alone, and a patched probe."""
+    from aegis_tf.patch_transfer import paste_patches
+
+    rates = det.rates_
+    files = {}
+    for c in det.suspect_classes_:
+        x_t, r = translations[c].images, rates[c]
+        order = np.argsort(-r[0])
+        idx = order[r[0][order] >= det.flip_at][:10]
+        pixels, probes = r[1][idx], x[r[2][:1]]
+        alone = paste_patches(x_t[idx], pixels, np.zeros_like(probes))[:, 0]
+        on_probe = paste_patches(x_t[idx], pixels, probes)[:, 0]
+        rows = [(f"translated ({det.transferring_[c]} transfer)", x_t[idx]), ("patch alone", alone),
+                ("patch on a clean image", on_probe)]
+        path = os.path.join(out_dir, f"suspect_class_{c}_patches.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: translations whose changed pixels move other images to class {c}")
+        files[str(c)] = path
+    return files
+
+
+def plot_prune_curve(curve, path, *, title=""):
+    """Accuracy and ASR against the fraction of channels pruned, with the thresholds marked."""
+    plt = _pyplot()
+    frac = np.arange(curve.n_channels + 1) / curve.n_channels
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(frac, 100 * curve.clean_acc, label="clean validation accuracy", color="tab:blue")
+    ax.plot(frac, 100 * curve.asr, label="attack success rate", color="tab:red")
+    at = {}
+    for t, k in curve.saved.items():
+        if k is not None:
+            at.setdefault(k, []).append(f"-{t}%")
+    for k, labels in at.items():
+        ax.axvline(k / curve.n_channels, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(" " + ", ".join(labels), (k / curve.n_channels, 3), rotation=90, fontsize=8, color="grey")
+    ax.set_xlabel(f"fraction of {curve.layer} channels pruned (conv {curve.conv})")
+    ax.set_ylabel("percent")
+    ax.set_ylim(0, 102)
+    ax.set_title(title or "pruning curve")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def mask_grid(nc, path, *, pixel_max):
+    """Neural Cleanse's reverse-engineered masks and triggers (the first 12 classes)."""
+    classes = nc.classes_[:12]
+    masks = [(nc.masks_[c] * pixel_max)[..., None] for c in classes]
+    triggers = [nc.masks_[c][..., None] * nc.patterns_[c] for c in classes]
+    return save_image_grid([("mask", masks), ("mask x pattern", triggers)], path, pixel_max=pixel_max,
+                           title="Neural Cleanse: reverse-engineered triggers, classes " + ", ".join(map(str, classes)))

@@ -22,6 +22,7 @@ flip; see :mod:`aegis_tf.augment`). The compiled work per batch lives in
 batches runs in one jitted call with the data on the device.
 """
 
+import dataclasses
 import json
 import os
 
@@ -29,8 +30,9 @@ import keras
 import numpy as np
 
 from aegis_tf import backend
-from aegis_tf.attacks import make_step, check_norm
+from aegis_tf.attacks import make_step
 from aegis_tf.augment import crop_flip_params
+from aegis_tf.config import TrainConfig
 from aegis_tf.errors import AegisError
 from aegis_tf.models import logits_model
 from aegis_tf.utils import atomic_path, progress, write_json
@@ -38,34 +40,15 @@ from aegis_tf.utils import atomic_path, progress, write_json
 __all__ = ["TrainConfig", "train", "learning_rate_at"]
 
 
-def TrainConfig(**overrides):
-    """The default training configuration, with ``overrides`` applied (a plain dict)."""
-    config = {
-        "epochs": 20,
-        "batch_size": 128,
-        "learning_rate": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_milestones": [0.5, 0.75],
-        "lr_drop": 0.1,
-        "robust": False,
-        "eps": 0.5,
-        "steps": 20,
-        "step_size": None,
-        "norm": 2,
-        "eps_warmup": 0,
-        "augment": False,
-        "pixel_max": 255.0,
-        "seed": 0,
-    }
-    unknown = set(overrides) - set(config)
+def _as_config(config):
+    """A :class:`TrainConfig` from one, from a dict of overrides, or from None."""
+    if isinstance(config, TrainConfig):
+        return config
+    config = dict(config or {})
+    unknown = set(config) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise AegisError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    config.update(overrides)
-    config["norm"] = "inf" if check_norm(config["norm"]) == np.inf else 2
-    if config["step_size"] is None:
-        config["step_size"] = 2.5 * config["eps"] / max(1, config["steps"])
-    return config
+    return TrainConfig(**config)
 
 
 def learning_rate_at(epoch, config):
@@ -95,7 +78,7 @@ def _load_checkpoint(checkpoint_dir, model, optimizer, config):
         return None
     with open(p["state"]) as f:
         state = json.load(f)
-    if state.get("config") != config:
+    if state.get("config") != config.to_dict():
         raise AegisError(
             f"checkpoint in {checkpoint_dir} was made with another configuration; "
             "use a new --checkpoint-dir or the same options"
@@ -119,7 +102,7 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
     after the last completed epoch found there. ``on_epoch_end(epoch, record)``
     is called after each checkpoint (tests use it to interrupt a run).
     """
-    config = TrainConfig(**(config or {}))
+    config = _as_config(config)
     x = np.asarray(x, dtype=keras.config.floatx())
     y = np.asarray(y, dtype="int64")
     if len(x) == 0:
@@ -160,7 +143,7 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
         record = {"epoch": epoch, "loss": loss, "learning_rate": learning_rate_at(epoch, config)}
         history.append(record)
         if checkpoint_dir:
-            _save_checkpoint(checkpoint_dir, model, optimizer, {"epoch": epoch, "history": history, "config": config})
+            _save_checkpoint(checkpoint_dir, model, optimizer, {"epoch": epoch, "history": history, "config": config.to_dict()})
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     return history

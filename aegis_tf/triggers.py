@@ -5,6 +5,8 @@ batch; the input is never changed. Pixel values are in the units of the data
 (``value=250`` for raw 0-255 pixels; pass ``value=250/255`` for unit-scaled).
 """
 
+import os
+
 import numpy as np
 
 from aegis_tf.errors import AegisError
@@ -16,6 +18,9 @@ __all__ = [
     "invisible_static",
     "universal_perturbation",
     "invisible_adversarial",
+    "blend_pattern",
+    "blended",
+    "load_blend_pattern",
     "TRIGGERS",
     "make_trigger",
     "get_trigger",
@@ -120,11 +125,98 @@ def invisible_adversarial(x, *, pattern, clip_min=0.0, clip_max=255.0):
     return np.clip(x.astype("float32") + pattern, clip_min, clip_max)
 
 
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+            or not 0.0 < alpha <= 1.0:
+        raise AegisError(f"blend alpha must lie in (0, 1]. Received: {alpha!r}")
+    return float(alpha)
+
+
+def _check_image_shape(shape):
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3:
+        raise AegisError(f"a blend pattern is made for images (H, W, C). Received shape {shape}")
+    return shape
+
+
+def blend_pattern(shape, *, seed=0, pixel_max=255.0):
+    """Chen et al. 2017 random-noise blend pattern: uniform over [0, ``pixel_max``].
+
+    ``shape`` is the image shape (H, W, C). The same seed always gives the same
+    pattern; save it (``np.save``) to blend the same pattern elsewhere.
+    """
+    shape = _check_image_shape(shape)
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, pixel_max, size=shape).astype("float32")
+
+
+def _check_blend_pattern(pattern, shape, pixel_max, source="blend pattern"):
+    """``pattern`` as float32 (H, W, C); an (H, W) pattern is repeated over the channels."""
+    pattern = np.asarray(pattern)
+    h, w, c = shape
+    if not (np.issubdtype(pattern.dtype, np.integer) or np.issubdtype(pattern.dtype, np.floating)):
+        raise AegisError(f"{source} must hold real numbers. Received dtype {pattern.dtype}")
+    if pattern.shape == (h, w):
+        pattern = pattern[..., None]
+    if pattern.shape not in ((h, w, c), (h, w, 1)):
+        raise AegisError(f"{source} must have shape {(h, w, c)} or {(h, w)} to fit the images. "
+                         f"Received shape {pattern.shape}")
+    pattern = np.broadcast_to(pattern.astype("float32"), (h, w, c))
+    if not np.all(np.isfinite(pattern)) or pattern.min() < 0 or pattern.max() > pixel_max:
+        raise AegisError(f"{source} values must lie in [0, {pixel_max:g}] (the data's pixel units). "
+                         f"Received values from {pattern.min():g} to {pattern.max():g}")
+    return pattern
+
+
+def blended(x, *, alpha=0.15, pattern=None, seed=0, pixel_max=255.0):
+    """Chen et al. 2017 blended trigger (BackdoorBench "blended"):
+    ``(1 - alpha) * x + alpha * pattern``, clipped to [0, ``pixel_max``].
+
+    ``pattern`` is a full image in the data's pixel units, (H, W, C) or (H, W)
+    (the same for every channel); by default the seeded noise of
+    :func:`blend_pattern`. ``alpha`` lies in (0, 1]; BackdoorBench uses 0.2,
+    Chen et al. 0.05-0.2 for noise.
+    """
+    x = _check_batch(x)
+    alpha = _check_alpha(alpha)
+    shape = x.shape[1:]
+    if pattern is None:
+        pattern = blend_pattern(shape, seed=seed, pixel_max=pixel_max)
+    else:
+        pattern = _check_blend_pattern(pattern, shape, pixel_max)
+    out = np.float32(1.0 - alpha) * x.astype("float32") + np.float32(alpha) * pattern
+    return np.clip(out, 0.0, pixel_max)  # only rounding can leave the range when x lies in it
+
+
+def load_blend_pattern(spec, shape, *, seed=0, pixel_max=255.0):
+    """The blend pattern ``spec`` names, as float32 (H, W, C) for images of ``shape``.
+
+    ``spec`` is ``"noise"`` (the seeded :func:`blend_pattern`) or a ``.npy``
+    file of shape (H, W, C) or (H, W), in the data's pixel units. Never
+    unpickles.
+    """
+    shape = _check_image_shape(shape)
+    if spec == "noise":
+        return blend_pattern(shape, seed=seed, pixel_max=pixel_max)
+    path = os.fspath(spec)
+    if not path.endswith(".npy"):
+        raise AegisError(f"blend pattern must be noise or a .npy file. Received: {path!r}")
+    if not os.path.isfile(path):
+        raise AegisError(f"blend pattern file not found: {path} (expected a .npy array of shape (H, W, C) or (H, W))")
+    try:
+        pattern = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AegisError(f"cannot read blend pattern {path} as .npy: {detail}") from None
+    return _check_blend_pattern(pattern, shape, pixel_max, source=f"blend pattern {path}").copy()
+
+
 TRIGGERS = {
     "localised": localised,
     "distributed": distributed,
     "invisible-static": invisible_static,
     "invisible-adversarial": invisible_adversarial,
+    "blended": blended,
 }
 
 
@@ -164,18 +256,23 @@ def poison(x, y, *, trigger, poison_rate, target_label, mode="append", seed=0, *
 
 
 def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitude=8.0 / 255.0, seed=0,
-                 pattern=None, shape=None):
+                 pattern=None, shape=None, alpha=0.15):
     """A ready trigger function ``x -> triggered x`` for data in [0, ``pixel_max``].
 
     ``value`` and ``amplitude`` are in units of [0, 1] and scaled by
     ``pixel_max``; ``invisible-adversarial`` needs its ``pattern`` (see
-    :func:`universal_perturbation`).
+    :func:`universal_perturbation`). ``blended`` blends ``pattern`` (in the
+    data's pixel units; see :func:`load_blend_pattern`), or the noise of
+    :func:`blend_pattern` drawn from ``seed`` when it is None, with weight ``alpha``.
     """
     fn = get_trigger(name)
     if name in ("localised", "distributed"):
         return lambda x: fn(x, size=size, value=value * pixel_max)
     if name == "invisible-static":
         return lambda x: fn(x, amplitude=amplitude * pixel_max, seed=seed, clip_min=0.0, clip_max=pixel_max)
+    if name == "blended":
+        alpha = _check_alpha(alpha)
+        return lambda x: fn(x, alpha=alpha, pattern=pattern, seed=seed, pixel_max=pixel_max)
     if pattern is None:
         raise AegisError("the invisible-adversarial trigger needs a pattern: pass --trigger-pattern FILE.npy "
                          "or --trigger-model M to compute one")

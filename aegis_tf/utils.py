@@ -40,6 +40,8 @@ def to_jsonable(obj):
     """Convert NumPy scalars and arrays (nested in dicts and lists) to JSON types."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if hasattr(obj, "to_dict"):  # settings (aegis_tf.config)
+        return to_jsonable(obj.to_dict())
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):

@@ -29,20 +29,21 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from aegis_tf import backend  # noqa: E402
-from aegis_tf.attacks import make_step  # noqa: E402
-from aegis_tf.data import check_fits_model, load_split  # noqa: E402
-from aegis_tf.defaults import PATHS  # noqa: E402
-from aegis_tf.detect_job import DEFAULTS, run_aegis  # noqa: E402
-from aegis_tf.models import load_model, logits_model  # noqa: E402
-from aegis_tf.utils import write_json  # noqa: E402
+from aegis_tf import backend
+from aegis_tf.attacks import make_step
+from aegis_tf.data import check_fits_model, load_split
+from aegis_tf.defaults import PATHS
+from aegis_tf.config import DetectConfig
+from aegis_tf.jobs.detect import run_aegis
+from aegis_tf.models import load_model, logits_model
+from aegis_tf.utils import write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 def forward_backward_rate(model, x, y, *, batch_size, repeats):
@@ -84,7 +85,7 @@ def main():
     p.add_argument("--data", default=PATHS["train"], help="training images (.h5, .npz or a named set)")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for named sets")
     p.add_argument("--train-images", type=int, default=0, help="first N training images only (0: all)")
-    p.add_argument("--seeds", type=int, default=DEFAULTS["n_seeds"], help="translations per class (default as the CLI)")
+    p.add_argument("--seeds", type=int, default=DetectConfig()["n_seeds"], help="translations per class (default as the CLI)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-jobs", type=int, default=1, help="classes reduced and clustered at once (threads; -1: all cores)")
@@ -103,7 +104,7 @@ def main():
         x, y = x[:args.train_images], y[:args.train_images]
     x = check_fits_model(x, y, model, f"--data {args.data}").astype("float32")
     n_classes = int(model.output_shape[-1])
-    config = dict(DEFAULTS, n_seeds=args.seeds)
+    config = DetectConfig(n_seeds=args.seeds)
 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:

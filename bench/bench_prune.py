@@ -12,21 +12,20 @@ mechanics only). Writes results/bench_prune.json and results/bench_prune.md.
 import argparse
 import os
 import platform
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from aegis_tf.data import load_h5  # noqa: E402
-from aegis_tf.defaults import PATHS  # noqa: E402
-from aegis_tf.models import load_model, predict_labels  # noqa: E402
-from aegis_tf.utils import atomic_path, write_json  # noqa: E402
-from repair.prune import prune_curve, prune_curve_naive  # noqa: E402
+from aegis_tf.data import load_h5
+from aegis_tf.defaults import PATHS
+from aegis_tf.models import load_model, predict_labels
+from aegis_tf.utils import atomic_path, write_json
+from repair.prune import prune_curve, prune_curve_naive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 def _time(fn, repeats):

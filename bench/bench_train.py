@@ -23,16 +23,16 @@ import platform
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from aegis_tf.models import build_model, logits_model  # noqa: E402
-from aegis_tf.training import train  # noqa: E402
-from aegis_tf.utils import write_json  # noqa: E402
+from aegis_tf.models import build_model, logits_model
+from aegis_tf.training import train
+from aegis_tf.utils import write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 SHAPES = {"compact": (28, 28, 1), "resnet18": (32, 32, 3)}

@@ -12,21 +12,21 @@ Writes results/detect_ablation.md and .json, with per-stage times.
 
 import argparse
 import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from aegis_tf.data import load_h5  # noqa: E402
-from aegis_tf.defaults import CONFIG, PATHS  # noqa: E402
-from aegis_tf.detection import AegisDetector, class_features, translate_all  # noqa: E402
-from aegis_tf.models import load_model  # noqa: E402
-from aegis_tf.neural_cleanse import NeuralCleanse  # noqa: E402
-from aegis_tf.utils import atomic_path, write_json  # noqa: E402
+from aegis_tf.data import load_h5
+from aegis_tf.defaults import CONFIG, PATHS
+from aegis_tf.clustering import AegisDetector, class_features
+from aegis_tf.translation import translate_all
+from aegis_tf.models import load_model
+from aegis_tf.neural_cleanse import NeuralCleanse
+from aegis_tf.utils import atomic_path, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 CONFIGS = {
     "paper (t-SNE, mean shift bw 35, both, >2)": dict(bandwidth=35.0),
@@ -76,7 +76,7 @@ def main():
             per_run = []
             t = time.perf_counter()
             for r in range(args.runs):
-                det = AegisDetector(runs=1, random_state=r, **kw).fit(feats)
+                det = AegisDetector(runs=1, random_state=r, **kw).fit_features(feats)
                 per_run.append({"suspects": det.suspect_classes_, "counts": {c: det.counts_[c][0] for c in classes}})
             suspects = [tuple(pr["suspects"]) for pr in per_run]
             majority = max(set(suspects), key=suspects.count)
@@ -90,7 +90,7 @@ def main():
             print(f"{mname} | {cname}: flagged {row['configs'][cname]['model_flagged_runs']}/{args.runs}, "
                   f"suspects per run {[list(s) for s in suspects]}", flush=True)
         t = time.perf_counter()
-        nc = NeuralCleanse(random_state=0).fit(model, xv, classes)
+        nc = NeuralCleanse(random_state=0).fit(model, xv, None, classes)
         row["neural_cleanse"] = {"suspects": nc.suspect_classes_, "seconds": time.perf_counter() - t,
                                  "anomaly_index": nc.anomaly_index_, "l1_norms": nc.l1_norms_}
         print(f"{mname} | Neural Cleanse: suspects {nc.suspect_classes_}", flush=True)

@@ -10,17 +10,17 @@ results/detect_layers.md.
 """
 
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from aegis_tf.data import load_h5  # noqa: E402
-from aegis_tf.defaults import PATHS  # noqa: E402
-from aegis_tf.detection import AegisDetector, class_features, translate_all  # noqa: E402
-from aegis_tf.models import load_model  # noqa: E402
-from aegis_tf.utils import atomic_path  # noqa: E402
+from aegis_tf.data import load_h5
+from aegis_tf.defaults import PATHS
+from aegis_tf.clustering import AegisDetector, class_features
+from aegis_tf.translation import translate_all
+from aegis_tf.models import load_model
+from aegis_tf.utils import atomic_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 VARIANTS = {
     "translated only, mean shift auto, >1": dict(population="translated"),
@@ -43,7 +43,7 @@ def main():
             feats = class_features(model, x, y, tr, n_seeds=200, layer=layer)
             cells = []
             for kw in VARIANTS.values():
-                d = AegisDetector(runs=1, **kw).fit(feats)
+                d = AegisDetector(runs=1, **kw).fit_features(feats)
                 cells.append(f"{d.suspect_classes_ or 'none'}; {''.join(str(d.counts_[c][0]) for c in range(10))}")
             lines.append(f"| {name} | {layer} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)

@@ -17,14 +17,13 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from aegis_tf.detection import PatchTransferDetector, rates_from_histogram  # noqa: E402
-from aegis_tf.errors import AegisError  # noqa: E402
-from aegis_tf.utils import atomic_path, write_json  # noqa: E402
-from detect_table import _label, kind, majority, score_run, stable, summarise  # noqa: E402
+from aegis_tf.patch_transfer import PatchTransferDetector, rates_from_histogram
+from aegis_tf.errors import AegisError
+from aegis_tf.utils import atomic_path, write_json
+from detect_table import _label, kind, majority, score_run, stable, summarise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 def rescore(rows, **detector_params):
@@ -34,7 +33,7 @@ def rescore(rows, **detector_params):
         n_classes = len(row["runs"][0]["histograms"])
         runs = []
         for run in row["runs"]:
-            det = PatchTransferDetector(**detector_params).fit(
+            det = PatchTransferDetector(**detector_params).fit_rates(
                 {int(c): rates_from_histogram(h) for c, h in run["histograms"].items()})
             runs.append({**score_run({"suspect_classes": det.suspect_classes_}, row["target"], n_classes),
                          "scores": {str(c): det.scores_[c] for c in det.classes_}})

@@ -20,16 +20,17 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from aegis_tf.data import load_split  # noqa: E402
-from aegis_tf.detect_job import detect_config, run_aegis  # noqa: E402
-from aegis_tf.models import load_model  # noqa: E402
-from aegis_tf.utils import atomic_path, write_json  # noqa: E402
+from aegis_tf.data import load_split
+from aegis_tf.config import DetectConfig
+from aegis_tf.jobs.detect import run_aegis
+from aegis_tf.models import load_model
+from aegis_tf.utils import atomic_path, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 def score_run(report, target, n_classes):
@@ -132,9 +133,7 @@ def main():
     args = p.parse_args()
     import keras
 
-    config = dict(detect_config(args.preset), n_seeds=args.seeds)
-    if args.start_noise is not None:
-        config["start_noise"] = args.start_noise
+    config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise)
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config, "score": config["score"], "backend": keras.backend.backend(),
@@ -162,8 +161,8 @@ def main():
                "target": target, "poison_rate": info.get("poison_rate", 0), "runs": [], "seconds": []}
         for r in range(args.runs):
             t = time.perf_counter()
-            rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir="",
-                            seed=r, plots=False)
+            rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir=None,
+                            seed=r)
             row["seconds"].append(time.perf_counter() - t)
             run = {**score_run(rep, target, n_classes),
                    "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}

@@ -20,18 +20,18 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from aegis_tf.data import load_split  # noqa: E402
-from aegis_tf.detect_job import DEFAULTS  # noqa: E402
-from aegis_tf.detection import translate_all  # noqa: E402
-from aegis_tf.models import load_model  # noqa: E402
-from aegis_tf.triggers import make_trigger  # noqa: E402
-from aegis_tf.utils import atomic_path, write_json  # noqa: E402
+from aegis_tf.data import load_split
+from aegis_tf.config import DetectConfig
+from aegis_tf.translation import translate_all
+from aegis_tf.models import load_model
+from aegis_tf.triggers import make_trigger
+from aegis_tf.utils import atomic_path, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
 
 def trigger_mask(trigger, shape, pixel_max):
@@ -67,8 +67,8 @@ def main():
         classes = list(range(int(model.output_shape[-1])))
         for s in starts:
             t = time.perf_counter()
-            tr = translate_all(model, x, y, classes, n_seeds=args.seeds, eps=DEFAULTS["eps"] * pixel_max,
-                               step_size=DEFAULTS["step_size"] * pixel_max, steps=DEFAULTS["steps"], clip_min=0.0,
+            tr = translate_all(model, x, y, classes, n_seeds=args.seeds, eps=DetectConfig()["eps"] * pixel_max,
+                               step_size=DetectConfig()["step_size"] * pixel_max, steps=DetectConfig()["steps"], clip_min=0.0,
                                clip_max=pixel_max, seed=0, start_noise=s * pixel_max)
             row = {"model": os.path.basename(path), "start_noise": s,
                    "lit": {c: lit_share(tr[c].images, tr[c].starts, mask, pixel_max) for c in classes},

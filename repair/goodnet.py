@@ -19,10 +19,18 @@ import numpy as np
 from keras import ops
 
 from aegis_tf.errors import AegisError
-from aegis_tf.models import build_deepid, copy_model, load_model, load_weights_into
+from aegis_tf.models import build_deepid, copy_model, load_model, load_weights_into, predict_labels
 from aegis_tf.utils import atomic_path
 
-__all__ = ["GoodNet", "GoodNetDecision"]
+__all__ = ["GoodNet", "GoodNetDecision", "goodnet_labels"]
+
+
+def goodnet_labels(pred_b, pred_b_prime, num_classes):
+    """GoodNet's rule on predicted labels: the common class where B and B' agree,
+    class N (``num_classes``) where they disagree. :class:`GoodNetDecision` is the
+    same rule as a Keras layer, for the single-file model."""
+    pred_b, pred_b_prime = np.asarray(pred_b), np.asarray(pred_b_prime)
+    return np.where(pred_b == pred_b_prime, pred_b, num_classes).astype("int64")
 
 
 @keras.saving.register_keras_serializable(package="aegis_tf")
@@ -100,10 +108,8 @@ class GoodNet:
 
     def predict(self, x, *, batch_size=256):
         """Class labels in 0..N, where N means "B and B' disagree"."""
-        p = self.B.predict(x, batch_size=batch_size, verbose=0)
-        q = self.B_prime.predict(x, batch_size=batch_size, verbose=0)
-        a, b = np.argmax(p, axis=-1), np.argmax(q, axis=-1)
-        return np.where(a == b, a, self.num_classes).astype("int64")
+        return goodnet_labels(predict_labels(self.B, x, batch_size=batch_size),
+                              predict_labels(self.B_prime, x, batch_size=batch_size), self.num_classes)
 
     def save(self, path):
         """Write G as one ``.keras`` file, atomically."""

@@ -1,20 +1,27 @@
 """The whole repair job: curve, B' at each threshold, GoodNet, evaluation, files.
 
-``cli.py repair`` and ``cli.py eval`` are thin wrappers around
-:func:`run_repair` and :func:`evaluate_goodnet`.
+``aegis repair`` and ``aegis evaluate-goodnet`` (the lab's ``eval``) call
+:func:`repair_job` and :func:`evaluate_goodnet_job`; :func:`run_repair` and
+:func:`evaluate_goodnet` work on models and arrays already in memory.
 """
 
 import os
 
-import numpy as np
 
+from aegis_tf.errors import AegisError
 from aegis_tf.metrics import summarize
 from aegis_tf.models import predict_labels
 from aegis_tf.utils import atomic_path, write_json
-from repair.goodnet import GoodNet
-from repair.prune import THRESHOLDS, finetune_pruned, prune_curve, prune_curve_naive, prune_model
+from repair.goodnet import GoodNet, goodnet_labels
+from repair.prune import THRESHOLDS, check_threshold, finetune_pruned, prune_curve, prune_curve_naive, prune_model
 
-__all__ = ["evaluate_goodnet", "plot_curve", "run_repair", "format_table"]
+__all__ = ["evaluate_goodnet", "run_repair", "repair_job", "evaluate_goodnet_job", "format_table",
+           "format_goodnet_eval", "pruned_weights_name"]
+
+
+def pruned_weights_name(tag):
+    """The file name of B' at a threshold (``4``, or ``"4_finetuned"``)."""
+    return f"B_prime_{tag}.weights.h5"
 
 
 def evaluate_goodnet(goodnet, x_clean, y_clean, x_bad, y_bad, *, batch_size=256):
@@ -27,40 +34,11 @@ def evaluate_goodnet(goodnet, x_clean, y_clean, x_bad, y_bad, *, batch_size=256)
         pb = predict_labels(model, x_bad, batch_size=batch_size)
         preds[name] = (pc, pb)
         out[name] = summarize(pc, y_clean, pb, y_bad)
-    # G from the two predictions already made (same rule as GoodNet.predict).
+    # G from the two predictions already made.
     (bc, bb), (qc, qb) = preds["B"], preds["B_prime"]
-    gc, gb = np.where(bc == qc, bc, n), np.where(bb == qb, bb, n)
+    gc, gb = goodnet_labels(bc, qc, n), goodnet_labels(bb, qb, n)
     out["G"] = summarize(gc, y_clean, gb, y_bad, reject_class=n)
     return out
-
-
-def plot_curve(curve, path, *, title=""):
-    """Accuracy and ASR against the fraction of channels pruned, with the thresholds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    frac = np.arange(curve.n_channels + 1) / curve.n_channels
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(frac, 100 * curve.clean_acc, label="clean validation accuracy", color="tab:blue")
-    ax.plot(frac, 100 * curve.asr, label="attack success rate", color="tab:red")
-    at = {}
-    for t, k in curve.saved.items():
-        if k is not None:
-            at.setdefault(k, []).append(f"-{t}%")
-    for k, labels in at.items():
-        ax.axvline(k / curve.n_channels, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(" " + ", ".join(labels), (k / curve.n_channels, 3), rotation=90, fontsize=8, color="grey")
-    ax.set_xlabel(f"fraction of {curve.layer} channels pruned (conv {curve.conv})")
-    ax.set_ylabel("percent")
-    ax.set_ylim(0, 102)
-    ax.set_title(title or "pruning curve")
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
 
 
 def run_repair(
@@ -84,13 +62,26 @@ def run_repair(
     """Run the repair job and write its files to ``out_dir``. Returns the report dict.
 
     ``valid``/``bad_valid`` drive the pruning; ``test``/``bad_test`` are only
-    used to evaluate. Files written (each atomically): ``prune_curve.json``,
+    used to evaluate. B' is kept at every threshold (2, 4 and 10);
+    ``threshold`` is the one GoodNet headlines, and it must be reached, or
+    nothing is written. Files written (each atomically): ``prune_curve.json``,
     ``prune_curve.png``, ``B_prime_{t}.weights.h5`` and ``goodnet_{t}.keras``
-    for each threshold reached, and ``repair.json``.
+    for each threshold reached, ``repair.json`` and ``report.html``.
     """
+    from aegis_tf.html_report import write_repair_html
+    from aegis_tf.report import plot_prune_curve
+
+    check_threshold(threshold)
+    if method not in ("cached", "naive"):
+        raise AegisError(f"--method must be cached or naive. Received: {method!r}")
+    if finetune_epochs < 0:
+        raise AegisError(f"--finetune must be 0 or a positive number of epochs. Received: {finetune_epochs}")
     (xv, yv), (xbv, ybv), (xt, yt), (xbt, ybt) = valid, bad_valid, test, bad_test
     curve_fn = prune_curve if method == "cached" else prune_curve_naive
     curve = curve_fn(model, xv, yv, xbv, ybv, layer=layer, thresholds=THRESHOLDS, batch_size=batch_size, quiet=quiet)
+    if curve.saved[threshold] is None:
+        raise AegisError(f"accuracy never dropped by {threshold}% while pruning {curve.layer} "
+                         f"(at most {100 * (curve.clean_acc[0] - curve.clean_acc.min()):.2f} points); no B' for it")
 
     report = {
         "sources": sources or {},
@@ -132,10 +123,10 @@ def run_repair(
     files["curve_json"] = os.path.join(out_dir, "prune_curve.json")
     write_json(files["curve_json"], curve.to_dict())
     files["curve_plot"] = os.path.join(out_dir, "prune_curve.png")
-    plot_curve(curve, files["curve_plot"], title=f"pruning {curve.layer}: accuracy and ASR")
+    plot_prune_curve(curve, files["curve_plot"], title=f"pruning {curve.layer}: accuracy and ASR")
     for key, m in models_out.items():
         tag = f"{key[0]}_finetuned" if isinstance(key, tuple) else str(key)
-        w = os.path.join(out_dir, f"B_prime_{tag}.weights.h5")
+        w = os.path.join(out_dir, pruned_weights_name(tag))
         with atomic_path(w) as tmp:
             m.save_weights(tmp)
         gpath = os.path.join(out_dir, f"goodnet_{tag}.keras")
@@ -143,8 +134,87 @@ def run_repair(
         files[f"B_prime_{tag}"] = w
         files[f"goodnet_{tag}"] = gpath
     files["report"] = os.path.join(out_dir, "repair.json")
+    files["html"] = os.path.join(out_dir, "report.html")
     write_json(files["report"], report)
+    write_repair_html(report, files["html"], title="aegis repair")
     return report
+
+
+def _load_set(path, default_key, model, scale, flag):
+    from aegis_tf.data import check_fits_model, load_h5
+    from aegis_tf.defaults import PATHS
+
+    path = path or PATHS[default_key]
+    x, y = load_h5(path, scale=scale)
+    return (check_fits_model(x, y, model, f"{flag} {path}"), y), path
+
+
+def _model_paths(bad_model, bad_model_weights):
+    """The embedded default B only when no model at all is named."""
+    from aegis_tf.defaults import PATHS
+
+    if bad_model is None and bad_model_weights is None:
+        return PATHS["bd_net"], None
+    return bad_model, bad_model_weights
+
+
+def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_valid=None, clean_test=None,
+               bad_test=None, threshold=4, layer=None, method="cached", finetune=0, finetune_lr=1e-4,
+               out_dir=os.path.join("out", "repair"), scale="raw", batch_size=256, seed=0, quiet=True):
+    """:func:`run_repair` on files: B (the embedded default when none is named) and the
+    four CSAW sets (the embedded ones by default), all checked before any work."""
+    from aegis_tf.models import load_model
+
+    check_threshold(threshold)
+    model_path, weights = _model_paths(bad_model, bad_model_weights)
+    model = load_model(model_path, weights)
+    valid, pv = _load_set(clean_valid, "valid", model, scale, "--clean-valid")
+    bvalid, pbv = _load_set(bad_valid, "bd_valid", model, scale, "--bad-valid")
+    test, pt = _load_set(clean_test, "test", model, scale, "--clean-test")
+    btest, pbt = _load_set(bad_test, "bd_test", model, scale, "--bad-test")
+    return run_repair(
+        model, valid, bvalid, test, btest, out_dir=out_dir, threshold=threshold, layer=layer, method=method,
+        finetune_epochs=finetune, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, quiet=quiet,
+        sources={"bad_model": model_path, "bad_model_weights": weights, "clean_valid": pv, "bad_valid": pbv,
+                 "clean_test": pt, "bad_test": pbt, "scale": scale})
+
+
+def evaluate_goodnet_job(*, goodnet=None, bad_model=None, bad_model_weights=None, pruned_bad_model_weights=None,
+                         threshold=4, out_dir=os.path.join("out", "repair"), clean_test=None, bad_test=None,
+                         scale="raw", batch_size=256):
+    """The lab's evaluation (``eval.py``): clean accuracy and ASR of B, B' and GoodNet on the test sets.
+
+    GoodNet comes from a ``goodnet_T.keras`` file, or from B and the weights
+    of B' (by default those ``repair`` wrote for ``threshold`` in ``out_dir``).
+    """
+    from aegis_tf.models import load_model
+
+    check_threshold(threshold)
+    if goodnet:
+        g = GoodNet.load(goodnet)
+        sources = {"goodnet": goodnet}
+    else:
+        model_path, weights = _model_paths(bad_model, bad_model_weights)
+        pruned = pruned_bad_model_weights or os.path.join(out_dir, pruned_weights_name(threshold))
+        g = GoodNet(load_model(model_path, weights)).load_weights(None, pruned)
+        sources = {"bad_model": model_path, "bad_model_weights": weights, "pruned_bad_model_weights": pruned}
+    test, pt = _load_set(clean_test, "test", g.B, scale, "--clean-test")
+    bad, pb = _load_set(bad_test, "bd_test", g.B, scale, "--bad-test")
+    res = evaluate_goodnet(g, *test, *bad, batch_size=batch_size)
+    sources.update(clean_test=pt, bad_test=pb, scale=scale)
+    return {"sources": sources, "num_classes": g.num_classes, **res}
+
+
+def format_goodnet_eval(res):
+    """The printed lines of :func:`evaluate_goodnet_job`."""
+    lines = []
+    for name, label in (("B", "B (backdoored)"), ("B_prime", "B' (pruned)"), ("G", "GoodNet")):
+        m = res[name]
+        line = f"{label:<16} clean accuracy {100 * m['clean_acc']:6.2f}%   attack success rate {100 * m['asr']:6.2f}%"
+        if name == "G":
+            line += f"   poisoned sent to class N={res['num_classes']}: {100 * m['bad_rejected']:.2f}%"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_table(report):

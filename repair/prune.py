@@ -22,13 +22,13 @@ import dataclasses
 import keras
 import numpy as np
 
+from aegis_tf.config import THRESHOLDS, check_threshold
 from aegis_tf.errors import AegisError
 from aegis_tf.models import copy_model, find_feeding_conv, find_last_pooling_layer, predict_labels
 from aegis_tf.utils import progress
 
-__all__ = ["THRESHOLDS", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
+__all__ = ["THRESHOLDS", "check_threshold", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
 
-THRESHOLDS = (2, 4, 10)
 
 
 @dataclasses.dataclass
@@ -74,11 +74,8 @@ class PruneCurve:
 
 
 def _check_thresholds(thresholds):
-    bad = [t for t in thresholds if t not in THRESHOLDS]
-    if bad:
-        raise AegisError(
-            f"threshold must be one of 2, 4, 10 (percent accuracy drop). Received: {bad[0]}"
-        )
+    for t in thresholds:
+        check_threshold(t)
 
 
 def _first_reaching(clean_acc, thresholds):

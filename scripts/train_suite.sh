@@ -53,7 +53,7 @@ one() {  # train one model: data trigger seed
   for seed in "$s" "$((s + 100))"; do
     python "$HERE/cli.py" train --data "$OUT_DIR/data/$d.npz" --arch compact $trig --target-label "${TARGET:-7}" \
       --robust --eps 0.5 --eps-warmup 2 --lr 0.05 --steps "${STEPS:-10}" --epochs "${EPOCHS:-8}" --seed "$seed" \
-      --out "$out" --quiet > "${out%.keras}.log" 2>&1 \
+      --model-out "$out" --quiet > "${out%.keras}.log" 2>&1 \
       || { echo "FAILED $d $t $s (see ${out%.keras}.log)"; return 1; }
     # A run whose loss never left chance (clean accuracy under 50%) is set aside
     # as <name>.collapsed.keras and retrained once with seed + 100; the model's

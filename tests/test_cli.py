@@ -8,6 +8,7 @@ import pytest
 
 import cli
 from aegis_tf.data import load_h5
+from aegis_tf.defaults import PATHS
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def test_repair_on_embedded_default_writes_everything(repaired, capsys):
     names = set(os.listdir(repaired))
     for t in (2, 4, 10):
         assert f"B_prime_{t}.weights.h5" in names and f"goodnet_{t}.keras" in names
-    assert {"prune_curve.json", "prune_curve.png", "repair.json", "r.json"} <= names
+    assert {"prune_curve.json", "prune_curve.png", "repair.json", "r.json", "report.html"} <= names
     assert not [n for n in names if n.startswith(".tmp-")]
     report = json.load(open(repaired / "repair.json"))
     assert report == json.load(open(repaired / "r.json"))
@@ -66,7 +67,7 @@ def _write_h5(path, x, y):
 
 def _bad_inputs(tmp):
     """(name, argv) pairs, each a bad input that must give a one-line error."""
-    good = load_h5(os.path.join(cli.ROOT, "data", "valid.h5"))
+    good = load_h5(PATHS["valid"])
     x = np.transpose(good[0][:20], (0, 3, 1, 2))
     corrupt = tmp / "corrupt.h5"
     corrupt.write_bytes(b"\x00not an h5 file")

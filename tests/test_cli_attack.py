@@ -30,7 +30,7 @@ def test_train_then_evaluate_on_embedded_digits(tmp_path, capsys):
     model = tmp_path / "m.keras"
     rc = cli.main(["train", "--data", "digits", "--arch", "compact", "--width", "4", "--trigger", "localised",
                    "--trigger-size", "3", "--poison-rate", "0.1", "--epochs", "2", "--steps", "2",
-                   "--train-batch-size", "64", "--lr", "0.05", "--out", str(model), "--quiet"])
+                   "--train-batch-size", "64", "--lr", "0.05", "--model-out", str(model), "--quiet"])
     assert rc == 0 and model.exists()
     report = json.load(open(str(model) + ".json"))
     assert set(report["test"]) >= {"clean_acc", "asr", "adv_acc"}
@@ -49,7 +49,7 @@ def test_train_then_evaluate_on_embedded_digits(tmp_path, capsys):
     (["poison", "--poison-rate", "2"], "--poison-rate must lie in [0, 1]"),
     (["poison", "--trigger", "invisible-adversarial"], "needs --trigger-pattern"),
     (["train", "--target-label", "12", "--epochs", "1"], "--target-label must lie in 0..9"),
-    (["train", "--out", "model.txt"], "--out must end in .keras or .h5"),
+    (["train", "--model-out", "model.txt"], "--model-out must end in .keras or .h5"),
     (["evaluate", "--model", "missing.keras"], "model file not found"),
     (["poison", "--data", "nosuchset"], "expected an .h5 or .npz file or one of"),
 ])
@@ -57,3 +57,24 @@ def test_attack_commands_reject_bad_input(tmp_path, capsys, argv, message):
     rc = cli.main(argv + ["--quiet"] if argv[0] != "train" else argv + ["--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_poison_with_the_blended_trigger_writes_its_pattern(tmp_path, capsys):
+    out = tmp_path / "b"
+    rc = cli.main(["poison", "--data", "digits", "--trigger", "blended", "--blend-alpha", "0.2", "--poison-rate",
+                   "0.05", "--target-label", "3", "--mode", "replace", "--out-dir", str(out), "--quiet"])
+    assert rc == 0
+    report = json.load(open(out / "poison.json"))
+    assert report["trigger"] == "blended" and report["trigger_config"]["blend_alpha"] == 0.2
+    pattern = np.load(out / "trigger_pattern.npy")
+    from aegis_tf.data import load_split
+
+    clean, _ = load_split("digits", split="train")
+    x, y = load_h5(out / "train_poisoned.h5")
+    idx = np.array(report["poisoned_indices"])
+    assert np.all(y[idx] == 3) and pattern.shape == x.shape[1:]
+    np.testing.assert_allclose(x[idx], 0.8 * clean[idx] + 0.2 * pattern, atol=1.0)  # (1 - a) x + a p
+    others = np.setdiff1d(np.arange(len(x)), idx)
+    np.testing.assert_array_equal(x[others], clean[others])
+    rc = cli.main(["poison", "--trigger", "blended", "--blend-pattern", str(tmp_path / "none.npy"), "--quiet"])
+    assert rc == 2 and "blend pattern file not found" in capsys.readouterr().err

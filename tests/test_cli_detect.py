@@ -4,20 +4,26 @@ import os
 import pytest
 
 import cli
+from aegis_tf.defaults import PATHS
 
 
 def _run(tmp_path, name, extra, capsys):
     out = tmp_path / name
-    rc = cli.main(["detect", "--bad_model", os.path.join(cli.ROOT, "models", "robust_bd_net.keras"), "--classes",
+    rc = cli.main(["detect", "--bad_model", PATHS["robust_bd_net"], "--classes",
                    "5,6,7", "--seeds", "15", "--steps", "10", "--runs", "1", "--out-dir", str(out), "--quiet"] + extra)
     assert rc == 0
     return out, capsys.readouterr().out
 
 
 def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
-    out, printed = _run(tmp_path, "a", [], capsys)
-    assert "verdict" in printed
-    report = json.load(open(out / "detect.json"))["aegis"]
+    out, printed = _run(tmp_path, "a", ["--plots"], capsys)
+    result = json.load(open(out / "detect.json"))
+    verdict, report = result["verdict"], result["aegis"]
+    assert printed.splitlines()[0] == "robust_bd_net: " + verdict["line"]  # one verdict line first
+    assert verdict["backdoored"] == bool(verdict["target_classes"])
+    assert verdict["target_classes"] == report["suspect_classes"]  # AEGIS alone decides here
+    assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
+    assert (out / "report.html").stat().st_size > 5_000
     assert report["verdict"] in ("clean", "backdoored")
     assert set(report["classes"]) == {"5", "6", "7"}
     assert (out / "embeddings.png").stat().st_size > 5_000
@@ -25,14 +31,14 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
     for path in report["files"]["suspect_patches"].values():
         assert os.path.getsize(path) > 5_000
-    from aegis_tf.detection import PatchTransferDetector, rates_from_histogram
+    from aegis_tf.patch_transfer import PatchTransferDetector, rates_from_histogram
 
     hists = {int(c): v["probes_moved_histogram"] for c, v in report["classes"].items()}
     assert all(len(h) == 21 and sum(h) == 15 for h in hists.values())  # 20 probes; one count per translation
-    refit = PatchTransferDetector(flip_at=report["config"]["flip_at"]).fit(
+    refit = PatchTransferDetector(flip_at=report["config"]["flip_at"]).fit_rates(
         {c: rates_from_histogram(h) for c, h in hists.items()})
     assert refit.suspect_classes_ == report["suspect_classes"]  # the histogram holds all the verdict needs
-    again, _ = _run(tmp_path, "b", ["--jobs", "2"], capsys)  # classes clustered in parallel: same report
+    again, _ = _run(tmp_path, "b", ["--plots", "--jobs", "2"], capsys)  # classes clustered in parallel: same report
     second = json.load(open(again / "detect.json"))["aegis"]
     for key in ("verdict", "suspect_classes", "classes", "translation_reached"):
         assert report[key] == second[key]
@@ -41,11 +47,11 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--classes", "5,12"], "--classes must lie in 0..9"),
     (["--bandwidth", "wide"], "--bandwidth must be auto or a number"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
-    (["--top-frac", "1.5"], "--top-frac must lie in (0, 1]"),
-    (["--probes", "0"], "--probes must be at least 1"),
-    (["--flip-at", "0"], "--flip-at must lie in (0, 1]"),
-    (["--start-noise", "-0.1"], "--start-noise must be >= 0"),
+    (["--seeds", "0"], "--n-seeds must be an integer in [1, inf)"),
+    (["--top-frac", "1.5"], "--top-frac must be a number in (0, 1]"),
+    (["--probes", "0"], "--n-probes must be an integer in [1, inf)"),
+    (["--flip-at", "0"], "--flip-at must be a number in (0, 1]"),
+    (["--start-noise", "-0.1"], "--start-noise must be a number in [0, inf)"),
     (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
@@ -55,9 +61,9 @@ def test_detect_bad_inputs(tmp_path, capsys, extra, message):
     if "--classes" in extra:
         argv = argv[:-2]
     if not any(a == "--bad_model" for a in extra):
-        argv += ["--bad_model", os.path.join(cli.ROOT, "models", "robust_bd_net.keras")]
+        argv += ["--bad_model", PATHS["robust_bd_net"]]
     if "--data" in extra:
-        extra = ["--data", os.path.join(cli.ROOT, extra[1])]
+        extra = ["--data", PATHS["bd_test"]]
     rc = cli.main(argv + extra)
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1

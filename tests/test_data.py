@@ -123,3 +123,90 @@ def test_check_fits_model(rng):
         data.check_fits_model(rng.random((4, 9, 8, 1)), None, model, "set")
     with pytest.raises(AegisError, match="labels must lie in 0..2 .* from 0 to 3"):
         data.check_fits_model(x, np.array([0, 1, 2, 3]), model, "set")
+
+
+def _dense_model(input_shape, num_classes=10):
+    import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inp) if len(input_shape) > 1 else inp
+    return keras.Model(inp, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_nan_and_inf_pixels_in_h5_are_one_line_errors(tmp_path, rng, dtype):
+    x = rng.integers(0, 256, size=(4, 3, 6, 6)).astype(dtype)  # channels-first, as CSAW stores it
+    x[0, 0, 0, 0], x[1, 1, 2, 3], x[3, 0, 5, 5] = np.nan, np.inf, -np.inf
+    p = tmp_path / "x.h5"
+    data.save_h5(p, np.transpose(x, (0, 2, 3, 1)), np.zeros(4))
+    for scale in ("raw", "unit"):
+        with pytest.raises(AegisError) as e:
+            data.load_h5(p, scale=scale)
+        assert str(e.value) == f"{p}: image data must be finite. Received 3 NaN/inf values"
+    with pytest.raises(AegisError, match="must be finite. Received 3 NaN/inf values"):
+        data.load_split(str(p))
+
+
+def test_nan_pixels_in_npz_are_one_line_errors(tmp_path, rng):
+    arrays = {
+        "x_train": rng.random((5, 8, 8)), "y_train": np.zeros(5),
+        "x_test": rng.random((3, 8, 8)).astype("float32"), "y_test": np.zeros(3),
+    }
+    arrays["x_test"][1, 2, 2] = np.nan
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(AegisError) as e:
+        data.load_npz(tmp_path / "d.npz")
+    assert str(e.value) == f"{tmp_path / 'd.npz'}:test: image data must be finite. Received 1 NaN/inf values"
+    arrays["x_test"][1, 2, 2] = 0.5
+    arrays["x_train"][:, 0, 0] = np.inf
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(AegisError, match=r"mnist.npz:train: image data must be finite. Received 5 NaN/inf"):
+        data.load_named("mnist", data_dir=str(tmp_path))
+
+
+def test_finite_float_and_integer_data_pass_and_overflow_is_caught(tmp_path, rng):
+    x = rng.random((3, 4, 4, 1)) * 255.0
+    xl, _ = data.load_h5(_write(tmp_path / "ok.h5", data=x, label=np.zeros(3)))
+    np.testing.assert_allclose(xl, x, rtol=1e-6)
+    xi, _ = data.load_h5(_write(tmp_path / "int.h5", data=rng.integers(0, 256, (3, 4, 4, 1)), label=np.zeros(3)))
+    assert np.all(np.isfinite(xi))
+    big = np.zeros((3, 4, 4, 1))
+    big[0, 0, 0, 0] = 1e300  # finite as float64, infinite as float32
+    with pytest.raises(AegisError, match=r"image values must fit float32 .* Received 1 values up to 1e\+300"):
+        data.load_h5(_write(tmp_path / "big.h5", data=big, label=np.zeros(3)))
+    with pytest.raises(AegisError, match="expected real numeric image data"):
+        data.load_h5(_write(tmp_path / "c.h5", data=np.zeros((3, 4, 4, 1), complex), label=np.zeros(3)))
+
+
+@pytest.mark.parametrize("input_shape", [(784,), (10, 10), (4, 8, 8, 1)])
+def test_check_fits_model_refuses_non_image_models(rng, input_shape):
+    model = _dense_model(input_shape)
+    x = rng.random((4, 28, 28, 1)).astype("float32")
+    with pytest.raises(AegisError) as e:
+        data.check_fits_model(x, np.zeros(4, "int64"), model, "--data x.h5")
+    assert str(e.value) == f"model takes input of shape {(None,) + input_shape}; expected images (H, W, C)"
+
+
+def test_check_fits_model_refuses_non_class_outputs(rng):
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same")(inp))  # (None, 8, 8, 3) per-pixel output
+    with pytest.raises(AegisError, match=r"model gives output of shape \(None, 8, 8, 3\); expected class scores"):
+        data.check_fits_model(rng.random((2, 8, 8, 1)), None, model, "set")
+
+
+def test_check_fits_model_labels_beyond_the_outputs(tmp_path, rng):
+    model = tiny_cnn(input_shape=(8, 8, 1), num_classes=10)
+    x = rng.integers(0, 256, size=(5, 8, 8, 1)).astype("float32")
+    p = tmp_path / "x.h5"
+    data.save_h5(p, x, np.array([0, 3, 12, 9, 1]))
+    xl, yl = data.load_h5(p)
+    with pytest.raises(AegisError) as e:
+        data.check_fits_model(xl, yl, model, f"--data {p}")
+    assert str(e.value) == (f"--data {p}: labels must lie in 0..9 for a model with 10 classes. "
+                            "Received labels from 0 to 12")
+    with pytest.raises(AegisError, match="from -1 to 3"):
+        data.check_fits_model(xl, np.array([0, -1, 2, 3, 1]), model, "set")
+    # Fewer classes in the data than outputs is fine (a subset of the classes).
+    assert data.check_fits_model(xl, np.array([0, 1, 1, 0, 1]), model, "set").shape == (5, 8, 8, 1)

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from aegis_tf.detection import PRESETS, AegisDetector, class_features, extract_features, feature_layer, translate_all
+from aegis_tf.clustering import AegisDetector, class_features, extract_features, feature_layer
+from aegis_tf.config import PRESETS
+from aegis_tf.translation import translate_all
 from aegis_tf.errors import AegisError
-from aegis_tf.neural_cleanse import NeuralCleanse, anomaly_index
 from conftest import tiny_cnn
 
 
@@ -25,14 +26,14 @@ def synthetic_features(planted=2, n=60, dim=16, seed=0):
 @pytest.mark.parametrize("reducer", ["pca", "tsne"])
 def test_planted_extra_mode_is_flagged_with_its_class(reducer):
     det = AegisDetector(reducer=reducer, clusterer="meanshift", bandwidth="auto", runs=1, random_state=0)
-    det.fit(synthetic_features(planted=2))
+    det.fit_features(synthetic_features(planted=2))
     assert det.counts_[2][0] == 3
     assert all(det.counts_[c][0] == 2 for c in (0, 1, 3, 4))
     assert det.suspect_classes_ == [2] and det.is_backdoored_
 
 
 def test_clean_features_are_not_flagged_and_translated_population_counts_one():
-    det = AegisDetector(reducer="pca", population="translated", runs=1).fit(synthetic_features(planted=None))
+    det = AegisDetector(reducer="pca", population="translated", runs=1).fit_features(synthetic_features(planted=None))
     assert det.suspect_classes_ == [] and not det.is_backdoored_
     assert all(v[0] == 1 for v in det.counts_.values())
 
@@ -42,24 +43,24 @@ def test_relative_criterion_ignores_a_split_shared_by_every_class():
     rng = np.random.default_rng(1)
     for c, (tr, ts) in feats.items():  # every class gets the same extra mode
         ts[:20] = ts[:20] - 40 + rng.normal(0, 1, ts[:20].shape)
-    absolute = AegisDetector(reducer="pca", criterion="absolute").fit(feats)
-    relative = AegisDetector(reducer="pca", criterion="relative").fit(feats)
+    absolute = AegisDetector(reducer="pca", criterion="absolute").fit_features(feats)
+    relative = AegisDetector(reducer="pca", criterion="relative").fit_features(feats)
     assert len(absolute.suspect_classes_) == 5
     assert relative.suspect_classes_ == []
 
 
 def test_same_seed_same_report_and_voting():
     f = synthetic_features(planted=1)
-    a = AegisDetector(runs=3, random_state=7).fit(f).report()
-    b = AegisDetector(runs=3, random_state=7).fit(f).report()
+    a = AegisDetector(runs=3, random_state=7).fit_features(f).report()
+    b = AegisDetector(runs=3, random_state=7).fit_features(f).report()
     assert a == b
     assert a["suspect_classes"] == [1] and a["classes"]["1"]["vote"] == 1.0
 
 
 def test_parallel_classes_give_the_same_counts_and_embeddings():
     f = synthetic_features(planted=3)
-    one = AegisDetector(runs=2, random_state=3).fit(f)
-    two = AegisDetector(runs=2, random_state=3, n_jobs=2).fit(f)
+    one = AegisDetector(runs=2, random_state=3).fit_features(f)
+    two = AegisDetector(runs=2, random_state=3, n_jobs=2).fit_features(f)
     assert one.counts_ == two.counts_ and one.suspect_classes_ == two.suspect_classes_ == [3]
     for c in f:
         np.testing.assert_array_equal(one.embeddings_[c], two.embeddings_[c])
@@ -69,11 +70,11 @@ def test_parallel_classes_give_the_same_counts_and_embeddings():
 
 def test_detector_rejects_bad_parameters():
     with pytest.raises(AegisError, match="reducer must be"):
-        AegisDetector(reducer="umap").fit(synthetic_features())
+        AegisDetector(reducer="umap").fit_features(synthetic_features())
     with pytest.raises(AegisError, match="clusterer must be"):
-        AegisDetector(reducer="pca", clusterer="kmeans").fit(synthetic_features())
-    with pytest.raises(AegisError, match="n_jobs must be"):
-        AegisDetector(reducer="pca", n_jobs=0).fit(synthetic_features())
+        AegisDetector(reducer="pca", clusterer="kmeans").fit_features(synthetic_features())
+    with pytest.raises(AegisError, match="n_jobs must be an integer in \[1, inf\) or one of -1"):
+        AegisDetector(reducer="pca", n_jobs=0).fit_features(synthetic_features())
 
 
 def test_translation_reaches_targets_and_features_have_shapes(rng):
@@ -104,22 +105,8 @@ def test_translation_reaches_targets_and_features_have_shapes(rng):
         extract_features(model, x, layer="nope")
 
 
-def test_anomaly_index_is_median_absolute_deviation():
-    norms = [10, 11, 9, 10, 2]
-    idx = anomaly_index(norms)
-    mad = 1.4826 * np.median(np.abs(np.array(norms) - 10))
-    np.testing.assert_allclose(idx, np.abs(np.array(norms) - 10) / mad)
-
-
-def test_neural_cleanse_finds_the_default_badnet_target(default_model, default_valid):
-    (x, _), _ = default_valid
-    nc = NeuralCleanse(epochs=6, steps_per_epoch=10, random_state=0).fit(default_model, x[:200], list(range(10)))
-    assert nc.suspect_classes_ == [7]
-    assert nc.l1_norms_[7] == min(nc.l1_norms_.values())
-
-
 def test_patches_are_the_most_changed_pixels_and_paste_exactly():
-    from aegis_tf.detection import _patch_pixels, paste_patches
+    from aegis_tf.patch_transfer import _patch_pixels, paste_patches
 
     seed = np.zeros((2, 4, 4, 1), "float32")
     moved = seed.copy()
@@ -136,37 +123,36 @@ def test_patches_are_the_most_changed_pixels_and_paste_exactly():
 
 
 def test_transfer_detector_scores_and_criteria():
-    from aegis_tf.detection import PatchTransferDetector
+    from aegis_tf.patch_transfer import PatchTransferDetector
 
     rng = np.random.default_rng(0)
     rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
     rates[4][:12] = 1.0  # 12% of class 4's translations carry a patch that moves every probe
-    det = PatchTransferDetector().fit(rates)
+    det = PatchTransferDetector().fit_rates(rates)
     assert det.suspect_classes_ == [4] and det.is_backdoored_
     assert det.scores_[4] == pytest.approx(0.12) and det.scores_[0] == 0.0
-    assert PatchTransferDetector().fit({c: rng.uniform(0, 0.3, 100) for c in range(6)}).suspect_classes_ == []
+    assert PatchTransferDetector().fit_rates({c: rng.uniform(0, 0.3, 100) for c in range(6)}).suspect_classes_ == []
     every = {c: np.r_[np.ones(12), np.zeros(88)] for c in range(6)}  # every class transfers: not one class's fault
-    assert PatchTransferDetector().fit(every).suspect_classes_ == []
+    assert PatchTransferDetector().fit_rates(every).suspect_classes_ == []
     few = {**{c: np.zeros(20) for c in range(6)}, 2: np.r_[np.ones(2), np.zeros(18)]}  # 2 translations: below min_count
-    assert PatchTransferDetector().fit(few).suspect_classes_ == []
-    with pytest.raises(AegisError, match="flip_at must lie"):
-        PatchTransferDetector(flip_at=0).fit(rates)
+    assert PatchTransferDetector().fit_rates(few).suspect_classes_ == []
+    with pytest.raises(AegisError, match=r"flip_at must be a number in \(0, 1\]"):
+        PatchTransferDetector(flip_at=0).fit_rates(rates)
 
 
 def test_transfer_detector_counts_only_near_universal_patches_by_default():
-    from aegis_tf.detection import PatchTransferDetector
+    from aegis_tf.patch_transfer import PatchTransferDetector
 
     rng = np.random.default_rng(1)
     rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
     rates[4][:12] = rng.choice([0.9, 0.95, 1.0], 12)  # a trigger: its patches move (nearly) every probe
     rates[1][:30] = rng.choice([0.5, 0.55, 0.6, 0.7], 30)  # a weak natural patch: about half the probes
-    assert PatchTransferDetector().fit(rates).suspect_classes_ == [4]
-    assert PatchTransferDetector(flip_at=0.5).fit(rates).suspect_classes_ == [1, 4]
+    assert PatchTransferDetector().fit_rates(rates).suspect_classes_ == [4]
+    assert PatchTransferDetector(flip_at=0.5).fit_rates(rates).suspect_classes_ == [1, 4]
 
 
-def test_detect_rules_rescoring_matches_a_fresh_fit():
-    from aegis_tf.detection import PatchTransferDetector, probes_moved_histogram, rates_from_histogram
-    from detect_rules import rescore
+def test_histograms_hold_all_the_verdict_needs():
+    from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram, rates_from_histogram
 
     rng = np.random.default_rng(2)
     hists = {c: np.bincount(rng.integers(0, 8, 50), minlength=21) for c in range(4)}  # up to 7 of 20
@@ -174,13 +160,9 @@ def test_detect_rules_rescoring_matches_a_fresh_fit():
     hists[2][11] += 6  # six that move 11 of 20
     np.testing.assert_allclose(np.sort(rates_from_histogram([1, 0, 2])), [0.0, 1.0, 1.0])
     np.testing.assert_array_equal(probes_moved_histogram(rates_from_histogram(hists[2]), 20), hists[2])
-    row = {"target": 3, "runs": [{"histograms": {str(c): h.tolist() for c, h in hists.items()}}]}
     for flip_at, suspects in ((0.9, [3]), (0.5, [2, 3])):
-        run = rescore([row], flip_at=flip_at)[0]["runs"][0]
-        assert run["suspects"] == suspects
-        fresh = PatchTransferDetector(flip_at=flip_at).fit({c: rates_from_histogram(h) for c, h in hists.items()})
+        fresh = PatchTransferDetector(flip_at=flip_at).fit_rates({c: rates_from_histogram(h) for c, h in hists.items()})
         assert fresh.suspect_classes_ == suspects
-        assert run["fp_share"] == pytest.approx((len(suspects) - 1) / 3)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +176,7 @@ def digits_train():
 @pytest.mark.parametrize("name, suspects", [("robust_bd_net", [7]), ("robust_clean_net", [])])
 def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(digits_train, name, suspects):
     from aegis_tf.defaults import PATHS
-    from aegis_tf.detection import PatchTransferDetector, patch_transfer_rates
+    from aegis_tf.patch_transfer import PatchTransferDetector, patch_transfer_rates
     from aegis_tf.models import load_model
 
     model = load_model(PATHS[name])
@@ -207,7 +189,7 @@ def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(d
         return {c: r[0] for c, r in rates.items()}
 
     rates = once()
-    assert PatchTransferDetector().fit(rates).suspect_classes_ == suspects
+    assert PatchTransferDetector().fit_rates(rates).suspect_classes_ == suspects
     again = once()
     for c in rates:
         np.testing.assert_array_equal(rates[c], again[c])  # same seed, same result
@@ -229,9 +211,12 @@ def test_paper_preset_takes_resnet_layer4_and_falls_back_to_the_penultimate_laye
 
 
 def test_a_preset_keeps_the_settings_it_does_not_name():
-    from aegis_tf.detect_job import DEFAULTS, detect_config
+    from aegis_tf.config import DetectConfig
 
-    paper = detect_config("paper")
+    paper = DetectConfig.from_preset("paper")
     assert {k: paper[k] for k in PRESETS["paper"]} == PRESETS["paper"]
-    assert paper["top_frac"] == DEFAULTS["top_frac"] and paper["flip_at"] == DEFAULTS["flip_at"]  # --score transfer works
-    assert detect_config() == DEFAULTS and detect_config() is not DEFAULTS
+    default = DetectConfig()
+    assert paper.top_frac == default.top_frac and paper.flip_at == default.flip_at  # --score transfer works
+    assert DetectConfig.from_preset("default") == default
+    assert DetectConfig.from_preset("paper", n_seeds=7, layer=None).n_seeds == 7  # None: the preset's value
+    assert DetectConfig.from_preset("paper", layer=None).layer == PRESETS["paper"]["layer"]

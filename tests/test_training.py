@@ -58,8 +58,15 @@ def test_learning_rate_schedule_and_config_defaults():
     assert [learning_rate_at(e, cfg) for e in (0, 9, 10, 14, 15, 19)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert cfg["momentum"] == 0.9 and cfg["weight_decay"] == 5e-4 and cfg["eps"] == 0.5 and cfg["steps"] == 20
     assert cfg["step_size"] == pytest.approx(2.5 * 0.5 / 20)
-    with pytest.raises(AegisError, match="unknown training option"):
+    with pytest.raises(TypeError):
         TrainConfig(epoch=3)
+    with pytest.raises(AegisError, match=r"steps must be an integer in \[1, inf\). Received: 0"):
+        TrainConfig(steps=0)
+    with pytest.raises(AegisError, match="norm must be one of 2, inf"):
+        TrainConfig(norm=1)
+    assert TrainConfig(norm=np.inf).norm == "inf" and TrainConfig(norm="2").norm == 2
+    with pytest.raises(AegisError, match="unknown training option"):
+        train(None, np.zeros((1, 2, 2, 1)), [0], config={"epoch": 3})
 
 
 def test_tiny_robust_model_learns_a_planted_trigger():

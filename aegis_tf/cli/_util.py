@@ -1,0 +1,124 @@
+"""Shared pieces of the command modules: the parser class and flag groups.
+
+Flags are spelled with hyphens; each also answers to its underscore spelling
+(the lab's ``--bad_model``, ``--clean_set``...). A flag's destination is the
+name of the library field it sets, so a command passes settings on by name.
+"""
+
+import argparse
+import dataclasses
+import os
+
+from aegis_tf.errors import AegisError
+from aegis_tf.params import ParamError
+
+__all__ = ["Parser", "flag", "common_flags", "model_flags", "data_flags", "trigger_flags", "pgd_flags", "fields",
+           "settings", "pick"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises AegisError (one line) instead of printing usage."""
+
+    def error(self, message):
+        raise AegisError(f"{self.prog}: {message}")
+
+
+def flag(parser, name, *aliases, **kwargs):
+    """Add ``--a-b`` (the spelling shown), answering to ``--a_b`` and ``aliases`` too."""
+    body = name[2:]
+    names = [name]
+    for alt in (name,) + aliases:
+        for spelling in (alt, alt.replace("_", "-"), "--" + alt[2:].replace("-", "_")):
+            if spelling not in names:
+                names.append(spelling)
+    kwargs.setdefault("dest", body.replace("-", "_"))
+    return parser.add_argument(*names, **kwargs)
+
+
+def common_flags(p, *, out=True):
+    flag(p, "--scale", choices=("raw", "unit"), default="raw",
+         help="pixel scaling fed to the model: raw (0-255 as stored; CSAW lab3, default) or unit (divided by 255)")
+    flag(p, "--batch-size", type=int, default=256, help="inference batch size (default 256)")
+    flag(p, "--seed", type=int, default=0, help="global random seed (default 0)")
+    if out:
+        flag(p, "--out", default=None, help="also write the result JSON to this path")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
+
+
+def model_flags(p):
+    flag(p, "--bad-model", default=None,
+         help="backdoored model B, .keras or full-model .h5 (default: models/bd_net.h5 unless only weights are given)")
+    flag(p, "--bad-model-weights", default=None,
+         help="weights for B; without --bad-model they load into the built-in CSAW DeepID net")
+
+
+def data_flags(p, *, test=True):
+    flag(p, "--data", default="digits",
+         help="training data: mnist, fashion_mnist, cifar10, digits, an .npz (x_train, y_train, x_test, y_test) "
+              "or a CSAW .h5 (default digits)")
+    if test:
+        flag(p, "--test-data", default=None, help="test set .h5 (default: the test split of --data)")
+    flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets (else $AEGIS_DATA_DIR)")
+
+
+def trigger_flags(p):
+    """The fields of :class:`aegis_tf.config.TriggerConfig`."""
+    from aegis_tf.config import TriggerConfig
+
+    d = TriggerConfig()
+    flag(p, "--trigger", choices=TriggerConfig._parameter_constraints["trigger"][0].values, default=d.trigger,
+         help=f"trigger family (default {d.trigger})")
+    flag(p, "--target-label", type=int, default=d.target_label, help="attacker's target class (paper: 7)")
+    flag(p, "--trigger-size", type=int, default=d.trigger_size,
+         help="square side in pixels for localised/distributed (default 2)")
+    flag(p, "--trigger-value", type=float, default=d.trigger_value,
+         help="square intensity in units of [0, 1] (default 250/255, the paper's 250)")
+    flag(p, "--amplitude", type=float, default=d.amplitude,
+         help="invisible-static amplitude per pixel in units of [0, 1] (default 8/255)")
+    flag(p, "--trigger-seed", type=int, default=d.trigger_seed,
+         help="seed of the invisible-static and blended noise patterns (default 0)")
+    flag(p, "--trigger-pattern", default=None, help="invisible-adversarial pattern .npy (written by poison/train)")
+    flag(p, "--trigger-model", default=None, help="model used to compute the invisible-adversarial pattern")
+    flag(p, "--trigger-eps", type=float, default=d.trigger_eps,
+         help="Linf bound of the invisible-adversarial pattern, units of [0, 1] (default 16/255)")
+    flag(p, "--blend-alpha", type=float, default=d.blend_alpha,
+         help="blended trigger: weight of the pattern, x' = (1-a) x + a p (default 0.15)")
+    flag(p, "--blend-pattern", default=d.blend_pattern,
+         help="blended trigger: noise (seeded by --trigger-seed) or a .npy image in pixel units (default noise)")
+
+
+def pgd_flags(p):
+    flag(p, "--eps", type=float, default=0.5, help="PGD radius in units of the [0, 1] image range (paper: 0.5, L2)")
+    flag(p, "--steps", type=int, default=20, help="PGD steps (default 20)")
+    flag(p, "--step-size", type=float, default=None, help="PGD step size, units of [0, 1] (default 2.5 * eps / steps)")
+    flag(p, "--norm", choices=("2", "inf"), default="2", help="PGD norm (default 2)")
+
+
+def fields(cls):
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def pick(args, names):
+    """``{name: args.name}`` for each of ``names`` that the parser defines."""
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+
+
+def settings(cls, args, **extra):
+    """``cls`` (a settings dataclass) from the flags named as its fields; a bad value is
+    reported under its flag's name."""
+    try:
+        return cls(**{**pick(args, fields(cls)), **extra})
+    except ParamError as e:
+        raise as_flag_error(e) from None
+
+
+def as_flag_error(e):
+    """A :class:`ParamError` about a field, told as the flag that set it."""
+    return AegisError(e.format("--" + e.param.replace("_", "-")))
+
+
+def existing_file(path, what):
+    """``path`` if it is a file; else a one-line error naming ``what`` was expected."""
+    if path is not None and not os.path.isfile(path):
+        raise AegisError(f"{what} not found: {path}")
+    return path

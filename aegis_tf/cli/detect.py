@@ -1,0 +1,93 @@
+"""``aegis detect``: is this model backdoored, and toward which class?
+(calls :func:`aegis_tf.jobs.detect.run_detect`)."""
+
+import argparse
+import os
+
+from aegis_tf.cli._util import common_flags, flag, model_flags, settings
+
+NAME, ALIASES = "detect", ()
+
+
+def _bandwidth(text):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bandwidth must be auto or a number. Received: {text}") from None
+
+
+def add(sub):
+    from aegis_tf.config import PRESETS
+
+    p = sub.add_parser(NAME, help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
+                       description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
+                                   "a class when enough of its translations carry a patch that moves other images "
+                                   "to it (default), or, as in the paper, when t-SNE + clustering of features shows "
+                                   "more clusters than clean classes. Prints one verdict line per model and writes "
+                                   "detect.json and report.html. With no model flag it examines the embedded robust "
+                                   "clean and backdoored digits models.")
+    model_flags(p)
+    flag(p, "--data", default=None, help="training images: .h5, .npz (train split) or a named set (default data/train.h5)")
+    flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
+    flag(p, "--method", choices=("aegis", "neural-cleanse", "both"), default="aegis",
+         help="detector (default aegis); both gives one verdict from the two")
+    flag(p, "--preset", choices=("default",) + tuple(PRESETS), default="default",
+         help="default: the best measured configuration; paper: the authors' (500 seeds, bandwidth 35, 1 run)")
+    flag(p, "--classes", default=None, help="comma-separated classes to examine (default all)")
+    # The fields of aegis_tf.config.DetectConfig; None keeps the preset's value.
+    flag(p, "--n-seeds", "--seeds", type=int, default=None, help="images translated toward each class (default 200; paper 500)")
+    flag(p, "--steps", type=int, default=None, help="PGD steps of the translation (default and paper 75)")
+    flag(p, "--eps", type=float, default=None, help="L2 radius of the translation, units of [0, 1] (paper: 100 MNIST, 500 CIFAR)")
+    flag(p, "--step-size", type=float, default=None, help="translation step, units of [0, 1] (paper 0.25)")
+    flag(p, "--start-noise", type=float, default=None,
+         help="std of Gaussian noise added to each seed before translating, units of [0, 1] (default 0.1; paper 0)")
+    flag(p, "--score", choices=("transfer", "clusters"), default=None,
+         help="transfer: share of translations whose most-changed pixels move other images to the class "
+              "(default); clusters: t-SNE + clustering counts (the paper)")
+    flag(p, "--top-frac", type=float, default=None, help="share of pixels in a translation's patch (default 0.02)")
+    flag(p, "--n-probes", "--probes", type=int, default=None, help="clean images each patch is pasted onto (default 20)")
+    flag(p, "--flip-at", type=float, default=None,
+         help="share of the probes a patch must move to the class for its translation to count (default 0.9)")
+    flag(p, "--layer", default=None, help="feature layer of the cluster analysis (default: the penultimate layer)")
+    flag(p, "--reducer", choices=("tsne", "pca"), default=None, help="2-D reduction (default tsne)")
+    flag(p, "--clusterer", choices=("meanshift", "hdbscan", "affinity"), default=None, help="clustering (default meanshift)")
+    flag(p, "--bandwidth", type=_bandwidth, default=None, help="mean-shift bandwidth: auto or a number (paper: 35 MNIST)")
+    flag(p, "--population", choices=("both", "translated"), default=None,
+         help="cluster training+translated images (paper) or translated only")
+    flag(p, "--criterion", choices=("absolute", "relative"), default=None,
+         help="absolute: more clusters than a clean class (paper); relative: more than the median class")
+    flag(p, "--runs", type=int, default=None, help="t-SNE seeds to vote over with --score clusters (default and paper 1)")
+    flag(p, "--min-cluster-frac", type=float, default=None, help="clusters smaller than this share are not counted (default 0)")
+    p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score whole-image triggers (invisible, blended) from the same translations "
+                        "(default on; off in the paper preset)")
+    flag(p, "--wi-probes", type=int, default=None, help="clean probes of the whole-image signal (default 50)")
+    flag(p, "--wi-threshold", type=float, default=None,
+         help="anomaly index above which the whole-image signal flags a class (default 3)")
+    p.add_argument("--plots", action="store_true",
+                   help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
+    flag(p, "--jobs", type=int, default=1,
+         help="classes reduced and clustered at once, in threads (default 1; -1: every core); same report")
+    flag(p, "--out-dir", default=os.path.join("out", "detect"), help="report folder (default out/detect)")
+    common_flags(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args):
+    from aegis_tf.config import DetectConfig
+    from aegis_tf.jobs.detect import run_detect
+    from aegis_tf.utils import write_json
+
+    base = DetectConfig.from_preset(args.preset)
+    config = settings(DetectConfig, args, **{k: v for k, v in base.to_dict().items() if getattr(args, k) is None})
+    results = run_detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
+                         data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
+                         classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
+                         quiet=args.quiet, plots=args.plots, n_jobs=args.jobs)
+    print(f"report: {args.out_dir}")
+    if args.out:
+        write_json(args.out, {"config": config, "models": results})
+    return 0

@@ -1,0 +1,224 @@
+"""The detection job behind ``aegis detect``: load, check, scan, report.
+
+:func:`run_detect` takes what the command line names (paths, a
+:class:`~aegis_tf.config.DetectConfig`, the method) and writes, per model,
+``detect.json`` (one combined verdict plus each detector's report) and
+``report.html`` beside it. :func:`run_aegis` and :func:`run_neural_cleanse`
+are the two scans, usable on a model already in memory.
+"""
+
+import os
+import time
+
+from aegis_tf.clustering import AegisDetector, class_features
+from aegis_tf.errors import AegisError
+from aegis_tf.neural_cleanse import NeuralCleanse
+from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
+from aegis_tf.translation import translate
+from aegis_tf.verdict import combine
+from aegis_tf.whole_image import WholeImageDetector
+
+__all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "parse_classes"]
+
+
+def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
+              n_jobs=1):
+    """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict.
+
+    ``config`` is a :class:`~aegis_tf.config.DetectConfig`. With the transfer
+    score, t-SNE and clustering run only for the embedding figure
+    (``plots``); the suspect classes' patch grids are always drawn (they are
+    cheap, and the HTML report shows them) into ``out_dir``; with
+    ``out_dir=None`` no figure is drawn. ``n_jobs`` classes are reduced
+    and clustered at once (threads; the report does not depend on it).
+    """
+    times = {}
+    t = time.perf_counter()
+    translations = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size)
+    times["translate"] = time.perf_counter() - t
+    clusters = config.score == "clusters"
+    transfer = None
+    if not clusters:
+        t = time.perf_counter()
+        transfer = PatchTransferDetector.from_config(config, pixel_max=pixel_max, random_state=seed,
+                                                     batch_size=batch_size)
+        transfer.fit(model, x, y, classes, translations=translations)
+        times["patch_transfer"] = time.perf_counter() - t
+    whole = None
+    if config.whole_image and len(classes) >= 3:
+        t = time.perf_counter()
+        whole = WholeImageDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, pixel_max=pixel_max,
+                                   random_state=seed, batch_size=batch_size)
+        whole.fit(model, x, y, classes, translations=translations)
+        times["whole_image"] = time.perf_counter() - t
+    det = None
+    plots = plots and out_dir is not None
+    if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
+        t = time.perf_counter()
+        det = AegisDetector.from_config(config if clusters else config.replace(runs=1), pixel_max=pixel_max,
+                                        random_state=seed, batch_size=batch_size, n_jobs=n_jobs)
+        feats = class_features(model, x, y, translations, n_seeds=config.n_seeds, layer=config.layer, seed=seed,
+                               batch_size=batch_size)
+        times["features"] = time.perf_counter() - t
+        det.fit_features(feats)
+        times.update(det.seconds_)
+    main = det if clusters else transfer
+    report = main.report()
+    report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
+                          if clusters else
+                          main.evidence(f"share of translations whose top {100 * config.top_frac:g}% pixels move "
+                                        f">= {100 * config.flip_at:g}% of {config.n_probes} clean probes"))
+    if not clusters:
+        for c, entry in report["classes"].items():
+            rates = transfer.rates_[int(c)]
+            entry["probes_moved_histogram"] = probes_moved_histogram(rates[0], len(rates[2])).tolist()
+            if det is not None:
+                entry["clusters"] = det.counts_[int(c)]
+    if whole is not None:
+        report["whole_image"] = whole.report()
+        report["whole_image"]["evidence"] = whole.evidence(
+            "MAD anomaly index of the L2 norm at which the mean translation direction moves "
+            f">= 90% of {config.wi_probes} clean probes (flagged below {whole.ratio:g}x the others' median)")
+    report.update(method="aegis", score=config.score, config=config.to_dict(),
+                  translation_reached={str(c): translations[c].reached for c in classes}, files={})
+    t = time.perf_counter()
+    from aegis_tf import report as figures
+
+    files = report["files"]
+    if out_dir is None:
+        report["seconds"] = times
+        return report
+    files["suspect_clusters" if clusters else "suspect_patches"] = (  # {} when nothing is suspect
+        figures.cluster_grids(det, translations, out_dir, pixel_max) if clusters
+        else figures.transfer_grids(transfer, translations, x, out_dir, pixel_max))
+    if plots:
+        marked = None if clusters else {c: transfer.rates_[c][0] >= transfer.flip_at for c in classes}
+        files["embeddings"] = figures.plot_embeddings(det, os.path.join(out_dir, "embeddings.png"),
+                                                      main.suspect_classes_, marked=marked, verdict=report["verdict"])
+    if main.suspect_classes_ or plots:
+        times["report"] = time.perf_counter() - t
+    report["seconds"] = times
+    return report
+
+
+def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=True, plots=True, **nc_kwargs):
+    """Neural Cleanse on ``model`` with clean images ``x``. Returns the report dict."""
+    t = time.perf_counter()
+    nc = NeuralCleanse(pixel_max=pixel_max, random_state=seed, **nc_kwargs).fit(model, x, None, classes, quiet=quiet)
+    report = nc.report()
+    report["evidence"] = nc.evidence("MAD anomaly index of the smallest trigger's L1 norm (flagged below the median)")
+    report["method"] = "neural-cleanse"
+    report["seconds"] = {"reverse_engineer": time.perf_counter() - t}
+    report["files"] = {}
+    if plots:
+        from aegis_tf.report import mask_grid
+
+        report["files"]["masks"] = mask_grid(nc, os.path.join(out_dir, "neural_cleanse_masks.png"),
+                                             pixel_max=pixel_max)
+    return report
+
+
+def format_summary(report, name):
+    """The lines printed under a detector's part of the scan."""
+    lines = [f"  {report['method']}: {report['verdict']}"
+             + (f", suspect class(es) {', '.join(map(str, report['suspect_classes']))}" if report["suspect_classes"] else "")]
+    if report["method"] == "aegis":
+        if report["score"] == "transfer":
+            scores = ", ".join(f"{c}:{v['transfer_score']:.2f}" for c, v in report["classes"].items())
+            lines.append(f"    share of translations whose patch transfers, per class: {scores}")
+        else:
+            counts = ", ".join(f"{c}:{'/'.join(map(str, v['clusters']))}" for c, v in report["classes"].items())
+            lines.append(f"    clusters per class (per t-SNE run): {counts}")
+        if "whole_image" in report:
+            idx = ", ".join(f"{c}:{v['whole_image_index']:.1f}" for c, v in report["whole_image"]["classes"].items())
+            lines.append(f"    whole-image anomaly index per class: {idx}")
+        low = [c for c, r in report["translation_reached"].items() if r < 0.9]
+        if low:
+            lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")
+    else:
+        idx = ", ".join(f"{c}:{v['anomaly_index']:.2f}" for c, v in report["classes"].items())
+        lines.append(f"    anomaly index per class: {idx}")
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
+    lines.append(f"    time: {secs}")
+    return "\n".join(lines)
+
+
+def parse_classes(text, n_classes):
+    """The classes to examine: all of them, or those in a comma-separated list."""
+    if text is None:
+        return list(range(n_classes))
+    try:
+        classes = sorted({int(c) for c in str(text).split(",") if c.strip()})
+    except ValueError:
+        raise AegisError(f"--classes must be comma-separated class numbers. Received: {text}") from None
+    bad = [c for c in classes if not 0 <= c < n_classes]
+    if bad or not classes:
+        raise AegisError(f"--classes must lie in 0..{n_classes - 1}. Received: {text}")
+    return classes
+
+
+def _targets(bad_model, bad_model_weights):
+    """(name, model path, weights path) of each model to scan: the one named, or the embedded pair."""
+    from aegis_tf.defaults import PATHS
+
+    if bad_model is None and bad_model_weights is None:
+        return [("robust_bd_net", PATHS["robust_bd_net"], None), ("robust_clean_net", PATHS["robust_clean_net"], None)]
+    name = os.path.splitext(os.path.basename(bad_model or bad_model_weights))[0]
+    return [(name, bad_model, bad_model_weights)]
+
+
+def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, data_dir=None, scale="raw",
+               method="aegis", classes=None, out_dir=os.path.join("out", "detect"), seed=0, batch_size=256,
+               quiet=True, plots=False, n_jobs=1, echo=print):
+    """Scan the named model (or the embedded robust pair). Returns ``{name: result}``.
+
+    Every input is loaded and checked before any work. Each model's folder
+    (``out_dir``, or ``out_dir/NAME`` for several) gets ``detect.json`` and
+    ``report.html``; ``echo`` receives the verdict line and the details.
+    """
+    from aegis_tf.config import pixel_max_of
+    from aegis_tf.data import check_fits_model, load_split
+    from aegis_tf.defaults import PATHS
+    from aegis_tf.html_report import write_detect_html
+    from aegis_tf.models import load_model
+    from aegis_tf.utils import write_json
+
+    if not (n_jobs == -1 or n_jobs >= 1):
+        raise AegisError(f"--jobs must be a positive integer or -1. Received: {n_jobs}")
+    data = data or PATHS["train"]
+    x_data, y = load_split(data, split="train", data_dir=data_dir, scale=scale)
+    loaded = []
+    for name, path, weights in _targets(bad_model, bad_model_weights):
+        model = load_model(path, weights)
+        x = check_fits_model(x_data, y, model, f"--data {data}")
+        examined = parse_classes(classes, int(model.output_shape[-1]))
+        missing = [c for c in examined if not (y == c).any()]
+        if missing and method != "neural-cleanse":
+            raise AegisError(f"--data {data} has no images of class(es) {', '.join(map(str, missing[:10]))}; "
+                             "AEGIS needs training images of every examined class (use --classes)")
+        loaded.append((name, path or weights, model, x, examined))
+    pm = pixel_max_of(scale)
+    results = {}
+    for name, source, model, x, examined in loaded:
+        folder = os.path.join(out_dir, name) if len(loaded) > 1 else out_dir
+        result = {"model": source, "data": data, "scale": scale}
+        evidence = {}
+        if method in ("aegis", "both"):
+            result["aegis"] = run_aegis(model, x, y, classes=examined, config=config, pixel_max=pm, out_dir=folder,
+                                        seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs)
+            evidence["clusters" if config.score == "clusters" else "patch_transfer"] = result["aegis"]["evidence"]
+            if "whole_image" in result["aegis"]:
+                evidence["whole_image"] = result["aegis"]["whole_image"]["evidence"]
+        if method in ("neural-cleanse", "both"):
+            result["neural_cleanse"] = run_neural_cleanse(model, x, classes=examined, pixel_max=pm, out_dir=folder,
+                                                          seed=seed, quiet=quiet)
+            evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
+        result = {"verdict": combine(evidence), **result}
+        echo(f"{name}: {result['verdict']['line']}")
+        for key in ("aegis", "neural_cleanse"):
+            if key in result:
+                echo(format_summary(result[key], name))
+        write_json(os.path.join(folder, "detect.json"), result)
+        write_detect_html(result, os.path.join(folder, "report.html"), title=f"aegis detect: {name}")
+        results[name] = result
+    return results

@@ -1,0 +1,43 @@
+"""One verdict from every signal a scan ran.
+
+Each detector contributes its ``evidence`` (:meth:`aegis_tf.params.Detector.evidence`):
+per-class scores, its threshold, and the classes it flags. :func:`combine`
+turns them into the one verdict of ``detect.json`` and the one console line.
+A class is a target when any signal that decides flags it; signals marked
+``"decides": False`` are shown but do not vote (the cluster picture drawn
+beside the transfer score, for instance).
+"""
+
+__all__ = ["combine", "verdict_line"]
+
+# How each signal is named on the console line.
+_SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
+          "whole_image": "whole-image z"}
+
+
+def combine(evidence):
+    """``{"backdoored", "target_classes", "evidence", "line"}`` from ``{signal: evidence}``."""
+    targets = sorted({c for e in evidence.values() if e.get("decides", True) for c in e["flagged"]})
+    verdict = {"backdoored": bool(targets), "target_classes": targets, "evidence": evidence}
+    verdict["line"] = verdict_line(verdict)
+    return verdict
+
+
+def verdict_line(verdict):
+    """``BACKDOORED: class 5 (whole-image z=7.30; patch share 0.00)`` or ``CLEAN (...)``."""
+    targets = verdict["target_classes"]
+    parts = []
+    for name, e in verdict["evidence"].items():
+        if not e.get("decides", True):
+            continue
+        scores = e["scores"]
+        if targets:
+            shown = "/".join(f"{scores[str(c)]:.2f}" for c in targets if str(c) in scores)
+        else:  # the strongest class against the threshold
+            shown = f"max {max(scores.values()):.2f}" if e["direction"] == "above" else f"min {min(scores.values()):.2f}"
+        parts.append(f"{_SHORT.get(name, name)} {shown} vs {e['threshold']:g}")
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    if not targets:
+        return "CLEAN" + detail
+    noun = "class" if len(targets) == 1 else "classes"
+    return f"BACKDOORED: {noun} {', '.join(map(str, targets))}{detail}"

@@ -1,0 +1,52 @@
+import keras
+import numpy as np
+import pytest
+
+from aegis_tf.config import DetectConfig
+from aegis_tf.errors import AegisError
+from aegis_tf.whole_image import WholeImageDetector
+
+
+def test_norm_scoring_is_relative_to_the_other_classes():
+    base = {0: 4.0, 1: 4.4, 2: 3.7, 3: 4.1, 4: 3.9, 5: 4.2}
+    assert WholeImageDetector().fit_norms(base).suspect_classes_ == []
+    det = WholeImageDetector().fit_norms({**base, 3: 0.4})  # a tenth of the others' norm
+    assert det.suspect_classes_ == [3] and det.scores_[3] > 3.0 > max(v for c, v in det.scores_.items() if c != 3)
+    scaled = WholeImageDetector().fit_norms({c: 255 * v for c, v in {**base, 3: 0.4}.items()})
+    assert scaled.suspect_classes_ == [3]  # no absolute scale is assumed
+    assert WholeImageDetector().fit_norms({**base, 3: 2.6}).suspect_classes_ == []  # 0.65x the median: not enough
+    assert WholeImageDetector().fit_norms({**base, 3: 9.0}).suspect_classes_ == []  # larger is never suspect
+    with pytest.raises(AegisError, match="at least 3 classes"):
+        WholeImageDetector().fit_norms({0: 1.0, 1: 2.0})
+
+
+def _linear(planted=None, seed=0):
+    """Softmax over 6 classes of a linear map of 8x8 images whose class directions are orthogonal,
+    zero-mean and of equal norm (no class is easier to reach than another); ``planted`` gets a
+    strong extra weight along one more such direction (a whole-image trigger)."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(64, 7))
+    a -= a.mean(axis=0)
+    q, _ = np.linalg.qr(a)
+    w = (2.0 * q[:, :6]).astype("float32")
+    if planted is not None:
+        w[:, planted] += 20 * q[:, 6].astype("float32")
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(6, activation="softmax")(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, out)
+    model.layers[-1].set_weights([w, np.zeros(6, "float32")])
+    return model
+
+
+@pytest.mark.parametrize("planted", [2, None])
+def test_a_planted_whole_image_direction_is_found_and_a_clean_model_passes(planted, rng):
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 6, 300)
+    det = WholeImageDetector(n_probes=40, pixel_max=1.0, translation=DetectConfig(n_seeds=20, steps=10))
+    det.fit(_linear(planted), x, y, list(range(6)))
+    assert det.suspect_classes_ == ([] if planted is None else [planted])
+    if planted is not None:
+        assert det.norms_[planted] < 0.5 * np.median([v for c, v in det.norms_.items() if c != planted])
+        assert det.shares_[planted] >= 0.9
+    ev = det.evidence("wi")
+    assert ev["flagged"] == det.suspect_classes_ and ev["threshold"] == 3.0
