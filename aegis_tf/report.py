@@ -8,7 +8,7 @@ import numpy as np
 
 from aegis_tf.utils import atomic_path
 
-__all__ = ["save_figure", "save_image_grid", "plot_embeddings", "cluster_grids", "transfer_grids", "mask_grid",
+__all__ = ["save_figure", "save_image_grid", "plot_embeddings", "cluster_grids", "transfer_grids", "direction_grids", "mask_grid",
            "plot_prune_curve"]
 
 
@@ -166,3 +166,28 @@ def mask_grid(nc, path, *, pixel_max):
     triggers = [nc.masks_[c][..., None] * nc.patterns_[c] for c in classes]
     return save_image_grid([("mask", masks), ("mask x pattern", triggers)], path, pixel_max=pixel_max,
                            title="Neural Cleanse: reverse-engineered triggers, classes " + ", ".join(map(str, classes)))
+
+
+def direction_grids(det, translations, x, out_dir, pixel_max):
+    """For each class the whole-image signal flags (a fitted
+    :class:`~aegis_tf.whole_image.WholeImageDetector`): its mean translation direction, the
+    recovered whole-image trigger, and clean images with it added at the flip norm."""
+    from aegis_tf.whole_image import mean_direction
+
+    files = {}
+    rng = np.random.default_rng(0)
+    for c in det.suspect_classes_:
+        delta, size = mean_direction(translations[c])
+        if size == 0:
+            continue
+        step = delta / size * det.norms_[c] * pixel_max
+        probes = x[rng.choice(len(x), size=min(8, len(x)), replace=False)]
+        moved = np.clip(probes + step, 0.0, pixel_max)
+        span = float(np.abs(step).max()) or 1.0
+        rows = [("direction (difference)", [0.5 * pixel_max * step / span]),
+                ("clean", probes), (f"+ direction at norm {det.norms_[c]:.2f}", moved)]
+        path = os.path.join(out_dir, f"suspect_class_{c}_whole_image.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: the mean translation direction, the recovered whole-image trigger")
+        files[str(c)] = path
+    return files

@@ -25,7 +25,13 @@ from aegis_tf.errors import AegisError
 from aegis_tf.models import predict_labels
 from aegis_tf.params import Detector, Interval
 
-__all__ = ["flip_norms", "WholeImageDetector"]
+__all__ = ["mean_direction", "flip_norms", "WholeImageDetector"]
+
+
+def mean_direction(translation):
+    """The mean translation delta (translated image minus its start) of one class, and its L2 norm."""
+    delta = np.mean(np.asarray(translation.images, "float32") - np.asarray(translation.starts, "float32"), axis=0)
+    return delta, float(np.linalg.norm(delta))
 
 
 def flip_norms(model, x, y, translations, *, n_probes=50, flip_at=0.9, pixel_max=255.0, seed=0, batch_size=512,
@@ -41,9 +47,7 @@ def flip_norms(model, x, y, translations, *, n_probes=50, flip_at=0.9, pixel_max
     classes = list(translations)
     units, probes = [], []
     for c in classes:
-        tr = translations[c]
-        delta = np.mean(np.asarray(tr.images, "float32") - np.asarray(tr.starts, "float32"), axis=0)
-        size = float(np.linalg.norm(delta))
+        delta, size = mean_direction(translations[c])
         units.append(delta / size if size > 0 else delta)
         pool = np.nonzero(y != c)[0]
         probes.append(np.asarray(x[rng.choice(pool, size=min(n_probes, len(pool)), replace=False)], "float32"))

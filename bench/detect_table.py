@@ -26,7 +26,8 @@ import numpy as np
 
 from aegis_tf.data import load_split
 from aegis_tf.config import DetectConfig
-from aegis_tf.jobs.detect import run_aegis
+from aegis_tf.jobs.detect import run_aegis, run_neural_cleanse
+from aegis_tf.verdict import combine
 from aegis_tf.models import load_model
 from aegis_tf.utils import atomic_path, write_json
 
@@ -40,7 +41,7 @@ def score_run(report, target, n_classes):
             "fp_share": len(wrong) / (n_classes - (target is not None))}
 
 
-IMPLANTED_ASR = 0.5  # a poisoned model whose ASR stays below this did not learn the backdoor
+IMPLANTED_ASR = 0.9  # a poisoned model counts as backdoored only at this ASR; below it, "not learned"
 
 
 def kind(row):
@@ -80,24 +81,32 @@ def _label(row):
     return row.get("path", row["name"])
 
 
+def _baseline_cell(row, key):
+    b = row.get("baselines", {}).get(key)
+    return "-" if b is None else f"{','.join(map(str, b['suspects'])) or 'clean'} ({b['seconds']:.0f} s)"
+
+
 def markdown(result):
     m = result["meta"]
     lines = [f"# AEGIS on trained models ({m['score']} score)", "",
              f"`{m['command']}` ({m['machine']}, Keras backend {m['backend']}). "
              f"Detection config: {json.dumps(m['config'])}.", "",
-             "A cell per detection run: suspect classes (- for none). Truth: the model's target, or clean; "
+             "A cell per detection run: the classes of the scan's one verdict (every deciding signal: patch "
+             "transfer and the whole-image signal by default; - for none). Truth: the model's target, or clean; "
              f"a poisoned model whose ASR is under {IMPLANTED_ASR:.0%} did not learn the backdoor and is counted "
              "apart (not learned)." + (f" {m['note']}" if m.get("note") else ""), "",
              "| model | data | trigger | poisoned | clean acc | ASR | truth | "
              + " | ".join(f"run {i}" for i in range(m["runs"]))
-             + " | flagged with right class | s per run |", "|---" * (9 + m["runs"]) + "|"]
+             + " | flagged with right class | s per run | paper preset (1 run) | Neural Cleanse (1 run) |",
+             "|---" * (11 + m["runs"]) + "|"]
     for r in result["rows"]:
         cells = [",".join(map(str, x["suspects"])) or "-" for x in r["runs"]]
         ok = sum(bool(x["right_class"]) for x in r["runs"]) if r["target"] is not None else "-"
         truth = {"clean": "clean", "backdoored": r["target"], "not-learned": f"{r['target']} (not learned)"}[kind(r)]
         lines.append(f"| {_label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
                      f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth} | "
-                     + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} |")
+                     + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} | "
+                     + " | ".join(_baseline_cell(r, k) for k in ("paper", "neural_cleanse")) + " |")
     lines += ["", "By folder:", "", "| folder | backdoored flagged with right class | clean flagged | not learned, "
               "flagged with target | false-positive classes | same verdict in >= 80% of runs |", "|---" * 6 + "|"]
     for folder, g in result.get("summary_by_folder", {}).items():
@@ -118,6 +127,26 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def _verdict(rep):
+    evidence = {"clusters" if rep["score"] == "clusters" else "patch_transfer": rep["evidence"]}
+    if "whole_image" in rep:
+        evidence["whole_image"] = rep["whole_image"]["evidence"]
+    return combine(evidence)
+
+
+def _baselines(model, x, y, n_classes, target, seeds):
+    """One run each of the paper preset (with the table's seed count) and Neural Cleanse, detection seed 0."""
+    out = {}
+    t = time.perf_counter()
+    paper = run_aegis(model, x, y, classes=list(range(n_classes)), config=DetectConfig.from_preset("paper", n_seeds=seeds),
+                      pixel_max=255.0, out_dir=None, seed=0)
+    out["paper"] = {**score_run(paper, target, n_classes), "seconds": time.perf_counter() - t}
+    t = time.perf_counter()
+    nc = run_neural_cleanse(model, x[:2000], classes=list(range(n_classes)), pixel_max=255.0, out_dir=None, plots=False)
+    out["neural_cleanse"] = {**score_run(nc, target, n_classes), "seconds": time.perf_counter() - t}
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help=".keras models with their .keras.json training reports")
@@ -130,6 +159,8 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
     p.add_argument("--note", default="", help="a sentence for the table's header (say what else ran on the machine)")
     p.add_argument("--resume", action="store_true", help="keep the models --out already holds for this configuration")
+    p.add_argument("--baselines", action="store_true",
+                   help="also one run each of the paper preset and Neural Cleanse per model")
     args = p.parse_args()
     import keras
 
@@ -164,12 +195,19 @@ def main():
             rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir=None,
                             seed=r)
             row["seconds"].append(time.perf_counter() - t)
-            run = {**score_run(rep, target, n_classes),
+            verdict = _verdict(rep)  # the default's one verdict: every deciding signal of the scan
+            run = {**score_run({"suspect_classes": verdict["target_classes"]}, target, n_classes),
+                   "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
                    "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
+            if "whole_image" in rep:
+                run["whole_image_index"] = {c: v["whole_image_index"] for c, v in rep["whole_image"]["classes"].items()}
             if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
                 run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
             row["runs"].append(run)
-            print(f"{row['name']} run {r}: suspects {rep['suspect_classes']} ({row['seconds'][-1]:.0f} s)", flush=True)
+            print(f"{row['name']} run {r}: {verdict['line']} ({row['seconds'][-1]:.0f} s)", flush=True)
+        if args.baselines:
+            row["baselines"] = _baselines(model, x, y, n_classes, target, args.seeds)
+            print(f"{row['name']} baselines: {row['baselines']}", flush=True)
         result["rows"].append(row)
         _write(result, args.out)
     _write(result, args.out)

@@ -68,3 +68,24 @@ def test_detect_bad_inputs(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_detect_refuses_non_finite_data_and_non_image_models_without_a_report(tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    from aegis_tf.data import load_h5, save_h5
+
+    x, y = load_h5(PATHS["train"])
+    x = x.astype("float32")
+    x[3, 5, 5, 0] = np.nan
+    save_h5(tmp_path / "nan.h5", x, y)
+    flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    flat.save(tmp_path / "flat.keras")
+    for extra, message in ((["--data", str(tmp_path / "nan.h5"), "--bad_model", PATHS["robust_bd_net"]],
+                            "image data must be finite"),
+                           (["--bad_model", str(tmp_path / "flat.keras")], "expected images (H, W, C)")):
+        rc = cli.main(["detect", "--out-dir", str(tmp_path / "o"), "--quiet"] + extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1
+        assert not (tmp_path / "o").exists()

@@ -50,3 +50,20 @@ def test_a_planted_whole_image_direction_is_found_and_a_clean_model_passes(plant
         assert det.shares_[planted] >= 0.9
     ev = det.evidence("wi")
     assert ev["flagged"] == det.suspect_classes_ and ev["threshold"] == 3.0
+
+
+def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path, rng):
+    import os
+
+    from aegis_tf.jobs.detect import run_aegis
+
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 6, 300)
+    report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=DetectConfig(n_seeds=20, steps=10, wi_probes=40),
+                       pixel_max=1.0, out_dir=str(tmp_path))
+    assert report["whole_image"]["suspect_classes"] == [2]
+    assert report["whole_image"]["evidence"]["flagged"] == [2]
+    assert os.path.getsize(report["files"]["suspect_whole_image"]["2"]) > 5_000
+    off = run_aegis(_linear(2), x, y, classes=list(range(6)), config=DetectConfig(n_seeds=20, steps=10, whole_image=False),
+                    pixel_max=1.0, out_dir=None)
+    assert "whole_image" not in off

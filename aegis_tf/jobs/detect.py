@@ -91,11 +91,13 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     files["suspect_clusters" if clusters else "suspect_patches"] = (  # {} when nothing is suspect
         figures.cluster_grids(det, translations, out_dir, pixel_max) if clusters
         else figures.transfer_grids(transfer, translations, x, out_dir, pixel_max))
+    if whole is not None:
+        files["suspect_whole_image"] = figures.direction_grids(whole, translations, x, out_dir, pixel_max)
     if plots:
         marked = None if clusters else {c: transfer.rates_[c][0] >= transfer.flip_at for c in classes}
         files["embeddings"] = figures.plot_embeddings(det, os.path.join(out_dir, "embeddings.png"),
                                                       main.suspect_classes_, marked=marked, verdict=report["verdict"])
-    if main.suspect_classes_ or plots:
+    if main.suspect_classes_ or plots or (whole is not None and whole.suspect_classes_):
         times["report"] = time.perf_counter() - t
     report["seconds"] = times
     return report
@@ -120,7 +122,8 @@ def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=T
 
 def format_summary(report, name):
     """The lines printed under a detector's part of the scan."""
-    lines = [f"  {report['method']}: {report['verdict']}"
+    label = "aegis patch transfer" if report.get("score") == "transfer" else report["method"]
+    lines = [f"  {label}: {report['verdict']}"
              + (f", suspect class(es) {', '.join(map(str, report['suspect_classes']))}" if report["suspect_classes"] else "")]
     if report["method"] == "aegis":
         if report["score"] == "transfer":
@@ -131,7 +134,9 @@ def format_summary(report, name):
             lines.append(f"    clusters per class (per t-SNE run): {counts}")
         if "whole_image" in report:
             idx = ", ".join(f"{c}:{v['whole_image_index']:.1f}" for c, v in report["whole_image"]["classes"].items())
-            lines.append(f"    whole-image anomaly index per class: {idx}")
+            flagged = report["whole_image"]["suspect_classes"]
+            lines.append(f"  aegis whole-image: {'backdoored, class(es) ' + ', '.join(map(str, flagged)) if flagged else 'clean'}")
+            lines.append(f"    anomaly index per class: {idx}")
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")
@@ -214,6 +219,13 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
                                                           seed=seed, quiet=quiet)
             evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
         result = {"verdict": combine(evidence), **result}
+        triggers = {}  # the recovered triggers, by class, for the report page
+        for kind, per_class in result.get("aegis", {}).get("files", {}).items():
+            if kind in ("suspect_patches", "suspect_whole_image"):
+                for c, path in per_class.items():
+                    triggers.setdefault(c, {"files": {}})["files"][kind.replace("suspect_", "")] = path
+        if triggers:
+            result["triggers"] = triggers
         echo(f"{name}: {result['verdict']['line']}")
         for key in ("aegis", "neural_cleanse"):
             if key in result:
