@@ -5,7 +5,7 @@
         --data mnist --data-dir DATA --train-images 20000          # an MNIST-size model
     KERAS_BACKEND=jax python bench/bench_detect.py ...             # the JAX path (GPU when lent)
 
-Runs the whole default detection job (``aegis_tf.detect_job.run_aegis`` with
+Runs the whole default detection job (``aegis_tf.jobs.detect.run_aegis`` with
 the CLI's default configuration and its figures) and reports the seconds of
 each stage: translate (targeted L2 PGD toward every class, compilation
 included), patch_transfer (the default score), features, reduce (PCA +
@@ -89,6 +89,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-jobs", type=int, default=1, help="classes reduced and clustered at once (threads; -1: all cores)")
+    p.add_argument("--plots", action="store_true",
+                   help="also the t-SNE embedding figure, as detect --plots (the default scan skips it)")
     p.add_argument("--out", default=None, help="JSON path (default results/bench_detect_<backend>_<device>.json)")
     args = p.parse_args()
 
@@ -109,7 +111,7 @@ def main():
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
         report = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0,
-                           out_dir=out_dir, seed=0, batch_size=args.batch_size, plots=True, n_jobs=args.n_jobs)
+                           out_dir=out_dir, seed=0, batch_size=args.batch_size, plots=args.plots, n_jobs=args.n_jobs)
     total = time.perf_counter() - t
     stages = report["seconds"]
     n_translated = n_classes * min(args.seeds, len(x))
@@ -122,7 +124,7 @@ def main():
                  "model": os.path.relpath(args.model, ROOT) if os.path.isabs(args.model) else args.model,
                  "input_shape": list(model.input_shape[1:]), "classes": n_classes, "train_images": len(x),
                  "seeds_per_class": args.seeds, "steps": config["steps"], "batch_size": args.batch_size,
-                 "n_jobs": args.n_jobs,
+                 "n_jobs": args.n_jobs, "plots": args.plots,
                  "command": f"KERAS_BACKEND={name} python bench/bench_detect.py " + " ".join(sys.argv[1:])},
         "verdict": report["verdict"], "suspect_classes": report["suspect_classes"],
         "seconds": {**stages, "end_to_end": total},
