@@ -85,7 +85,8 @@ class DetectConfig(_Settings):
 
     ``whole_image`` adds the signal for triggers spread over the image
     (:class:`aegis_tf.whole_image.WholeImageDetector`: ``wi_probes`` clean
-    probes, anomaly index above ``wi_threshold``) beside the transfer score.
+    probes; a class is flagged when it needs ``wi_threshold`` times less norm
+    than every other class) beside the transfer score.
     """
 
     n_seeds: int = 200
@@ -107,7 +108,7 @@ class DetectConfig(_Settings):
     min_cluster_frac: float = 0.0
     whole_image: bool = True
     wi_probes: int = 50
-    wi_threshold: float = 3.0
+    wi_threshold: float = 2.0
 
     _parameter_constraints = {
         "n_seeds": _POS_INT, "steps": _POS_INT, "eps": _POS, "step_size": _POS, "start_noise": _NONNEG,
@@ -117,7 +118,7 @@ class DetectConfig(_Settings):
         "bandwidth": [Options("auto"), Interval(float, 0, None, closed="neither")],
         "population": [Options("both", "translated")], "criterion": [Options("absolute", "relative")],
         "runs": _POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
-        "whole_image": [Options(True, False)], "wi_probes": _POS_INT, "wi_threshold": _NONNEG,
+        "whole_image": [Options(True, False)], "wi_probes": _POS_INT, "wi_threshold": [Interval(float, 1, None)],
     }
 
     @classmethod

@@ -73,6 +73,7 @@ def summarise(rows):
         "not_learned_models": len(weak), "not_learned_flagged_right_class": sum(majority(r, "right_class") for r in weak),
         "fp_class_share": float(np.mean(fp)) if fp else None,
         "stable_models": sum(stable(r) for r in rows), "models": len(rows),
+        "seconds_per_run": float(np.mean([t for r in rows for t in r["seconds"]])) if rows else None,
     }
 
 
@@ -107,21 +108,25 @@ def markdown(result):
                      f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth} | "
                      + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} | "
                      + " | ".join(_baseline_cell(r, k) for k in ("paper", "neural_cleanse")) + " |")
-    lines += ["", "By folder:", "", "| folder | backdoored flagged with right class | clean flagged | not learned, "
-              "flagged with target | false-positive classes | same verdict in >= 80% of runs |", "|---" * 6 + "|"]
-    for folder, g in result.get("summary_by_folder", {}).items():
-        lines.append(f"| {folder} | {g['backdoored_flagged_right_class']} of {g['backdoored_models']} | "
-                     f"{g['clean_flagged']} of {g['clean_models']} | {g['not_learned_flagged_right_class']} of "
-                     f"{g['not_learned_models']} | "
-                     + ("-" if g["fp_class_share"] is None else f"{g['fp_class_share']:.1%}")
-                     + f" | {g['stable_models']} of {g['models']} |")
+    for title, key in (("By folder", "summary_by_folder"), ("By data set", "summary_by_data"),
+                       ("By trigger family", "summary_by_trigger")):
+        lines += ["", f"{title}:", "", "| group | backdoored (ASR >= 90%) flagged with right class | clean flagged | "
+                  "not learned, flagged with target | false-positive classes | same verdict in >= 80% of runs | "
+                  "s per run |", "|---" * 7 + "|"]
+        for group, g in result.get(key, {}).items():
+            lines.append(f"| {group} | {g['backdoored_flagged_right_class']} of {g['backdoored_models']} | "
+                         f"{g['clean_flagged']} of {g['clean_models']} | {g['not_learned_flagged_right_class']} of "
+                         f"{g['not_learned_models']} | "
+                         + ("-" if g["fp_class_share"] is None else f"{g['fp_class_share']:.1%}")
+                         + f" | {g['stable_models']} of {g['models']} | "
+                         + ("-" if g.get("seconds_per_run") is None else f"{g['seconds_per_run']:.0f}") + " |")
     s = result["summary"]
     lines += ["", "All models:", "", f"- backdoored models flagged with the right class (majority of runs): "
                   f"{s['backdoored_flagged_right_class']} of {s['backdoored_models']}",
               f"- clean models flagged (majority of runs): {s['clean_flagged']} of {s['clean_models']}",
               f"- poisoned models that did not learn the backdoor, flagged with the target anyway: "
               f"{s['not_learned_flagged_right_class']} of {s['not_learned_models']}",
-              f"- false-positive classes, mean over all runs: "
+              "- false-positive classes, mean over all runs: "
               + ("-" if s["fp_class_share"] is None else f"{s['fp_class_share']:.1%}"),
               f"- models with the same verdict in at least 80% of runs: {s['stable_models']} of {s['models']}"]
     return "\n".join(lines) + "\n"
@@ -167,13 +172,13 @@ def main():
     config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise)
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
-                       "config": config, "score": config["score"], "backend": keras.backend.backend(),
+                       "config": config.to_dict(), "score": config["score"], "backend": keras.backend.backend(),
                        "machine": f"{os.cpu_count()} CPU cores", "note": args.note}, "rows": []}
     done = {}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        if old["meta"]["config"] == config and old["meta"]["runs"] == args.runs:
+        if old["meta"]["config"] == config.to_dict() and old["meta"]["runs"] == args.runs:
             done = {r["path"]: r for r in old["rows"] if "path" in r}
     for path in paths:
         if path in done:
@@ -200,7 +205,8 @@ def main():
                    "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
                    "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
             if "whole_image" in rep:
-                run["whole_image_index"] = {c: v["whole_image_index"] for c, v in rep["whole_image"]["classes"].items()}
+                run["whole_image"] = {c: {"gap": v["whole_image_gap"], "norm": v["flip_norm"]}
+                                      for c, v in rep["whole_image"]["classes"].items()}
             if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
                 run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
             row["runs"].append(run)
@@ -219,6 +225,10 @@ def _write(result, out):
     folder = lambda r: os.path.dirname(r.get("path", ""))
     result["summary_by_folder"] = {f: summarise([r for r in result["rows"] if folder(r) == f])
                                    for f in sorted({folder(r) for r in result["rows"]})}
+    result["summary_by_data"] = {d: summarise([r for r in result["rows"] if r["data"] == d])
+                                 for d in sorted({r["data"] for r in result["rows"]})}
+    result["summary_by_trigger"] = {t: summarise([r for r in result["rows"] if r["trigger"] == t])
+                                    for t in sorted({r["trigger"] for r in result["rows"]})}
     write_json(out, result)
     with atomic_path(os.path.splitext(out)[0] + ".md") as tmp:
         with open(tmp, "w") as f:

@@ -24,6 +24,6 @@ def test_signals_are_combined_and_a_non_deciding_signal_does_not_vote():
                  "whole_image": _ev({3: 7.3, 8: 0.1}, 4.0, [3]),
                  "clusters": _ev({3: 1.0, 8: 1.0}, 0.5, [3, 8], decides=False)})
     assert v["target_classes"] == [3]
-    assert v["line"] == "BACKDOORED: class 3 (patch share 0.00 vs 0.02; whole-image z 7.30 vs 4)"
+    assert v["line"] == "BACKDOORED: class 3 (patch share 0.00 vs 0.02; whole-image gap 7.30 vs 4)"
     both = combine({"a": _ev({1: 1.0, 2: 0.0}, 0.5, [1]), "b": _ev({1: 0.0, 2: 1.0}, 0.5, [2])})
     assert both["target_classes"] == [1, 2] and both["line"].startswith("BACKDOORED: classes 1, 2")

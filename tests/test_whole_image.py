@@ -8,16 +8,21 @@ from aegis_tf.whole_image import WholeImageDetector
 
 
 def test_norm_scoring_is_relative_to_the_other_classes():
-    base = {0: 4.0, 1: 4.4, 2: 3.7, 3: 4.1, 4: 3.9, 5: 4.2}
-    assert WholeImageDetector().fit_norms(base).suspect_classes_ == []
-    det = WholeImageDetector().fit_norms({**base, 3: 0.4})  # a tenth of the others' norm
-    assert det.suspect_classes_ == [3] and det.scores_[3] > 3.0 > max(v for c, v in det.scores_.items() if c != 3)
+    base = {0: 4.0, 1: 4.4, 2: 3.7, 3: 4.1, 4: 3.9, 5: 9.0}
+    det = WholeImageDetector().fit_norms(base)
+    assert det.suspect_classes_ == [] and det.scores_[2] == pytest.approx(3.9 / 3.7)
+    assert max(det.scores_.values()) == det.scores_[2] and all(v < 1 for c, v in det.scores_.items() if c != 2)
+    det = WholeImageDetector().fit_norms({**base, 3: 0.4})  # a tenth of every other class's norm
+    assert det.suspect_classes_ == [3] and det.scores_[3] == pytest.approx(3.7 / 0.4)
     scaled = WholeImageDetector().fit_norms({c: 255 * v for c, v in {**base, 3: 0.4}.items()})
     assert scaled.suspect_classes_ == [3]  # no absolute scale is assumed
-    assert WholeImageDetector().fit_norms({**base, 3: 2.6}).suspect_classes_ == []  # 0.65x the median: not enough
-    assert WholeImageDetector().fit_norms({**base, 3: 9.0}).suspect_classes_ == []  # larger is never suspect
+    assert WholeImageDetector().fit_norms({**base, 3: 2.0}).suspect_classes_ == []  # 1.85x less: not enough
+    assert WholeImageDetector().fit_norms({**base, 3: 1.85}).suspect_classes_ == [3]  # exactly half of 3.7
+    assert WholeImageDetector(threshold=4).fit_norms({**base, 3: 1.0}).suspect_classes_ == []
     with pytest.raises(AegisError, match="at least 3 classes"):
         WholeImageDetector().fit_norms({0: 1.0, 1: 2.0})
+    with pytest.raises(AegisError, match=r"threshold must be a number in \[1, inf\)"):
+        WholeImageDetector(threshold=0.5).fit_norms(base)
 
 
 def _linear(planted=None, seed=0):
@@ -49,7 +54,7 @@ def test_a_planted_whole_image_direction_is_found_and_a_clean_model_passes(plant
         assert det.norms_[planted] < 0.5 * np.median([v for c, v in det.norms_.items() if c != planted])
         assert det.shares_[planted] >= 0.9
     ev = det.evidence("wi")
-    assert ev["flagged"] == det.suspect_classes_ and ev["threshold"] == 3.0
+    assert ev["flagged"] == det.suspect_classes_ and ev["threshold"] == 2.0
 
 
 def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path, rng):

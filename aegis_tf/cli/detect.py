@@ -65,7 +65,7 @@ def add(sub):
                         "(default on; off in the paper preset)")
     flag(p, "--wi-probes", type=int, default=None, help="clean probes of the whole-image signal (default 50)")
     flag(p, "--wi-threshold", type=float, default=None,
-         help="anomaly index above which the whole-image signal flags a class (default 3)")
+         help="the whole-image signal flags a class that needs this many times less norm than every other (default 2)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
     flag(p, "--jobs", type=int, default=1,

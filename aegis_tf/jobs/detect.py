@@ -77,8 +77,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     if whole is not None:
         report["whole_image"] = whole.report()
         report["whole_image"]["evidence"] = whole.evidence(
-            "MAD anomaly index of the L2 norm at which the mean translation direction moves "
-            f">= {100 * whole.flip_at:g}% of {config.wi_probes} clean probes (flagged below {whole.ratio:g}x the others' median)")
+            "the smallest other class's L2 norm over this class's, where a norm is how far the class's mean "
+            f"translation direction must go to move >= {100 * whole.flip_at:g}% of {config.wi_probes} clean probes")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     if out_dir is None:
@@ -132,10 +132,10 @@ def format_summary(report, name):
             counts = ", ".join(f"{c}:{'/'.join(map(str, v['clusters']))}" for c, v in report["classes"].items())
             lines.append(f"    clusters per class (per t-SNE run): {counts}")
         if "whole_image" in report:
-            idx = ", ".join(f"{c}:{v['whole_image_index']:.1f}" for c, v in report["whole_image"]["classes"].items())
+            idx = ", ".join(f"{c}:{v['whole_image_gap']:.2f}" for c, v in report["whole_image"]["classes"].items())
             flagged = report["whole_image"]["suspect_classes"]
             lines.append(f"  aegis whole-image: {'backdoored, class(es) ' + ', '.join(map(str, flagged)) if flagged else 'clean'}")
-            lines.append(f"    anomaly index per class: {idx}")
+            lines.append(f"    gap per class (nearest other class's norm / own): {idx}")
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")
