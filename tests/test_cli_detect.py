@@ -21,7 +21,10 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     verdict, report = result["verdict"], result["aegis"]
     assert printed.splitlines()[0] == "robust_bd_net: " + verdict["line"]  # one verdict line first
     assert verdict["backdoored"] == bool(verdict["target_classes"])
-    assert verdict["target_classes"] == report["suspect_classes"]  # AEGIS alone decides here
+    # The one verdict: every class that patch transfer or the whole-image signal flags.
+    assert verdict["target_classes"] == sorted(set(report["suspect_classes"])
+                                               | set(report["whole_image"]["suspect_classes"]))
+    assert set(verdict["evidence"]) == {"patch_transfer", "whole_image"}
     assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
     assert (out / "report.html").stat().st_size > 5_000
     assert report["verdict"] in ("clean", "backdoored")
