@@ -15,6 +15,7 @@ import numpy as np
 
 from aegis_tf.errors import AegisError
 from aegis_tf.params import Interval, Options, validate_params
+from aegis_tf.triggers import TRIGGERS
 
 __all__ = ["DetectConfig", "TrainConfig", "TriggerConfig", "PRESETS", "default_step_size", "pixel_max_of",
            "THRESHOLDS", "check_threshold"]
@@ -219,7 +220,7 @@ class TriggerConfig(_Settings):
     blend_pattern: str = "noise"
 
     _parameter_constraints = {
-        "trigger": [Options("localised", "distributed", "invisible-static", "invisible-adversarial", "blended")],
+        "trigger": [Options(*TRIGGERS)],
         "target_label": [Interval(int, 0, None)], "trigger_size": _POS_INT, "trigger_value": _UNIT,
         "amplitude": _UNIT, "trigger_seed": [Interval(int, 0, None)], "trigger_pattern": [None, str],
         "trigger_model": [None, str], "trigger_eps": _UNIT, "blend_alpha": _UNIT, "blend_pattern": [str],
