@@ -108,7 +108,7 @@ def write_detect_html(result, path, *, title=None):
     classes = sorted(classes, key=_class_key)
     head = ['<th class="label">class</th>']
     for name, ev in evidence.items():
-        op = "&lt;" if ev.get("direction") == "below" else "&gt;"
+        op = "&le;" if ev.get("direction") == "below" else "&ge;"
         head.append(f'<th title="{escape(str(ev.get("description", "")))}">{escape(name)}<br>'
                     f'<small>flagged if {op} {_fmt(ev.get("threshold"))}</small></th>')
     rows = []
@@ -136,7 +136,8 @@ def write_detect_html(result, path, *, title=None):
     for c in sorted(suspects, key=_class_key):
         figs = [_image(patches.get(c), f"class {c}: top patches")]
         for kind, p in ((triggers.get(c) or {}).get("files") or {}).items():
-            if str(p).lower().endswith(".png"):  # only figures; other trigger files are not shown
+            # Only figures, and each once (the patch grid is also the recovered patch trigger).
+            if str(p).lower().endswith(".png") and p != patches.get(c):
                 figs.append(_image(p, f"class {c}: recovered trigger ({kind})"))
         figs.append(_image(clusters.get(c), f"class {c}: clusters"))
         if any(figs):
