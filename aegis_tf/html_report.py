@@ -131,14 +131,15 @@ def write_detect_html(result, path, *, title=None):
     # Figures for each suspect class.
     files = aegis.get("files") or {}
     patches, clusters = files.get("suspect_patches") or {}, files.get("suspect_clusters") or {}
+    directions = files.get("suspect_whole_image") or {}
     suspects = list(dict.fromkeys(targets + [str(c) for c in aegis.get("suspect_classes") or []]
-                                  + list(patches) + list(triggers) + list(clusters)))
+                                  + list(patches) + list(directions) + list(triggers) + list(clusters)))
     for c in sorted(suspects, key=_class_key):
         figs = [_image(patches.get(c), f"class {c}: top patches")]
         for kind, p in ((triggers.get(c) or {}).get("files") or {}).items():
-            # Only figures, and each once (the patch grid is also the recovered patch trigger).
-            if str(p).lower().endswith(".png") and p != patches.get(c):
+            if str(p).lower().endswith(".png"):  # only figures; other trigger files are not shown
                 figs.append(_image(p, f"class {c}: recovered trigger ({kind})"))
+        figs.append(_image(directions.get(c), f"class {c}: recovered whole-image trigger"))
         figs.append(_image(clusters.get(c), f"class {c}: clusters"))
         if any(figs):
             body.append(f"<h2>Suspect class {escape(c)}</h2>\n" + "\n".join(f for f in figs if f))

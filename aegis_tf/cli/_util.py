@@ -7,7 +7,6 @@ name of the library field it sets, so a command passes settings on by name.
 
 import argparse
 import dataclasses
-import os
 
 from aegis_tf.errors import AegisError
 from aegis_tf.params import ParamError
@@ -115,10 +114,3 @@ def settings(cls, args, **extra):
 def as_flag_error(e):
     """A :class:`ParamError` about a field, told as the flag that set it."""
     return AegisError(e.format("--" + e.param.replace("_", "-")))
-
-
-def existing_file(path, what):
-    """``path`` if it is a file; else a one-line error naming ``what`` was expected."""
-    if path is not None and not os.path.isfile(path):
-        raise AegisError(f"{what} not found: {path}")
-    return path

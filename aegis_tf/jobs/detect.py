@@ -218,13 +218,6 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
                                                           seed=seed, quiet=quiet)
             evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
         result = {"verdict": combine(evidence), **result}
-        triggers = {}  # the recovered triggers, by class, for the report page
-        for kind, per_class in result.get("aegis", {}).get("files", {}).items():
-            if kind in ("suspect_patches", "suspect_whole_image"):
-                for c, path in per_class.items():
-                    triggers.setdefault(c, {"files": {}})["files"][kind.replace("suspect_", "")] = path
-        if triggers:
-            result["triggers"] = triggers
         echo(f"{name}: {result['verdict']['line']}")
         for key in ("aegis", "neural_cleanse"):
             if key in result:
