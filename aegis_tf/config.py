@@ -88,6 +88,13 @@ class DetectConfig(_Settings):
     (:class:`aegis_tf.whole_image.WholeImageDetector`: ``wi_probes`` clean
     probes; a class is flagged when it needs ``wi_threshold`` times less norm
     than every other class) beside the transfer score.
+
+    ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
+    every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
+    then runs the full detector on the ``top_k`` classes of each stage-1 signal
+    plus any class whose stage-1 patch share reaches ``alarm_transfer`` or whose
+    whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.staged`); ``"auto"``
+    (default) is staged above :data:`aegis_tf.staged.STAGED_ABOVE` classes.
     """
 
     n_seeds: int = 200
@@ -110,6 +117,12 @@ class DetectConfig(_Settings):
     whole_image: bool = True
     wi_probes: int = 50
     wi_threshold: float = 2.0
+    scan: str = "auto"
+    stage1_seeds: int = 10
+    stage1_steps: int = 15
+    top_k: int = 5
+    alarm_transfer: float = 0.1
+    alarm_gap: float = 1.5
 
     _parameter_constraints = {
         "n_seeds": _POS_INT, "steps": _POS_INT, "eps": _POS, "step_size": _POS, "start_noise": _NONNEG,
@@ -120,6 +133,8 @@ class DetectConfig(_Settings):
         "population": [Options("both", "translated")], "criterion": [Options("absolute", "relative")],
         "runs": _POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
         "whole_image": [Options(True, False)], "wi_probes": _POS_INT, "wi_threshold": [Interval(float, 1, None)],
+        "scan": [Options("auto", "full", "staged")], "stage1_seeds": _POS_INT, "stage1_steps": _POS_INT,
+        "top_k": _POS_INT, "alarm_transfer": _UNIT, "alarm_gap": [Interval(float, 1, None)],
     }
 
     @classmethod

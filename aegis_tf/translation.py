@@ -12,7 +12,7 @@ from aegis_tf.attacks import projected_gradient_descent
 from aegis_tf.errors import AegisError
 from aegis_tf.models import predict_labels
 
-__all__ = ["Translation", "translate_all", "translate", "translations_for"]
+__all__ = ["Translation", "translate_all", "translate", "translation_attack", "translations_for"]
 
 
 class Translation(NamedTuple):
@@ -27,7 +27,7 @@ class Translation(NamedTuple):
 
 
 def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_min, clip_max, seed=0,
-                  batch_size=512, start_noise=0.0):
+                  batch_size=512, start_noise=0.0, attack_fn=None):
     """Translate ``n_seeds`` training images of other classes toward each class in ``classes``.
 
     Returns ``{c: Translation}``. All classes go through one batched targeted
@@ -37,7 +37,8 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     units) to each seed first, drawn from ``seed``: a ReLU network often has
     zero gradient on a black corner, so PGD from a clean seed can never light
     a corner trigger there; from a noisy start it can
-    (``results/trigger_lit.md``).
+    (``results/trigger_lit.md``). ``attack_fn`` (:func:`translation_attack`)
+    reuses one compiled PGD loop across calls.
     """
     if start_noise < 0:
         raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
@@ -58,7 +59,7 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
         starts = np.clip(starts + noise, clip_min, clip_max)
     adv = projected_gradient_descent(model, starts, eps=eps, step_size=step_size, steps=steps, norm=2, y=all_t,
                                      targeted=True, random_start=False, clip_min=clip_min, clip_max=clip_max,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, attack_fn=attack_fn)
     pred = predict_labels(model, adv, batch_size=batch_size)
     out, start = {}, 0
     for c in classes:
@@ -69,13 +70,25 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     return out
 
 
-def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512):
+def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, attack_fn=None):
     """:func:`translate_all` with the settings of a :class:`~aegis_tf.config.DetectConfig`
     (``eps``, ``step_size`` and ``start_noise`` in units of [0, 1], scaled by ``pixel_max``)."""
     return translate_all(model, x, y, classes, n_seeds=config.n_seeds, eps=config.eps * pixel_max,
                          step_size=config.step_size * pixel_max, steps=config.steps, clip_min=0.0,
                          clip_max=pixel_max, seed=seed, batch_size=batch_size,
-                         start_noise=config.start_noise * pixel_max)
+                         start_noise=config.start_noise * pixel_max, attack_fn=attack_fn)
+
+
+def translation_attack(model, config, *, pixel_max):
+    """The compiled targeted PGD loop of :func:`translate` with ``config``'s settings,
+    for scans that translate in many calls (one compilation instead of one per call)."""
+    from aegis_tf import backend
+    from aegis_tf.attacks import make_step
+    from aegis_tf.models import logits_model
+
+    step = make_step(norm=2, eps=config.eps * pixel_max, step_size=config.step_size * pixel_max, clip_min=0.0,
+                     clip_max=pixel_max)
+    return backend.make_attack(logits_model(model), step, int(config.steps), -1.0)
 
 
 def translations_for(detector, model, x, y, classes, translations=None):

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "progress", "to_jsonable"]
+__all__ = ["atomic_path", "write_json", "progress", "to_jsonable", "no_partial_report"]
 
 
 @contextlib.contextmanager
@@ -69,3 +69,36 @@ def progress(iterable=None, *, quiet=False, **kwargs):
 
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, disable=disable, leave=False, **kwargs)
+
+
+def _files_under(folder):
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with contextlib.suppress(OSError):
+                out[p] = os.stat(p).st_mtime_ns
+    return out
+
+
+@contextlib.contextmanager
+def no_partial_report(folder, *, keep=(), reports=("detect.json", "report.html")):
+    """Undo a report that an interrupted or failed run left half-made in ``folder``.
+
+    Each file is written atomically, but a report is several files. If the body
+    raises (Ctrl-C included), every file it created or changed under ``folder``
+    is removed, except those named in ``keep`` (a scan's resume state); if any
+    was, the ``reports`` that describe the folder's figures are removed too.
+    """
+    before = _files_under(folder)
+    try:
+        yield
+    except BaseException:
+        touched = [p for p, t in _files_under(folder).items()
+                   if before.get(p) != t and os.path.basename(p) not in keep]
+        if touched:
+            touched += [p for p in before if os.path.basename(p) in reports]
+        for p in set(touched):
+            with contextlib.suppress(OSError):
+                os.remove(p)
+        raise

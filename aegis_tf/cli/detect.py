@@ -66,6 +66,20 @@ def add(sub):
     flag(p, "--wi-probes", type=int, default=None, help="clean probes of the whole-image signal (default 50)")
     flag(p, "--wi-threshold", type=float, default=None,
          help="the whole-image signal flags a class that needs this many times less norm than every other (default 2)")
+    flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
+         help="full: the detector on every class; staged: screen every class with short translations, then the "
+              "full detector on the top-k and any alarmed class; auto (default): staged above 20 classes")
+    flag(p, "--stage1-seeds", type=int, default=None, help="staged scan: translations per class in stage 1 (default 10)")
+    flag(p, "--stage1-steps", type=int, default=None, help="staged scan: PGD steps in stage 1 (default 15)")
+    flag(p, "--top-k", type=int, default=None,
+         help="staged scan: classes each stage-1 signal promotes to stage 2 (default 5)")
+    flag(p, "--alarm-transfer", type=float, default=None,
+         help="staged scan: also promote any class whose stage-1 patch share reaches this (default 0.1)")
+    flag(p, "--alarm-gap", type=float, default=None,
+         help="staged scan: also promote any class whose stage-1 whole-image gap reaches this (default 1.5)")
+    p.add_argument("--resume", action="store_true",
+                   help="staged scan: continue an interrupted scan from the stage-1 results in --out-dir "
+                        "(scan_state.json)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
     flag(p, "--jobs", type=int, default=1,
@@ -79,14 +93,16 @@ def add(sub):
 def run(args):
     from aegis_tf.config import DetectConfig
     from aegis_tf.jobs.detect import run_detect
-    from aegis_tf.utils import write_json
+    from aegis_tf.staged import STATE_FILE
+    from aegis_tf.utils import no_partial_report, write_json
 
     base = DetectConfig.from_preset(args.preset)
     config = settings(DetectConfig, args, **{k: v for k, v in base.to_dict().items() if getattr(args, k) is None})
-    results = run_detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
-                         data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
-                         classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
-                         quiet=args.quiet, plots=args.plots, n_jobs=args.jobs)
+    with no_partial_report(args.out_dir, keep=(STATE_FILE,)):  # Ctrl-C leaves no half-made report
+        results = run_detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
+                             data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
+                             classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
+                             quiet=args.quiet, plots=args.plots, n_jobs=args.jobs, resume=args.resume)
     print(f"report: {args.out_dir}")
     if args.out:
         write_json(args.out, {"config": config, "models": results})

@@ -14,7 +14,9 @@ from aegis_tf.clustering import AegisDetector, class_features
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
-from aegis_tf.translation import translate
+from aegis_tf.staged import STAGED_ABOVE, scan_mode, top_line
+from aegis_tf.translation import translate, translation_attack
+from aegis_tf.utils import progress
 from aegis_tf.verdict import combine
 from aegis_tf.whole_image import WholeImageDetector
 
@@ -22,7 +24,7 @@ __all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "p
 
 
 def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
-              n_jobs=1):
+              n_jobs=1, resume=False, translations=None):
     """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict.
 
     ``config`` is a :class:`~aegis_tf.config.DetectConfig`. With the transfer
@@ -31,10 +33,20 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     cheap, and the HTML report shows them) into ``out_dir``; with
     ``out_dir=None`` no figure is drawn. ``n_jobs`` classes are reduced
     and clustered at once (threads; the report does not depend on it).
+    A staged scan (``config.scan``, :mod:`aegis_tf.staged`) screens every class
+    first; with ``resume`` it continues from the stage-1 results saved in
+    ``out_dir``. ``translations`` (``{class: Translation}``) skips translating.
     """
+    if resume and scan_mode(config, len(classes)) == "full":
+        raise AegisError(f"--resume continues a staged scan (--scan staged, or auto above {STAGED_ABOVE} classes); "
+                         f"this is a full scan of {len(classes)} classes, which keeps no per-class state")
+    if scan_mode(config, len(classes)) == "staged":
+        return _run_staged(model, x, y, classes=classes, config=config, pixel_max=pixel_max, out_dir=out_dir,
+                           seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
     times = {}
     t = time.perf_counter()
-    translations = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size)
+    if translations is None:
+        translations = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size)
     times["translate"] = time.perf_counter() - t
     clusters = config.score == "clusters"
     transfer = None
@@ -102,6 +114,44 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     return report
 
 
+def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch_size, quiet, plots, n_jobs, resume):
+    """Stage 1 on every class, stage 2 (the full detector) on the promoted ones; see :mod:`aegis_tf.staged`."""
+    from aegis_tf import staged
+
+    t = time.perf_counter()
+    state = os.path.join(out_dir, staged.STATE_FILE) if out_dir is not None else None
+    key = staged.fingerprint(model, x, y, classes, config, seed) if state is not None else None
+    done = staged.load_state(state, key) if resume and state is not None else {}
+    save = (lambda results: staged.save_state(state, key, results)) if state is not None else None
+    results = staged.screen(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
+                            done=done, save=save, quiet=quiet)
+    scores = staged.score_screen(results, config)
+    promoted = staged.promote_all(scores, config)
+    stage1_seconds = time.perf_counter() - t
+
+    t = time.perf_counter()
+    full = config.replace(scan="full")
+    attack = translation_attack(model, full, pixel_max=pixel_max)
+    translations = {}
+    for c in progress(promoted, quiet=quiet, desc="stage 2: full detector", unit="class"):
+        translations.update(translate(model, x, y, [c], full, pixel_max=pixel_max, seed=staged.chunk_seed(seed, c),
+                                      batch_size=batch_size, attack_fn=attack))
+    translate_seconds = time.perf_counter() - t
+    report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
+                       batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations)
+    report["config"] = config.to_dict()
+    report["seconds"] = {"stage1": stage1_seconds, **report["seconds"], "translate": translate_seconds}
+    report["stages"] = {"scan": "staged", "classes": len(classes), "promoted": promoted,
+                        "stage1": staged.stage1_table(results, scores, promoted),
+                        "stage1_settings": {"n_seeds": config.stage1_seeds, "steps": config.stage1_steps,
+                                            "n_probes": staged.screen_config(config).n_probes,
+                                            "wi_probes": staged.screen_config(config).wi_probes,
+                                            "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
+                                            "alarm_gap": config.alarm_gap},
+                        "resumed_classes": len(done)}
+    return report
+
+
 def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=True, plots=True, **nc_kwargs):
     """Neural Cleanse on ``model`` with clean images ``x``. Returns the report dict."""
     t = time.perf_counter()
@@ -142,6 +192,16 @@ def format_summary(report, name):
     else:
         idx = ", ".join(f"{c}:{v['anomaly_index']:.2f}" for c, v in report["classes"].items())
         lines.append(f"    anomaly index per class: {idx}")
+    if "stages" in report:
+        st = report["stages"]
+        stage1 = {k: {int(c): v[k] for c, v in st["stage1"].items() if k in v}
+                  for k in ("transfer_score", "whole_image_gap")}
+        lines.append(f"    staged scan: stage 1 screened {st['classes']} classes "
+                     f"({st['stage1_settings']['n_seeds']} seeds x {st['stage1_settings']['steps']} steps); "
+                     f"stage 2 ran the full detector on {len(st['promoted'])}: {', '.join(map(str, st['promoted']))}")
+        lines.append(f"    stage 1 highest patch share: {top_line(stage1['transfer_score'])}")
+        if stage1["whole_image_gap"]:
+            lines.append(f"    stage 1 highest whole-image gap: {top_line(stage1['whole_image_gap'])}")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
     lines.append(f"    time: {secs}")
     return "\n".join(lines)
@@ -173,7 +233,7 @@ def _targets(bad_model, bad_model_weights):
 
 def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, data_dir=None, scale="raw",
                method="aegis", classes=None, out_dir=os.path.join("out", "detect"), seed=0, batch_size=256,
-               quiet=True, plots=False, n_jobs=1, echo=print):
+               quiet=True, plots=False, n_jobs=1, echo=print, resume=False):
     """Scan the named model (or the embedded robust pair). Returns ``{name: result}``.
 
     Every input is loaded and checked before any work. Each model's folder
@@ -209,7 +269,8 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
         evidence = {}
         if method in ("aegis", "both"):
             result["aegis"] = run_aegis(model, x, y, classes=examined, config=config, pixel_max=pm, out_dir=folder,
-                                        seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs)
+                                        seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs,
+                                        resume=resume)
             evidence["clusters" if config.score == "clusters" else "patch_transfer"] = result["aegis"]["evidence"]
             if "whole_image" in result["aegis"]:
                 evidence["whole_image"] = result["aegis"]["whole_image"]["evidence"]

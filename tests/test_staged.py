@@ -1,0 +1,149 @@
+import json
+import os
+
+import pytest
+
+from aegis_tf.config import DetectConfig
+from aegis_tf.data import load_h5
+from aegis_tf.defaults import PATHS
+from aegis_tf.errors import AegisError
+from aegis_tf.jobs.detect import run_aegis
+from aegis_tf.models import load_model
+from aegis_tf.staged import STAGED_ABOVE, STATE_FILE, promote, promote_all, scan_mode
+from aegis_tf.utils import no_partial_report
+
+FAST = DetectConfig(n_seeds=15, steps=20, wi_probes=10, scan="staged", stage1_seeds=4, stage1_steps=5, top_k=2)
+
+
+def test_promote_takes_the_top_k_and_every_alarmed_class():
+    scores = {0: 0.0, 1: 0.5, 2: 0.1, 3: 0.0, 4: 0.9, 5: 0.3}
+    assert promote(scores, top_k=2, alarm=1.0) == [1, 4]
+    assert promote(scores, top_k=2, alarm=0.3) == [1, 4, 5]  # 5 reaches the alarm level
+    assert promote(scores, top_k=0, alarm=0.1) == [1, 2, 4, 5]
+    assert promote(scores, top_k=10, alarm=1.0) == [0, 1, 2, 3, 4, 5]  # k above the class count: all
+
+
+def test_promote_breaks_ties_by_the_lower_class_and_is_pure():
+    scores = {9: 0.0, 3: 0.0, 5: 0.0, 1: 0.0}
+    before = dict(scores)
+    assert promote(scores, top_k=2, alarm=1.0) == [1, 3]
+    assert scores == before
+
+
+def test_promote_all_is_the_union_of_both_signals():
+    stage1 = {"patch_transfer": {c: (0.4 if c == 7 else 0.0) for c in range(100)},
+              "whole_image": {c: (3.0 if c == 42 else 0.5 - c / 1000) for c in range(100)}}
+    config = DetectConfig(top_k=1, alarm_transfer=0.1, alarm_gap=1.5)
+    assert promote_all(stage1, config) == [7, 42]
+    assert promote_all(stage1, config.replace(top_k=2)) == [0, 7, 42]  # 0: the lowest class among equal shares
+    assert promote_all({"patch_transfer": stage1["patch_transfer"]}, config) == [7]
+
+
+def test_auto_is_staged_only_above_the_class_count():
+    auto = DetectConfig()
+    assert scan_mode(auto, 10) == "full" and scan_mode(auto, STAGED_ABOVE) == "full"
+    assert scan_mode(auto, STAGED_ABOVE + 1) == "staged"
+    assert scan_mode(auto.replace(scan="full"), 1283) == "full"
+    assert scan_mode(auto.replace(scan="staged"), 10) == "staged"
+
+
+@pytest.fixture(scope="module")
+def bd():
+    x, y = load_h5(PATHS["train"])
+    return load_model(PATHS["robust_bd_net"]), x, y
+
+
+def _scan(bd, out_dir, **kwargs):
+    model, x, y = bd
+    return run_aegis(model, x, y, classes=list(range(10)), config=FAST, pixel_max=255.0, out_dir=out_dir,
+                     batch_size=16, **kwargs)
+
+
+def test_staged_scan_reports_both_stages_and_finds_the_planted_class(bd, tmp_path):
+    report = _scan(bd, str(tmp_path))
+    stages = report["stages"]
+    assert stages["scan"] == "staged" and stages["classes"] == 10 and len(stages["stage1"]) == 10
+    assert 7 in stages["promoted"] and sorted(map(int, report["classes"])) == stages["promoted"]
+    assert all(v["promoted"] == (int(c) in stages["promoted"]) for c, v in stages["stage1"].items())
+    assert report["suspect_classes"] == [7]
+    assert set(report["seconds"]) >= {"stage1", "translate", "patch_transfer"}
+    state = json.load(open(tmp_path / STATE_FILE))
+    assert sorted(map(int, state["classes"])) == list(range(10))
+
+
+def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, tmp_path, monkeypatch):
+    import aegis_tf.staged as staged
+
+    whole = _scan(bd, str(tmp_path / "whole"))
+    saved = staged.save_state
+
+    def save_then_stop(path, key, results):  # Ctrl-C right after the first chunk is saved
+        saved(path, key, results)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(staged, "save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _scan(bd, str(tmp_path / "cut"))
+    monkeypatch.setattr(staged, "save_state", saved)
+    first = json.load(open(tmp_path / "cut" / STATE_FILE))["classes"]
+    assert 0 < len(first) < 10
+    resumed = _scan(bd, str(tmp_path / "cut"), resume=True)
+    assert resumed["stages"]["resumed_classes"] == len(first)
+    assert resumed["stages"]["stage1"] == whole["stages"]["stage1"]
+    assert resumed["stages"]["promoted"] == whole["stages"]["promoted"]
+    assert resumed["suspect_classes"] == whole["suspect_classes"]
+
+
+def test_resume_refuses_the_state_of_another_scan(bd, tmp_path):
+    _scan(bd, str(tmp_path))
+    model, x, y = bd
+    with pytest.raises(AegisError, match="another scan"):
+        run_aegis(model, x, y, classes=list(range(10)), config=FAST.replace(stage1_seeds=5), pixel_max=255.0,
+                  out_dir=str(tmp_path), batch_size=16, resume=True)
+    (tmp_path / STATE_FILE).write_text("not json")
+    with pytest.raises(AegisError, match="not a scan state file"):
+        _scan(bd, str(tmp_path), resume=True)
+
+
+def test_resume_of_a_full_scan_is_a_one_line_error(bd):
+    model, x, y = bd
+    with pytest.raises(AegisError, match="staged scan"):
+        run_aegis(model, x, y, classes=[6, 7], config=FAST.replace(scan="full"), pixel_max=255.0, out_dir=None,
+                  resume=True)
+
+
+def test_an_interrupted_run_leaves_no_partial_report(tmp_path):
+    (tmp_path / "old.png").write_text("kept: not touched by the run")
+    (tmp_path / "detect.json").write_text("{}")  # an older report whose figures get overwritten
+    (tmp_path / "a.png").write_text("old figure")
+    with pytest.raises(KeyboardInterrupt):
+        with no_partial_report(str(tmp_path), keep=(STATE_FILE,)):
+            (tmp_path / STATE_FILE).write_text("{}")
+            os.makedirs(tmp_path / "model")
+            (tmp_path / "model" / "b.png").write_text("new")
+            os.utime(tmp_path / "a.png", ns=(1, 1))
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == sorted(["old.png", STATE_FILE, "model"])
+    assert os.listdir(tmp_path / "model") == []
+
+
+def test_a_finished_run_keeps_everything(tmp_path):
+    with no_partial_report(str(tmp_path)):
+        (tmp_path / "detect.json").write_text("{}")
+    assert os.listdir(tmp_path) == ["detect.json"]
+
+
+def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
+    import aegis_tf.html_report as html_report
+    from aegis_tf.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(html_report, "write_detect_html", interrupted)
+    out = tmp_path / "o"
+    rc = main(["detect", "--bad_model", PATHS["robust_bd_net"], "--scan", "staged", "--n-seeds", "10", "--steps", "5",
+               "--stage1-seeds", "3", "--stage1-steps", "3", "--wi-probes", "10", "--quiet", "--out-dir", str(out)])
+    assert rc == 130
+    assert os.listdir(out) == [STATE_FILE]  # the resume state stays; figures, triggers and detect.json do not
+    assert main(["detect", "--scan", "partial"]) == 2
