@@ -215,7 +215,8 @@ class TriggerConfig(_Settings):
     """The attacker's trigger, as ``poison``, ``train`` and ``evaluate-model`` take it.
     ``trigger_value``, ``amplitude`` and ``trigger_eps`` are in units of [0, 1].
 
-    ``trigger_size``/``trigger_value``: the squares of localised and distributed;
+    ``trigger_size``/``trigger_value``: the squares of localised and distributed
+    (``trigger_margin``: pixels between localised's square and the corner);
     ``amplitude``/``trigger_seed``: invisible-static's pattern; ``trigger_pattern``
     (.npy), or ``trigger_model`` and ``trigger_eps`` to compute one:
     invisible-adversarial; ``blend_alpha`` and ``blend_pattern`` (``noise`` drawn
@@ -226,6 +227,7 @@ class TriggerConfig(_Settings):
     target_label: int = 7
     trigger_size: int = 2
     trigger_value: float = 250 / 255
+    trigger_margin: int = 0
     amplitude: float = 8 / 255
     trigger_seed: int = 0
     trigger_pattern: Optional[str] = None
@@ -237,6 +239,7 @@ class TriggerConfig(_Settings):
     _parameter_constraints = {
         "trigger": [Options(*TRIGGERS)],
         "target_label": [Interval(int, 0, None)], "trigger_size": _POS_INT, "trigger_value": _UNIT,
+        "trigger_margin": [Interval(int, 0, None)],
         "amplitude": _UNIT, "trigger_seed": [Interval(int, 0, None)], "trigger_pattern": [None, str],
         "trigger_model": [None, str], "trigger_eps": _UNIT, "blend_alpha": _UNIT, "blend_pattern": [str],
     }

@@ -65,6 +65,28 @@ CONFIG = {
 }
 
 
+def trigger_config(config=CONFIG):
+    """The embedded models' trigger as a :class:`~aegis_tf.config.TriggerConfig`."""
+    from aegis_tf.config import TriggerConfig
+
+    kw = config["trigger_kwargs"]
+    return TriggerConfig(trigger=config["trigger"], target_label=config["target_label"], trigger_size=kw["size"],
+                         trigger_value=kw["value"] / 255.0, trigger_margin=kw["margin"])
+
+
+def write_sidecars(paths=PATHS, config=CONFIG, robust=ROBUST_CONFIG):
+    """Write each embedded model's trigger file (:mod:`aegis_tf.sidecar`), as ``aegis train`` does."""
+    from aegis_tf.sidecar import sidecar_path
+    from aegis_tf.utils import write_json
+
+    rates = {"bd_net": config["poison_rate"], "bd_weights": config["poison_rate"],
+             "robust_bd_net": robust["poison_rate"], "robust_clean_net": 0.0}
+    for key, rate in rates.items():
+        write_json(sidecar_path(paths[key]), {
+            "model": os.path.basename(paths[key]), "trigger_config": trigger_config(config), "poison_rate": rate,
+            "note": "the embedded default's trigger, written by scripts/make_default.py"})
+
+
 def poisoned_copy(x, y, config=CONFIG):
     """Every image whose label is not the target, triggered, labelled as the target."""
     from aegis_tf.triggers import get_trigger

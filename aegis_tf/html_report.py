@@ -89,7 +89,9 @@ def write_detect_html(result, path, *, title=None):
     evidence = verdict.get("evidence") or {}
     aegis = result.get("aegis") or {}
     nc = result.get("neural_cleanse") or {}
-    triggers = result.get("triggers") or {}
+    triggers = {}  # class -> the recovered trigger files (aegis_tf.recovered) that repair can read
+    for name in result.get("triggers") or []:
+        triggers.setdefault(str(name).split("_")[1], []).append(str(name))
     targets = [str(c) for c in verdict.get("target_classes") or []]
     bad = bool(verdict.get("backdoored"))
     model = str(result.get("model", "?"))
@@ -136,11 +138,11 @@ def write_detect_html(result, path, *, title=None):
                                   + list(patches) + list(directions) + list(triggers) + list(clusters)))
     for c in sorted(suspects, key=_class_key):
         figs = [_image(patches.get(c), f"class {c}: top patches")]
-        for kind, p in ((triggers.get(c) or {}).get("files") or {}).items():
-            if str(p).lower().endswith(".png"):  # only figures; other trigger files are not shown
-                figs.append(_image(p, f"class {c}: recovered trigger ({kind})"))
         figs.append(_image(directions.get(c), f"class {c}: recovered whole-image trigger"))
         figs.append(_image(clusters.get(c), f"class {c}: clusters"))
+        if triggers.get(c):
+            figs.append("<p>Recovered trigger files (for <code>aegis repair --trigger-from</code>): "
+                        + ", ".join(f"<code>{escape(n)}</code>" for n in triggers[c]) + "</p>")
         if any(figs):
             body.append(f"<h2>Suspect class {escape(c)}</h2>\n" + "\n".join(f for f in figs if f))
     if files.get("embeddings"):

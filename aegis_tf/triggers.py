@@ -256,7 +256,7 @@ def poison(x, y, *, trigger, poison_rate, target_label, mode="append", seed=0, *
 
 
 def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitude=8.0 / 255.0, seed=0,
-                 pattern=None, shape=None, alpha=0.15):
+                 pattern=None, shape=None, alpha=0.15, margin=0):
     """A ready trigger function ``x -> triggered x`` for data in [0, ``pixel_max``].
 
     ``value`` and ``amplitude`` are in units of [0, 1] and scaled by
@@ -264,9 +264,12 @@ def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitud
     :func:`universal_perturbation`). ``blended`` blends ``pattern`` (in the
     data's pixel units; see :func:`load_blend_pattern`), or the noise of
     :func:`blend_pattern` drawn from ``seed`` when it is None, with weight ``alpha``.
+    ``margin`` moves localised's square in from the corner.
     """
     fn = get_trigger(name)
-    if name in ("localised", "distributed"):
+    if name == "localised":
+        return lambda x: fn(x, size=size, value=value * pixel_max, margin=margin)
+    if name == "distributed":
         return lambda x: fn(x, size=size, value=value * pixel_max)
     if name == "invisible-static":
         return lambda x: fn(x, amplitude=amplitude * pixel_max, seed=seed, clip_min=0.0, clip_max=pixel_max)

@@ -6,10 +6,12 @@
 """
 
 import os
+import time
 
+import numpy as np
 
 from aegis_tf.errors import AegisError
-from aegis_tf.metrics import summarize
+from aegis_tf.metrics import attack_success_rate, clean_accuracy, rejection_rate, summarize
 from aegis_tf.models import predict_labels
 from aegis_tf.utils import atomic_path, write_json
 from repair.goodnet import GoodNet, goodnet_labels
@@ -24,21 +26,41 @@ def pruned_weights_name(tag):
     return f"B_prime_{tag}.weights.h5"
 
 
-def evaluate_goodnet(goodnet, x_clean, y_clean, x_bad, y_bad, *, batch_size=256):
-    """Clean accuracy and ASR of B, B' and G; for G also the share sent to class N."""
+def evaluate_goodnet(goodnet, x_clean, y_clean, x_bad=None, y_bad=None, *, recovered=None, batch_size=256):
+    """Clean accuracy and ASR of B, B' and G; for G also the share sent to class N.
+
+    With no poisoned set (``x_bad`` None) the ASR is None: it was not
+    measured. ``recovered`` (images with a recovered trigger and the
+    trigger's target) adds ``recovered_asr``, the rate that trigger reaches.
+    """
     n = goodnet.num_classes
-    out = {}
-    preds = {}
-    for name, model in (("B", goodnet.B), ("B_prime", goodnet.B_prime)):
-        pc = predict_labels(model, x_clean, batch_size=batch_size)
-        pb = predict_labels(model, x_bad, batch_size=batch_size)
-        preds[name] = (pc, pb)
-        out[name] = summarize(pc, y_clean, pb, y_bad)
+    sets = {"clean": (x_clean, y_clean)}
+    if x_bad is not None:
+        sets["bad"] = (x_bad, y_bad)
+    if recovered is not None:
+        sets["recovered"] = recovered
+    preds = {name: {k: predict_labels(m, x, batch_size=batch_size) for k, (x, _) in sets.items()}
+             for name, m in (("B", goodnet.B), ("B_prime", goodnet.B_prime))}
     # G from the two predictions already made.
-    (bc, bb), (qc, qb) = preds["B"], preds["B_prime"]
-    gc, gb = goodnet_labels(bc, qc, n), goodnet_labels(bb, qb, n)
-    out["G"] = summarize(gc, y_clean, gb, y_bad, reject_class=n)
+    preds["G"] = {k: goodnet_labels(preds["B"][k], preds["B_prime"][k], n) for k in sets}
+    out = {}
+    for name, p in preds.items():
+        reject = n if name == "G" else None
+        if "bad" in sets:
+            out[name] = summarize(p["clean"], y_clean, p["bad"], y_bad, reject_class=reject)
+        else:
+            out[name] = {"clean_acc": clean_accuracy(p["clean"], y_clean), "asr": None}
+            if reject is not None:
+                out[name].update(clean_rejected=rejection_rate(p["clean"], n), bad_rejected=None)
+        if "recovered" in sets:
+            out[name]["recovered_asr"] = attack_success_rate(p["recovered"], sets["recovered"][1])
+            if reject is not None:
+                out[name]["recovered_rejected"] = rejection_rate(p["recovered"], n)
     return out
+
+
+NO_ASR = ("ASR not measured: no poisoned set was given (--bad-valid/--bad-test) and the model has no "
+          "trigger file (MODEL.json) to build one from")
 
 
 def run_repair(
@@ -59,41 +81,140 @@ def run_repair(
     quiet=False,
     sources=None,
 ):
-    """Run the repair job and write its files to ``out_dir``. Returns the report dict.
+    """Run the lab's repair job and write its files to ``out_dir``. Returns the report dict.
 
     ``valid``/``bad_valid`` drive the pruning; ``test``/``bad_test`` are only
-    used to evaluate. B' is kept at every threshold (2, 4 and 10);
-    ``threshold`` is the one GoodNet headlines, and it must be reached, or
-    nothing is written. Files written (each atomically): ``prune_curve.json``,
-    ``prune_curve.png``, ``B_prime_{t}.weights.h5`` and ``goodnet_{t}.keras``
-    for each threshold reached, ``repair.json`` and ``report.html``.
+    used to evaluate. Either poisoned set may be None: the pruning then
+    watches clean accuracy only and the ASR is reported as not measured.
+    B' is kept at every threshold (2, 4 and 10); ``threshold`` is the one
+    GoodNet headlines, and it must be reached, or nothing is written. Files
+    written (each atomically): ``prune_curve.json``, ``prune_curve.png``,
+    ``B_prime_{t}.keras`` (the full model) and ``B_prime_{t}.weights.h5``,
+    ``goodnet_{t}.keras`` for each threshold reached, ``repair.json`` and
+    ``report.html``.
     """
-    from aegis_tf.html_report import write_repair_html
-    from aegis_tf.report import plot_prune_curve
-
     check_threshold(threshold)
     if method not in ("cached", "naive"):
         raise AegisError(f"--method must be cached or naive. Received: {method!r}")
-    if finetune_epochs < 0:
-        raise AegisError(f"--finetune must be 0 or a positive number of epochs. Received: {finetune_epochs}")
-    (xv, yv), (xbv, ybv), (xt, yt), (xbt, ybt) = valid, bad_valid, test, bad_test
+    _check_epochs(finetune_epochs)
+    (xv, yv), (xt, yt) = valid, test
+    xbv, ybv = bad_valid if bad_valid is not None else (xv[:0], yv[:0])
     curve_fn = prune_curve if method == "cached" else prune_curve_naive
     curve = curve_fn(model, xv, yv, xbv, ybv, layer=layer, thresholds=THRESHOLDS, batch_size=batch_size, quiet=quiet)
+    _check_reached(curve, threshold)
+    report = _report_head(curve, threshold, sources, strategy="lab")
+    report["validation"] = {"clean_acc": float(curve.clean_acc[0]), "asr": _maybe(curve.asr[0])}
+    if bad_valid is None or bad_test is None:
+        report["asr_note"] = NO_ASR if bad_test is None else "validation ASR not measured (no --bad-valid)"
+    models_out = _pruned_models(model, curve, report, xv, yv, test, bad_test, finetune_epochs=finetune_epochs,
+                                finetune_lr=finetune_lr, seed=seed, quiet=quiet, batch_size=batch_size)
+    return _write_outputs(out_dir, model, curve, models_out, report)
+
+
+def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, strategies=("trigger-prune", "unlearn"),
+                       threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
+                       unlearn_epochs=20, unlearn_lr=1e-3, unlearn_share=0.5, batch_size=256, seed=0, quiet=False,
+                       sources=None):
+    """Repair from recovered triggers (:mod:`aegis_tf.recovered`) with clean data only.
+
+    ``strategies``: ``trigger-prune`` (:func:`repair.trigger_repair.trigger_prune_curve`,
+    B' and GoodNet at 2/4/10 as in the lab) and/or ``unlearn``
+    (:func:`repair.trigger_repair.unlearn`, one B' tagged ``unlearned``, and its
+    GoodNet). The test sets only evaluate: ``bad_test`` (the attacker's real
+    trigger, when known) gives the true ASR; the recovered triggers applied
+    to ``test`` give the recovered-trigger ASR. Writes the same files as
+    :func:`run_repair`.
+    """
+    from repair.trigger_repair import trigger_prune_curve, triggered_set, unlearn
+
+    strategies = _check_strategies(strategies, trigger=True)
+    check_threshold(threshold)
+    _check_epochs(finetune_epochs)
+    (xv, yv), (xt, yt) = valid, test
+    recovered_test = triggered_set(triggers, xt, yt)
+    trig_info = {"files": [t.path for t in triggers], "targets": sorted({t.target for t in triggers}),
+                 "found": [t.describe() for t in triggers]}
+    curve, models_out = None, {}
+    if "trigger-prune" in strategies:
+        curve = trigger_prune_curve(model, triggers, xv, yv, layer=layer, stop_asr=stop_asr, batch_size=batch_size,
+                                    quiet=quiet)
+        _check_reached(curve, threshold, why="and the recovered trigger's ASR never fell to --stop-asr")
+    report = _report_head(curve, threshold, sources, strategy=list(strategies))
+    report["trigger"] = trig_info
+    report["validation"] = {"clean_acc": float(np.mean(predict_labels(model, xv, batch_size=batch_size) == yv)),
+                            "recovered_asr": None, "asr": None}
+    report["asr_note"] = ("true ASR measured on the attacker's poisoned test set, which the repair never saw"
+                          if bad_test is not None else NO_ASR)
+    if curve is not None:
+        report["validation"]["recovered_asr"] = float(curve.asr[0])
+        report["stop_asr"] = stop_asr
+        report["channel_gap"] = curve.gap
+        models_out = _pruned_models(model, curve, report, xv, yv, test, bad_test, recovered=recovered_test,
+                                    finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, seed=seed,
+                                    quiet=quiet, batch_size=batch_size)
+        for t, k in curve.saved.items():
+            if report["pruned"].get(str(t)):
+                report["pruned"][str(t)]["stop_reason"] = curve.stop_reason[t]
+    if "unlearn" in strategies:
+        t0 = time.perf_counter()
+        tuned, history = unlearn(model, triggers, xv, yv, epochs=unlearn_epochs, learning_rate=unlearn_lr,
+                                 share=unlearn_share, seed=seed, quiet=quiet)
+        history["seconds"] = time.perf_counter() - t0
+        report["unlearned"] = history
+        models_out["unlearned"] = tuned
+        g = GoodNet.from_models(model, tuned)
+        report["test"]["unlearned"] = evaluate_goodnet(g, xt, yt, *(bad_test or (None, None)),
+                                                       recovered=recovered_test, batch_size=batch_size)
+    return _write_outputs(out_dir, model, curve, models_out, report)
+
+
+STRATEGIES = ("lab", "trigger-prune", "unlearn")
+
+
+def _check_strategies(strategies, *, trigger):
+    strategies = [s.strip() for s in (strategies.split(",") if isinstance(strategies, str) else strategies)]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise AegisError(f"--strategy must be a comma-separated list of {', '.join(STRATEGIES)}. Received: "
+                         f"{','.join(strategies)}")
+    if trigger and "lab" in strategies:
+        raise AegisError("--strategy lab prunes with the attacker's --bad-valid set, not a recovered trigger; "
+                         "use trigger-prune and/or unlearn with --trigger-from")
+    if not trigger and set(strategies) != {"lab"}:
+        raise AegisError(f"--strategy {','.join(strategies)} needs a recovered trigger: pass --trigger-from "
+                         "DETECT_OUT_DIR or --trigger-file FILE")
+    return strategies
+
+
+def _check_epochs(epochs):
+    if epochs < 0:
+        raise AegisError(f"--finetune must be 0 or a positive number of epochs. Received: {epochs}")
+
+
+def _check_reached(curve, threshold, why=""):
     if curve.saved[threshold] is None:
         raise AegisError(f"accuracy never dropped by {threshold}% while pruning {curve.layer} "
-                         f"(at most {100 * (curve.clean_acc[0] - curve.clean_acc.min()):.2f} points); no B' for it")
+                         f"(at most {100 * (curve.clean_acc[0] - curve.clean_acc.min()):.2f} points){' ' + why if why else ''}; "
+                         "no B' for it")
 
-    report = {
-        "sources": sources or {},
-        "layer": curve.layer,
-        "conv": curve.conv,
-        "n_channels": curve.n_channels,
-        "threshold": threshold,
-        "validation": {"clean_acc": float(curve.clean_acc[0]), "asr": float(curve.asr[0])},
-        "pruned": {},
-        "test": {},
-        "files": {},
-    }
+
+def _maybe(v):
+    return None if v is None or np.isnan(v) else float(v)
+
+
+def _report_head(curve, threshold, sources, *, strategy):
+    head = {"sources": sources or {}, "strategy": strategy, "threshold": threshold, "pruned": {}, "test": {},
+            "files": {}}
+    if curve is not None:
+        head.update(layer=curve.layer, conv=curve.conv, n_channels=curve.n_channels)
+    return head
+
+
+def _pruned_models(model, curve, report, xv, yv, test, bad_test, *, recovered=None, finetune_epochs, finetune_lr,
+                   seed, quiet, batch_size):
+    """B' at each threshold the curve reached (and fine-tuned, with ``finetune_epochs``), evaluated
+    into ``report``. Returns ``{tag: model}``."""
+    (xt, yt), bad = test, (bad_test or (None, None))
     models_out = {}
     for t in THRESHOLDS:
         k = curve.saved[t]
@@ -106,31 +227,43 @@ def run_repair(
             "fraction_pruned": k / curve.n_channels,
             "channels": curve.channels_at(k),
             "valid_clean_acc": float(curve.clean_acc[k]),
-            "valid_asr": float(curve.asr[k]),
+            "valid_asr": _maybe(curve.asr[k]),
         }
-        models_out[t] = pruned
+        models_out[str(t)] = pruned
         g = GoodNet.from_models(model, pruned)
-        report["test"][str(t)] = evaluate_goodnet(g, xt, yt, xbt, ybt, batch_size=batch_size)
+        report["test"][str(t)] = evaluate_goodnet(g, xt, yt, *bad, recovered=recovered, batch_size=batch_size)
         if finetune_epochs:
             tuned = finetune_pruned(pruned, curve, k, xv, yv, epochs=finetune_epochs, learning_rate=finetune_lr,
                                     seed=seed, quiet=quiet)
-            models_out[(t, "ft")] = tuned
+            models_out[f"{t}_finetuned"] = tuned
             gft = GoodNet.from_models(model, tuned)
-            report["test"][f"{t}_finetuned"] = evaluate_goodnet(gft, xt, yt, xbt, ybt, batch_size=batch_size)
+            report["test"][f"{t}_finetuned"] = evaluate_goodnet(gft, xt, yt, *bad, recovered=recovered,
+                                                                batch_size=batch_size)
+    return models_out
+
+
+def _write_outputs(out_dir, model, curve, models_out, report):
+    """Write the curve, every B' (full .keras and weights), its GoodNet, repair.json and report.html."""
+    from aegis_tf.html_report import write_repair_html
+    from aegis_tf.report import plot_prune_curve
 
     os.makedirs(out_dir, exist_ok=True)
     files = report["files"]
-    files["curve_json"] = os.path.join(out_dir, "prune_curve.json")
-    write_json(files["curve_json"], curve.to_dict())
-    files["curve_plot"] = os.path.join(out_dir, "prune_curve.png")
-    plot_prune_curve(curve, files["curve_plot"], title=f"pruning {curve.layer}: accuracy and ASR")
-    for key, m in models_out.items():
-        tag = f"{key[0]}_finetuned" if isinstance(key, tuple) else str(key)
+    if curve is not None:
+        files["curve_json"] = os.path.join(out_dir, "prune_curve.json")
+        write_json(files["curve_json"], curve.to_dict())
+        files["curve_plot"] = os.path.join(out_dir, "prune_curve.png")
+        plot_prune_curve(curve, files["curve_plot"], title=f"pruning {curve.layer}: accuracy and ASR")
+    for tag, m in models_out.items():
+        full = os.path.join(out_dir, f"B_prime_{tag}.keras")
+        with atomic_path(full) as tmp:
+            m.save(tmp)
         w = os.path.join(out_dir, pruned_weights_name(tag))
         with atomic_path(w) as tmp:
             m.save_weights(tmp)
         gpath = os.path.join(out_dir, f"goodnet_{tag}.keras")
         GoodNet.from_models(model, m).save(gpath)
+        files[f"B_prime_{tag}_model"] = full
         files[f"B_prime_{tag}"] = w
         files[f"goodnet_{tag}"] = gpath
     files["report"] = os.path.join(out_dir, "repair.json")
@@ -158,25 +291,98 @@ def _model_paths(bad_model, bad_model_weights):
     return bad_model, bad_model_weights
 
 
+def _is_embedded(model_path, weights):
+    """Whether B is one of the embedded models, whose trigger the embedded bd_*.h5 sets carry."""
+    from aegis_tf.defaults import PATHS
+
+    same = lambda a, key: a is not None and os.path.abspath(a) == os.path.abspath(PATHS[key])  # noqa: E731
+    return (any(same(model_path, k) for k in ("bd_net", "robust_bd_net", "robust_clean_net"))
+            or (model_path is None and same(weights, "bd_weights")))
+
+
+def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, embedded, scale, flag):
+    """The attacker's poisoned set for evaluation: the file named by ``flag``; the embedded one
+    for an embedded B; else ``clean`` with the trigger of B's ``MODEL.json``; else ``(None, None)``."""
+    from aegis_tf.config import pixel_max_of
+    from aegis_tf.evaluation import backdoor_set
+    from aegis_tf.jobs.attack import build_trigger
+    from aegis_tf.sidecar import read_trigger_config, sidecar_path
+
+    if path or embedded:
+        return _load_set(path, default_key, model, scale, flag)
+    config, poisoned = read_trigger_config(model_path)
+    if config is None or not poisoned:
+        return None, None
+    x, y = clean
+    fn, _ = build_trigger(config, pixel_max=pixel_max_of(scale), x_sample=x)
+    return backdoor_set(x, y, fn, config.target_label), f"{clean_path} with the trigger of {sidecar_path(model_path)}"
+
+
+def _recovered_triggers(trigger_from, trigger_file):
+    """The recovered triggers named on the command line, and the detect report they came from."""
+    from aegis_tf.recovered import load_trigger, triggers_from_detect_dir
+
+    if trigger_from and trigger_file:
+        raise AegisError("give --trigger-from DETECT_OUT_DIR or --trigger-file FILE, not both")
+    if trigger_from:
+        return triggers_from_detect_dir(trigger_from)
+    if trigger_file:
+        return [load_trigger(trigger_file)], None
+    return [], None
+
+
 def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_valid=None, clean_test=None,
                bad_test=None, threshold=4, layer=None, method="cached", finetune=0, finetune_lr=1e-4,
-               out_dir=os.path.join("out", "repair"), scale="raw", batch_size=256, seed=0, quiet=True):
-    """:func:`run_repair` on files: B (the embedded default when none is named) and the
-    four CSAW sets (the embedded ones by default), all checked before any work."""
+               trigger_from=None, trigger_file=None, strategy=None, stop_asr=0.05, unlearn_epochs=20,
+               unlearn_lr=1e-3, unlearn_share=0.5, out_dir=os.path.join("out", "repair"), scale="raw",
+               batch_size=256, seed=0, quiet=True):
+    """The repair on files, everything checked before any work.
+
+    Without a trigger: the lab's :func:`run_repair` on B (the embedded default
+    when none is named) and the CSAW sets (the embedded ones by default; the
+    poisoned ones only for an embedded B, or built from B's ``MODEL.json``).
+    With ``trigger_from`` (a ``detect --out-dir`` folder) or ``trigger_file``:
+    :func:`run_trigger_repair` on clean data alone; B defaults to the model
+    the scan examined. ``strategy`` is a comma-separated list (default
+    ``lab``, or ``trigger-prune,unlearn`` with a trigger).
+    """
+    from aegis_tf.config import pixel_max_of
     from aegis_tf.models import load_model
 
     check_threshold(threshold)
+    triggers, scan = _recovered_triggers(trigger_from, trigger_file)
+    strategies = _check_strategies(strategy or (("trigger-prune", "unlearn") if triggers else ("lab",)),
+                                   trigger=bool(triggers))
+    if triggers and bad_valid:
+        raise AegisError("--bad-valid is attacker data, which a repair from a recovered trigger does not use; "
+                         "drop it (give --bad-test to measure the true ASR)")
+    if scan and bad_model is None and bad_model_weights is None:  # the model the scan examined
+        bad_model, bad_model_weights = scan.get("model_file", scan.get("model")), scan.get("weights_file")
     model_path, weights = _model_paths(bad_model, bad_model_weights)
     model = load_model(model_path, weights)
+    n_classes = int(model.output_shape[-1])
+    triggers = [t.rescaled(pixel_max_of(scale)).check_fits(model.input_shape, n_classes, t.path or "--trigger-file")
+                for t in triggers]
+    embedded = _is_embedded(model_path, weights)
     valid, pv = _load_set(clean_valid, "valid", model, scale, "--clean-valid")
-    bvalid, pbv = _load_set(bad_valid, "bd_valid", model, scale, "--bad-valid")
     test, pt = _load_set(clean_test, "test", model, scale, "--clean-test")
-    btest, pbt = _load_set(bad_test, "bd_test", model, scale, "--bad-test")
+    common = dict(model=model, model_path=model_path or weights, embedded=embedded, scale=scale)
+    btest, pbt = _poisoned_set(bad_test, "bd_test", test, pt, flag="--bad-test", **common)
+    sources = {"bad_model": model_path, "bad_model_weights": weights, "clean_valid": pv, "clean_test": pt,
+               "bad_test": pbt, "scale": scale}
+    if triggers:
+        sources.update(trigger_from=trigger_from, trigger_file=trigger_file)
+        return run_trigger_repair(
+            model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
+            layer=layer, stop_asr=stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,
+            unlearn_epochs=unlearn_epochs, unlearn_lr=unlearn_lr, unlearn_share=unlearn_share,
+            batch_size=batch_size, seed=seed, quiet=quiet, sources=sources)
+    bvalid, pbv = _poisoned_set(bad_valid, "bd_valid", valid, pv, flag="--bad-valid", **common)
+    sources["bad_valid"] = pbv
     return run_repair(
         model, valid, bvalid, test, btest, out_dir=out_dir, threshold=threshold, layer=layer, method=method,
         finetune_epochs=finetune, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, quiet=quiet,
-        sources={"bad_model": model_path, "bad_model_weights": weights, "clean_valid": pv, "bad_valid": pbv,
-                 "clean_test": pt, "bad_test": pbt, "scale": scale})
+        sources=sources)
 
 
 def evaluate_goodnet_job(*, goodnet=None, bad_model=None, bad_model_weights=None, pruned_bad_model_weights=None,
@@ -217,31 +423,57 @@ def format_goodnet_eval(res):
     return "\n".join(lines)
 
 
+def _pct(v, width):
+    return f"{'n/a':>{width}}" if v is None else f"{100 * v:>{width - 1}.2f}%"
+
+
 def format_table(report):
     """The printed summary of a repair report: one row per model."""
-    lines = [
-        f"pruned layer {report['layer']} (conv {report['conv']}, {report['n_channels']} channels); "
-        f"validation: clean {100 * report['validation']['clean_acc']:.2f}%, ASR {100 * report['validation']['asr']:.2f}%",
-        f"{'model':<28}{'clean acc':>10}{'ASR':>9}{'to class N (clean/poisoned)':>30}",
-    ]
+    lines = []
+    if "trigger" in report:
+        lines.append(f"repair from the recovered trigger(s): {'; '.join(report['trigger']['found'])}; "
+                     f"strategy {','.join(report['strategy'])}")
+    val = report["validation"]
+    if "layer" in report:
+        watched = (f"ASR {_pct(val['asr'], 1).strip()}" if val.get("asr") is not None else
+                   f"recovered-trigger ASR {_pct(val['recovered_asr'], 1).strip()}" if val.get("recovered_asr") is not None
+                   else "ASR not measured")
+        lines.append(f"pruned layer {report['layer']} (conv {report['conv']}, {report['n_channels']} channels); "
+                     f"validation: clean {100 * val['clean_acc']:.2f}%, {watched}")
+    recovered = any("recovered_asr" in r["B"] for r in report["test"].values())
+    lines.append(f"{'model':<28}{'clean acc':>10}{'ASR':>9}{'to class N (clean/poisoned)':>30}"
+                 + (f"{'recovered-trigger ASR':>23}" if recovered else ""))
     first = True
     for tag, res in report["test"].items():
         if first:
-            lines.append(_row("B (backdoored)", res["B"]))
+            lines.append(_row("B (backdoored)", res["B"], recovered))
             first = False
-        p = report["pruned"].get(tag.split("_")[0])
-        label = f"B' -{tag.split('_')[0]}% ({p['channels_pruned']} ch)" + (" +ft" if "finetuned" in tag else "")
+        if tag == "unlearned":
+            lines.append(_row("B' unlearned", res["B_prime"], recovered))
+            lines.append(_row("GoodNet unlearned", res["G"], recovered))
+            continue
+        t = tag.split("_")[0]
+        p = report["pruned"].get(t)
+        ft = " +ft" if "finetuned" in tag else ""
         mark = " *" if tag == str(report["threshold"]) else ""
-        lines.append(_row(label, res["B_prime"]))
-        lines.append(_row(f"GoodNet -{tag.split('_')[0]}%" + (" +ft" if "finetuned" in tag else "") + mark, res["G"]))
+        lines.append(_row(f"B' -{t}% ({p['channels_pruned']} ch){ft}", res["B_prime"], recovered))
+        lines.append(_row(f"GoodNet -{t}%{ft}{mark}", res["G"], recovered))
     for t, p in report["pruned"].items():
         if p is None:
             lines.append(f"threshold {t}%: accuracy never dropped that far; no B' saved")
+        elif p.get("stop_reason"):
+            lines.append(f"threshold {t}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}")
+    if report.get("asr_note"):
+        lines.append(report["asr_note"])
     return "\n".join(lines)
 
 
-def _row(label, m):
+def _row(label, m, recovered=False):
     rej = ""
     if "bad_rejected" in m:
-        rej = f"{100 * m['clean_rejected']:.2f}% / {100 * m['bad_rejected']:.2f}%"
-    return f"{label:<28}{100 * m['clean_acc']:>9.2f}%{100 * m['asr']:>8.2f}%{rej:>30}"
+        rej = (f"{100 * m['clean_rejected']:.2f}% / "
+               + ("n/a" if m["bad_rejected"] is None else f"{100 * m['bad_rejected']:.2f}%"))
+    out = f"{label:<28}{100 * m['clean_acc']:>9.2f}%{_pct(m['asr'], 9)}{rej:>30}"
+    if recovered:
+        out += _pct(m.get("recovered_asr"), 23)
+    return out

@@ -65,7 +65,7 @@ class PruneCurve:
                     "pruned": k,
                     "fraction": k / self.n_channels,
                     "clean_acc": float(self.clean_acc[k]),
-                    "asr": float(self.asr[k]),
+                    "asr": None if np.isnan(self.asr[k]) else float(self.asr[k]),
                 }
                 for k in range(self.n_channels + 1)
             ],
@@ -119,13 +119,16 @@ def prune_curve(
     batch_size=256,
     rows_per_call=65536,
     quiet=False,
+    order=None,
 ):
     """Prune channel by channel with cached activations. Returns a :class:`PruneCurve`.
 
     ``layer`` names the pooling layer (default: the last one). ``y_bad`` holds
     the attacker's target for each poisoned image, as the CSAW ``bd_*.h5`` files
-    do. ``rows_per_call`` bounds how many (step, image) rows go through the
-    model tail at once, which bounds memory.
+    do; with no poisoned images (``x_bad`` empty) the curve's ASR is NaN.
+    ``rows_per_call`` bounds how many (step, image) rows go through the
+    model tail at once, which bounds memory. ``order`` (all channels, first
+    pruned first) replaces the lab's order, lowest mean clean activation first.
     """
     _check_thresholds(thresholds)
     pool = find_last_pooling_layer(model, layer)
@@ -136,8 +139,8 @@ def prune_curve(
     acts = _activations(model, pool, np.concatenate([x_clean, x_bad]), batch_size)
     labels = np.concatenate([y_clean, y_bad])
     means = _channel_means(acts[:n_clean])
-    order = np.argsort(means, kind="stable")
     n = means.shape[0]
+    order = np.argsort(means, kind="stable") if order is None else _check_order(order, n)
 
     # mask k zeroes channels order[:k]; k = 0..n.
     masks = np.ones((n + 1, n), dtype=acts.dtype)
@@ -154,7 +157,7 @@ def prune_curve(
             hits[start:start + len(ks)] = pred == labels[None]
             bar.update(len(ks))
     clean_acc = hits[:, :n_clean].mean(axis=1)
-    asr = hits[:, n_clean:].mean(axis=1)
+    asr = hits[:, n_clean:].mean(axis=1) if len(labels) > n_clean else np.full(n + 1, np.nan)
     return PruneCurve(
         layer=pool.name,
         conv=conv.name,
@@ -165,6 +168,13 @@ def prune_curve(
         asr=asr,
         saved=_first_reaching(clean_acc, thresholds),
     )
+
+
+def _check_order(order, n):
+    order = np.asarray(order, dtype="int64")
+    if sorted(order.tolist()) != list(range(n)):
+        raise AegisError(f"a pruning order must list each of the {n} channels once")
+    return order
 
 
 def _zero_channels(model, conv_name, channels):

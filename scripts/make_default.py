@@ -2,6 +2,7 @@
 
     python scripts/make_default.py                 # everything
     python scripts/make_default.py --robust-only   # only the robust detection examples
+    python scripts/make_default.py --sidecars-only # only the models' trigger files (MODEL.json)
 
 Deterministic: rerunning it writes the same images and labels and, on the
 TensorFlow CPU backend, the same weights. This script, not the library, seeds
@@ -12,7 +13,7 @@ import sys
 
 import keras
 
-from aegis_tf.defaults import CONFIG, PATHS, ROBUST_CONFIG, build_default, new_net, train_robust
+from aegis_tf.defaults import CONFIG, PATHS, ROBUST_CONFIG, build_default, new_net, train_robust, write_sidecars
 from aegis_tf.utils import atomic_path
 
 
@@ -27,6 +28,9 @@ def build_robust_defaults():
 
 
 if __name__ == "__main__":
+    if "--sidecars-only" in sys.argv:
+        write_sidecars()
+        sys.exit(0)
     if "--robust-only" not in sys.argv:
         keras.utils.set_random_seed(CONFIG["train_seed"])
         result = build_default(new_net(CONFIG["width"]))
@@ -35,3 +39,4 @@ if __name__ == "__main__":
         if result["clean_acc"] < 0.9 or result["asr"] < 0.9:
             sys.exit("default BadNet is below 90% clean accuracy or 90% ASR")
     build_robust_defaults()
+    write_sidecars()  # each model's trigger, beside it (MODEL.json)

@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 
 import cli
+from aegis_tf.cli import build_parser
+from aegis_tf.cli._util import model_trigger_settings
+from aegis_tf.config import TriggerConfig
+from aegis_tf.sidecar import read_trigger_config
 from aegis_tf.data import load_h5
 
 
@@ -29,20 +33,39 @@ def test_poison_with_preview_writes_csaw_h5_npz_and_grid(tmp_path, capsys):
 def test_train_then_evaluate_on_embedded_digits(tmp_path, capsys):
     model = tmp_path / "m.keras"
     rc = cli.main(["train", "--data", "digits", "--arch", "compact", "--width", "4", "--trigger", "localised",
-                   "--trigger-size", "3", "--poison-rate", "0.1", "--epochs", "2", "--steps", "2",
-                   "--train-batch-size", "64", "--lr", "0.05", "--model-out", str(model), "--quiet"])
+                   "--trigger-size", "3", "--trigger-margin", "1", "--target-label", "3", "--poison-rate", "0.1",
+                   "--epochs", "2", "--steps", "2", "--train-batch-size", "64", "--lr", "0.05",
+                   "--model-out", str(model), "--quiet"])
     assert rc == 0 and model.exists()
     report = json.load(open(str(model) + ".json"))
     assert set(report["test"]) >= {"clean_acc", "asr", "adv_acc"}
     assert len(report["history"]) == 2 and os.path.isfile(str(model) + ".ckpt/last.json")
+    # The trigger's parameters travel with the model (MODEL.json) ...
+    config, poisoned = read_trigger_config(str(model))
+    assert poisoned and config == TriggerConfig(trigger="localised", trigger_size=3, trigger_margin=1, target_label=3)
     capsys.readouterr()
-    rc = cli.main(["evaluate", "--model", str(model), "--data", "digits", "--trigger", "localised",
-                   "--trigger-size", "3", "--steps", "2", "--out", str(tmp_path / "e.json")])
+    # ... so evaluate, given no trigger flag, measures the ASR of the trigger the model was trained with.
+    rc = cli.main(["evaluate", "--model", str(model), "--data", "digits", "--steps", "2", "--out",
+                   str(tmp_path / "e.json")])
     assert rc == 0
-    assert "clean accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "clean accuracy" in printed and f"from {model}.json" in printed
     ev = json.load(open(tmp_path / "e.json"))
     assert ev["clean_acc"] == pytest.approx(report["test"]["clean_acc"])
-    assert ev["asr"] == pytest.approx(report["test"]["asr"])
+    assert ev["asr"] == pytest.approx(report["test"]["asr"]) and ev["target_label"] == 3
+    # A flag given still overrides it, field by field.
+    args = build_parser().parse_args(["evaluate", "--model", str(model), "--trigger-margin", "0"])
+    got, source = model_trigger_settings(args, str(model))
+    assert got == TriggerConfig(trigger="localised", trigger_size=3, trigger_margin=0, target_label=3)
+    assert source == f"{model}.json"
+
+
+def test_evaluate_embedded_bd_net_uses_its_own_trigger(capsys, default_paths):
+    # The embedded BadNet's trigger is 3x3 at 255, one pixel in from the corner (not the CLI's 2x2 default).
+    rc = cli.main(["evaluate", "--model", default_paths["bd_net"], "--no-adversarial", "--quiet"])
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert "clean accuracy 98.06%, ASR 97.84%" in line and "bd_net.h5.json" in line
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -5,6 +5,7 @@ import pytest
 
 import cli
 from aegis_tf.defaults import PATHS
+from aegis_tf.recovered import triggers_from_detect_dir
 
 
 def _run(tmp_path, name, extra, capsys):
@@ -26,6 +27,12 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
                                                | set(report["whole_image"]["suspect_classes"]))
     assert set(verdict["evidence"]) == {"patch_transfer", "whole_image"}
     assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
+    # Each flagged class leaves a recovered trigger that `repair --trigger-from` reads back.
+    assert {int(n.split("_")[1]) for n in result["triggers"]} == set(verdict["target_classes"])
+    if verdict["backdoored"]:
+        triggers, _ = triggers_from_detect_dir(str(out))
+        assert {t.target for t in triggers} == set(verdict["target_classes"])
+        assert all(t.image_shape == (28, 28, 1) and t.pixel_max == 255.0 for t in triggers)
     assert (out / "report.html").stat().st_size > 5_000
     assert report["verdict"] in ("clean", "backdoored")
     assert set(report["classes"]) == {"5", "6", "7"}

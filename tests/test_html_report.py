@@ -88,7 +88,7 @@ def _detect_result(tmp_path, backdoored=True, model="models/bd_net.keras"):
                   "seconds": {"translate": 1.5}, "config": {"top_fraction": 0.02}},
         "neural_cleanse": {"verdict": "clean", "suspect_classes": [], "classes": {},
                            "files": {"masks": _png(tmp_path / "masks.png", 3)}, "seconds": {"optimize": 2.0}},
-        "triggers": {"3": {"files": {"image": _png(tmp_path / "trigger3.png", 4)}}} if backdoored else {},
+        "triggers": ["trigger_3_patch_transfer.json"] if backdoored else [],
     }
 
 
@@ -126,7 +126,8 @@ def test_detect_page_backdoored(tmp_path):
     assert ("1", 2) in flagged_cells  # whole_image flags class 1 although the verdict does not
 
     images = _decoded_images(page)
-    assert len(images) == 4  # patches, trigger, embeddings, masks; the missing cluster grid is skipped
+    assert len(images) == 3  # patches, embeddings, masks; the missing cluster grid is skipped
+    assert "trigger_3_patch_transfer.json" in text  # listed for repair --trigger-from
     assert all(b.startswith(PNG_SIGNATURE) for b in images)
     assert "missing_clusters.png" in text and "not found" in text
     assert "<details>" in text and "top_fraction" in text

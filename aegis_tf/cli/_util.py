@@ -60,30 +60,56 @@ def data_flags(p, *, test=True):
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets (else $AEGIS_DATA_DIR)")
 
 
-def trigger_flags(p):
-    """The fields of :class:`aegis_tf.config.TriggerConfig`."""
+def trigger_flags(p, *, from_model=False):
+    """The fields of :class:`aegis_tf.config.TriggerConfig`. With ``from_model``, a flag
+    left out takes the model's own trigger (its ``MODEL.json``, :mod:`aegis_tf.sidecar`)
+    first, and the default only when the model has none."""
     from aegis_tf.config import TriggerConfig
 
     d = TriggerConfig()
-    flag(p, "--trigger", choices=TriggerConfig._parameter_constraints["trigger"][0].values, default=d.trigger,
-         help=f"trigger family (default {d.trigger})")
-    flag(p, "--target-label", type=int, default=d.target_label, help="attacker's target class (paper: 7)")
-    flag(p, "--trigger-size", type=int, default=d.trigger_size,
-         help="square side in pixels for localised/distributed (default 2)")
-    flag(p, "--trigger-value", type=float, default=d.trigger_value,
-         help="square intensity in units of [0, 1] (default 250/255, the paper's 250)")
-    flag(p, "--amplitude", type=float, default=d.amplitude,
-         help="invisible-static amplitude per pixel in units of [0, 1] (default 8/255)")
-    flag(p, "--trigger-seed", type=int, default=d.trigger_seed,
-         help="seed of the invisible-static and blended noise patterns (default 0)")
+
+    def default(value):
+        return None if from_model else value
+
+    where = "the model's MODEL.json, else " if from_model else ""
+    flag(p, "--trigger", choices=TriggerConfig._parameter_constraints["trigger"][0].values, default=default(d.trigger),
+         help=f"trigger family (default {where}{d.trigger})")
+    flag(p, "--target-label", type=int, default=default(d.target_label),
+         help=f"attacker's target class (default {where}{d.target_label}, the paper's)")
+    flag(p, "--trigger-size", type=int, default=default(d.trigger_size),
+         help=f"square side in pixels for localised/distributed (default {where}2)")
+    flag(p, "--trigger-value", type=float, default=default(d.trigger_value),
+         help=f"square intensity in units of [0, 1] (default {where}250/255, the paper's 250)")
+    flag(p, "--trigger-margin", type=int, default=default(d.trigger_margin),
+         help=f"pixels between localised's square and the bottom-right corner (default {where}0)")
+    flag(p, "--amplitude", type=float, default=default(d.amplitude),
+         help=f"invisible-static amplitude per pixel in units of [0, 1] (default {where}8/255)")
+    flag(p, "--trigger-seed", type=int, default=default(d.trigger_seed),
+         help=f"seed of the invisible-static and blended noise patterns (default {where}0)")
     flag(p, "--trigger-pattern", default=None, help="invisible-adversarial pattern .npy (written by poison/train)")
     flag(p, "--trigger-model", default=None, help="model used to compute the invisible-adversarial pattern")
-    flag(p, "--trigger-eps", type=float, default=d.trigger_eps,
-         help="Linf bound of the invisible-adversarial pattern, units of [0, 1] (default 16/255)")
-    flag(p, "--blend-alpha", type=float, default=d.blend_alpha,
-         help="blended trigger: weight of the pattern, x' = (1-a) x + a p (default 0.15)")
-    flag(p, "--blend-pattern", default=d.blend_pattern,
-         help="blended trigger: noise (seeded by --trigger-seed) or a .npy image in pixel units (default noise)")
+    flag(p, "--trigger-eps", type=float, default=default(d.trigger_eps),
+         help=f"Linf bound of the invisible-adversarial pattern, units of [0, 1] (default {where}16/255)")
+    flag(p, "--blend-alpha", type=float, default=default(d.blend_alpha),
+         help=f"blended trigger: weight of the pattern, x' = (1-a) x + a p (default {where}0.15)")
+    flag(p, "--blend-pattern", default=default(d.blend_pattern),
+         help=f"blended trigger: noise (seeded by --trigger-seed) or a .npy image in pixel units "
+              f"(default {where}noise)")
+
+
+def model_trigger_settings(args, model_path):
+    """The trigger of ``model_path``'s ``MODEL.json`` with the flags given (not None) on top;
+    the flags alone over the defaults when the model has none. Returns ``(config, source)``."""
+    from aegis_tf.config import TriggerConfig
+    from aegis_tf.sidecar import read_trigger_config, sidecar_path
+
+    base, _ = read_trigger_config(model_path)
+    given = {k: v for k, v in pick(args, fields(TriggerConfig)).items() if v is not None}
+    try:
+        config = dataclasses.replace(base, **given) if base is not None else TriggerConfig(**given)
+    except ParamError as e:
+        raise as_flag_error(e) from None
+    return config, (sidecar_path(model_path) if base is not None else "flags and defaults")
 
 
 def pgd_flags(p):

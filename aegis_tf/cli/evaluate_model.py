@@ -1,7 +1,7 @@
 """``aegis evaluate-model`` (alias ``evaluate``): clean accuracy, ASR and PGD accuracy of a model
 (calls :func:`aegis_tf.jobs.attack.evaluate_model_job`)."""
 
-from aegis_tf.cli._util import common_flags, flag, pgd_flags, settings, trigger_flags
+from aegis_tf.cli._util import common_flags, flag, model_trigger_settings, pgd_flags, trigger_flags
 
 NAME, ALIASES = "evaluate-model", ("evaluate",)
 
@@ -11,7 +11,7 @@ def add(sub):
     flag(p, "--model", required=True, help="model to evaluate (.keras or .h5)")
     flag(p, "--data", default="digits", help="data set or file; its test split is used (default digits)")
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
-    trigger_flags(p)
+    trigger_flags(p, from_model=True)
     pgd_flags(p)
     flag(p, "--no-adversarial", action="store_true", help="skip the PGD evaluation")
     common_flags(p)
@@ -20,15 +20,17 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.config import TriggerConfig
     from aegis_tf.jobs.attack import eval_line, evaluate_model_job
     from aegis_tf.utils import write_json
 
-    res = evaluate_model_job(model=args.model, data=args.data, trigger=settings(TriggerConfig, args),
+    trigger, source = model_trigger_settings(args, args.model)
+    res = evaluate_model_job(model=args.model, data=args.data, trigger=trigger,
                              data_dir=args.data_dir, scale=args.scale, adversarial=not args.no_adversarial,
                              eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
                              batch_size=args.batch_size, seed=args.seed)
-    print(f"{args.model}: {eval_line(res)}")
+    res["trigger_from"] = source
+    print(f"{args.model}: {eval_line(res)} (trigger {trigger.trigger} toward class {trigger.target_label}, "
+          f"from {source})")
     if args.out:
         write_json(args.out, res)
     return 0

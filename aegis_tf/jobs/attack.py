@@ -49,7 +49,8 @@ def build_trigger(spec, *, pixel_max, x_sample=None, model=None):
         pattern = load_blend_pattern(spec.blend_pattern, x_sample.shape[1:], seed=spec.trigger_seed,
                                      pixel_max=pixel_max)
     fn = make_trigger(spec.trigger, pixel_max=pixel_max, size=spec.trigger_size, value=spec.trigger_value,
-                      amplitude=spec.amplitude, seed=spec.trigger_seed, pattern=pattern, alpha=spec.blend_alpha)
+                      amplitude=spec.amplitude, seed=spec.trigger_seed, pattern=pattern, alpha=spec.blend_alpha,
+                      margin=spec.trigger_margin)
     return fn, pattern
 
 

@@ -14,6 +14,7 @@ from aegis_tf.clustering import AegisDetector, class_features
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
+from aegis_tf.recovered import from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers
 from aegis_tf.staged import STAGED_ABOVE, scan_mode, top_line
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
@@ -105,6 +106,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         else figures.transfer_grids(transfer, translations, x, out_dir, pixel_max))
     if whole is not None:
         files["suspect_whole_image"] = figures.direction_grids(whole, translations, x, out_dir, pixel_max)
+    files["triggers"] = _save_aegis_triggers(transfer, whole, translations, out_dir, pixel_max)
     if plots:
         marked = None if clusters else {c: transfer.rates_[c][0] >= transfer.flip_at for c in classes}
         files["embeddings"] = figures.plot_embeddings(det, os.path.join(out_dir, "embeddings.png"),
@@ -166,7 +168,22 @@ def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=T
 
         report["files"]["masks"] = mask_grid(nc, os.path.join(out_dir, "neural_cleanse_masks.png"),
                                              pixel_max=pixel_max)
+    if out_dir is not None:
+        report["files"]["triggers"] = save_triggers(
+            out_dir, [from_neural_cleanse(nc, c, pixel_max=pixel_max) for c in nc.suspect_classes_])
     return report
+
+
+def _save_aegis_triggers(transfer, whole, translations, out_dir, pixel_max):
+    """Save the trigger each AEGIS signal recovered for its flagged classes (see
+    :mod:`aegis_tf.recovered`); returns the file names."""
+    found = []
+    if transfer is not None:
+        found += [from_patch_transfer(transfer, translations, c, pixel_max=pixel_max)
+                  for c in transfer.suspect_classes_]
+    if whole is not None:
+        found += [from_whole_image(whole, translations, c, pixel_max=pixel_max) for c in whole.suspect_classes_]
+    return save_triggers(out_dir, found)
 
 
 def format_summary(report, name):
@@ -260,12 +277,12 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
         if missing and method != "neural-cleanse":
             raise AegisError(f"--data {data} has no images of class(es) {', '.join(map(str, missing[:10]))}; "
                              "AEGIS needs training images of every examined class (use --classes)")
-        loaded.append((name, path or weights, model, x, examined))
+        loaded.append((name, (path, weights), model, x, examined))
     pm = pixel_max_of(scale)
     results = {}
-    for name, source, model, x, examined in loaded:
+    for name, (path, weights), model, x, examined in loaded:
         folder = os.path.join(out_dir, name) if len(loaded) > 1 else out_dir
-        result = {"model": source, "data": data, "scale": scale}
+        result = {"model": path or weights, "model_file": path, "weights_file": weights, "data": data, "scale": scale}
         evidence = {}
         if method in ("aegis", "both"):
             result["aegis"] = run_aegis(model, x, y, classes=examined, config=config, pixel_max=pm, out_dir=folder,
@@ -279,6 +296,10 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
                                                           seed=seed, quiet=quiet)
             evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
         result = {"verdict": combine(evidence), **result}
+        # The recovered triggers of the verdict's classes, for `aegis repair --trigger-from`.
+        result["triggers"] = [n for key in ("aegis", "neural_cleanse") if key in result
+                              for n in result[key]["files"].get("triggers", [])
+                              if int(n.split("_")[1]) in result["verdict"]["target_classes"]]
         echo(f"{name}: {result['verdict']['line']}")
         for key in ("aegis", "neural_cleanse"):
             if key in result:

@@ -1,0 +1,151 @@
+"""Repair from a recovered trigger, with clean data only (no attacker data).
+
+The lab's pruning needs the attacker's poisoned validation set to measure
+ASR, and it prunes the channels that clean images leave dormant, which a
+backdoor need not use. With a trigger recovered by ``aegis detect``
+(:mod:`aegis_tf.recovered`) a defender can do better with clean images alone:
+
+* :func:`trigger_prune_curve` ranks the last pooling layer's channels by how
+  much the recovered trigger raises their mean activation (triggered minus
+  clean, on the same clean validation images) and prunes the most raised
+  first. The ASR it watches is that of the *recovered* trigger on the
+  validation images; B' at a threshold is the first model where that ASR is
+  at most ``stop_asr`` or, if that never comes first, where the clean
+  accuracy has dropped by the threshold.
+* :func:`unlearn` fine-tunes a copy of B on clean validation images plus a
+  share of them carrying the recovered trigger with their *true* labels
+  (Neural Cleanse's unlearning, Wang et al. 2019), with a bounded number of
+  epochs and a held-out part of the validation set for early stopping.
+
+The attacker's true trigger is never used here; ``repair`` measures the true
+ASR on test data only.
+"""
+
+import numpy as np
+
+from aegis_tf.errors import AegisError
+from aegis_tf.models import copy_model, find_last_pooling_layer, predict_labels
+from aegis_tf.utils import progress
+from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
+
+__all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "unlearn"]
+
+
+def triggered_set(triggers, x, y):
+    """Clean images with the recovered triggers, labelled with each trigger's target.
+
+    Each trigger is applied to the images whose label is not its target; the
+    sets of several triggers are concatenated. Returns ``(x_triggered, targets)``.
+    """
+    xs, ys = [], []
+    for t in triggers:
+        keep = np.asarray(y) != t.target
+        xs.append(t.apply(np.asarray(x)[keep]))
+        ys.append(np.full(int(keep.sum()), t.target, dtype="int64"))
+    if not xs or not sum(len(a) for a in xs):
+        raise AegisError("no clean validation images outside the trigger's target class to apply it to")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def trigger_channel_gap(model, triggers, x, y, *, layer=None, batch_size=256):
+    """Per channel of the pooling layer: mean activation with the triggers minus without,
+    on the same clean images. Returns ``(gap, pooling layer name)``."""
+    pool = find_last_pooling_layer(model, layer)
+    gaps = []
+    for t in triggers:
+        keep = np.asarray(y) != t.target
+        clean = _channel_means(_activations(model, pool, np.asarray(x)[keep], batch_size))
+        trig = _channel_means(_activations(model, pool, t.apply(np.asarray(x)[keep]), batch_size))
+        gaps.append(trig - clean)
+    return np.max(gaps, axis=0), pool.name
+
+
+def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHOLDS, stop_asr=0.05, batch_size=256,
+                        quiet=False):
+    """Prune the channels the recovered trigger raises most, first.
+
+    Returns a :class:`~repair.prune.PruneCurve` whose ``asr`` is the recovered
+    trigger's ASR on ``x`` and whose ``saved[t]`` is the first ``k`` with that
+    ASR at most ``stop_asr``, or with an accuracy drop of ``t`` points if
+    that comes first (None if neither happens). ``curve.gap`` holds each
+    channel's activation gap, ``curve.stop_reason[t]`` says which rule chose ``k``.
+    """
+    _check_thresholds(thresholds)
+    if not 0.0 <= stop_asr < 1.0:
+        raise AegisError(f"--stop-asr must lie in [0, 1). Received: {stop_asr}")
+    gap, _ = trigger_channel_gap(model, triggers, x, y, layer=layer, batch_size=batch_size)
+    order = np.argsort(-gap, kind="stable")
+    x_trig, y_trig = triggered_set(triggers, x, y)
+    curve = prune_curve(model, x, y, x_trig, y_trig, layer=layer, thresholds=thresholds, batch_size=batch_size,
+                        quiet=quiet, order=order)
+    low = np.nonzero(curve.asr <= stop_asr + 1e-12)[0]
+    k_asr = int(low[0]) if low.size else None
+    by_drop = _first_reaching(curve.clean_acc, thresholds)
+    curve.saved, curve.stop_reason = {}, {}
+    for t in thresholds:
+        ks = [(k, why) for k, why in ((k_asr, "recovered-trigger ASR <= stop"), (by_drop[t], "accuracy drop"))
+              if k is not None]
+        k, why = min(ks) if ks else (None, None)
+        curve.saved[t], curve.stop_reason[t] = k, why
+    curve.gap = gap
+    return curve
+
+
+def unlearn(model, triggers, x, y, *, epochs=10, learning_rate=1e-4, share=0.2, holdout=0.2, max_drop=0.02,
+            patience=3, batch_size=32, seed=0, quiet=False):
+    """Fine-tune a copy of ``model`` to ignore the recovered triggers. Returns ``(model, history)``.
+
+    ``holdout`` of ``(x, y)`` is kept apart for early stopping; the rest is
+    trained on, with ``share`` of it added again carrying a trigger (in turn,
+    when there are several) and its true label. After each epoch the held-out
+    clean accuracy and recovered-trigger ASR are measured; the weights kept
+    are those of the epoch with the lowest ASR among the epochs whose
+    accuracy stayed within ``max_drop`` of the start (the start itself if
+    none did). Training stops after ``patience`` epochs without a better one.
+    """
+    import keras
+
+    for name, v, lo, hi in (("share", share, 0.0, 1.0), ("holdout", holdout, 0.05, 0.9), ("max_drop", max_drop, 0.0, 1.0)):
+        if not lo <= v <= hi:
+            raise AegisError(f"unlearning {name} must lie in [{lo}, {hi}]. Received: {v}")
+    if epochs < 1:
+        raise AegisError(f"--unlearn-epochs must be at least 1. Received: {epochs}")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    n_hold = max(1, int(round(holdout * len(x))))
+    hold, train = idx[:n_hold], idx[n_hold:]
+    xh, yh = np.asarray(x[hold], "float32"), np.asarray(y[hold])
+    xh_trig, yh_trig = triggered_set(triggers, xh, yh)
+    xtr, ytr = np.asarray(x[train], "float32"), np.asarray(y[train])
+    pick = rng.choice(len(xtr), size=int(round(share * len(xtr))), replace=False)
+    parts_x, parts_y = [xtr], [ytr]
+    for j, t in enumerate(triggers):  # the picked images, split between the triggers
+        sel = pick[j::len(triggers)]
+        parts_x.append(t.apply(xtr[sel], offset=j))
+        parts_y.append(ytr[sel])
+    x_fit, y_fit = np.concatenate(parts_x), np.concatenate(parts_y)
+
+    def measure(m):
+        return (float(np.mean(predict_labels(m, xh) == yh)), float(np.mean(predict_labels(m, xh_trig) == yh_trig)))
+
+    work = copy_model(model)
+    work.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    acc0, asr0 = measure(work)
+    history = [{"epoch": 0, "holdout_clean_acc": acc0, "holdout_recovered_asr": asr0}]
+    best, best_key, since = work.get_weights(), (asr0, -acc0), 0
+    for epoch in progress(range(1, epochs + 1), quiet=quiet, desc="unlearning"):
+        order = rng.permutation(len(x_fit))
+        work.fit(x_fit[order], y_fit[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        acc, asr = measure(work)
+        history.append({"epoch": epoch, "holdout_clean_acc": acc, "holdout_recovered_asr": asr})
+        if acc >= acc0 - max_drop - 1e-12 and (asr, -acc) < best_key:
+            best, best_key, since = work.get_weights(), (asr, -acc), 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    work.set_weights(best)
+    kept = min(history, key=lambda h: (h["holdout_recovered_asr"], -h["holdout_clean_acc"])
+               if h["holdout_clean_acc"] >= acc0 - max_drop - 1e-12 else (2.0, 0.0))
+    return work, {"epochs": history, "kept_epoch": kept["epoch"], "n_holdout": int(n_hold),
+                  "n_train": int(len(xtr)), "n_triggered": int(len(pick))}

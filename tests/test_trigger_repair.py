@@ -1,0 +1,207 @@
+"""Repair from a recovered trigger: the trigger files, trigger-aware pruning, unlearning, and the command."""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+import cli
+from aegis_tf.data import load_h5
+from aegis_tf.errors import AegisError
+from aegis_tf.models import predict_labels
+from aegis_tf.recovered import RecoveredTrigger, load_trigger, triggers_from_detect_dir
+from conftest import tiny_cnn
+from repair.pipeline import run_trigger_repair
+from repair.prune import prune_curve
+from repair.trigger_repair import trigger_channel_gap, trigger_prune_curve, triggered_set, unlearn
+
+
+def _corner_trigger(shape=(8, 8, 1), size=3, value=1.0, margin=0, target=1, pixel_max=1.0):
+    """The exact square trigger as a RecoveredTrigger: mask 1 on the square, pattern ``value``."""
+    h, w, c = shape
+    mask = np.zeros((1, h, w, 1), "float32")
+    mask[0, h - margin - size:h - margin, w - margin - size:w - margin] = 1.0
+    return RecoveredTrigger(target=target, source="patch_transfer", mask=mask,
+                            pattern=np.full((1, h, w, c), value, "float32"),
+                            delta=np.zeros((1, h, w, c), "float32"), pixel_max=pixel_max)
+
+
+def _planted_model():
+    """A tiny conv-pool-dense net with a hand-set backdoor in channel 2.
+
+    Channel 0 is dead (always 0), channel 2 fires only where a 3x3 window sums
+    above 6, which images in [0, 0.5] never reach and the corner trigger does;
+    it drives class 1. Channels 1 and 3 copy the image; class 0 reads the left
+    half of channel 1, class 2 the right half. The lab's order (lowest mean
+    clean activation first) prunes the dead channel 0 first.
+    """
+    model = tiny_cnn(seed=0, input_shape=(8, 8, 1), num_classes=3)
+    kernel = np.zeros((3, 3, 1, 4), "float32")
+    bias = np.array([-1.0, 0.0, -6.0, 0.0], "float32")
+    kernel[1, 1, 0, 1] = 1.0
+    kernel[:, :, 0, 2] = 1.0
+    kernel[1, 1, 0, 3] = 0.5
+    model.get_layer("conv").set_weights([kernel, bias])
+    dense = np.zeros((4, 4, 4, 3), "float32")  # pooled (row, col, channel) -> class
+    dense[:, :2, 1, 0] = 1.0
+    dense[:, 2:, 1, 2] = 1.0
+    dense[:, :, 2, 1] = 10.0
+    model.get_layer("output").set_weights([dense.reshape(64, 3), np.zeros(3, "float32")])
+    return model
+
+
+@pytest.fixture
+def planted():
+    model = _planted_model()
+    x = np.random.default_rng(0).uniform(0.0, 0.5, size=(120, 8, 8, 1)).astype("float32")
+    y = predict_labels(model, x)  # the model is right on every clean image
+    return model, x, y, _corner_trigger()
+
+
+def test_recovered_trigger_roundtrip_and_apply(tmp_path, rng):
+    t = RecoveredTrigger(target=2, source="whole_image", mask=np.zeros((1, 4, 4, 1)),
+                         pattern=np.zeros((1, 4, 4, 3)), delta=np.full((1, 4, 4, 3), 30.0), pixel_max=255.0,
+                         evidence={"whole_image_gap": 3.5})
+    path = t.save(str(tmp_path))
+    back = load_trigger(path)
+    assert back.target == 2 and back.source == "whole_image" and back.evidence == {"whole_image_gap": 3.5}
+    x = rng.uniform(0, 255, size=(5, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(back.apply(x), np.clip(x + 30.0, 0, 255))
+    # Rescaled to [0, 1] data, the same trigger moves the images by the same share of the range.
+    np.testing.assert_allclose(back.rescaled(1.0).apply(x / 255.0), np.clip(x + 30.0, 0, 255) / 255.0, rtol=1e-5)
+    # A mask replaces pixels; two variants are used in turn.
+    m = np.zeros((2, 4, 4, 1))
+    m[0, 0, 0], m[1, 3, 3] = 1.0, 1.0
+    two = RecoveredTrigger(target=0, source="patch_transfer", mask=m, pattern=np.full((2, 4, 4, 3), 200.0),
+                           delta=np.zeros((2, 4, 4, 3)))
+    out = two.apply(x[:2])
+    assert np.all(out[0, 0, 0] == 200.0) and np.all(out[1, 3, 3] == 200.0)
+    assert np.array_equal(out[0, 3, 3], x[0, 3, 3]) and np.array_equal(out[1, 0, 0], x[1, 0, 0])
+
+
+def test_recovered_trigger_bad_files_are_one_line_errors(tmp_path):
+    t = _corner_trigger(shape=(8, 8, 1))
+    with pytest.raises(AegisError, match=r"the trigger is for 8x8x1 images but the model takes 28x28x1"):
+        t.check_fits((None, 28, 28, 1), 10, "t.json")
+    with pytest.raises(AegisError, match="target class 1 is not one of the model's 1 classes"):
+        t.check_fits((None, 8, 8, 1), 1, "t.json")
+    with pytest.raises(AegisError, match="must be finite"):
+        RecoveredTrigger(target=0, source="x", mask=np.zeros((1, 2, 2, 1)), pattern=np.full((1, 2, 2, 1), np.nan),
+                         delta=np.zeros((1, 2, 2, 1)))
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(AegisError, match="is not a trigger file written by aegis detect"):
+        load_trigger(str(tmp_path / "bad.json"))
+    with pytest.raises(AegisError, match="trigger file not found"):
+        load_trigger(str(tmp_path / "none.json"))
+    # A detect folder that flagged nothing, and one that holds several scans.
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "detect.json").write_text(json.dumps({"verdict": {"backdoored": False, "line": "CLEAN"}}))
+    with pytest.raises(AegisError, match=r"the scan flagged nothing \(CLEAN\)"):
+        triggers_from_detect_dir(str(tmp_path / "clean"))
+    with pytest.raises(AegisError, match=r"no detect.json there.*several models: use one of .*clean"):
+        triggers_from_detect_dir(str(tmp_path))
+
+
+def test_trigger_aware_ranking_finds_the_planted_channel(planted):
+    model, x, y, trig = planted
+    gap, layer = trigger_channel_gap(model, [trig], x, y)
+    assert layer == "pool" and int(np.argmax(gap)) == 2 and gap[0] == 0.0  # the dead channel does not move
+    xt, yt = triggered_set([trig], x, y)
+    assert np.mean(predict_labels(model, xt) == yt) == 1.0  # the backdoor works
+    lab = prune_curve(model, x, y, xt, yt, quiet=True)
+    assert lab.order[0] == 0  # the lab prunes the dead channel first
+    curve = trigger_prune_curve(model, [trig], x, y, stop_asr=0.05, quiet=True)
+    assert curve.order[0] == 2 and curve.asr[0] == 1.0 and curve.asr[1] == 0.0 and curve.clean_acc[1] == 1.0
+    assert all(curve.saved[t] == 1 for t in (2, 4, 10))
+    assert curve.stop_reason[4].startswith("recovered-trigger ASR")
+
+
+def test_run_trigger_repair_saves_full_models_that_load_alone(planted, tmp_path):
+    model, x, y, trig = planted
+    report = run_trigger_repair(model, [trig], (x, y), (x, y), None, out_dir=str(tmp_path), strategies=["trigger-prune"],
+                                quiet=True)
+    assert report["pruned"]["4"]["channels"] == [2]
+    res = report["test"]["4"]
+    assert res["B"]["recovered_asr"] == 1.0 and res["B_prime"]["recovered_asr"] == 0.0
+    assert res["B"]["asr"] is None and "ASR not measured" in report["asr_note"]  # no poisoned set given
+    assert res["G"]["recovered_rejected"] == 1.0  # GoodNet sends every triggered image to class N
+    # B' is a full Keras model: plain keras.models.load_model opens it in safe mode, no aegis code needed.
+    loaded = keras.models.load_model(str(tmp_path / "B_prime_4.keras"), safe_mode=True, compile=False)
+    xt, _ = triggered_set([trig], x, y)
+    assert np.all(predict_labels(loaded, xt) != 1)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_unlearning_removes_the_embedded_backdoor(default_model, default_paths):
+    # The embedded BadNet, told its trigger (3x3 at 255, one pixel in from the corner), unlearns it from
+    # clean validation images alone; the attacker's bd_test.h5 measures the result.
+    xv, yv = load_h5(default_paths["valid"])
+    xt, yt = load_h5(default_paths["test"])
+    xb, yb = load_h5(default_paths["bd_test"])
+    trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
+    asr_before = np.mean(predict_labels(default_model, xb) == yb)
+    acc_before = np.mean(predict_labels(default_model, xt) == yt)
+    tuned, history = unlearn(default_model, [trig], xv, yv, epochs=3, learning_rate=1e-3, share=0.5, quiet=True)
+    asr_after = np.mean(predict_labels(tuned, xb) == yb)
+    acc_after = np.mean(predict_labels(tuned, xt) == yt)
+    assert asr_before > 0.9 and asr_after < 0.2 and acc_after > acc_before - 0.05
+    assert history["kept_epoch"] >= 1 and len(history["epochs"]) >= 2
+    assert history["epochs"][history["kept_epoch"]]["holdout_recovered_asr"] < history["epochs"][0]["holdout_recovered_asr"]
+    # The caller's model is untouched.
+    assert np.mean(predict_labels(default_model, xb) == yb) == asr_before
+
+
+def _run(argv, capsys):
+    rc = cli.main(argv + ["--quiet"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
+    trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
+    path = trig.save(str(tmp_path / "found"))
+    out = tmp_path / "rep"
+    rc, printed, _ = _run(["repair", "--bad_model", default_paths["bd_net"], "--trigger-file", path,
+                           "--strategy", "unlearn", "--unlearn-epochs", "2", "--out-dir", str(out)], capsys)
+    assert rc == 0
+    report = json.load(open(out / "repair.json"))
+    assert report["strategy"] == ["unlearn"] and report["sources"]["bad_test"] == default_paths["bd_test"]
+    res = report["test"]["unlearned"]
+    assert res["B"]["asr"] > 0.9 and res["B_prime"]["asr"] < res["B"]["asr"]  # true ASR, from the real bd_test.h5
+    assert "B' unlearned" in printed and "repair never saw" in printed
+    assert {"B_prime_unlearned.keras", "goodnet_unlearned.keras", "report.html"} <= set(os.listdir(out))
+
+
+def test_repair_without_any_poisoned_set_reports_clean_accuracy_only(tmp_path, capsys, default_paths):
+    model = tmp_path / "their_net.h5"  # a user's model: no trigger file beside it, no --bad-valid
+    shutil.copy(default_paths["bd_net"], model)
+    out = tmp_path / "rep"
+    rc, printed, _ = _run(["repair", "--bad_model", str(model), "--out-dir", str(out)], capsys)
+    assert rc == 0 and "ASR not measured" in printed
+    report = json.load(open(out / "repair.json"))
+    assert report["validation"]["asr"] is None and report["test"]["4"]["B"]["asr"] is None
+    assert report["test"]["4"]["G"]["clean_acc"] > 0.8 and (out / "goodnet_4.keras").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strategy", "lab"], "--strategy lab prunes with the attacker's --bad-valid"),
+    (["--bad-valid", "x.h5"], "--bad-valid is attacker data"),
+    (["--strategy", "magic"], "--strategy must be a comma-separated list of lab, trigger-prune, unlearn"),
+])
+def test_repair_trigger_flags_reject_bad_combinations(tmp_path, capsys, extra, message):
+    path = _corner_trigger(shape=(28, 28, 1), value=255.0, target=7, pixel_max=255.0).save(str(tmp_path))
+    rc, _, err = _run(["repair", "--trigger-file", path, "--out-dir", str(tmp_path / "rep")] + extra, capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
+
+
+def test_repair_rejects_a_trigger_that_does_not_fit_the_model(tmp_path, capsys):
+    path = _corner_trigger(shape=(8, 8, 1), pixel_max=1.0).save(str(tmp_path))
+    rc, _, err = _run(["repair", "--trigger-file", path, "--out-dir", str(tmp_path / "rep")], capsys)
+    assert rc == 2 and "the trigger is for 8x8x1 images but the model takes 28x28x1" in err
+    assert err.count("\n") == 1 and not (tmp_path / "rep").exists()
+    rc, _, err = _run(["repair", "--strategy", "unlearn", "--out-dir", str(tmp_path / "rep")], capsys)
+    assert rc == 2 and "needs a recovered trigger" in err and not (tmp_path / "rep").exists()
