@@ -179,31 +179,46 @@ def write_repair_html(report, path, *, title=None):
     tone = "neutral" if asr is None else "good" if asr <= 0.05 else "bad"
     body.append(f'<div id="summary" class="banner {tone}">{summary}</div>')
     val = report.get("validation") or {}
-    body.append(f"<p>Pruned layer <code>{escape(str(report.get('layer')))}</code> (conv "
-                f"<code>{escape(str(report.get('conv')))}</code>, {escape(str(report.get('n_channels')))} channels); "
-                f"validation before pruning: clean {_pct(val.get('clean_acc'))}, ASR {_pct(val.get('asr'))}.</p>")
+    trig = report.get("trigger")
+    if trig:
+        body.append(f"<p>Repaired from the trigger(s) <code>aegis detect</code> recovered, with clean data only "
+                    f"(strategy {escape(', '.join(report.get('strategy') or []))}): "
+                    f"{escape('; '.join(trig.get('found') or []))}.</p>")
+    if report.get("layer"):
+        watched = (f"recovered-trigger ASR {_pct(val.get('recovered_asr'))}" if trig else f"ASR {_pct(val.get('asr'))}")
+        body.append(f"<p>Pruned layer <code>{escape(str(report.get('layer')))}</code> (conv "
+                    f"<code>{escape(str(report.get('conv')))}</code>, {escape(str(report.get('n_channels')))} channels); "
+                    f"validation before pruning: clean {_pct(val.get('clean_acc'))}, {watched}.</p>")
     curve = (report.get("files") or {}).get("curve_plot")
     if curve:
         body.append("<h2>Pruning curve</h2>\n" + _image(curve, "clean accuracy and ASR against channels pruned"))
 
     rows = []
+    recovered = any("recovered_asr" in (res.get("B") or {}) for res in test.values())
     for i, (tag, res) in enumerate(test.items()):
         base, ft = tag.split("_")[0], " +ft" if "finetuned" in tag else ""
         p = pruned.get(base) or {}
         ch = f" ({p['channels_pruned']} ch)" if "channels_pruned" in p else ""
+        name = "unlearned" if tag == "unlearned" else f"-{base}%"
         entries = ([("B (backdoored)", res.get("B"))] if i == 0 else []) + [
-            (f"B' -{base}%{ch}{ft}", res.get("B_prime")), (f"GoodNet -{base}%{ft}", res.get("G"))]
+            (f"B' {name}{ch}{ft}", res.get("B_prime")), (f"GoodNet {name}{ft}", res.get("G"))]
         for label, m in entries:
             m = m or {}
             rej = (f"{_pct(m.get('clean_rejected'))} / {_pct(m.get('bad_rejected'))}"
                    if "clean_rejected" in m else "&ndash;")
             mark = ' class="chosen"' if tag == t and label.startswith("GoodNet") else ""
+            extra = f"<td>{_pct(m.get('recovered_asr'))}</td>" if recovered else ""
             rows.append(f'<tr{mark}><td class="label">{escape(label)}</td><td>{_pct(m.get("clean_acc"))}</td>'
-                        f"<td>{_pct(m.get('asr'))}</td><td>{rej}</td></tr>")
+                        f"<td>{_pct(m.get('asr'))}</td><td>{rej}</td>{extra}</tr>")
     body.append('<h2>Test set</h2>\n<table id="goodnet"><thead><tr><th class="label">model</th><th>clean accuracy</th>'
-                "<th>ASR</th><th>to class N (clean / poisoned)</th></tr></thead><tbody>\n"
+                "<th>ASR</th><th>to class N (clean / poisoned)</th>"
+                + ("<th>recovered-trigger ASR</th>" if recovered else "") + "</tr></thead><tbody>\n"
                 + "\n".join(rows) + "\n</tbody></table>")
     notes = [f"threshold {k}%: accuracy never dropped that far; no B' saved" for k, p in pruned.items() if p is None]
+    notes += [f"threshold {k}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}"
+              for k, p in pruned.items() if p and p.get("stop_reason")]
+    if report.get("asr_note"):
+        notes.append(report["asr_note"])
     notes += [str(n) for n in report.get("notes") or []]
     if notes:
         body.append('<h2>Notes</h2>\n<ul id="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")

@@ -33,6 +33,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
         triggers, _ = triggers_from_detect_dir(str(out))
         assert {t.target for t in triggers} == set(verdict["target_classes"])
         assert all(t.image_shape == (28, 28, 1) and t.pixel_max == 255.0 for t in triggers)
+        assert f"repair --trigger-from {out}`" in printed  # the console says where repair finds them
     assert (out / "report.html").stat().st_size > 5_000
     assert report["verdict"] in ("clean", "backdoored")
     assert set(report["classes"]) == {"5", "6", "7"}

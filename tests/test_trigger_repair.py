@@ -133,6 +133,8 @@ def test_run_trigger_repair_saves_full_models_that_load_alone(planted, tmp_path)
     xt, _ = triggered_set([trig], x, y)
     assert np.all(predict_labels(loaded, xt) != 1)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "recovered-trigger ASR" in page and "not measured" in page and "recovered-trigger ASR &lt;= stop" in page
 
 
 def test_unlearning_removes_the_embedded_backdoor(default_model, default_paths):

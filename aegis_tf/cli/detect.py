@@ -104,6 +104,11 @@ def run(args):
                              classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
                              quiet=args.quiet, plots=args.plots, n_jobs=args.jobs, resume=args.resume)
     print(f"report: {args.out_dir}")
+    for name, result in results.items():  # where `repair --trigger-from` finds the recovered triggers
+        if result.get("triggers"):
+            folder = os.path.join(args.out_dir, name) if len(results) > 1 else args.out_dir
+            print(f"{name}: recovered trigger(s) {', '.join(result['triggers'])}; repair from them with "
+                  f"`repair --trigger-from {folder}`")
     if args.out:
         write_json(args.out, {"config": config, "models": results})
     return 0

@@ -1,0 +1,199 @@
+"""Repair compared: the lab's pruning, fine-pruning, and the repairs from a trigger that `detect` recovered.
+
+    python bench/repair_table.py models/bd_net.h5 out/matrix/mnist_localised_s0.keras ... \
+        --out results/repair_table.json
+
+For each model, in this order, each as a user would run it:
+
+1. ``aegis detect`` (default settings, ``--method``) on the model's training
+   data; its out-dir holds the recovered trigger(s);
+2. the lab's pruning (``repair``; the attacker's poisoned validation set,
+   which the lab assumes), at 2/4/10% accuracy drop;
+3. fine-pruning (the same, plus ``--finetune`` epochs on clean validation data);
+4. trigger-aware pruning and 5. unlearning (``repair --trigger-from`` the
+   detect folder, clean validation data only).
+
+The true ASR is measured on the test images with the attacker's real trigger
+(the embedded ``bd_test.h5``, or the trigger of the model's ``MODEL.json``),
+which no repair from a trigger ever sees. Data: the embedded models use the
+embedded CSAW files; a model trained by ``aegis train`` (its ``.keras.json``
+names an ``.npz``) uses that file's training split for detection and splits
+its test split into validation (first ``--n-valid`` images) and test (the
+rest), written as ``.h5`` beside the results. Times are wall-clock seconds of
+each command's job on this machine. Writes ``--out`` (.json) and a Markdown
+table beside it, updated after each model; ``--resume`` keeps models already done.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from aegis_tf.config import DetectConfig
+from aegis_tf.defaults import PATHS
+from aegis_tf.errors import AegisError
+from aegis_tf.utils import write_json
+from repair.pipeline import repair_job
+
+EMBEDDED = {os.path.abspath(PATHS[k]) for k in ("bd_net", "robust_bd_net", "robust_clean_net")}
+
+
+def model_data(model, work, n_valid):
+    """(training data for detect, clean valid .h5, clean test .h5) for ``model``."""
+    if os.path.abspath(model) in EMBEDDED:
+        return PATHS["train"], PATHS["valid"], PATHS["test"]
+    from aegis_tf.data import load_split, save_h5
+
+    with open(model + ".json") as f:
+        data = json.load(f)["data"]
+    x, y = load_split(data, split="test")
+    if len(x) <= n_valid:
+        raise AegisError(f"{data}: its test split has {len(x)} images, not more than --n-valid {n_valid}")
+    valid, test = os.path.join(work, "valid.h5"), os.path.join(work, "test.h5")
+    save_h5(valid, x[:n_valid], y[:n_valid])
+    save_h5(test, x[n_valid:], y[n_valid:])
+    return data, valid, test
+
+
+def _timed(fn, **kwargs):
+    t = time.perf_counter()
+    try:
+        out = fn(**kwargs)
+    except AegisError as e:
+        return {"error": str(e), "seconds": time.perf_counter() - t}
+    return {"report": out, "seconds": time.perf_counter() - t}
+
+
+def _row(method, res, seconds, note=""):
+    b, g = res["B_prime"], res["G"]
+    return {"method": method, "clean_acc": b["clean_acc"], "asr": b["asr"], "g_clean_acc": g["clean_acc"],
+            "g_asr": g["asr"], "g_clean_rejected": g["clean_rejected"], "g_bad_rejected": g["bad_rejected"],
+            "recovered_asr": b.get("recovered_asr"), "seconds": seconds, "note": note}
+
+
+def run_model(model, work, args):
+    from aegis_tf.jobs.detect import run_detect
+
+    os.makedirs(work, exist_ok=True)
+    train, valid, test = model_data(model, work, args.n_valid)
+    common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True)
+    entry = {"model": model, "data": train, "valid": valid, "test": test, "rows": []}
+    rows = entry["rows"]
+
+    det_dir = os.path.join(work, "detect")
+    t = time.perf_counter()
+    if args.reuse_detect and os.path.isfile(os.path.join(det_dir, "detect.json")):  # the scan's own stage times
+        with open(os.path.join(det_dir, "detect.json")) as f:
+            result = json.load(f)
+        seconds = sum(v for k in ("aegis", "neural_cleanse") if k in result for v in result[k]["seconds"].values()
+                      if isinstance(v, (int, float)))
+    else:
+        scan = run_detect(config=DetectConfig(), bad_model=model, data=train, method=args.method, out_dir=det_dir,
+                          echo=lambda *a: None)
+        result = next(iter(scan.values()))
+        seconds = time.perf_counter() - t
+    entry["detect"] = {"line": result["verdict"]["line"], "triggers": result["triggers"], "seconds": seconds}
+
+    lab = _timed(repair_job, out_dir=os.path.join(work, "lab"), **common)
+    if "error" in lab:
+        rows.append({"method": "lab pruning", "error": lab["error"], "seconds": lab["seconds"]})
+    else:
+        rep = lab["report"]
+        first = next(iter(rep["test"].values()))
+        rows.append(_row("B (no repair)", {"B_prime": first["B"], "G": {**first["B"], "clean_rejected": None,
+                                                                             "bad_rejected": None}}, None))
+        for tag, res in rep["test"].items():
+            rows.append(_row(f"lab pruning -{tag}% ({rep['pruned'][tag]['channels_pruned']} ch)", res,
+                             lab["seconds"]))
+    ft = _timed(repair_job, out_dir=os.path.join(work, "fine_pruning"), finetune=args.finetune, **common)
+    if "error" in ft:
+        rows.append({"method": "fine-pruning", "error": ft["error"], "seconds": ft["seconds"]})
+    else:
+        res = ft["report"]["test"].get("4_finetuned")
+        rows.append(_row(f"fine-pruning -4% + {args.finetune} epochs", res, ft["seconds"]))
+
+    for strategy in ("trigger-prune", "unlearn"):
+        if not result["triggers"]:
+            rows.append({"method": strategy, "error": "detect recovered no trigger", "seconds": None})
+            continue
+        out = _timed(repair_job, out_dir=os.path.join(work, strategy), trigger_from=det_dir, strategy=strategy,
+                     **common)
+        if "error" in out:
+            rows.append({"method": strategy, "error": out["error"], "seconds": out["seconds"]})
+            continue
+        rep = out["report"]
+        for tag, res in rep["test"].items():
+            if tag == "unlearned":
+                rows.append(_row(f"unlearning (epoch {rep['unlearned']['kept_epoch']} kept)", res, out["seconds"]))
+            else:
+                p = rep["pruned"][tag]
+                rows.append(_row(f"trigger-aware pruning -{tag}% ({p['channels_pruned']} ch)", res, out["seconds"],
+                                 note=p.get("stop_reason", "")))
+    return entry
+
+
+def _pct(v):
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def render(results, command):
+    lines = ["# Repair compared: lab pruning, fine-pruning, and repair from the trigger detect recovered", "",
+             f"`{command}` ({results['machine']}).", "",
+             "True ASR: the attacker's real trigger on held-out test images, never given to a repair from a "
+             "trigger. B' is the repaired model; GoodNet (G) answers class N when B and B' disagree; \"to N\" is "
+             "the share of clean / poisoned test images G sends there. Recovered ASR: the recovered trigger on "
+             "the test images. Seconds: the job's wall time (fine-pruning includes its lab pruning run).", ""]
+    for e in results["models"]:
+        lines += [f"## {e['model']}", "", f"detect ({e['detect']['seconds']:.0f} s): {e['detect']['line']}; "
+                  f"triggers: {', '.join(e['detect']['triggers']) or 'none'}", "",
+                  "| method | B' clean | B' true ASR | G clean | G true ASR | G to N (clean / poisoned) | "
+                  "recovered ASR | s | note |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in e["rows"]:
+            secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+            if "error" in r:
+                lines.append(f"| {r['method']} | - | - | - | - | - | - | {secs} | {r['error']} |")
+                continue
+            to_n = "-" if r["g_clean_rejected"] is None else f"{_pct(r['g_clean_rejected'])} / {_pct(r['g_bad_rejected'])}"
+            lines.append(f"| {r['method']} | {_pct(r['clean_acc'])} | {_pct(r['asr'])} | {_pct(r['g_clean_acc'])} | "
+                         f"{_pct(r['g_asr'])} | {to_n} | {_pct(r['recovered_asr'])} | {secs} | {r['note']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--out", default="results/repair_table.json")
+    p.add_argument("--work", default="out/repair_table", help="folder for each model's detect and repair outputs")
+    p.add_argument("--method", default="aegis", choices=("aegis", "neural-cleanse", "both"))
+    p.add_argument("--finetune", type=int, default=5, help="fine-pruning epochs (default 5)")
+    p.add_argument("--n-valid", type=int, default=5000, help="validation images from an .npz test split")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--reuse-detect", action="store_true",
+                   help="use a detect folder already in --work (its detect.json's stage times) instead of scanning again")
+    args = p.parse_args(argv)
+    command = "python bench/repair_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "command": command, "models": []}
+    if args.resume and os.path.isfile(args.out):
+        with open(args.out) as f:
+            results["models"] = json.load(f)["models"]
+    done = {e["model"] for e in results["models"]}
+    for model in args.models:
+        if model in done:
+            continue
+        name = os.path.splitext(os.path.basename(model))[0]
+        print(f"{model} ...", flush=True)
+        results["models"].append(run_model(model, os.path.join(args.work, name), args))
+        write_json(args.out, results)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(render(results, command) + "\n")
+    print(render(results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
