@@ -152,6 +152,12 @@ def _baselines(model, x, y, n_classes, target, seeds):
     return out
 
 
+def _same_config(old, new):
+    """The configurations match; a setting added since ``old`` was written must hold its default."""
+    default = DetectConfig().to_dict()
+    return all(old.get(k, default.get(k)) == v for k, v in new.items()) and set(old) <= set(new)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help=".keras models with their .keras.json training reports")
@@ -159,6 +165,9 @@ def main():
     p.add_argument("--seeds", type=int, default=100, help="translations per class")
     p.add_argument("--preset", choices=("default", "paper"), default="default")
     p.add_argument("--start-noise", type=float, default=None, help="override the configuration's start noise")
+    p.add_argument("--scan", choices=("auto", "full", "staged"), default=None,
+                   help="override the scan (aegis_tf.staged; default auto: full for 10-class models)")
+    p.add_argument("--top-k", type=int, default=None, help="staged scan: classes each stage-1 signal promotes")
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
@@ -169,7 +178,8 @@ def main():
     args = p.parse_args()
     import keras
 
-    config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise)
+    config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise, scan=args.scan,
+                                      top_k=args.top_k)
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config.to_dict(), "score": config["score"], "backend": keras.backend.backend(),
@@ -178,12 +188,30 @@ def main():
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        if old["meta"]["config"] == config.to_dict() and old["meta"]["runs"] == args.runs:
+        if _same_config(old["meta"]["config"], config.to_dict()) and old["meta"]["runs"] == args.runs:
             done = {r["path"]: r for r in old["rows"] if "path" in r}
+            result["meta"]["command"] = old["meta"]["command"] + "; then " + result["meta"]["command"]
+    rest = [r for p_, r in done.items() if p_ not in paths]  # models --out holds that this call does not list
+
+    def save():
+        _write({**result, "rows": result["rows"] + rest}, args.out)
+
     for path in paths:
-        if path in done:
+        if path in done and (not args.baselines or "baselines" in done[path]):
             result["rows"].append(done[path])
             print(f"{done[path]['name']}: kept from {args.out}", flush=True)
+            continue
+        if path in done:  # kept, plus the baselines it lacks
+            row = done[path]
+            with open(path + ".json") as f:
+                info = json.load(f)
+            x, y = load_split(info["data"], split="train", data_dir=args.data_dir, scale="raw")
+            model = load_model(path)
+            row["baselines"] = _baselines(model, x[:args.train_images], y[:args.train_images],
+                                          int(model.output_shape[-1]), row["target"], args.seeds)
+            print(f"{row['name']} baselines: {row['baselines']}", flush=True)
+            result["rows"].append(row)
+            save()
             continue
         with open(path + ".json") as f:
             info = json.load(f)
@@ -204,6 +232,8 @@ def main():
             run = {**score_run({"suspect_classes": verdict["target_classes"]}, target, n_classes),
                    "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
                    "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
+            if "stages" in rep:
+                run["promoted"] = rep["stages"]["promoted"]
             if "whole_image" in rep:
                 run["whole_image"] = {c: {"gap": v["whole_image_gap"], "norm": v["flip_norm"]}
                                       for c, v in rep["whole_image"]["classes"].items()}
@@ -215,8 +245,8 @@ def main():
             row["baselines"] = _baselines(model, x, y, n_classes, target, args.seeds)
             print(f"{row['name']} baselines: {row['baselines']}", flush=True)
         result["rows"].append(row)
-        _write(result, args.out)
-    _write(result, args.out)
+        save()
+    save()
     print(markdown(result))
 
 

@@ -1,0 +1,29 @@
+"""Helpers of the benchmark tables (bench/ is on the test path, see conftest)."""
+
+from aegis_tf.config import DetectConfig
+
+
+def test_detect_table_resume_accepts_settings_added_later_at_their_default():
+    from detect_table import _same_config
+
+    new = DetectConfig().to_dict()
+    old = {k: v for k, v in new.items() if k not in ("scan", "top_k")}  # a table written before those settings
+    assert _same_config(old, new)
+    assert not _same_config(old, {**new, "scan": "staged"})  # a setting that changes the scan does not match
+    assert not _same_config({**old, "n_seeds": 7}, new)
+
+
+def test_repair_table_renders_errors_and_unmeasured_numbers():
+    from repair_table import render
+
+    row = {"method": "lab pruning -4% (3 ch)", "clean_acc": 0.9, "asr": None, "g_clean_acc": 0.89, "g_asr": None,
+           "g_clean_rejected": 0.05, "g_bad_rejected": None, "recovered_asr": 0.01, "seconds": 3.0, "note": ""}
+    results = {"machine": "2 CPU cores", "commands": ["python bench/repair_table.py m.keras",
+                                                      "python bench/repair_table.py m.keras --redo unlearn"],
+               "models": [{"model": "m.keras", "detect": {"line": "CLEAN", "triggers": [], "seconds": 5.0},
+                           "rows": [row, {"method": "unlearn", "error": "detect recovered no trigger",
+                                          "seconds": None}]}]}
+    text = render(results)
+    assert "| lab pruning -4% (3 ch) | 90.00% | n/a | 89.00% | n/a | 5.00% / n/a | 1.00% | 3 |" in text
+    assert "| unlearn | - | - | - | - | - | - | - | detect recovered no trigger |" in text
+    assert "--redo" in text and "CSAW DeepID" in text
