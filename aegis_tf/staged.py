@@ -44,7 +44,7 @@ __all__ = ["STAGED_ABOVE", "STATE_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "s
 STAGED_ABOVE = 20
 STATE_FILE = "scan_state.json"
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
-SCREEN_WI_PROBES = 20  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
+SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
 
 
 def scan_mode(config, n_classes):

@@ -38,13 +38,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ l
 SHAPES = {"compact": (28, 28, 1), "resnet18": (32, 32, 3)}
 
 
-def build(arch):
+def build(arch, width=None):
     keras.utils.set_random_seed(0)
-    return build_model(arch, input_shape=SHAPES[arch], num_classes=10)
+    return build_model(arch, input_shape=SHAPES[arch], num_classes=10, width=width)
 
 
-def ours(arch, x, y, *, robust, steps, batch_size, repeats):
-    model = build(arch)
+def ours(arch, x, y, *, robust, steps, batch_size, repeats, width=None):
+    model = build(arch, width)
     stamps = []
     cfg = {"epochs": repeats + 1, "batch_size": batch_size, "robust": robust, "steps": steps, "eps": 0.5,
            "lr_milestones": []}
@@ -54,11 +54,11 @@ def ours(arch, x, y, *, robust, steps, batch_size, repeats):
     return len(x) / epoch_times.min()
 
 
-def jax_reference(arch, x, y, *, robust, steps, batch_size, repeats):
+def jax_reference(arch, x, y, *, robust, steps, batch_size, repeats, width=None):
     import jax
     import jax.numpy as jnp
 
-    model = logits_model(build(arch))
+    model = logits_model(build(arch, width))
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
     mom = [jnp.zeros_like(v) for v in tv]

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import pytest
 
@@ -59,22 +60,28 @@ def _scan(bd, out_dir, **kwargs):
                      batch_size=16, **kwargs)
 
 
-def test_staged_scan_reports_both_stages_and_finds_the_planted_class(bd, tmp_path):
-    report = _scan(bd, str(tmp_path))
+@pytest.fixture(scope="module")
+def whole(bd, tmp_path_factory):
+    """An uninterrupted staged scan and its report folder."""
+    out_dir = tmp_path_factory.mktemp("whole")
+    return _scan(bd, str(out_dir)), out_dir
+
+
+def test_staged_scan_reports_both_stages_and_finds_the_planted_class(whole):
+    report, out_dir = whole
     stages = report["stages"]
     assert stages["scan"] == "staged" and stages["classes"] == 10 and len(stages["stage1"]) == 10
     assert 7 in stages["promoted"] and sorted(map(int, report["classes"])) == stages["promoted"]
     assert all(v["promoted"] == (int(c) in stages["promoted"]) for c, v in stages["stage1"].items())
     assert report["suspect_classes"] == [7]
     assert set(report["seconds"]) >= {"stage1", "translate", "patch_transfer"}
-    state = json.load(open(tmp_path / STATE_FILE))
+    state = json.load(open(out_dir / STATE_FILE))
     assert sorted(map(int, state["classes"])) == list(range(10))
 
 
-def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, tmp_path, monkeypatch):
+def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, tmp_path, monkeypatch):
     import aegis_tf.staged as staged
 
-    whole = _scan(bd, str(tmp_path / "whole"))
     saved = staged.save_state
 
     def save_then_stop(path, key, results):  # Ctrl-C right after the first chunk is saved
@@ -83,19 +90,20 @@ def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, tmp_path
 
     monkeypatch.setattr(staged, "save_state", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        _scan(bd, str(tmp_path / "cut"))
+        _scan(bd, str(tmp_path))
     monkeypatch.setattr(staged, "save_state", saved)
-    first = json.load(open(tmp_path / "cut" / STATE_FILE))["classes"]
+    first = json.load(open(tmp_path / STATE_FILE))["classes"]
     assert 0 < len(first) < 10
-    resumed = _scan(bd, str(tmp_path / "cut"), resume=True)
+    resumed = _scan(bd, str(tmp_path), resume=True)
+    report = whole[0]
     assert resumed["stages"]["resumed_classes"] == len(first)
-    assert resumed["stages"]["stage1"] == whole["stages"]["stage1"]
-    assert resumed["stages"]["promoted"] == whole["stages"]["promoted"]
-    assert resumed["suspect_classes"] == whole["suspect_classes"]
+    assert resumed["stages"]["stage1"] == report["stages"]["stage1"]
+    assert resumed["stages"]["promoted"] == report["stages"]["promoted"]
+    assert resumed["suspect_classes"] == report["suspect_classes"]
 
 
-def test_resume_refuses_the_state_of_another_scan(bd, tmp_path):
-    _scan(bd, str(tmp_path))
+def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
+    shutil.copy(whole[1] / STATE_FILE, tmp_path / STATE_FILE)
     model, x, y = bd
     with pytest.raises(AegisError, match="another scan"):
         run_aegis(model, x, y, classes=list(range(10)), config=FAST.replace(stage1_seeds=5), pixel_max=255.0,
