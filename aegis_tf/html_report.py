@@ -168,8 +168,11 @@ def write_repair_html(report, path, *, title=None):
     body = []
 
     g = (test.get(t) or {}).get("G")
+    if not g and (test.get("unlearned") or {}).get("G"):  # an unlearning-only repair
+        t, g = "unlearned", test["unlearned"]["G"]
     if g:
-        summary = (f"GoodNet at {escape(t)}% accuracy drop: clean accuracy {_pct(g.get('clean_acc'))}, "
+        what = "GoodNet of the unlearned B'" if t == "unlearned" else f"GoodNet at {escape(t)}% accuracy drop"
+        summary = (f"{what}: clean accuracy {_pct(g.get('clean_acc'))}, "
                    f"ASR {_pct(g.get('asr'))}, sent to class N {_pct(g.get('clean_rejected'))} of clean / "
                    f"{_pct(g.get('bad_rejected'))} of poisoned inputs")
     else:

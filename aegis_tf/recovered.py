@@ -58,6 +58,8 @@ class RecoveredTrigger:
         self.pattern = np.asarray(self.pattern, "float32")
         self.delta = np.asarray(self.delta, "float32")
         where = self.path or f"the {self.source} trigger"
+        if not (np.isfinite(self.pixel_max) and self.pixel_max > 0):
+            raise AegisError(f"{where}: pixel_max must be a positive number. Received: {self.pixel_max}")
         if self.mask.ndim != 4 or self.mask.shape[-1] != 1:
             raise AegisError(f"{where}: mask must have shape (variants, H, W, 1). Received: {self.mask.shape}")
         if self.pattern.shape != self.delta.shape or self.pattern.ndim != 4 or \
@@ -170,11 +172,17 @@ def triggers_from_detect_dir(folder):
             report = json.load(f)
     except (OSError, ValueError) as e:
         raise AegisError(f"cannot read {report_path}: {e}") from None
-    verdict = report.get("verdict", {})
-    names = report.get("triggers", [])
-    if not verdict.get("backdoored") or not names:
+    verdict = report.get("verdict") if isinstance(report, dict) else None
+    if not isinstance(verdict, dict):
+        raise AegisError(f"{report_path} is not a report written by aegis detect (no verdict)")
+    names = report.get("triggers") or []
+    if not verdict.get("backdoored"):
         raise AegisError(f"--trigger-from {folder}: the scan flagged nothing ({verdict.get('line', 'no verdict')}), "
                          "so there is no recovered trigger to repair from")
+    if not names:
+        raise AegisError(f"--trigger-from {folder}: the scan flagged class(es) "
+                         f"{', '.join(map(str, verdict.get('target_classes', [])))} but saved no trigger file "
+                         "(a report from before trigger files, or a --score clusters scan); run detect again")
     return [load_trigger(os.path.join(folder, n)) for n in names], report
 
 

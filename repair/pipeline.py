@@ -97,15 +97,18 @@ def run_repair(
     if method not in ("cached", "naive"):
         raise AegisError(f"--method must be cached or naive. Received: {method!r}")
     _check_epochs(finetune_epochs)
-    (xv, yv), (xt, yt) = valid, test
+    xv, yv = valid
     xbv, ybv = bad_valid if bad_valid is not None else (xv[:0], yv[:0])
     curve_fn = prune_curve if method == "cached" else prune_curve_naive
     curve = curve_fn(model, xv, yv, xbv, ybv, layer=layer, thresholds=THRESHOLDS, batch_size=batch_size, quiet=quiet)
     _check_reached(curve, threshold)
-    report = _report_head(curve, threshold, sources, strategy="lab")
+    report = _report_head(curve, threshold, sources, strategy=["lab"])
     report["validation"] = {"clean_acc": float(curve.clean_acc[0]), "asr": _maybe(curve.asr[0])}
-    if bad_valid is None or bad_test is None:
-        report["asr_note"] = NO_ASR if bad_test is None else "validation ASR not measured (no --bad-valid)"
+    if bad_test is None:
+        report["asr_note"] = (NO_ASR if bad_valid is None else
+                              "test ASR not measured: no --bad-test, and the model has no trigger file to build one")
+    elif bad_valid is None:
+        report["asr_note"] = "validation ASR not measured (no --bad-valid): the pruning watched clean accuracy only"
     models_out = _pruned_models(model, curve, report, xv, yv, test, bad_test, finetune_epochs=finetune_epochs,
                                 finetune_lr=finetune_lr, seed=seed, quiet=quiet, batch_size=batch_size)
     return _write_outputs(out_dir, model, curve, models_out, report)
@@ -134,12 +137,18 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     recovered_test = triggered_set(triggers, xt, yt)
     trig_info = {"files": [t.path for t in triggers], "targets": sorted({t.target for t in triggers}),
                  "found": [t.describe() for t in triggers]}
-    curve, models_out = None, {}
+    curve, models_out, notes = None, {}, []
     if "trigger-prune" in strategies:
-        curve = trigger_prune_curve(model, triggers, xv, yv, layer=layer, stop_asr=stop_asr, batch_size=batch_size,
-                                    quiet=quiet)
-        _check_reached(curve, threshold, why="and the recovered trigger's ASR never fell to --stop-asr")
+        try:
+            curve = trigger_prune_curve(model, triggers, xv, yv, layer=layer, stop_asr=stop_asr,
+                                        batch_size=batch_size, quiet=quiet)
+            _check_reached(curve, threshold, why="and the recovered trigger's ASR never fell to --stop-asr")
+        except AegisError as e:
+            if "unlearn" not in strategies:
+                raise
+            curve, notes = None, [f"trigger-prune: {e}"]  # unlearning still runs
     report = _report_head(curve, threshold, sources, strategy=list(strategies))
+    report["notes"] = notes
     report["trigger"] = trig_info
     report["validation"] = {"clean_acc": float(np.mean(predict_labels(model, xv, batch_size=batch_size) == yv)),
                             "recovered_asr": None, "asr": None}
@@ -353,6 +362,15 @@ def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_
     triggers, scan = _recovered_triggers(trigger_from, trigger_file)
     strategies = _check_strategies(strategy or (("trigger-prune", "unlearn") if triggers else ("lab",)),
                                    trigger=bool(triggers))
+    if "unlearn" in strategies:
+        from repair.trigger_repair import check_unlearn_settings
+
+        check_unlearn_settings(epochs=unlearn_epochs, share=unlearn_share)
+    if not 0.0 <= stop_asr < 1.0:
+        raise AegisError(f"--stop-asr must lie in [0, 1). Received: {stop_asr}")
+    if scan and scan.get("scale", scale) != scale:
+        raise AegisError(f"--trigger-from {trigger_from}: the scan read its data with --scale {scan.get('scale')}; "
+                         f"repair with the same --scale (received {scale})")
     if triggers and bad_valid:
         raise AegisError("--bad-valid is attacker data, which a repair from a recovered trigger does not use; "
                          "drop it (give --bad-test to measure the true ASR)")
@@ -463,6 +481,7 @@ def format_table(report):
             lines.append(f"threshold {t}%: accuracy never dropped that far; no B' saved")
         elif p.get("stop_reason"):
             lines.append(f"threshold {t}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}")
+    lines += list(report.get("notes") or [])
     if report.get("asr_note"):
         lines.append(report["asr_note"])
     return "\n".join(lines)

@@ -120,6 +120,7 @@ def prune_curve(
     rows_per_call=65536,
     quiet=False,
     order=None,
+    groups=None,
 ):
     """Prune channel by channel with cached activations. Returns a :class:`PruneCurve`.
 
@@ -129,6 +130,8 @@ def prune_curve(
     ``rows_per_call`` bounds how many (step, image) rows go through the
     model tail at once, which bounds memory. ``order`` (all channels, first
     pruned first) replaces the lab's order, lowest mean clean activation first.
+    ``groups`` (one id per poisoned image) adds ``curve.group_asr``, the ASR of
+    each group (rows, in sorted id order) after every pruned channel.
     """
     _check_thresholds(thresholds)
     pool = find_last_pooling_layer(model, layer)
@@ -158,7 +161,7 @@ def prune_curve(
             bar.update(len(ks))
     clean_acc = hits[:, :n_clean].mean(axis=1)
     asr = hits[:, n_clean:].mean(axis=1) if len(labels) > n_clean else np.full(n + 1, np.nan)
-    return PruneCurve(
+    curve = PruneCurve(
         layer=pool.name,
         conv=conv.name,
         n_channels=n,
@@ -168,6 +171,10 @@ def prune_curve(
         asr=asr,
         saved=_first_reaching(clean_acc, thresholds),
     )
+    if groups is not None:
+        groups = np.asarray(groups)
+        curve.group_asr = np.stack([hits[:, n_clean:][:, groups == g].mean(axis=1) for g in np.unique(groups)])
+    return curve
 
 
 def _check_order(order, n):
@@ -205,7 +212,7 @@ def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thre
         if k:
             _zero_channels(work, conv.name, [order[k - 1]])
         clean_acc[k] = np.mean(predict_labels(work, x_clean, batch_size=batch_size) == y_clean)
-        asr[k] = np.mean(predict_labels(work, x_bad, batch_size=batch_size) == y_bad)
+        asr[k] = np.mean(predict_labels(work, x_bad, batch_size=batch_size) == y_bad) if len(x_bad) else np.nan
     return PruneCurve(pool.name, conv.name, n, means, order, clean_acc, asr, _first_reaching(clean_acc, thresholds))
 
 

@@ -28,23 +28,28 @@ from aegis_tf.models import copy_model, find_last_pooling_layer, predict_labels
 from aegis_tf.utils import progress
 from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
 
-__all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "unlearn"]
+__all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn"]
 
 
-def triggered_set(triggers, x, y):
+def triggered_set(triggers, x, y, *, groups=False):
     """Clean images with the recovered triggers, labelled with each trigger's target.
 
     Each trigger is applied to the images whose label is not its target; the
-    sets of several triggers are concatenated. Returns ``(x_triggered, targets)``.
+    sets of several triggers are concatenated. Returns ``(x_triggered, targets)``,
+    and with ``groups`` also the index of the trigger of each image.
     """
-    xs, ys = [], []
-    for t in triggers:
+    xs, ys, gs = [], [], []
+    for i, t in enumerate(triggers):
         keep = np.asarray(y) != t.target
+        if not keep.any():
+            raise AegisError(f"no clean images outside class {t.target} to apply its recovered trigger to")
         xs.append(t.apply(np.asarray(x)[keep]))
         ys.append(np.full(int(keep.sum()), t.target, dtype="int64"))
-    if not xs or not sum(len(a) for a in xs):
-        raise AegisError("no clean validation images outside the trigger's target class to apply it to")
-    return np.concatenate(xs), np.concatenate(ys)
+        gs.append(np.full(int(keep.sum()), i))
+    if not xs:
+        raise AegisError("no recovered trigger to apply")
+    out = (np.concatenate(xs), np.concatenate(ys))
+    return out + (np.concatenate(gs),) if groups else out
 
 
 def trigger_channel_gap(model, triggers, x, y, *, layer=None, batch_size=256):
@@ -65,8 +70,8 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
     """Prune the channels the recovered trigger raises most, first.
 
     Returns a :class:`~repair.prune.PruneCurve` whose ``asr`` is the recovered
-    trigger's ASR on ``x`` and whose ``saved[t]`` is the first ``k`` with that
-    ASR at most ``stop_asr``, or with an accuracy drop of ``t`` points if
+    triggers' ASR on ``x`` (``group_asr``: per trigger) and whose ``saved[t]`` is
+    the first ``k`` with every trigger's ASR at most ``stop_asr``, or with an accuracy drop of ``t`` points if
     that comes first (None if neither happens). ``curve.gap`` holds each
     channel's activation gap, ``curve.stop_reason[t]`` says which rule chose ``k``.
     """
@@ -75,10 +80,14 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
         raise AegisError(f"--stop-asr must lie in [0, 1). Received: {stop_asr}")
     gap, _ = trigger_channel_gap(model, triggers, x, y, layer=layer, batch_size=batch_size)
     order = np.argsort(-gap, kind="stable")
-    x_trig, y_trig = triggered_set(triggers, x, y)
+    x_trig, y_trig, groups = triggered_set(triggers, x, y, groups=True)
     curve = prune_curve(model, x, y, x_trig, y_trig, layer=layer, thresholds=thresholds, batch_size=batch_size,
-                        quiet=quiet, order=order)
-    low = np.nonzero(curve.asr <= stop_asr + 1e-12)[0]
+                        quiet=quiet, order=order, groups=groups)
+    worst = curve.group_asr.max(axis=0)  # every trigger must fail, not their average
+    if worst[0] <= stop_asr:
+        raise AegisError(f"the recovered trigger(s) reach at most {100 * worst[0]:.1f}% ASR on B's validation images "
+                         f"already (--stop-asr {stop_asr}): nothing for trigger-aware pruning to remove")
+    low = np.nonzero(worst <= stop_asr + 1e-12)[0]
     k_asr = int(low[0]) if low.size else None
     by_drop = _first_reaching(curve.clean_acc, thresholds)
     curve.saved, curve.stop_reason = {}, {}
@@ -89,6 +98,16 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
         curve.saved[t], curve.stop_reason[t] = k, why
     curve.gap = gap
     return curve
+
+
+def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.02):
+    """One-line errors for unlearning settings out of range (checked before any work)."""
+    for name, v, lo, hi in (("--unlearn-share", share, 0.0, 1.0), ("holdout", holdout, 0.05, 0.9),
+                            ("max_drop", max_drop, 0.0, 1.0)):
+        if not lo <= v <= hi:
+            raise AegisError(f"{name} must lie in [{lo}, {hi}]. Received: {v}")
+    if epochs < 1:
+        raise AegisError(f"--unlearn-epochs must be at least 1. Received: {epochs}")
 
 
 def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=0.5, holdout=0.2, max_drop=0.02,
@@ -107,11 +126,7 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=0.5, 
     """
     import keras
 
-    for name, v, lo, hi in (("share", share, 0.0, 1.0), ("holdout", holdout, 0.05, 0.9), ("max_drop", max_drop, 0.0, 1.0)):
-        if not lo <= v <= hi:
-            raise AegisError(f"unlearning {name} must lie in [{lo}, {hi}]. Received: {v}")
-    if epochs < 1:
-        raise AegisError(f"--unlearn-epochs must be at least 1. Received: {epochs}")
+    check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
@@ -139,20 +154,18 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=0.5, 
     acc0, asr0 = measure(work)
     allowed = max(max_drop, 2.0 / n_hold) + 1e-12
     history = [{"epoch": 0, "holdout_clean_acc": acc0, "holdout_recovered_asr": asr0}]
-    best, best_key, since = work.get_weights(), (asr0, -acc0), 0
+    best, best_key, kept, since = work.get_weights(), (asr0, -acc0), 0, 0
     for epoch in progress(range(1, epochs + 1), quiet=quiet, desc="unlearning"):
         order = rng.permutation(len(x_fit))
         work.fit(x_fit[order], targets[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         acc, asr = measure(work)
         history.append({"epoch": epoch, "holdout_clean_acc": acc, "holdout_recovered_asr": asr})
         if acc >= acc0 - allowed and (asr, -acc) < best_key:
-            best, best_key, since = work.get_weights(), (asr, -acc), 0
+            best, best_key, kept, since = work.get_weights(), (asr, -acc), epoch, 0
         else:
             since += 1
             if since >= patience:
                 break
     work.set_weights(best)
-    kept = min(history, key=lambda h: (h["holdout_recovered_asr"], -h["holdout_clean_acc"])
-               if h["holdout_clean_acc"] >= acc0 - allowed else (2.0, 0.0))
-    return work, {"epochs": history, "kept_epoch": kept["epoch"], "n_holdout": int(n_hold), "allowed_drop": allowed,
+    return work, {"epochs": history, "kept_epoch": kept, "n_holdout": int(n_hold), "allowed_drop": allowed,
                   "n_train": int(len(xtr)), "n_triggered": int(len(pick))}

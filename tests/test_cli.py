@@ -30,6 +30,12 @@ def test_repair_on_embedded_default_writes_everything(repaired, capsys):
     b = report["test"]["4"]["B"]
     assert b["clean_acc"] >= 0.9 and b["asr"] >= 0.9  # the default is a real BadNet
     assert report["layer"] == "pool_3" and report["pruned"]["4"]["channels_pruned"] > 0
+    # The lab's numbers on the embedded default, as the README states them: any change to the lab path shows here.
+    t4 = report["test"]["4"]
+    assert report["pruned"]["4"]["channels_pruned"] == 14
+    assert (t4["B_prime"]["clean_acc"], t4["B_prime"]["asr"]) == (pytest.approx(0.9194, abs=5e-5),
+                                                                 pytest.approx(0.9938, abs=5e-5))
+    assert (t4["G"]["clean_acc"], t4["G"]["asr"]) == (pytest.approx(0.9111, abs=5e-5), pytest.approx(0.9784, abs=5e-5))
     curve = json.load(open(repaired / "prune_curve.json"))
     assert len(curve["curve"]) == report["n_channels"] + 1
 

@@ -88,6 +88,9 @@ def test_recovered_trigger_bad_files_are_one_line_errors(tmp_path):
         t.check_fits((None, 28, 28, 1), 10, "t.json")
     with pytest.raises(AegisError, match="target class 1 is not one of the model's 1 classes"):
         t.check_fits((None, 8, 8, 1), 1, "t.json")
+    with pytest.raises(AegisError, match="pixel_max must be a positive number. Received: 0"):
+        RecoveredTrigger(target=0, source="x", mask=np.zeros((1, 2, 2, 1)), pattern=np.zeros((1, 2, 2, 1)),
+                         delta=np.zeros((1, 2, 2, 1)), pixel_max=0.0)
     with pytest.raises(AegisError, match="must be finite"):
         RecoveredTrigger(target=0, source="x", mask=np.zeros((1, 2, 2, 1)), pattern=np.full((1, 2, 2, 1), np.nan),
                          delta=np.zeros((1, 2, 2, 1)))
@@ -117,6 +120,28 @@ def test_trigger_aware_ranking_finds_the_planted_channel(planted):
     assert curve.order[0] == 2 and curve.asr[0] == 1.0 and curve.asr[1] == 0.0 and curve.clean_acc[1] == 1.0
     assert all(curve.saved[t] == 1 for t in (2, 4, 10))
     assert curve.stop_reason[4].startswith("recovered-trigger ASR")
+
+
+def test_trigger_prune_stops_only_when_every_trigger_fails(planted):
+    model, x, y, trig = planted
+    # A second trigger that the planted channel does not carry: a left half at 0.6 (too dim for channel 2)
+    # sends images to class 0.
+    mask = np.zeros((1, 8, 8, 1), "float32")
+    mask[0, :, :4] = 1.0
+    left = RecoveredTrigger(target=0, source="neural_cleanse", mask=mask, pattern=np.full((1, 8, 8, 1), 0.6, "float32"),
+                            delta=np.zeros((1, 8, 8, 1), "float32"), pixel_max=1.0)
+    xt, yt, groups = triggered_set([trig, left], x, y, groups=True)
+    assert np.all(yt[groups == 0] == 1) and np.all(yt[groups == 1] == 0)
+    curve = trigger_prune_curve(model, [trig, left], x, y, stop_asr=0.05, quiet=True)
+    assert curve.group_asr.shape == (2, curve.n_channels + 1)
+    assert curve.group_asr[0, 0] == 1.0 and curve.group_asr[1, 0] > 0.9
+    # Pruning the planted channel kills the first trigger only; B' waits for both, so the accuracy drop decides.
+    k1 = int(np.argmax(curve.order == 2)) + 1
+    assert curve.group_asr[0, k1] == 0.0 and curve.group_asr[1, k1] > 0.9
+    assert curve.stop_reason[4] == "accuracy drop" and curve.group_asr[1, curve.saved[4]] > 0.05
+    # A trigger that does not work on B leaves nothing to prune.
+    with pytest.raises(AegisError, match="nothing for trigger-aware pruning to remove"):
+        trigger_prune_curve(model, [_corner_trigger(value=0.0, target=1)], x, y, quiet=True)
 
 
 def test_run_trigger_repair_saves_full_models_that_load_alone(planted, tmp_path):
@@ -177,21 +202,48 @@ def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
     assert {"B_prime_unlearned.keras", "goodnet_unlearned.keras", "report.html"} <= set(os.listdir(out))
 
 
-def test_repair_without_any_poisoned_set_reports_clean_accuracy_only(tmp_path, capsys, default_paths):
+@pytest.mark.parametrize("method", ["cached", "naive"])
+def test_repair_without_any_poisoned_set_reports_clean_accuracy_only(tmp_path, capsys, default_paths, method):
     model = tmp_path / "their_net.h5"  # a user's model: no trigger file beside it, no --bad-valid
     shutil.copy(default_paths["bd_net"], model)
     out = tmp_path / "rep"
-    rc, printed, _ = _run(["repair", "--bad_model", str(model), "--out-dir", str(out)], capsys)
+    rc, printed, _ = _run(["repair", "--bad_model", str(model), "--method", method, "--out-dir", str(out)], capsys)
     assert rc == 0 and "ASR not measured" in printed
     report = json.load(open(out / "repair.json"))
     assert report["validation"]["asr"] is None and report["test"]["4"]["B"]["asr"] is None
     assert report["test"]["4"]["G"]["clean_acc"] > 0.8 and (out / "goodnet_4.keras").exists()
+    assert report["strategy"] == ["lab"]
+
+
+def test_repair_from_a_detect_folder_repairs_the_scanned_model(tmp_path, capsys, default_paths):
+    # A detect folder as `aegis detect --out-dir` leaves it (the verdict, the model it scanned, the trigger file).
+    scan = tmp_path / "scan"
+    name = os.path.basename(_corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7,
+                                            pixel_max=255.0).save(str(scan)))
+    (scan / "detect.json").write_text(json.dumps({
+        "verdict": {"backdoored": True, "target_classes": [7], "line": "BACKDOORED: class 7"},
+        "model": default_paths["bd_net"], "model_file": default_paths["bd_net"], "weights_file": None,
+        "scale": "raw", "triggers": [name]}))
+    out = tmp_path / "rep"
+    rc, printed, _ = _run(["repair", "--trigger-from", str(scan), "--strategy", "trigger-prune,unlearn",
+                           "--unlearn-epochs", "1", "--out-dir", str(out)], capsys)
+    assert rc == 0
+    report = json.load(open(out / "repair.json"))
+    assert report["sources"]["bad_model"] == default_paths["bd_net"] and report["trigger"]["targets"] == [7]
+    assert "unlearned" in report["test"] and "4" in report["test"]
+    assert report["test"]["4"]["B"]["asr"] == pytest.approx(0.9784, abs=1e-4)  # the embedded bd_test.h5, for evaluation
+    # Another scale than the scan's is refused before any work.
+    rc, _, err = _run(["repair", "--trigger-from", str(scan), "--scale", "unit", "--out-dir", str(tmp_path / "r2")],
+                      capsys)
+    assert rc == 2 and "the scan read its data with --scale raw" in err and not (tmp_path / "r2").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--strategy", "lab"], "--strategy lab prunes with the attacker's --bad-valid"),
     (["--bad-valid", "x.h5"], "--bad-valid is attacker data"),
     (["--strategy", "magic"], "--strategy must be a comma-separated list of lab, trigger-prune, unlearn"),
+    (["--unlearn-share", "1.5"], "--unlearn-share must lie in [0.0, 1.0]"),
+    (["--stop-asr", "1"], "--stop-asr must lie in [0, 1)"),
 ])
 def test_repair_trigger_flags_reject_bad_combinations(tmp_path, capsys, extra, message):
     path = _corner_trigger(shape=(28, 28, 1), value=255.0, target=7, pixel_max=255.0).save(str(tmp_path))
