@@ -194,7 +194,9 @@ def main():
     rest = [r for p_, r in done.items() if p_ not in paths]  # models --out holds that this call does not list
 
     def save():
-        _write({**result, "rows": result["rows"] + rest}, args.out)
+        full = {**result, "rows": result["rows"] + rest}
+        _write(full, args.out)
+        return full
 
     for path in paths:
         if path in done and (not args.baselines or "baselines" in done[path]):
@@ -246,8 +248,7 @@ def main():
             print(f"{row['name']} baselines: {row['baselines']}", flush=True)
         result["rows"].append(row)
         save()
-    save()
-    print(markdown(result))
+    print(markdown(save()))
 
 
 def _write(result, out):
