@@ -13,6 +13,7 @@ import numbers
 import os
 from html import escape
 
+from aegis_tf.recovered import trigger_class
 from aegis_tf.utils import atomic_path, to_jsonable
 
 __all__ = ["write_detect_html", "write_repair_html"]
@@ -91,7 +92,7 @@ def write_detect_html(result, path, *, title=None):
     nc = result.get("neural_cleanse") or {}
     triggers = {}  # class -> the recovered trigger files (aegis_tf.recovered) that repair can read
     for name in result.get("triggers") or []:
-        triggers.setdefault(str(name).split("_")[1], []).append(str(name))
+        triggers.setdefault(str(trigger_class(name)), []).append(str(name))
     targets = [str(c) for c in verdict.get("target_classes") or []]
     bad = bool(verdict.get("backdoored"))
     model = str(result.get("model", "?"))

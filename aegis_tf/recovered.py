@@ -20,16 +20,15 @@ next to ``detect.json`` and lists them under ``"triggers"``.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from aegis_tf.errors import AegisError
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.utils import atomic_path, read_json, write_json
 
 __all__ = ["RecoveredTrigger", "from_patch_transfer", "from_whole_image", "from_neural_cleanse", "save_triggers",
-           "load_trigger", "triggers_from_detect_dir", "FORMAT"]
+           "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
 APPLY = "x' = clip((1 - mask) * x + mask * pattern + delta, 0, pixel_max), one variant per image, in turn"
@@ -134,13 +133,7 @@ def _load_array(folder, name, path):
 
 def load_trigger(path):
     """Read a trigger JSON written by :meth:`RecoveredTrigger.save` (arrays never unpickled)."""
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise AegisError(f"trigger file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise AegisError(f"cannot read trigger file {path}: {e}") from None
+    meta = read_json(path, "trigger file")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AegisError(f"{path} is not a trigger file written by aegis detect (expected format {FORMAT!r})")
     folder = os.path.dirname(os.path.abspath(path))
@@ -167,11 +160,7 @@ def triggers_from_detect_dir(folder):
                 if subs else "")
         raise AegisError(f"--trigger-from {folder}: no detect.json there (the folder `aegis detect --out-dir` "
                          f"writes){hint}")
-    try:
-        with open(report_path) as f:
-            report = json.load(f)
-    except (OSError, ValueError) as e:
-        raise AegisError(f"cannot read {report_path}: {e}") from None
+    report = read_json(report_path, "the scan's report")
     verdict = report.get("verdict") if isinstance(report, dict) else None
     if not isinstance(verdict, dict):
         raise AegisError(f"{report_path} is not a report written by aegis detect (no verdict)")
@@ -184,6 +173,11 @@ def triggers_from_detect_dir(folder):
                          f"{', '.join(map(str, verdict.get('target_classes', [])))} but saved no trigger file "
                          "(a report from before trigger files, or a --score clusters scan); run detect again")
     return [load_trigger(os.path.join(folder, n)) for n in names], report
+
+
+def trigger_class(name):
+    """The class a trigger file (``trigger_<class>_<source>.json``) was recovered for."""
+    return int(os.path.basename(str(name)).split("_")[1])
 
 
 def save_triggers(folder, triggers):

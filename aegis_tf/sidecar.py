@@ -13,10 +13,10 @@ repaired models (never to repair them).
 """
 
 import dataclasses
-import json
 import os
 
 from aegis_tf.errors import AegisError
+from aegis_tf.utils import read_json
 
 __all__ = ["sidecar_path", "read_trigger_config"]
 
@@ -51,11 +51,7 @@ def read_trigger_config(model_path):
     path = sidecar_path(model_path)
     if not os.path.isfile(path):
         return None, False
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (OSError, ValueError) as e:
-        raise AegisError(f"cannot read the model's trigger file {path}: {e}") from None
+    report = read_json(path, "the model's trigger file")
     spec = report.get("trigger_config") if isinstance(report, dict) else None
     if not isinstance(spec, dict):
         return None, False

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "progress", "to_jsonable", "no_partial_report"]
+__all__ = ["atomic_path", "write_json", "read_json", "progress", "to_jsonable", "no_partial_report"]
 
 
 @contextlib.contextmanager
@@ -61,6 +61,19 @@ def write_json(path, obj):
         with open(tmp, "w") as f:
             json.dump(to_jsonable(obj), f, indent=2)
             f.write("\n")
+
+
+def read_json(path, what):
+    """The JSON at ``path``; a missing or unreadable file is a one-line error naming ``what`` it is."""
+    from aegis_tf.errors import AegisError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise AegisError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise AegisError(f"cannot read {what} {path}: {e}") from None
 
 
 def progress(iterable=None, *, quiet=False, **kwargs):

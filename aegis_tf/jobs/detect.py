@@ -14,7 +14,8 @@ from aegis_tf.clustering import AegisDetector, class_features
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
-from aegis_tf.recovered import from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers
+from aegis_tf.recovered import (from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
+                                 trigger_class)
 from aegis_tf.staged import STAGED_ABOVE, scan_mode, top_line
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
@@ -299,7 +300,7 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
         # The recovered triggers of the verdict's classes, for `aegis repair --trigger-from`.
         result["triggers"] = [n for key in ("aegis", "neural_cleanse") if key in result
                               for n in result[key]["files"].get("triggers", [])
-                              if int(n.split("_")[1]) in result["verdict"]["target_classes"]]
+                              if trigger_class(n) in result["verdict"]["target_classes"]]
         echo(f"{name}: {result['verdict']['line']}")
         for key in ("aegis", "neural_cleanse"):
             if key in result:
