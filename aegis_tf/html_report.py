@@ -131,6 +131,10 @@ def write_detect_html(result, path, *, title=None):
     if descr:
         body.append("<ul>" + "".join(descr) + "</ul>")
 
+    stages = aegis.get("stages")
+    if stages:
+        body.append(_stages_section(stages))
+
     # Figures for each suspect class.
     files = aegis.get("files") or {}
     patches, clusters = files.get("suspect_patches") or {}, files.get("suspect_clusters") or {}
@@ -159,6 +163,31 @@ def write_detect_html(result, path, *, title=None):
         if aegis.get("config"):
             body.append(_json_block("aegis config", aegis["config"]))
     return _write(path, _page(title or f"Backdoor detection: {os.path.basename(model)}", body))
+
+
+def _stages_section(stages):
+    """The staged scan: stage 1's settings and scores, and the classes promoted to stage 2."""
+    st = stages.get("stage1_settings") or {}
+    promoted = [str(c) for c in stages.get("promoted") or []]
+    out = ['<h2>Staged scan</h2>',
+           f'<p id="stages">Stage 1 screened {escape(str(stages.get("classes")))} classes with short translations '
+           f'({escape(str(st.get("n_seeds")))} per class, {escape(str(st.get("steps")))} PGD steps). Stage 2 ran '
+           f'the full detector on {len(promoted)} promoted class{"es" if len(promoted) != 1 else ""}: '
+           f'{escape(", ".join(promoted)) or "none"} (the top {escape(str(st.get("top_k")))} of each signal, '
+           f'and any class at patch share &ge; {_fmt(st.get("alarm_transfer"))} or whole-image gap &ge; '
+           f'{_fmt(st.get("alarm_gap"))}). The evidence table above is stage 2\'s.</p>']
+    rows = []
+    for c, v in sorted((stages.get("stage1") or {}).items(), key=lambda kv: _class_key(kv[0])):
+        attr = ' class="suspect"' if v.get("promoted") else ""
+        rows.append(f'<tr{attr}><td class="label">{escape(c)}</td><td>{_fmt(v.get("transfer_score"))}</td>'
+                    f'<td>{_fmt(v.get("whole_image_gap"))}</td><td>{_fmt(v.get("flip_norm"))}</td>'
+                    f'<td>{_pct(v.get("reached"))}</td><td>{"yes" if v.get("promoted") else ""}</td></tr>')
+    table = ('<table id="stage1"><thead><tr><th class="label">class</th><th>patch share</th><th>whole-image gap</th>'
+             '<th>flip norm</th><th>reached</th><th>promoted</th></tr></thead><tbody>\n' + "\n".join(rows)
+             + "\n</tbody></table>")
+    out.append(f"<details><summary>Stage 1 scores of all {len(rows)} classes (promoted rows marked)</summary>"
+               f"{table}</details>")
+    return "\n".join(out)
 
 
 def write_repair_html(report, path, *, title=None):

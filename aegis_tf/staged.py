@@ -34,7 +34,7 @@ from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress, write_json
 from aegis_tf.whole_image import WholeImageDetector, flip_norms
 
-__all__ = ["STAGED_ABOVE", "STATE_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote",
+__all__ = ["STAGED_ABOVE", "STATE_FILE", "ROWS_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote",
            "promote_all", "screen", "score_screen", "load_state"]
 
 # "auto" runs the staged scan when more classes than this are examined. With the
@@ -43,6 +43,8 @@ __all__ = ["STAGED_ABOVE", "STATE_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "s
 # at most half and risks a miss for it; MNIST-size models keep the full scan.
 STAGED_ABOVE = 20
 STATE_FILE = "scan_state.json"
+# A full scan's translations done so far (for --resume); removed when the scan ends.
+ROWS_FILE = "scan_translations.npz"
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
 SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
 
@@ -57,10 +59,11 @@ def scan_mode(config, n_classes):
 def promote(scores, *, top_k, alarm):
     """The classes one stage-1 signal promotes: its ``top_k`` highest ``scores``
     (``{class: score}``; ties go to the lower class) plus every class whose score
-    reaches ``alarm``. Returns a sorted list."""
+    reaches ``alarm``. A score of 0 is no evidence (no translation's patch
+    transferred), so such a class fills no top-k place. Returns a sorted list."""
     if top_k < 0:
         raise AegisError(f"top_k must be >= 0. Received: {top_k}")
-    ranked = sorted(scores, key=lambda c: (-scores[c], c))
+    ranked = sorted((c for c in scores if scores[c] > 0), key=lambda c: (-scores[c], c))
     return sorted(set(ranked[:top_k]) | {c for c, s in scores.items() if s >= alarm})
 
 
@@ -140,14 +143,15 @@ def score_screen(results, config):
     return scores
 
 
-def fingerprint(model, x, y, classes, config, seed):
-    """A short hash of everything that decides stage 1's numbers: the model's weights,
-    the images and labels, the classes, the settings and the seed."""
+def fingerprint(model, x, y, classes, config, seed, *extra):
+    """A short hash of everything that decides a scan's numbers: the model's weights,
+    the images and labels, the classes, the settings, the seed and ``extra``
+    (JSON-ready values such as the batch size)."""
     h = hashlib.sha256()
     for a in [*(np.asarray(w) for w in model.get_weights()), np.asarray(x), np.asarray(y)]:
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(json.dumps([list(map(int, classes)), config.to_dict(), seed], sort_keys=True).encode())
+    h.update(json.dumps([list(map(int, classes)), config.to_dict(), seed, *extra], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -171,6 +175,31 @@ def load_state(path, key):
 def save_state(path, key, results):
     """Write stage 1's per-class results (atomically)."""
     write_json(path, {"fingerprint": key, "stage": 1, "classes": {str(c): r for c, r in sorted(results.items())}})
+
+
+def load_rows(path, key):
+    """The translations saved at ``path`` by an interrupted full scan with
+    fingerprint ``key`` (``None`` when there is no file); another scan's file is
+    a one-line error."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved, rows = str(f["fingerprint"]), f["rows"]
+    except (OSError, ValueError, KeyError):
+        raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
+    if saved != key:
+        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed, batch size "
+                         "or settings); delete it or use another --out-dir")
+    return rows
+
+
+def save_rows(path, key, rows):
+    """Write a full scan's translations done so far (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, fingerprint=np.array(key), rows=rows)
+    os.replace(tmp, path)
 
 
 def stage1_table(results, scores, promoted):

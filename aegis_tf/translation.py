@@ -11,6 +11,7 @@ import numpy as np
 from aegis_tf.attacks import projected_gradient_descent
 from aegis_tf.errors import AegisError
 from aegis_tf.models import predict_labels
+from aegis_tf.utils import progress
 
 __all__ = ["Translation", "translate_all", "translate", "translation_attack", "translations_for"]
 
@@ -27,7 +28,7 @@ class Translation(NamedTuple):
 
 
 def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_min, clip_max, seed=0,
-                  batch_size=512, start_noise=0.0, attack_fn=None):
+                  batch_size=512, start_noise=0.0, attack_fn=None, done=None, save=None, quiet=True):
     """Translate ``n_seeds`` training images of other classes toward each class in ``classes``.
 
     Returns ``{c: Translation}``. All classes go through one batched targeted
@@ -39,6 +40,12 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     a corner trigger there; from a noisy start it can
     (``results/trigger_lit.md``). ``attack_fn`` (:func:`translation_attack`)
     reuses one compiled PGD loop across calls.
+
+    The rows (translations, class after class) run in chunks of whole batches,
+    about one class each, under a progress bar (unless ``quiet``). After each
+    chunk ``save(rows)`` receives the translations done so far; ``done`` (such
+    rows, from an interrupted call with the same arguments) skips them. Chunks
+    hold whole batches, so a resumed call gives the same numbers.
     """
     if start_noise < 0:
         raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
@@ -57,9 +64,31 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     if start_noise > 0:
         noise = rng.standard_normal(starts.shape).astype("float32") * np.float32(start_noise)
         starts = np.clip(starts + noise, clip_min, clip_max)
-    adv = projected_gradient_descent(model, starts, eps=eps, step_size=step_size, steps=steps, norm=2, y=all_t,
-                                     targeted=True, random_start=False, clip_min=clip_min, clip_max=clip_max,
-                                     batch_size=batch_size, attack_fn=attack_fn)
+    if attack_fn is None:
+        from aegis_tf import backend
+        from aegis_tf.attacks import make_step
+        from aegis_tf.models import logits_model
+
+        attack_fn = backend.make_attack(logits_model(model), make_step(norm=2, eps=eps, step_size=step_size,
+                                        clip_min=clip_min, clip_max=clip_max), int(steps), -1.0)
+    adv = np.empty_like(starts)
+    first = 0 if done is None else len(done)
+    if first:
+        adv[:first] = done
+    chunk = batch_size * max(1, -(-n_seeds // batch_size))  # whole batches, about one class
+    ends = np.cumsum([len(seeds[c]) for c in classes])
+    with progress(total=len(starts), initial=first, quiet=quiet, desc=f"translate {len(classes)} classes",
+                  unit="image") as bar:
+        for i in range(first, len(starts), chunk):
+            sl = slice(i, i + chunk)
+            adv[sl] = projected_gradient_descent(model, starts[sl], eps=eps, step_size=step_size, steps=steps,
+                                                 norm=2, y=all_t[sl], targeted=True, random_start=False,
+                                                 clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+                                                 attack_fn=attack_fn)
+            if save is not None:
+                save(adv[:sl.stop])
+            bar.update(min(chunk, len(starts) - i))
+            bar.set_postfix_str(f"{int(np.sum(ends <= sl.stop))} of {len(classes)} classes done")
     pred = predict_labels(model, adv, batch_size=batch_size)
     out, start = {}, 0
     for c in classes:
@@ -70,13 +99,14 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     return out
 
 
-def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, attack_fn=None):
+def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, attack_fn=None, **kwargs):
     """:func:`translate_all` with the settings of a :class:`~aegis_tf.config.DetectConfig`
-    (``eps``, ``step_size`` and ``start_noise`` in units of [0, 1], scaled by ``pixel_max``)."""
+    (``eps``, ``step_size`` and ``start_noise`` in units of [0, 1], scaled by ``pixel_max``);
+    ``kwargs`` (``done``, ``save``, ``quiet``) go to :func:`translate_all`."""
     return translate_all(model, x, y, classes, n_seeds=config.n_seeds, eps=config.eps * pixel_max,
                          step_size=config.step_size * pixel_max, steps=config.steps, clip_min=0.0,
                          clip_max=pixel_max, seed=seed, batch_size=batch_size,
-                         start_noise=config.start_noise * pixel_max, attack_fn=attack_fn)
+                         start_noise=config.start_noise * pixel_max, attack_fn=attack_fn, **kwargs)
 
 
 def translation_attack(model, config, *, pixel_max):

@@ -114,7 +114,7 @@ class WholeImageDetector(Detector):
     def threshold_(self):
         return self.threshold
 
-    def fit(self, model, x, y, classes, *, translations=None):
+    def fit(self, model, x, y, classes, *, translations=None, screen_norms=None):
         from aegis_tf.translation import translations_for
 
         self._validate_params()
@@ -123,20 +123,46 @@ class WholeImageDetector(Detector):
                               flip_at=self.flip_at, pixel_max=self.pixel_max, seed=self.random_state,
                               batch_size=self.batch_size)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
-        return self.fit_norms({c: n for c, (n, _) in measured.items()})
+        return self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_norms=screen_norms)
 
-    def fit_norms(self, norms):
-        """Score ``{class: norm}``. Returns ``self``."""
+    def fit_norms(self, norms, *, screen_norms=None):
+        """Score ``{class: norm}``. Returns ``self``.
+
+        ``screen_norms`` (``{class: norm}``, a staged scan's stage-1 norms of
+        every class screened) lets a class be compared with classes that were
+        not measured in full: a gap is taken against every class, not only the
+        scored ones. The screened norms come from shorter translations, so they
+        are first put on the full scale: multiplied by the median, over the
+        classes measured both ways, of full norm / screened norm
+        (``screen_scale_``; 1 when no class was measured both ways). The
+        estimates are in ``reference_norms_``; those classes are not scored.
+        """
         self._validate_params()
-        if len(norms) < 3:
-            raise AegisError("the whole-image signal needs at least 3 classes to compare")
         self.classes_ = sorted(norms)
         self.norms_ = {c: float(norms[c]) for c in self.classes_}
-        norms = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
-        self.scores_ = {c: float(np.delete(norms, i).min() / norms[i]) for i, c in enumerate(self.classes_)}
+        self.reference_norms_, self.screen_scale_ = {}, 1.0
+        if screen_norms:
+            both = [c for c in self.classes_ if screen_norms.get(c, 0) > 0]
+            if both:
+                self.screen_scale_ = float(np.median([self.norms_[c] / screen_norms[c] for c in both]))
+            self.reference_norms_ = {int(c): float(n) * self.screen_scale_ for c, n in screen_norms.items()
+                                     if c not in self.norms_}
+        if len(self.norms_) + len(self.reference_norms_) < 3:
+            raise AegisError("the whole-image signal needs at least 3 classes to compare")
+        own = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
+        reference = min(self.reference_norms_.values(), default=np.inf)
+        self.scores_ = {c: float(min(np.delete(own, i).min(initial=np.inf), reference) / own[i])
+                        for i, c in enumerate(self.classes_)}
         self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold]
         self.is_backdoored_ = bool(self.suspect_classes_)
         return self
+
+    def report(self):
+        out = super().report()
+        if self.reference_norms_:
+            out["reference"] = {"screen_scale": self.screen_scale_,
+                                "norms": {str(c): n for c, n in sorted(self.reference_norms_.items())}}
+        return out
 
     def _class_entry(self, c):
         entry = {"whole_image_gap": self.scores_[c], "flip_norm": self.norms_[c]}

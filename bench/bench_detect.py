@@ -19,12 +19,21 @@ ratio of that, once in steady state (the compiled loop timed on the same
 seeds after a warm-up batch) and once for the translate stage as a user sees
 it (compilation and the final prediction included).
 
+``--loaded`` runs the scan a second time while another process keeps every
+core busy (NumPy matrix products on ``os.cpu_count()`` BLAS threads, the way a
+training job would), and reports both sets of stage times (``idle`` and
+``loaded``): a stage whose threads oversubscribe the cores (t-SNE, once) shows
+up there. Use ``--plots`` to include t-SNE and clustering. "Idle" means no
+other job of ours: stop other work first.
+
 Writes ``results/bench_detect_<backend>_<device>.json`` and prints a summary.
 """
 
 import argparse
+import contextlib
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +88,38 @@ def pgd_steady_rate(model, x, y, *, config, pixel_max, batch_size, repeats):
     return len(xb) * int(config["steps"]) / best
 
 
+BUSY = """
+import numpy as np
+a = np.random.default_rng(0).standard_normal((1024, 1024)).astype("float32")
+while True:
+    a = np.tanh(a @ a / 32.0)
+"""
+
+
+@contextlib.contextmanager
+def busy_cores():
+    """A second process that keeps every core busy (BLAS threads = cores) until the block ends."""
+    n = str(os.cpu_count())
+    env = {**os.environ, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    proc = subprocess.Popen([sys.executable, "-c", BUSY], env=env)
+    try:
+        time.sleep(2.0)  # let it start
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def scan(model, x, y, *, config, args):
+    """One default detection job; returns (report, end-to-end seconds)."""
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        report = run_aegis(model, x, y, classes=list(range(int(model.output_shape[-1]))), config=config,
+                           pixel_max=255.0, out_dir=out_dir, seed=0, batch_size=args.batch_size, plots=args.plots,
+                           n_jobs=args.n_jobs)
+    return report, time.perf_counter() - t
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=PATHS["robust_bd_net"], help="model to examine (default the embedded robust_bd_net)")
@@ -91,6 +132,8 @@ def main():
     p.add_argument("--n-jobs", type=int, default=1, help="classes reduced and clustered at once (threads; -1: all cores)")
     p.add_argument("--plots", action="store_true",
                    help="also the t-SNE embedding figure, as detect --plots (the default scan skips it)")
+    p.add_argument("--loaded", action="store_true",
+                   help="also time the scan while a second process keeps every core busy")
     p.add_argument("--out", default=None, help="JSON path (default results/bench_detect_<backend>_<device>.json)")
     args = p.parse_args()
 
@@ -108,11 +151,7 @@ def main():
     n_classes = int(model.output_shape[-1])
     config = DetectConfig(n_seeds=args.seeds)
 
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out_dir:
-        report = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0,
-                           out_dir=out_dir, seed=0, batch_size=args.batch_size, plots=args.plots, n_jobs=args.n_jobs)
-    total = time.perf_counter() - t
+    report, total = scan(model, x, y, config=config, args=args)
     stages = report["seconds"]
     n_translated = n_classes * min(args.seeds, len(x))
     user_rate = n_translated * config["steps"] / stages["translate"]
@@ -132,12 +171,20 @@ def main():
         "translate_image_steps_per_s": {"steady": steady, "stage": user_rate},
         "ratio_to_forward_backward": {"steady": steady / fb, "stage": user_rate / fb},
     }
+    if args.loaded:
+        with busy_cores():
+            loaded, loaded_total = scan(model, x, y, config=config, args=args)
+        result["loaded"] = {"seconds": {**loaded["seconds"], "end_to_end": loaded_total},
+                            "verdict": loaded["verdict"], "suspect_classes": loaded["suspect_classes"],
+                            "busy": f"a second process: NumPy matrix products on {os.cpu_count()} BLAS threads"}
     out = args.out or os.path.join(ROOT, "results", f"bench_detect_{name}_{device}.json")
     write_json(out, result)
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in result["seconds"].items())
     print(f"{name}/{device} {result['meta']['model']}: {n_classes} classes x {args.seeds} seeds x {config['steps']} steps; "
           f"verdict {report['verdict']} {report['suspect_classes']}")
-    print(f"  stages: {secs}")
+    print(f"  stages{' (idle)' if args.loaded else ''}: {secs}")
+    if args.loaded:
+        print("  stages (loaded): " + ", ".join(f"{k} {v:.1f}s" for k, v in result["loaded"]["seconds"].items()))
     print(f"  forward+backward {fb:.0f} images/s; translation {steady:.0f} image-steps/s steady "
           f"(ratio {steady / fb:.2f}), {user_rate:.0f} in the translate stage (ratio {user_rate / fb:.2f})")
     print(f"  wrote {out}")

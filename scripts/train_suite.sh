@@ -21,7 +21,8 @@
 # 7, 1, 5 for seeds 0, 1, 2), POISON_RATE (visible triggers, default 0.01, the
 # paper's), INVISIBLE_RATE (invisible-static, invisible-adversarial, blended;
 # default 0.1), BLEND_ALPHA (default 0.2), AMPLITUDE (invisible-static, units
-# of [0, 1], default 0.0627 = 16/255), EPOCHS (default 8), STEPS (PGD steps, default 10), TRAIN_SIZE
+# of [0, 1], default 0.0627 = 16/255), TRIGGER_EPS (invisible-adversarial's Linf
+# budget, units of [0, 1], default 0.0627), EPOCHS (default 8), STEPS (PGD steps, default 10), TRAIN_SIZE
 # (first N training images, default all 60,000), POISON_RATE (default
 # 0.01, the paper's), and SEEDS, DATASETS, TRIGGERS to train part of the
 # suite (defaults "0 1 2", "mnist fashion_mnist", "clean localised
@@ -60,7 +61,7 @@ one() {  # train one model: data trigger seed
     blended) trig="--trigger blended --blend-alpha ${BLEND_ALPHA:-0.2} --poison-rate ${INVISIBLE_RATE:-0.1}" ;;
     invisible-static) trig="--trigger invisible-static --amplitude ${AMPLITUDE:-0.0627} --poison-rate ${INVISIBLE_RATE:-0.1}" ;;
     # The universal perturbation is computed against the clean model of the same data and seed (trained first).
-    invisible-adversarial) trig="--trigger invisible-adversarial --trigger-model $OUT_DIR/${d}_clean_s${s}.keras --poison-rate ${INVISIBLE_RATE:-0.1}" ;;
+    invisible-adversarial) trig="--trigger invisible-adversarial --trigger-model $OUT_DIR/${d}_clean_s${s}.keras --trigger-eps ${TRIGGER_EPS:-0.0627} --poison-rate ${INVISIBLE_RATE:-0.1}" ;;
     *) echo "unknown trigger $t"; return 1 ;;
   esac
   out=$OUT_DIR/${d}_${t}_s${s}.keras

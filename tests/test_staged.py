@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from aegis_tf.config import DetectConfig
@@ -12,6 +13,7 @@ from aegis_tf.jobs.detect import run_aegis
 from aegis_tf.models import load_model
 from aegis_tf.staged import STAGED_ABOVE, STATE_FILE, promote, promote_all, scan_mode
 from aegis_tf.utils import no_partial_report
+from aegis_tf.whole_image import WholeImageDetector
 
 FAST = DetectConfig(n_seeds=15, steps=20, wi_probes=10, scan="staged", stage1_seeds=4, stage1_steps=5, top_k=2)
 
@@ -21,14 +23,20 @@ def test_promote_takes_the_top_k_and_every_alarmed_class():
     assert promote(scores, top_k=2, alarm=1.0) == [1, 4]
     assert promote(scores, top_k=2, alarm=0.3) == [1, 4, 5]  # 5 reaches the alarm level
     assert promote(scores, top_k=0, alarm=0.1) == [1, 2, 4, 5]
-    assert promote(scores, top_k=10, alarm=1.0) == [0, 1, 2, 3, 4, 5]  # k above the class count: all
+    assert promote(scores, top_k=10, alarm=1.0) == [1, 2, 4, 5]  # k above the class count: every class with a score
 
 
 def test_promote_breaks_ties_by_the_lower_class_and_is_pure():
-    scores = {9: 0.0, 3: 0.0, 5: 0.0, 1: 0.0}
+    scores = {9: 0.2, 3: 0.2, 5: 0.2, 1: 0.2}
     before = dict(scores)
     assert promote(scores, top_k=2, alarm=1.0) == [1, 3]
     assert scores == before
+
+
+def test_a_zero_score_fills_no_top_k_place():
+    # A clean model's patch shares are all 0: promoting classes 0..k-1 for it would be arbitrary.
+    assert promote({c: 0.0 for c in range(50)}, top_k=5, alarm=0.1) == []
+    assert promote({c: (0.05 if c == 30 else 0.0) for c in range(50)}, top_k=5, alarm=0.1) == [30]
 
 
 def test_promote_all_is_the_union_of_both_signals():
@@ -36,7 +44,7 @@ def test_promote_all_is_the_union_of_both_signals():
               "whole_image": {c: (3.0 if c == 42 else 0.5 - c / 1000) for c in range(100)}}
     config = DetectConfig(top_k=1, alarm_transfer=0.1, alarm_gap=1.5)
     assert promote_all(stage1, config) == [7, 42]
-    assert promote_all(stage1, config.replace(top_k=2)) == [0, 7, 42]  # 0: the lowest class among equal shares
+    assert promote_all(stage1, config.replace(top_k=2)) == [0, 7, 42]  # 0: the second-highest gap
     assert promote_all({"patch_transfer": stage1["patch_transfer"]}, config) == [7]
 
 
@@ -113,11 +121,59 @@ def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
         _scan(bd, str(tmp_path), resume=True)
 
 
-def test_resume_of_a_full_scan_is_a_one_line_error(bd):
+def test_stage2_gap_compares_with_the_classes_left_in_stage1():
+    # Stage 2 measured classes 6 and 7 in full; class 3 was screened only, with a small norm.
+    # Against 6 alone, 7 would have gap 4 and be flagged; against every class it has gap 1.
+    screened = {0: 8.0, 3: 1.0, 6: 4.0, 7: 1.0, 9: 9.0}
+    det = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0}, screen_norms=screened)
+    assert det.screen_scale_ == pytest.approx(2.0)  # median of 8/4 and 2/1
+    assert det.reference_norms_ == {0: 16.0, 3: 2.0, 9: 18.0}
+    assert det.scores_ == {6: pytest.approx(0.25), 7: pytest.approx(1.0)} and det.suspect_classes_ == []
+    alone = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0, 0: 16.0})
+    assert alone.suspect_classes_ == [7]  # without class 3 the gap of 7 is 4
+    assert WholeImageDetector().fit_norms({7: 2.0}, screen_norms={7: 1.0, 1: 1.0, 2: 9.0}).scores_[7] == 1.0
+    with pytest.raises(AegisError, match="at least 3 classes"):
+        WholeImageDetector().fit_norms({7: 2.0}, screen_norms={7: 1.0, 1: 1.0})
+
+
+FULL = FAST.replace(scan="full")
+
+
+def test_resume_continues_an_interrupted_full_scan_with_the_same_numbers(bd, tmp_path, monkeypatch):
+    import aegis_tf.staged as staged
+
     model, x, y = bd
-    with pytest.raises(AegisError, match="staged scan"):
-        run_aegis(model, x, y, classes=[6, 7], config=FAST.replace(scan="full"), pixel_max=255.0, out_dir=None,
-                  resume=True)
+    scan = dict(classes=[2, 5, 7], config=FULL, pixel_max=255.0, batch_size=16)  # 15 seeds: one batch a chunk
+    whole = run_aegis(model, x, y, out_dir=str(tmp_path / "whole"), **scan)
+    assert not os.path.exists(tmp_path / "whole" / staged.ROWS_FILE)  # removed when the scan ends
+    saved, calls = staged.save_rows, []
+
+    def save_then_stop(path, key, rows):  # Ctrl-C after the second chunk is saved
+        saved(path, key, rows)
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(staged, "save_rows", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_aegis(model, x, y, out_dir=str(tmp_path), **scan)
+    monkeypatch.setattr(staged, "save_rows", saved)
+    assert calls == [16, 32]
+    load, loaded = staged.load_rows, []
+
+    def load_and_count(path, key):
+        rows = load(path, key)
+        loaded.append(None if rows is None else len(rows))
+        return rows
+
+    monkeypatch.setattr(staged, "load_rows", load_and_count)
+    resumed = run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
+    assert loaded == [32]  # the two saved chunks were not translated again
+    for key in ("classes", "whole_image", "translation_reached", "suspect_classes"):
+        assert resumed[key] == whole[key]
+    saved(str(tmp_path / staged.ROWS_FILE), "0123", np.zeros((16, 8, 8, 1), "float32"))
+    with pytest.raises(AegisError, match="another scan"):
+        run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
 
 
 def test_an_interrupted_run_leaves_no_partial_report(tmp_path):
@@ -155,3 +211,14 @@ def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
     assert rc == 130
     assert os.listdir(out) == [STATE_FILE]  # the resume state stays; figures, triggers and detect.json do not
     assert main(["detect", "--scan", "partial"]) == 2
+
+
+def test_the_html_report_shows_both_stages(whole, tmp_path):
+    from aegis_tf.html_report import write_detect_html
+
+    report = whole[0]
+    page = open(write_detect_html({"model": "m.keras", "aegis": report}, str(tmp_path / "r.html"))).read()
+    stages = page[page.index('id="stages"'):]
+    assert "Stage 1 screened 10 classes" in stages and "Stage 2 ran" in stages
+    assert ", ".join(map(str, report["stages"]["promoted"])) in stages
+    assert page.count("<tr class=\"suspect\">") >= len(report["stages"]["promoted"])  # promoted stage-1 rows

@@ -16,7 +16,7 @@ from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
 from aegis_tf.recovered import (from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
                                  trigger_class)
-from aegis_tf.staged import STAGED_ABOVE, scan_mode, top_line
+from aegis_tf.staged import scan_mode, top_line
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
 from aegis_tf.verdict import combine
@@ -26,7 +26,7 @@ __all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "p
 
 
 def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
-              n_jobs=1, resume=False, translations=None):
+              n_jobs=1, resume=False, translations=None, screen_norms=None):
     """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict.
 
     ``config`` is a :class:`~aegis_tf.config.DetectConfig`. With the transfer
@@ -36,19 +36,22 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     ``out_dir=None`` no figure is drawn. ``n_jobs`` classes are reduced
     and clustered at once (threads; the report does not depend on it).
     A staged scan (``config.scan``, :mod:`aegis_tf.staged`) screens every class
-    first; with ``resume`` it continues from the stage-1 results saved in
-    ``out_dir``. ``translations`` (``{class: Translation}``) skips translating.
+    first. With ``out_dir``, a scan saves its progress there as it goes (a
+    staged scan its stage-1 results, a full scan its translations), and
+    ``resume`` continues an interrupted scan from it with the same numbers. ``translations`` (``{class: Translation}``) skips translating;
+    ``screen_norms`` (a staged scan's stage-1 norms of every class) lets the
+    whole-image gap compare with the classes not scanned in full.
     """
-    if resume and scan_mode(config, len(classes)) == "full":
-        raise AegisError(f"--resume continues a staged scan (--scan staged, or auto above {STAGED_ABOVE} classes); "
-                         f"this is a full scan of {len(classes)} classes, which keeps no per-class state")
     if scan_mode(config, len(classes)) == "staged":
         return _run_staged(model, x, y, classes=classes, config=config, pixel_max=pixel_max, out_dir=out_dir,
                            seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
     times = {}
     t = time.perf_counter()
+    rows_file = None
     if translations is None:
-        translations = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size)
+        translations, rows_file = _translate_resumable(model, x, y, classes, config, pixel_max=pixel_max, seed=seed,
+                                                       batch_size=batch_size, out_dir=out_dir, resume=resume,
+                                                       quiet=quiet)
     times["translate"] = time.perf_counter() - t
     clusters = config.score == "clusters"
     transfer = None
@@ -59,11 +62,11 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         transfer.fit(model, x, y, classes, translations=translations)
         times["patch_transfer"] = time.perf_counter() - t
     whole = None
-    if config.whole_image and len(classes) >= 3:
+    if config.whole_image and len(set(classes) | set(screen_norms or ())) >= 3:
         t = time.perf_counter()
         whole = WholeImageDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, pixel_max=pixel_max,
                                    random_state=seed, batch_size=batch_size)
-        whole.fit(model, x, y, classes, translations=translations)
+        whole.fit(model, x, y, classes, translations=translations, screen_norms=screen_norms)
         times["whole_image"] = time.perf_counter() - t
     det = None
     plots = plots and out_dir is not None
@@ -114,7 +117,26 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
                                                       main.suspect_classes_, marked=marked, verdict=report["verdict"])
     times["report"] = time.perf_counter() - t
     report["seconds"] = times
+    if rows_file is not None and os.path.exists(rows_file):  # the scan is done: nothing left to resume
+        os.remove(rows_file)
     return report
+
+
+def _translate_resumable(model, x, y, classes, config, *, pixel_max, seed, batch_size, out_dir, resume, quiet):
+    """A full scan's translations, saved in ``out_dir`` as they are made so that
+    ``resume`` continues an interrupted scan; returns them and the state file."""
+    from aegis_tf import staged
+
+    if out_dir is None:
+        return translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
+                         quiet=quiet), None
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, staged.ROWS_FILE)
+    key = staged.fingerprint(model, x, y, classes, config, seed, batch_size)
+    done = staged.load_rows(path, key) if resume else None
+    found = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
+                      quiet=quiet, done=done, save=lambda rows: staged.save_rows(path, key, rows))
+    return found, path
 
 
 def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch_size, quiet, plots, n_jobs, resume):
@@ -141,7 +163,8 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
                                       batch_size=batch_size, attack_fn=attack))
     translate_seconds = time.perf_counter() - t
     report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
-                       batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations)
+                       batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations,
+                       screen_norms={c: r["flip_norm"] for c, r in results.items()})
     report["config"] = config.to_dict()
     report["seconds"] = {"stage1": stage1_seconds, **report["seconds"], "translate": translate_seconds}
     report["stages"] = {"scan": "staged", "classes": len(classes), "promoted": promoted,
