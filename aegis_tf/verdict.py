@@ -32,10 +32,18 @@ def verdict_line(verdict):
             continue
         scores = e["scores"]
         if targets:
-            shown = "/".join(f"{scores[str(c)]:.2f}" for c in targets if str(c) in scores)
+            shown_classes = [str(c) for c in targets if str(c) in scores]
+            shown = "/".join(f"{scores[c]:.2f}" for c in shown_classes)
         else:  # the strongest class against the threshold
-            shown = f"max {max(scores.values()):.2f}" if e["direction"] == "above" else f"min {min(scores.values()):.2f}"
-        parts.append(f"{_SHORT.get(name, name)} {shown} vs {e['threshold']:g}")
+            pick = max if e["direction"] == "above" else min
+            shown_classes = [pick(scores, key=scores.get)]
+            shown = f"{pick.__name__} {scores[shown_classes[0]]:.2f}"
+        part = f"{_SHORT.get(name, name)} {shown} vs {e['threshold']:g}"
+        also = e.get("also")  # a second condition a flagged class must meet too
+        if also and shown_classes:
+            part += (f" ({also['name']} " + "/".join(f"{also['scores'][c]:.2f}" for c in shown_classes)
+                     + f" vs {also['threshold']:g})")
+        parts.append(part)
     detail = f" ({'; '.join(parts)})" if parts else ""
     if not targets:
         return "CLEAN" + detail

@@ -114,7 +114,7 @@ class WholeImageDetector(Detector):
     def threshold_(self):
         return self.threshold
 
-    def fit(self, model, x, y, classes, *, translations=None, screen_norms=None):
+    def fit(self, model, x, y, classes, *, translations=None, screen_gaps=None, screen_threshold=None):
         from aegis_tf.translation import translations_for
 
         self._validate_params()
@@ -123,49 +123,47 @@ class WholeImageDetector(Detector):
                               flip_at=self.flip_at, pixel_max=self.pixel_max, seed=self.random_state,
                               batch_size=self.batch_size)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
-        return self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_norms=screen_norms)
+        return self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
+                              screen_threshold=screen_threshold)
 
-    def fit_norms(self, norms, *, screen_norms=None):
+    def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None):
         """Score ``{class: norm}``. Returns ``self``.
 
-        ``screen_norms`` (``{class: norm}``, a staged scan's stage-1 norms of
-        every class screened) lets a class be compared with classes that were
-        not measured in full: a gap is taken against every class, not only the
-        scored ones. The screened norms come from shorter translations, so they
-        are first put on the full scale: multiplied by the median, over the
-        classes measured both ways, of full norm / screened norm
-        (``screen_scale_``; 1 when no class was measured both ways). The
-        estimates are in ``reference_norms_``; those classes are not scored.
+        A staged scan measures only its promoted classes in full, so their gaps
+        compare them with each other only, and a class whose nearest rival was
+        left in stage 1 would look better than it is. ``screen_gaps`` (each
+        class's stage-1 gap, measured against *every* class on stage 1's
+        shorter translations) and ``screen_threshold`` add a second condition:
+        a class is flagged only when its gap reaches ``threshold`` here *and*
+        its stage-1 gap reaches ``screen_threshold``. Two classes are then
+        enough to compare.
         """
         self._validate_params()
+        staged = screen_gaps is not None
+        if len(norms) < (2 if staged else 3):
+            raise AegisError("the whole-image signal needs at least 3 classes to compare")
         self.classes_ = sorted(norms)
         self.norms_ = {c: float(norms[c]) for c in self.classes_}
-        self.reference_norms_, self.screen_scale_ = {}, 1.0
-        if screen_norms:
-            both = [c for c in self.classes_ if screen_norms.get(c, 0) > 0]
-            if both:
-                self.screen_scale_ = float(np.median([self.norms_[c] / screen_norms[c] for c in both]))
-            self.reference_norms_ = {int(c): float(n) * self.screen_scale_ for c, n in screen_norms.items()
-                                     if c not in self.norms_}
-        if len(self.norms_) + len(self.reference_norms_) < 3:
-            raise AegisError("the whole-image signal needs at least 3 classes to compare")
-        own = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
-        reference = min(self.reference_norms_.values(), default=np.inf)
-        self.scores_ = {c: float(min(np.delete(own, i).min(initial=np.inf), reference) / own[i])
-                        for i, c in enumerate(self.classes_)}
-        self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold]
+        norms = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
+        self.scores_ = {c: float(np.delete(norms, i).min() / norms[i]) for i, c in enumerate(self.classes_)}
+        self.screen_gaps_ = {c: float(screen_gaps[c]) for c in self.classes_} if staged else None
+        self.screen_threshold_ = screen_threshold
+        self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
+                                 and (not staged or self.screen_gaps_[c] >= screen_threshold)]
         self.is_backdoored_ = bool(self.suspect_classes_)
         return self
 
-    def report(self):
-        out = super().report()
-        if self.reference_norms_:
-            out["reference"] = {"screen_scale": self.screen_scale_,
-                                "norms": {str(c): n for c, n in sorted(self.reference_norms_.items())}}
+    def evidence(self, description):
+        out = super().evidence(description)
+        if self.screen_gaps_ is not None:  # a staged scan: the stage-1 gap must reach the alarm level too
+            out["also"] = {"name": "stage 1", "scores": {str(c): g for c, g in self.screen_gaps_.items()},
+                           "threshold": self.screen_threshold_}
         return out
 
     def _class_entry(self, c):
         entry = {"whole_image_gap": self.scores_[c], "flip_norm": self.norms_[c]}
         if hasattr(self, "shares_"):
             entry["share_at_norm"] = self.shares_[c]
+        if self.screen_gaps_ is not None:
+            entry["stage1_gap"] = self.screen_gaps_[c]
         return entry

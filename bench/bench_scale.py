@@ -14,6 +14,12 @@ images resized to 55x47: **not face images**, so the scan's verdicts here mean
 nothing; this bench measures time and memory only. Their labels are the
 model's own predictions (AEGIS draws seeds and probes from other classes).
 
+With ``--model M.keras --data D`` it scans a Keras model of your own on its
+training images instead (the first ``--n-images``, with their labels), for
+example the 20-class robust MNIST + Fashion-MNIST model of
+``scripts/merge_datasets.py``; there the verdicts are real and the table shows
+them.
+
 Each run is a fresh process (``--one``), so its peak memory (``ru_maxrss``, the
 process's peak resident set: TensorFlow, the model, the images and the scan)
 is its own; time is the scan alone (``run_aegis``, figures included), not the
@@ -67,11 +73,20 @@ def one_run(mode, n_classes, args):
     from aegis_tf.models import build_deepid, load_weights_into, predict_labels
 
     keras.utils.set_random_seed(0)
-    model = build_deepid()
-    if args.weights:
-        load_weights_into(model, args.weights)
-    x = seed_images(args.images, args.n_images)
-    y = predict_labels(model, x, batch_size=args.batch_size)
+    if args.model:
+        from aegis_tf.data import check_fits_model, load_split
+        from aegis_tf.models import load_model
+
+        model = load_model(args.model)
+        x, y = load_split(args.data, split="train", scale="raw")
+        x, y = x[:args.n_images], y[:args.n_images]
+        x = check_fits_model(x, y, model, f"--data {args.data}").astype("float32")
+    else:
+        model = build_deepid()
+        if args.weights:
+            load_weights_into(model, args.weights)
+        x = seed_images(args.images, args.n_images)
+        y = predict_labels(model, x, batch_size=args.batch_size)
     config = DetectConfig(scan=mode, **settings(args.set))
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
@@ -90,25 +105,34 @@ def markdown(result):
     rows = {(r["mode"], r["classes"]): r for r in result["runs"]}
     base = rows.get(("full", 10))
     per_class = base["seconds"] / 10 if base else None
-    lines = [f"Detection cost against the number of classes: DeepID ({result['meta']['weights']}), "
-             f"{result['meta']['machine']}, {result['meta']['n_images']} CIFAR-10 images resized to 55x47 "
-             "(not face images: time and memory only). Ratio: a run's time over the full 10-class scan's.", "",
-             "| classes | scan | time (s) | ratio to full 10-class | peak memory (GiB) | promoted to stage 2 | stage times (s) |",
-             "|---|---|---|---|---|---|---|"]
+    meta = result["meta"]
+    if meta.get("model"):
+        head = (f"Detection cost against the number of classes: {meta['model']} on the first {meta['n_images']} "
+                f"training images of {meta['data']}, {meta['machine']}. Classes 0..N-1 scanned; verdict: the "
+                "classes flagged. Ratio: a run's time over the full 10-class scan's.")
+    else:
+        head = (f"Detection cost against the number of classes: DeepID ({meta['weights']}), {meta['machine']}, "
+                f"{meta['n_images']} CIFAR-10 images resized to 55x47 (not face images: time and memory only). "
+                "Ratio: a run's time over the full 10-class scan's.")
+    lines = [head, "",
+             "| classes | scan | time (s) | ratio to full 10-class | peak memory (GiB) | promoted to stage 2 | verdict | stage times (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for n in sorted({r["classes"] for r in result["runs"]} | {10, 20, 100, 1283}):
         for mode in ("full", "staged"):
             r = rows.get((mode, n))
             if r is None and mode == "full" and per_class:
                 est = per_class * n
                 lines.append(f"| {n} | full | ~{est:.0f} (estimate: {per_class:.1f} s/class x {n}; not run) | "
-                             f"~{est / base['seconds']:.0f} | | all | |")
+                             f"~{est / base['seconds']:.0f} | | all | | |")
                 continue
             if r is None:
                 continue
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items())
             promoted = "all" if r["promoted"] is None else f"{len(r['promoted'])}"
-            lines.append(f"| {n} | {mode} | {r['seconds']:.0f} | {ratio} | {r['peak_rss_gib']:.2f} | {promoted} | {stages} |")
+            verdict = ", ".join(map(str, r["suspect_classes"])) or "clean"
+            lines.append(f"| {n} | {mode} | {r['seconds']:.0f} | {ratio} | {r['peak_rss_gib']:.2f} | {promoted} | "
+                         f"{verdict} | {stages} |")
     lines += ["", f"Command: `{result['meta']['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -116,7 +140,9 @@ def markdown(result):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=None, help="CSAW DeepID weights (.h5); default: random weights")
-    p.add_argument("--images", required=True, help="CIFAR-10 .npz (x_train) for the seed images")
+    p.add_argument("--images", default=None, help="CIFAR-10 .npz (x_train) for the DeepID seed images")
+    p.add_argument("--model", default=None, help="a Keras model of your own to scan instead of DeepID")
+    p.add_argument("--data", default=None, help="with --model: its training data (.npz or .h5)")
     p.add_argument("--n-images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--runs", nargs="+", default=["full:10", "staged:1283"], help="MODE:N (MODE full or staged)")
@@ -126,6 +152,8 @@ def main():
     p.add_argument("--redo", action="store_true", help="run again the runs already in --out")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # MODE:N in this process; prints the row
     args = p.parse_args()
+    if bool(args.model) != bool(args.data) or not (args.model or args.images):
+        p.error("give --images (DeepID), or --model and --data")
     if args.one:
         mode, n = args.one.split(":")
         print("ROW " + json.dumps(one_run(mode, int(n), args)))
@@ -137,6 +165,7 @@ def main():
         with open(args.out) as f:
             result = json.load(f)
     result["meta"] = {"weights": os.path.basename(args.weights) if args.weights else "random weights",
+                      "model": args.model, "data": args.data,
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU", "n_images": args.n_images,
                       "batch_size": args.batch_size, "settings": settings(args.set),
                       "command": "python bench/bench_scale.py " + " ".join(a for a in sys.argv[1:] if a != "--redo")}
@@ -148,8 +177,9 @@ def main():
         if done and not args.redo:
             print(f"{run}: kept from {args.out}")
             continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", run, "--images", args.images,
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", run,
                "--n-images", str(args.n_images), "--batch-size", str(args.batch_size)]
+        cmd += ["--model", args.model, "--data", args.data] if args.model else ["--images", args.images]
         cmd += ["--weights", args.weights] if args.weights else []
         cmd += ["--set", *args.set] if args.set else []
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

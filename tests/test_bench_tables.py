@@ -27,3 +27,24 @@ def test_repair_table_renders_errors_and_unmeasured_numbers():
     assert "| lab pruning -4% (3 ch) | 90.00% | n/a | 89.00% | n/a | 5.00% / n/a | 1.00% | 3 |" in text
     assert "| unlearn | - | - | - | - | - | - | - | detect recovered no trigger |" in text
     assert "--redo" in text and "CSAW DeepID" in text
+
+
+def test_compare_scans_matches_majority_verdicts(tmp_path):
+    import json
+
+    from compare_scans import main, majority
+
+    assert majority([[7], [7, 6], [7]]) == ((7,), 3)
+    assert majority([[], [3]]) == ((), 2)  # a tie: the earliest run's
+    full = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}, {"suspects": [7]}, {"suspects": []}]},
+                     {"path": "b.keras", "runs": [{"suspects": []}]}]}
+    staged = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}]},
+                       {"path": "b.keras", "runs": [{"suspects": [2]}]},
+                       {"path": "c.keras", "runs": [{"suspects": []}]}]}
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    (tmp_path / "staged.json").write_text(json.dumps(staged))
+    main([str(tmp_path / "staged.json"), "--against", str(tmp_path / "full.json"), "--out", str(tmp_path / "c.md")])
+    text = (tmp_path / "c.md").read_text()
+    assert "| a.keras | class 7 (3 runs) | class 7 | yes |" in text
+    assert "| b.keras | clean | class 2 | **no** |" in text
+    assert "Same verdict: 1 of 2 models." in text and "No full scan to compare with: c.keras." in text

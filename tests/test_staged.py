@@ -121,19 +121,18 @@ def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
         _scan(bd, str(tmp_path), resume=True)
 
 
-def test_stage2_gap_compares_with_the_classes_left_in_stage1():
-    # Stage 2 measured classes 6 and 7 in full; class 3 was screened only, with a small norm.
-    # Against 6 alone, 7 would have gap 4 and be flagged; against every class it has gap 1.
-    screened = {0: 8.0, 3: 1.0, 6: 4.0, 7: 1.0, 9: 9.0}
-    det = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0}, screen_norms=screened)
-    assert det.screen_scale_ == pytest.approx(2.0)  # median of 8/4 and 2/1
-    assert det.reference_norms_ == {0: 16.0, 3: 2.0, 9: 18.0}
-    assert det.scores_ == {6: pytest.approx(0.25), 7: pytest.approx(1.0)} and det.suspect_classes_ == []
-    alone = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0, 0: 16.0})
-    assert alone.suspect_classes_ == [7]  # without class 3 the gap of 7 is 4
-    assert WholeImageDetector().fit_norms({7: 2.0}, screen_norms={7: 1.0, 1: 1.0, 2: 9.0}).scores_[7] == 1.0
+def test_stage2_flags_a_whole_image_class_only_if_stage1_did_against_every_class():
+    # Stage 2 measured classes 6 and 7 in full: against 6 alone, 7 has gap 4. Its stage-1 gap,
+    # against all classes, decides whether that counts (its nearest rival may not be promoted).
+    both = dict(screen_threshold=1.5)
+    det = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0}, screen_gaps={6: 0.4, 7: 1.2}, **both)
+    assert det.scores_ == {6: 0.25, 7: 4.0} and det.suspect_classes_ == []
+    det = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 2.0}, screen_gaps={6: 0.4, 7: 2.5}, **both)
+    assert det.suspect_classes_ == [7] and det.report()["classes"]["7"]["stage1_gap"] == 2.5
+    det = WholeImageDetector(threshold=2.0).fit_norms({6: 8.0, 7: 5.0}, screen_gaps={6: 0.4, 7: 9.0}, **both)
+    assert det.suspect_classes_ == []  # stage 1 alone does not flag
     with pytest.raises(AegisError, match="at least 3 classes"):
-        WholeImageDetector().fit_norms({7: 2.0}, screen_norms={7: 1.0, 1: 1.0})
+        WholeImageDetector().fit_norms({6: 8.0, 7: 2.0})  # a full scan compares 3 or more
 
 
 FULL = FAST.replace(scan="full")

@@ -26,7 +26,7 @@ __all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "p
 
 
 def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
-              n_jobs=1, resume=False, translations=None, screen_norms=None):
+              n_jobs=1, resume=False, translations=None, screen_gaps=None):
     """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict.
 
     ``config`` is a :class:`~aegis_tf.config.DetectConfig`. With the transfer
@@ -39,8 +39,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     first. With ``out_dir``, a scan saves its progress there as it goes (a
     staged scan its stage-1 results, a full scan its translations), and
     ``resume`` continues an interrupted scan from it with the same numbers. ``translations`` (``{class: Translation}``) skips translating;
-    ``screen_norms`` (a staged scan's stage-1 norms of every class) lets the
-    whole-image gap compare with the classes not scanned in full.
+    ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every
+    class) must also reach ``config.alarm_gap`` for the whole-image signal to
+    flag a class.
     """
     if scan_mode(config, len(classes)) == "staged":
         return _run_staged(model, x, y, classes=classes, config=config, pixel_max=pixel_max, out_dir=out_dir,
@@ -62,11 +63,12 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         transfer.fit(model, x, y, classes, translations=translations)
         times["patch_transfer"] = time.perf_counter() - t
     whole = None
-    if config.whole_image and len(set(classes) | set(screen_norms or ())) >= 3:
+    if config.whole_image and len(classes) >= (2 if screen_gaps is not None else 3):
         t = time.perf_counter()
         whole = WholeImageDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, pixel_max=pixel_max,
                                    random_state=seed, batch_size=batch_size)
-        whole.fit(model, x, y, classes, translations=translations, screen_norms=screen_norms)
+        whole.fit(model, x, y, classes, translations=translations, screen_gaps=screen_gaps,
+                  screen_threshold=config.alarm_gap)
         times["whole_image"] = time.perf_counter() - t
     det = None
     plots = plots and out_dir is not None
@@ -164,7 +166,7 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
     translate_seconds = time.perf_counter() - t
     report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
                        batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations,
-                       screen_norms={c: r["flip_norm"] for c, r in results.items()})
+                       screen_gaps=scores.get("whole_image"))
     report["config"] = config.to_dict()
     report["seconds"] = {"stage1": stage1_seconds, **report["seconds"], "translate": translate_seconds}
     report["stages"] = {"scan": "staged", "classes": len(classes), "promoted": promoted,
