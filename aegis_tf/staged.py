@@ -34,7 +34,7 @@ from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress, write_json
 from aegis_tf.whole_image import WholeImageDetector, flip_norms
 
-__all__ = ["STAGED_ABOVE", "STATE_FILE", "ROWS_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote",
+__all__ = ["STAGED_ABOVE", "STATE_FILE", "ROWS_FILE", "STAGE2_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote",
            "promote_all", "screen", "score_screen", "load_state"]
 
 # "auto" runs the staged scan when more classes than this are examined. With the
@@ -45,6 +45,8 @@ STAGED_ABOVE = 20
 STATE_FILE = "scan_state.json"
 # A full scan's translations done so far (for --resume); removed when the scan ends.
 ROWS_FILE = "scan_translations.npz"
+# A staged scan's stage-2 translations, one class at a time (for --resume); removed when the scan ends.
+STAGE2_FILE = "scan_stage2.npz"
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
 SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
 
@@ -199,6 +201,38 @@ def save_rows(path, key, rows):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         np.savez(f, fingerprint=np.array(key), rows=rows)
+    os.replace(tmp, path)
+
+
+def load_stage2(path, key):
+    """``{class: Translation}`` saved at ``path`` by an interrupted stage 2 with
+    fingerprint ``key`` (``{}`` when there is none); another scan's file is a one-line error."""
+    from aegis_tf.translation import Translation
+
+    if not os.path.exists(path):
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved = str(f["fingerprint"])
+            found = {int(c): Translation(f[f"images_{c}"], f[f"seeds_{c}"], float(f[f"reached_{c}"]), f[f"starts_{c}"])
+                     for c in f["classes"]}
+    except (OSError, ValueError, KeyError):
+        raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
+    if saved != key:
+        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed or "
+                         "settings); delete it or use another --out-dir")
+    return found
+
+
+def save_stage2(path, key, translations):
+    """Write stage 2's translations so far (``{class: Translation}``, atomically)."""
+    arrays = {"fingerprint": np.array(key), "classes": np.array(sorted(translations), dtype="int64")}
+    for c, t in translations.items():
+        arrays.update({f"images_{c}": t.images, f"seeds_{c}": t.seeds, f"reached_{c}": np.array(t.reached),
+                       f"starts_{c}": t.starts})
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     os.replace(tmp, path)
 
 

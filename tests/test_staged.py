@@ -110,6 +110,28 @@ def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, t
     assert resumed["suspect_classes"] == report["suspect_classes"]
 
 
+def test_resume_continues_stage2_from_the_classes_it_finished(bd, whole, tmp_path, monkeypatch):
+    import aegis_tf.staged as staged
+
+    saved = staged.save_stage2
+
+    def save_then_stop(path, key, translations):  # Ctrl-C after stage 2's first class
+        saved(path, key, translations)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(staged, "save_stage2", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _scan(bd, str(tmp_path))
+    monkeypatch.setattr(staged, "save_stage2", saved)
+    assert os.path.exists(tmp_path / staged.STAGE2_FILE)
+    resumed = _scan(bd, str(tmp_path), resume=True)
+    report = whole[0]
+    assert resumed["stages"]["resumed_classes"] == 10 and resumed["stages"]["resumed_stage2_classes"] == 1
+    for key in ("classes", "whole_image", "translation_reached", "suspect_classes"):
+        assert resumed[key] == report[key]
+    assert not os.path.exists(tmp_path / staged.STAGE2_FILE)  # removed when the scan ends
+
+
 def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
     shutil.copy(whole[1] / STATE_FILE, tmp_path / STATE_FILE)
     model, x, y = bd

@@ -79,7 +79,8 @@ def add(sub):
          help="staged scan: also promote any class whose stage-1 whole-image gap reaches this (default 1.5)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan from the progress it saved in --out-dir (a staged scan's "
-                        "stage-1 results, scan_state.json; a full scan's translations, scan_translations.npz)")
+                        "stage-1 results, scan_state.json, and stage-2 translations, scan_stage2.npz; a full scan's translations, "
+                        "scan_translations.npz)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
     flag(p, "--jobs", type=int, default=1,
@@ -93,12 +94,12 @@ def add(sub):
 def run(args):
     from aegis_tf.config import DetectConfig
     from aegis_tf.jobs.detect import run_detect
-    from aegis_tf.staged import ROWS_FILE, STATE_FILE
+    from aegis_tf.staged import ROWS_FILE, STAGE2_FILE, STATE_FILE
     from aegis_tf.utils import no_partial_report, write_json
 
     base = DetectConfig.from_preset(args.preset)
     config = settings(DetectConfig, args, **{k: v for k, v in base.to_dict().items() if getattr(args, k) is None})
-    with no_partial_report(args.out_dir, keep=(STATE_FILE, ROWS_FILE)):  # Ctrl-C leaves no half-made report
+    with no_partial_report(args.out_dir, keep=(STATE_FILE, ROWS_FILE, STAGE2_FILE)):  # Ctrl-C leaves no half-made report
         results = run_detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
                              data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
                              classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,

@@ -37,7 +37,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     and clustered at once (threads; the report does not depend on it).
     A staged scan (``config.scan``, :mod:`aegis_tf.staged`) screens every class
     first. With ``out_dir``, a scan saves its progress there as it goes (a
-    staged scan its stage-1 results, a full scan its translations), and
+    staged scan its stage-1 results and stage-2 translations, a full scan its
+    translations), and
     ``resume`` continues an interrupted scan from it with the same numbers. ``translations`` (``{class: Translation}``) skips translating;
     ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every
     class) must also reach ``config.alarm_gap`` for the whole-image signal to
@@ -159,10 +160,17 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
     t = time.perf_counter()
     full = config.replace(scan="full")
     attack = translation_attack(model, full, pixel_max=pixel_max)
-    translations = {}
+    stage2 = os.path.join(out_dir, staged.STAGE2_FILE) if out_dir is not None else None
+    translations = staged.load_stage2(stage2, key) if resume and stage2 is not None else {}
+    translations = {c: tr for c, tr in translations.items() if c in promoted}
+    resumed2 = len(translations)
     for c in progress(promoted, quiet=quiet, desc="stage 2: full detector", unit="class"):
+        if c in translations:
+            continue
         translations.update(translate(model, x, y, [c], full, pixel_max=pixel_max, seed=staged.chunk_seed(seed, c),
                                       batch_size=batch_size, attack_fn=attack))
+        if stage2 is not None:
+            staged.save_stage2(stage2, key, translations)
     translate_seconds = time.perf_counter() - t
     report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
                        batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations,
@@ -176,7 +184,9 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
                                             "wi_probes": staged.screen_config(config).wi_probes,
                                             "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
                                             "alarm_gap": config.alarm_gap},
-                        "resumed_classes": len(done)}
+                        "resumed_classes": len(done), "resumed_stage2_classes": resumed2}
+    if stage2 is not None and os.path.exists(stage2):  # the scan is done: nothing left to resume
+        os.remove(stage2)
     return report
 
 
