@@ -179,61 +179,59 @@ def save_state(path, key, results):
     write_json(path, {"fingerprint": key, "stage": 1, "classes": {str(c): r for c, r in sorted(results.items())}})
 
 
-def load_rows(path, key):
-    """The translations saved at ``path`` by an interrupted full scan with
-    fingerprint ``key`` (``None`` when there is no file); another scan's file is
-    a one-line error."""
+def _load_npz_state(path, key, read):
+    """``read(npz)`` of the state file at ``path`` written by the scan with fingerprint
+    ``key`` (``None`` when there is no file); another scan's file is a one-line error."""
     if not os.path.exists(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            saved, rows = str(f["fingerprint"]), f["rows"]
+            saved, value = str(f["fingerprint"]), read(f)
     except (OSError, ValueError, KeyError):
         raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
     if saved != key:
         raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed, batch size "
                          "or settings); delete it or use another --out-dir")
-    return rows
+    return value
+
+
+def _save_npz_state(path, key, arrays):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, fingerprint=np.array(key), **arrays)
+    os.replace(tmp, path)
+
+
+def load_rows(path, key):
+    """The translations saved at ``path`` by an interrupted full scan with
+    fingerprint ``key`` (``None`` when there is no file)."""
+    return _load_npz_state(path, key, lambda f: f["rows"])
 
 
 def save_rows(path, key, rows):
     """Write a full scan's translations done so far (atomically)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, fingerprint=np.array(key), rows=rows)
-    os.replace(tmp, path)
+    _save_npz_state(path, key, {"rows": rows})
 
 
 def load_stage2(path, key):
     """``{class: Translation}`` saved at ``path`` by an interrupted stage 2 with
-    fingerprint ``key`` (``{}`` when there is none); another scan's file is a one-line error."""
+    fingerprint ``key`` (``{}`` when there is none)."""
     from aegis_tf.translation import Translation
 
-    if not os.path.exists(path):
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            saved = str(f["fingerprint"])
-            found = {int(c): Translation(f[f"images_{c}"], f[f"seeds_{c}"], float(f[f"reached_{c}"]), f[f"starts_{c}"])
-                     for c in f["classes"]}
-    except (OSError, ValueError, KeyError):
-        raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
-    if saved != key:
-        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed or "
-                         "settings); delete it or use another --out-dir")
-    return found
+    def read(f):
+        return {int(c): Translation(f[f"images_{c}"], f[f"seeds_{c}"], float(f[f"reached_{c}"]), f[f"starts_{c}"])
+                for c in f["classes"]}
+
+    return _load_npz_state(path, key, read) or {}
 
 
 def save_stage2(path, key, translations):
     """Write stage 2's translations so far (``{class: Translation}``, atomically)."""
-    arrays = {"fingerprint": np.array(key), "classes": np.array(sorted(translations), dtype="int64")}
+    arrays = {"classes": np.array(sorted(translations), dtype="int64")}
     for c, t in translations.items():
         arrays.update({f"images_{c}": t.images, f"seeds_{c}": t.seeds, f"reached_{c}": np.array(t.reached),
                        f"starts_{c}": t.starts})
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    _save_npz_state(path, key, arrays)
 
 
 def stage1_table(results, scores, promoted):
