@@ -38,9 +38,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     A staged scan (``config.scan``, :mod:`aegis_tf.staged`) screens every class
     first. With ``out_dir``, a scan saves its progress there as it goes (a
     staged scan its stage-1 results and stage-2 translations, a full scan its
-    translations), and
-    ``resume`` continues an interrupted scan from it with the same numbers. ``translations`` (``{class: Translation}``) skips translating;
-    ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every
+    translations), and ``resume`` continues an interrupted scan from it with
+    the same numbers. ``translations`` (``{class: Translation}``) skips
+    translating; ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every
     class) must also reach ``config.alarm_gap`` for the whole-image signal to
     flag a class.
     """
