@@ -95,6 +95,7 @@ class DetectConfig(_Settings):
     plus any class whose stage-1 patch share reaches ``alarm_transfer`` or whose
     whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.staged`); ``"auto"``
     (default) is staged above :data:`aegis_tf.staged.STAGED_ABOVE` classes.
+    ``top_k`` is at least 2, so stage 2 always has two classes to compare.
     """
 
     n_seeds: int = 200
@@ -134,7 +135,7 @@ class DetectConfig(_Settings):
         "runs": _POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
         "whole_image": [Options(True, False)], "wi_probes": _POS_INT, "wi_threshold": [Interval(float, 1, None)],
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": _POS_INT, "stage1_steps": _POS_INT,
-        "top_k": _POS_INT, "alarm_transfer": _UNIT, "alarm_gap": [Interval(float, 1, None)],
+        "top_k": [Interval(int, 2, None)], "alarm_transfer": _UNIT, "alarm_gap": [Interval(float, 1, None)],
     }
 
     @classmethod

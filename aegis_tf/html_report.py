@@ -112,8 +112,10 @@ def write_detect_html(result, path, *, title=None):
     head = ['<th class="label">class</th>']
     for name, ev in evidence.items():
         op = "&le;" if ev.get("direction") == "below" else "&ge;"
+        also = ev.get("also")  # a second condition (a staged scan's stage-1 gap)
+        extra = f' and {escape(str(also["name"]))} gap &ge; {_fmt(also["threshold"])}' if also else ""
         head.append(f'<th title="{escape(str(ev.get("description", "")))}">{escape(name)}<br>'
-                    f'<small>flagged if {op} {_fmt(ev.get("threshold"))}</small></th>')
+                    f'<small>flagged if {op} {_fmt(ev.get("threshold"))}{extra}</small></th>')
     rows = []
     for c in classes:
         cells = [f'<td class="label">{escape(c)}</td>']

@@ -11,19 +11,29 @@ the full detector fixed:
   whole-image gap (:mod:`aegis_tf.whole_image`, :data:`SCREEN_WI_PROBES`
   probes).
 - **Promotion** (:func:`promote`, a pure function): the ``top_k`` classes of
-  each signal, plus every class at or above that signal's alarm level.
+  each signal (a patch share of 0 fills no place), plus every class at or above
+  that signal's alarm level.
 - **Stage 2** runs the full detector (:func:`aegis_tf.jobs.detect.run_aegis`
-  with ``scan="full"``) on the promoted classes only; its verdict is the scan's.
+  with ``scan="full"``) on the promoted classes only; its verdict is the
+  scan's. Its whole-image gaps compare the promoted classes only, so a class is
+  flagged by that signal only if its stage-1 gap (against every class) also
+  reaches ``alarm_gap``.
 
 Each chunk's per-class results go to :data:`STATE_FILE` in the report folder as
-soon as the chunk is done, so ``--resume`` continues an interrupted stage 1
-where it stopped. Chunks are fixed by the class list and each has its own
-random seed, so a resumed scan gives the same numbers as an uninterrupted one.
+soon as the chunk is done, and stage 2's translations to :data:`STAGE2_FILE`
+after every class, so ``--resume`` continues an interrupted scan where it
+stopped. Chunks are fixed by the class list and the batch size (both in the
+fingerprint) and each has its own random seed, so a resumed scan gives the same
+numbers as an uninterrupted one. A full scan saves its translations in
+:data:`ROWS_FILE` (see :func:`save_rows`). Stage 2's and the full scan's state
+are removed when the scan ends; ``scan_state.json`` stays (it is small).
 """
 
 import hashlib
 import json
 import os
+import shutil
+import zipfile
 
 import numpy as np
 
@@ -43,12 +53,16 @@ __all__ = ["STAGED_ABOVE", "STATE_FILE", "ROWS_FILE", "STAGE2_FILE", "SCREEN_PRO
 # at most half and risks a miss for it; MNIST-size models keep the full scan.
 STAGED_ABOVE = 20
 STATE_FILE = "scan_state.json"
-# A full scan's translations done so far (for --resume); removed when the scan ends.
-ROWS_FILE = "scan_translations.npz"
+# A full scan's translations done so far, one .npy per chunk (for --resume); removed when the scan ends.
+ROWS_FILE = "scan_translations"
 # A staged scan's stage-2 translations, one class at a time (for --resume); removed when the scan ends.
 STAGE2_FILE = "scan_stage2.npz"
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
 SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
+
+
+# What reading a damaged or foreign state file raises.
+_STATE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def scan_mode(config, n_classes):
@@ -166,17 +180,21 @@ def load_state(path, key):
         with open(path) as f:
             state = json.load(f)
         saved, results = state["fingerprint"], state["classes"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (*_STATE_ERRORS, TypeError):
         raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
-    if saved != key:
-        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed or "
-                         "settings); delete it or use another --out-dir")
+    _refuse(path, saved, key)
     return {int(c): r for c, r in results.items()}
 
 
 def save_state(path, key, results):
     """Write stage 1's per-class results (atomically)."""
     write_json(path, {"fingerprint": key, "stage": 1, "classes": {str(c): r for c, r in sorted(results.items())}})
+
+
+def _refuse(path, saved, key):
+    if saved != key:
+        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed, batch size "
+                         "or settings); delete it or use another --out-dir")
 
 
 def _load_npz_state(path, key, read):
@@ -187,11 +205,9 @@ def _load_npz_state(path, key, read):
     try:
         with np.load(path, allow_pickle=False) as f:
             saved, value = str(f["fingerprint"]), read(f)
-    except (OSError, ValueError, KeyError):
+    except _STATE_ERRORS:
         raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
-    if saved != key:
-        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed, batch size "
-                         "or settings); delete it or use another --out-dir")
+    _refuse(path, saved, key)
     return value
 
 
@@ -202,15 +218,39 @@ def _save_npz_state(path, key, arrays):
     os.replace(tmp, path)
 
 
-def load_rows(path, key):
-    """The translations saved at ``path`` by an interrupted full scan with
-    fingerprint ``key`` (``None`` when there is no file)."""
-    return _load_npz_state(path, key, lambda f: f["rows"])
+def load_rows(folder, key):
+    """The translations an interrupted full scan with fingerprint ``key`` saved in
+    ``folder`` (one ``rows_<first row>.npy`` per chunk), joined; ``None`` when there
+    are none. Another scan's folder is a one-line error."""
+    if not os.path.isdir(folder):
+        return None
+    try:
+        with open(os.path.join(folder, "fingerprint")) as f:
+            saved = f.read().strip()
+        _refuse(folder, saved, key)
+        parts, n = [], 0
+        while os.path.exists(os.path.join(folder, f"rows_{n:09d}.npy")):  # contiguous chunks from row 0
+            parts.append(np.load(os.path.join(folder, f"rows_{n:09d}.npy"), allow_pickle=False))
+            n += len(parts[-1])
+    except _STATE_ERRORS:
+        raise AegisError(f"--resume: {folder} is not a scan state folder; delete it to start afresh") from None
+    return np.concatenate(parts) if parts else None
 
 
-def save_rows(path, key, rows):
-    """Write a full scan's translations done so far (atomically)."""
-    _save_npz_state(path, key, {"rows": rows})
+def save_rows(folder, key, start, rows):
+    """Save one chunk of a full scan's translations (``rows``, from row ``start``),
+    atomically; the first chunk clears the folder of any earlier scan. Each chunk
+    is written once, so the cost stays linear in the scan's size."""
+    if start == 0 and os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    if start == 0:
+        with open(os.path.join(folder, "fingerprint"), "w") as f:
+            f.write(key)
+    path = os.path.join(folder, f"rows_{start:09d}.npy")
+    with open(path + ".tmp", "wb") as f:
+        np.save(f, rows, allow_pickle=False)
+    os.replace(path + ".tmp", path)
 
 
 def load_stage2(path, key):

@@ -43,9 +43,9 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
 
     The rows (translations, class after class) run in chunks of whole batches,
     about one class each, under a progress bar (unless ``quiet``). After each
-    chunk ``save(rows)`` receives the translations done so far; ``done`` (such
-    rows, from an interrupted call with the same arguments) skips them. Chunks
-    hold whole batches, so a resumed call gives the same numbers.
+    chunk ``save(first_row, rows)`` receives its translations; ``done`` (the
+    first rows, saved by an interrupted call with the same arguments) skips
+    them. Chunks hold whole batches, so a resumed call gives the same numbers.
     """
     if start_noise < 0:
         raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
@@ -65,12 +65,8 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
         noise = rng.standard_normal(starts.shape).astype("float32") * np.float32(start_noise)
         starts = np.clip(starts + noise, clip_min, clip_max)
     if attack_fn is None:
-        from aegis_tf import backend
-        from aegis_tf.attacks import make_step
-        from aegis_tf.models import logits_model
-
-        attack_fn = backend.make_attack(logits_model(model), make_step(norm=2, eps=eps, step_size=step_size,
-                                        clip_min=clip_min, clip_max=clip_max), int(steps), -1.0)
+        attack_fn = _targeted_l2_attack(model, eps=eps, step_size=step_size, steps=steps, clip_min=clip_min,
+                                        clip_max=clip_max)
     adv = np.empty_like(starts)
     first = 0 if done is None else len(done)
     if first:
@@ -86,7 +82,7 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
                                                  clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
                                                  attack_fn=attack_fn)
             if save is not None:
-                save(adv[:sl.stop])
+                save(i, adv[sl])
             bar.update(min(chunk, len(starts) - i))
             bar.set_postfix_str(f"{int(np.sum(ends <= sl.stop))} of {len(classes)} classes done")
     pred = predict_labels(model, adv, batch_size=batch_size)
@@ -112,13 +108,18 @@ def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512
 def translation_attack(model, config, *, pixel_max):
     """The compiled targeted PGD loop of :func:`translate` with ``config``'s settings,
     for scans that translate in many calls (one compilation instead of one per call)."""
+    return _targeted_l2_attack(model, eps=config.eps * pixel_max, step_size=config.step_size * pixel_max,
+                               steps=config.steps, clip_min=0.0, clip_max=pixel_max)
+
+
+def _targeted_l2_attack(model, *, eps, step_size, steps, clip_min, clip_max):
+    """A compiled targeted L2 PGD loop on ``model``'s logits (input units)."""
     from aegis_tf import backend
     from aegis_tf.attacks import make_step
     from aegis_tf.models import logits_model
 
-    step = make_step(norm=2, eps=config.eps * pixel_max, step_size=config.step_size * pixel_max, clip_min=0.0,
-                     clip_max=pixel_max)
-    return backend.make_attack(logits_model(model), step, int(config.steps), -1.0)
+    step = make_step(norm=2, eps=eps, step_size=step_size, clip_min=clip_min, clip_max=clip_max)
+    return backend.make_attack(logits_model(model), step, int(steps), -1.0)
 
 
 def translations_for(detector, model, x, y, classes, translations=None):

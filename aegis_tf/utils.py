@@ -100,15 +100,17 @@ def no_partial_report(folder, *, keep=(), reports=("detect.json", "report.html")
 
     Each file is written atomically, but a report is several files. If the body
     raises (Ctrl-C included), every file it created or changed under ``folder``
-    is removed, except those named in ``keep`` (a scan's resume state); if any
+    is removed, except those named in ``keep`` or inside a folder named in it (a
+    scan's resume state); if any
     was, the ``reports`` that describe the folder's figures are removed too.
     """
     before = _files_under(folder)
+    keep_set = set(keep)
     try:
         yield
     except BaseException:
         touched = [p for p, t in _files_under(folder).items()
-                   if before.get(p) != t and os.path.basename(p) not in keep]
+                   if before.get(p) != t and not keep_set & set(os.path.relpath(p, folder).split(os.sep))]
         if touched:
             touched += [p for p in before if os.path.basename(p) in reports]
         for p in set(touched):

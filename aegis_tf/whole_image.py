@@ -140,8 +140,10 @@ class WholeImageDetector(Detector):
         """
         self._validate_params()
         staged = screen_gaps is not None
+        if staged and screen_threshold is None:
+            raise AegisError("screen_gaps needs a screen_threshold")
         if len(norms) < (2 if staged else 3):
-            raise AegisError("the whole-image signal needs at least 3 classes to compare")
+            raise AegisError(f"the whole-image signal needs at least {2 if staged else 3} classes to compare")
         self.classes_ = sorted(norms)
         self.norms_ = {c: float(norms[c]) for c in self.classes_}
         norms = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)

@@ -101,6 +101,11 @@ def one_run(mode, n_classes, args):
             "whole_image_suspects": report.get("whole_image", {}).get("suspect_classes")}
 
 
+def flagged(row):
+    """The classes a run's verdict names: those of either deciding signal (patch transfer, whole image)."""
+    return sorted(set(row["suspect_classes"]) | set(row.get("whole_image_suspects") or []))
+
+
 def markdown(result):
     rows = {(r["mode"], r["classes"]): r for r in result["runs"]}
     base = rows.get(("full", 10))
@@ -117,7 +122,8 @@ def markdown(result):
     lines = [head, "",
              "| classes | scan | time (s) | ratio to full 10-class | peak memory (GiB) | promoted to stage 2 | verdict | stage times (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    for n in sorted({r["classes"] for r in result["runs"]} | {10, 20, 100, 1283}):
+    counts = {r["classes"] for r in result["runs"]}
+    for n in sorted(counts | ({10, 20, 100, 1283} if not meta.get("model") else set())):  # estimates: DeepID only
         for mode in ("full", "staged"):
             r = rows.get((mode, n))
             if r is None and mode == "full" and per_class:
@@ -130,7 +136,7 @@ def markdown(result):
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items())
             promoted = "all" if r["promoted"] is None else f"{len(r['promoted'])}"
-            verdict = ", ".join(map(str, r["suspect_classes"])) or "clean"
+            verdict = ", ".join(map(str, flagged(r))) or "clean"
             lines.append(f"| {n} | {mode} | {r['seconds']:.0f} | {ratio} | {r['peak_rss_gib']:.2f} | {promoted} | "
                          f"{verdict} | {stages} |")
     lines += ["", f"Command: `{result['meta']['command']}`"]
@@ -169,10 +175,17 @@ def main():
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU", "n_images": args.n_images,
                       "batch_size": args.batch_size, "settings": settings(args.set),
                       "command": "python bench/bench_scale.py " + " ".join(a for a in sys.argv[1:] if a != "--redo")}
+    limit = 1283 if not args.model else None
     for run in args.runs:
         mode, n = run.split(":")
         if mode not in ("full", "staged"):
             raise SystemExit(f"--runs: MODE must be full or staged. Received: {run}")
+        if limit is None:
+            from aegis_tf.models import load_model
+
+            limit = int(load_model(args.model).output_shape[-1])
+        if not 1 <= int(n) <= limit:
+            raise SystemExit(f"--runs: N must lie in 1..{limit} (the model's classes). Received: {run}")
         done = [r for r in result["runs"] if (r["mode"], r["classes"]) == (mode, int(n))]
         if done and not args.redo:
             print(f"{run}: kept from {args.out}")

@@ -5,8 +5,9 @@
         --out results/staged_vs_full.md
 
 ``STAGED`` and each ``--against`` file is a ``bench/detect_table.py`` JSON
-(``rows``, each with its detection ``runs``) or a ``bench/bench_scale.py`` JSON
-with ``--model`` (its full scan of all classes). A model's verdict in a table is
+(``rows``, each with its detection ``runs``; a row with no run is skipped) or a
+``bench/bench_scale.py`` JSON with ``--model`` (its full scan of the most
+classes; its verdict: the classes either signal flagged). A model's verdict in a table is
 the classes flagged in most of its runs (a tie: the earliest run's), or
 ``clean``. Models are matched by path. Writes a markdown table: per model, both
 verdicts and whether they agree, then the count.
@@ -17,6 +18,8 @@ import collections
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_scale, beside this file
 
 
 def majority(runs):
@@ -31,13 +34,15 @@ def verdicts(path):
     with open(path) as f:
         data = json.load(f)
     if "rows" in data:
-        return {r["path"]: majority([run["suspects"] for run in r["runs"]]) for r in data["rows"]}
+        return {r["path"]: majority([run["suspects"] for run in r["runs"]]) for r in data["rows"] if r["runs"]}
     model = data.get("meta", {}).get("model")
     if not model:
         sys.exit(f"error: {path} is neither a detect_table JSON nor a bench_scale JSON with --model")
     n = max(r["classes"] for r in data["runs"])
     full = [r for r in data["runs"] if r["mode"] == "full" and r["classes"] == n]
-    return {model: (tuple(sorted(full[0]["suspect_classes"])), 1)} if full else {}
+    from bench_scale import flagged
+
+    return {model: (tuple(flagged(full[0])), 1)} if full else {}
 
 
 def fmt(verdict, runs):

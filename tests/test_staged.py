@@ -42,10 +42,11 @@ def test_a_zero_score_fills_no_top_k_place():
 def test_promote_all_is_the_union_of_both_signals():
     stage1 = {"patch_transfer": {c: (0.4 if c == 7 else 0.0) for c in range(100)},
               "whole_image": {c: (3.0 if c == 42 else 0.5 - c / 1000) for c in range(100)}}
-    config = DetectConfig(top_k=1, alarm_transfer=0.1, alarm_gap=1.5)
-    assert promote_all(stage1, config) == [7, 42]
-    assert promote_all(stage1, config.replace(top_k=2)) == [0, 7, 42]  # 0: the second-highest gap
+    config = DetectConfig(top_k=2, alarm_transfer=0.1, alarm_gap=1.5)
+    assert promote_all(stage1, config) == [0, 7, 42]  # 0: the second-highest gap
+    assert promote_all(stage1, config.replace(top_k=3)) == [0, 1, 7, 42]
     assert promote_all({"patch_transfer": stage1["patch_transfer"]}, config) == [7]
+    assert promote_all(stage1, config.replace(top_k=2, alarm_gap=4.0)) == [0, 7, 42]  # 42 by rank alone
 
 
 def test_auto_is_staged_only_above_the_class_count():
@@ -132,6 +133,22 @@ def test_resume_continues_stage2_from_the_classes_it_finished(bd, whole, tmp_pat
     assert not os.path.exists(tmp_path / staged.STAGE2_FILE)  # removed when the scan ends
 
 
+def test_a_staged_scan_of_fewer_than_3_classes_is_a_one_line_error(bd):
+    model, x, y = bd
+    with pytest.raises(AegisError, match="at least 3 classes"):
+        run_aegis(model, x, y, classes=[6, 7], config=FAST, pixel_max=255.0, out_dir=None)
+    with pytest.raises(Exception, match="top_k"):
+        FAST.replace(top_k=1)
+
+
+def test_a_damaged_state_file_is_a_one_line_error(bd, tmp_path):
+    import aegis_tf.staged as staged
+
+    (tmp_path / staged.STAGE2_FILE).write_bytes(b"")  # an empty, truncated .npz
+    with pytest.raises(AegisError, match="not a scan state file"):
+        staged.load_stage2(str(tmp_path / staged.STAGE2_FILE), "key")
+
+
 def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
     shutil.copy(whole[1] / STATE_FILE, tmp_path / STATE_FILE)
     model, x, y = bd
@@ -155,6 +172,8 @@ def test_stage2_flags_a_whole_image_class_only_if_stage1_did_against_every_class
     assert det.suspect_classes_ == []  # stage 1 alone does not flag
     with pytest.raises(AegisError, match="at least 3 classes"):
         WholeImageDetector().fit_norms({6: 8.0, 7: 2.0})  # a full scan compares 3 or more
+    with pytest.raises(AegisError, match="at least 2 classes"):
+        WholeImageDetector().fit_norms({7: 2.0}, screen_gaps={7: 3.0}, screen_threshold=1.5)
 
 
 FULL = FAST.replace(scan="full")
@@ -169,17 +188,19 @@ def test_resume_continues_an_interrupted_full_scan_with_the_same_numbers(bd, tmp
     assert not os.path.exists(tmp_path / "whole" / staged.ROWS_FILE)  # removed when the scan ends
     saved, calls = staged.save_rows, []
 
-    def save_then_stop(path, key, rows):  # Ctrl-C after the second chunk is saved
-        saved(path, key, rows)
-        calls.append(len(rows))
+    def save_then_stop(path, key, start, rows):  # Ctrl-C after the second chunk is saved
+        saved(path, key, start, rows)
+        calls.append((start, len(rows)))
         if len(calls) == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(staged, "save_rows", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_aegis(model, x, y, out_dir=str(tmp_path), **scan)
-    monkeypatch.setattr(staged, "save_rows", saved)
-    assert calls == [16, 32]
+    assert calls == [(0, 16), (16, 16)]
+    calls.clear()
+    monkeypatch.setattr(staged, "save_rows", lambda path, key, start, rows: calls.append((start, len(rows)))
+                        or saved(path, key, start, rows))
     load, loaded = staged.load_rows, []
 
     def load_and_count(path, key):
@@ -189,11 +210,15 @@ def test_resume_continues_an_interrupted_full_scan_with_the_same_numbers(bd, tmp
 
     monkeypatch.setattr(staged, "load_rows", load_and_count)
     resumed = run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
-    assert loaded == [32]  # the two saved chunks were not translated again
+    assert loaded == [32] and calls == [(32, 13)]  # only the last chunk was translated again
     for key in ("classes", "whole_image", "translation_reached", "suspect_classes"):
         assert resumed[key] == whole[key]
-    saved(str(tmp_path / staged.ROWS_FILE), "0123", np.zeros((16, 8, 8, 1), "float32"))
+    assert not os.path.exists(tmp_path / staged.ROWS_FILE)
+    saved(str(tmp_path / staged.ROWS_FILE), "0123", 0, np.zeros((16, 8, 8, 1), "float32"))
     with pytest.raises(AegisError, match="another scan"):
+        run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
+    (tmp_path / staged.ROWS_FILE / "fingerprint").unlink()
+    with pytest.raises(AegisError, match="not a scan state"):
         run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
 
 
@@ -202,14 +227,17 @@ def test_an_interrupted_run_leaves_no_partial_report(tmp_path):
     (tmp_path / "detect.json").write_text("{}")  # an older report whose figures get overwritten
     (tmp_path / "a.png").write_text("old figure")
     with pytest.raises(KeyboardInterrupt):
-        with no_partial_report(str(tmp_path), keep=(STATE_FILE,)):
+        with no_partial_report(str(tmp_path), keep=(STATE_FILE, "scan_translations")):
             (tmp_path / STATE_FILE).write_text("{}")
+            os.makedirs(tmp_path / "m2" / "scan_translations")  # a kept folder's files stay too
+            (tmp_path / "m2" / "scan_translations" / "rows_000000000.npy").write_text("x")
             os.makedirs(tmp_path / "model")
             (tmp_path / "model" / "b.png").write_text("new")
             os.utime(tmp_path / "a.png", ns=(1, 1))
             raise KeyboardInterrupt
-    assert sorted(os.listdir(tmp_path)) == sorted(["old.png", STATE_FILE, "model"])
+    assert sorted(os.listdir(tmp_path)) == sorted(["old.png", STATE_FILE, "model", "m2"])
     assert os.listdir(tmp_path / "model") == []
+    assert os.listdir(tmp_path / "m2" / "scan_translations") == ["rows_000000000.npy"]
 
 
 def test_a_finished_run_keeps_everything(tmp_path):
@@ -238,8 +266,14 @@ def test_the_html_report_shows_both_stages(whole, tmp_path):
     from aegis_tf.html_report import write_detect_html
 
     report = whole[0]
-    page = open(write_detect_html({"model": "m.keras", "aegis": report}, str(tmp_path / "r.html"))).read()
+    from aegis_tf.verdict import combine
+
+    verdict = combine({"patch_transfer": report["evidence"], "whole_image": report["whole_image"]["evidence"]})
+    page = open(write_detect_html({"model": "m.keras", "aegis": report, "verdict": verdict},
+                                  str(tmp_path / "r.html"))).read()
     stages = page[page.index('id="stages"'):]
     assert "Stage 1 screened 10 classes" in stages and "Stage 2 ran" in stages
+    assert "and stage 1 gap &ge; 1.5" in page  # the whole-image column's second condition
     assert ", ".join(map(str, report["stages"]["promoted"])) in stages
-    assert page.count("<tr class=\"suspect\">") >= len(report["stages"]["promoted"])  # promoted stage-1 rows
+    table = page[page.index('id="stage1"'):]
+    assert table[:table.index("</table>")].count('<tr class="suspect">') == len(report["stages"]["promoted"])

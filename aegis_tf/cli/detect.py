@@ -80,7 +80,7 @@ def add(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan from the progress it saved in --out-dir (a staged scan's "
                         "stage-1 results, scan_state.json, and stage-2 translations, scan_stage2.npz; a full scan's translations, "
-                        "scan_translations.npz)")
+                        "scan_translations/)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
     flag(p, "--jobs", type=int, default=1,

@@ -8,6 +8,7 @@ are the two scans, usable on a model already in memory.
 """
 
 import os
+import shutil
 import time
 
 from aegis_tf.clustering import AegisDetector, class_features
@@ -45,6 +46,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     flag a class.
     """
     if scan_mode(config, len(classes)) == "staged":
+        if len(classes) < 3:
+            raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
+                             "(use --scan full)")
         return _run_staged(model, x, y, classes=classes, config=config, pixel_max=pixel_max, out_dir=out_dir,
                            seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
     times = {}
@@ -120,8 +124,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
                                                       main.suspect_classes_, marked=marked, verdict=report["verdict"])
     times["report"] = time.perf_counter() - t
     report["seconds"] = times
-    if rows_file is not None and os.path.exists(rows_file):  # the scan is done: nothing left to resume
-        os.remove(rows_file)
+    if rows_file is not None:  # the scan is done: nothing left to resume
+        shutil.rmtree(rows_file, ignore_errors=True)
     return report
 
 
@@ -138,7 +142,7 @@ def _translate_resumable(model, x, y, classes, config, *, pixel_max, seed, batch
     key = staged.fingerprint(model, x, y, classes, config, seed, batch_size)
     done = staged.load_rows(path, key) if resume else None
     found = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
-                      quiet=quiet, done=done, save=lambda rows: staged.save_rows(path, key, rows))
+                      quiet=quiet, done=done, save=lambda start, rows: staged.save_rows(path, key, start, rows))
     return found, path
 
 
@@ -148,7 +152,7 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
 
     t = time.perf_counter()
     state = os.path.join(out_dir, staged.STATE_FILE) if out_dir is not None else None
-    key = staged.fingerprint(model, x, y, classes, config, seed) if state is not None else None
+    key = staged.fingerprint(model, x, y, classes, config, seed, batch_size) if state is not None else None
     done = staged.load_state(state, key) if resume and state is not None else {}
     save = (lambda results: staged.save_state(state, key, results)) if state is not None else None
     results = staged.screen(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
