@@ -88,19 +88,24 @@ def test_staged_scan_reports_both_stages_and_finds_the_planted_class(whole):
     assert sorted(map(int, state["classes"])) == list(range(10))
 
 
-def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, tmp_path, monkeypatch):
+def _interrupt_after_first_save(bd, out_dir, monkeypatch, saver):
+    """Run a staged scan that Ctrl-C stops right after ``aegis_tf.staged.<saver>`` first saves."""
     import aegis_tf.staged as staged
 
-    saved = staged.save_state
+    saved = getattr(staged, saver)
 
-    def save_then_stop(path, key, results):  # Ctrl-C right after the first chunk is saved
-        saved(path, key, results)
+    def save_then_stop(*args):
+        saved(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(staged, "save_state", save_then_stop)
+    monkeypatch.setattr(staged, saver, save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        _scan(bd, str(tmp_path))
-    monkeypatch.setattr(staged, "save_state", saved)
+        _scan(bd, out_dir)
+    monkeypatch.setattr(staged, saver, saved)
+
+
+def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, tmp_path, monkeypatch):
+    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_state")  # after stage 1's first chunk
     first = json.load(open(tmp_path / STATE_FILE))["classes"]
     assert 0 < len(first) < 10
     resumed = _scan(bd, str(tmp_path), resume=True)
@@ -114,16 +119,7 @@ def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, t
 def test_resume_continues_stage2_from_the_classes_it_finished(bd, whole, tmp_path, monkeypatch):
     import aegis_tf.staged as staged
 
-    saved = staged.save_stage2
-
-    def save_then_stop(path, key, translations):  # Ctrl-C after stage 2's first class
-        saved(path, key, translations)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(staged, "save_stage2", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        _scan(bd, str(tmp_path))
-    monkeypatch.setattr(staged, "save_stage2", saved)
+    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_stage2")  # after stage 2's first class
     assert os.path.exists(tmp_path / staged.STAGE2_FILE)
     resumed = _scan(bd, str(tmp_path), resume=True)
     report = whole[0]

@@ -17,6 +17,7 @@ from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
 from aegis_tf.recovered import (from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
                                  trigger_class)
+from aegis_tf import staged
 from aegis_tf.staged import scan_mode, top_line
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
@@ -132,8 +133,6 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
 def _translate_resumable(model, x, y, classes, config, *, pixel_max, seed, batch_size, out_dir, resume, quiet):
     """A full scan's translations, saved in ``out_dir`` as they are made so that
     ``resume`` continues an interrupted scan; returns them and the state file."""
-    from aegis_tf import staged
-
     if out_dir is None:
         return translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
                          quiet=quiet), None
@@ -148,8 +147,6 @@ def _translate_resumable(model, x, y, classes, config, *, pixel_max, seed, batch
 
 def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch_size, quiet, plots, n_jobs, resume):
     """Stage 1 on every class, stage 2 (the full detector) on the promoted ones; see :mod:`aegis_tf.staged`."""
-    from aegis_tf import staged
-
     t = time.perf_counter()
     state = os.path.join(out_dir, staged.STATE_FILE) if out_dir is not None else None
     key = staged.fingerprint(model, x, y, classes, config, seed, batch_size) if state is not None else None
@@ -176,6 +173,7 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
         if stage2 is not None:
             staged.save_stage2(stage2, key, translations)
     translate_seconds = time.perf_counter() - t
+    screen = staged.screen_config(config)
     report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
                        batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations,
                        screen_gaps=scores.get("whole_image"))
@@ -184,8 +182,7 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
     report["stages"] = {"scan": "staged", "classes": len(classes), "promoted": promoted,
                         "stage1": staged.stage1_table(results, scores, promoted),
                         "stage1_settings": {"n_seeds": config.stage1_seeds, "steps": config.stage1_steps,
-                                            "n_probes": staged.screen_config(config).n_probes,
-                                            "wi_probes": staged.screen_config(config).wi_probes,
+                                            "n_probes": screen.n_probes, "wi_probes": screen.wi_probes,
                                             "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
                                             "alarm_gap": config.alarm_gap},
                         "resumed_classes": len(done), "resumed_stage2_classes": resumed2}
