@@ -25,6 +25,7 @@ batches runs in one jitted call with the data on the device.
 import dataclasses
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -137,10 +138,12 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
         order = rng.permutation(n)
         augment = crop_flip_params(n, rng) if config["augment"] else None
         bar = progress(total=-(-n // bs), quiet=quiet, desc=f"epoch {epoch + 1}/{config['epochs']}")
+        t0 = time.perf_counter()
         with bar:
             loss = trainer.epoch(order, rng, batch_size=bs, attack=attack_for(epoch) if config["robust"] else None,
                                  augment=augment, on_batches=bar.update)
-        record = {"epoch": epoch, "loss": loss, "learning_rate": learning_rate_at(epoch, config)}
+        record = {"epoch": epoch, "loss": loss, "learning_rate": learning_rate_at(epoch, config),
+                  "seconds": round(time.perf_counter() - t0, 2)}
         history.append(record)
         if checkpoint_dir:
             _save_checkpoint(checkpoint_dir, model, optimizer, {"epoch": epoch, "history": history, "config": config.to_dict()})

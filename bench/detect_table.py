@@ -152,6 +152,14 @@ def _baselines(model, x, y, n_classes, target, seeds):
     return out
 
 
+def _rows_to_write(reached, done):
+    """The rows --out gets: those this call has reached, then every row it already held
+    that this call has not reached (not listed, or not yet), so that an interrupted
+    ``--resume`` loses nothing."""
+    seen = {r["path"] for r in reached}
+    return reached + [r for p, r in done.items() if p not in seen]
+
+
 def _same_config(old, new):
     """The configurations match; a setting added since ``old`` was written must hold its default."""
     default = DetectConfig().to_dict()
@@ -191,10 +199,9 @@ def main():
         if _same_config(old["meta"]["config"], config.to_dict()) and old["meta"]["runs"] == args.runs:
             done = {r["path"]: r for r in old["rows"] if "path" in r}
             result["meta"]["command"] = old["meta"]["command"] + "; then " + result["meta"]["command"]
-    rest = [r for p_, r in done.items() if p_ not in paths]  # models --out holds that this call does not list
 
     def save():
-        full = {**result, "rows": result["rows"] + rest}
+        full = {**result, "rows": _rows_to_write(result["rows"], done)}
         _write(full, args.out)
         return full
 

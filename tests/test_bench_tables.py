@@ -48,3 +48,13 @@ def test_compare_scans_matches_majority_verdicts(tmp_path):
     assert "| a.keras | class 7 (3 runs) | class 7 | yes |" in text
     assert "| b.keras | clean | class 2 | **no** |" in text
     assert "Same verdict: 1 of 2 models." in text and "No full scan to compare with: c.keras." in text
+
+
+def test_detect_table_interrupted_resume_keeps_the_rows_it_has_not_reached():
+    from detect_table import _rows_to_write
+
+    done = {p: {"path": p, "runs": [p]} for p in ("a", "b", "c")}
+    reached = [{"path": "a", "runs": ["a"], "baselines": {}}]  # a resumed call added baselines to "a" so far
+    rows = _rows_to_write(reached, done)
+    assert [r["path"] for r in rows] == ["a", "b", "c"] and "baselines" in rows[0]
+    assert _rows_to_write([], {}) == []

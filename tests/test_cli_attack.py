@@ -40,6 +40,7 @@ def test_train_then_evaluate_on_embedded_digits(tmp_path, capsys):
     report = json.load(open(str(model) + ".json"))
     assert set(report["test"]) >= {"clean_acc", "asr", "adv_acc"}
     assert len(report["history"]) == 2 and os.path.isfile(str(model) + ".ckpt/last.json")
+    assert all(h["seconds"] > 0 for h in report["history"])  # per-epoch wall time, for the recipes' CPU cost
     # The trigger's parameters travel with the model (MODEL.json) ...
     config, poisoned = read_trigger_config(str(model))
     assert poisoned and config == TriggerConfig(trigger="localised", trigger_size=3, trigger_margin=1, target_label=3)
