@@ -18,7 +18,6 @@ from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogra
 from aegis_tf.recovered import (from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
                                  trigger_class)
 from aegis_tf import staged
-from aegis_tf.staged import scan_mode, top_line
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
 from aegis_tf.verdict import combine
@@ -46,7 +45,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     class) must also reach ``config.alarm_gap`` for the whole-image signal to
     flag a class.
     """
-    if scan_mode(config, len(classes)) == "staged":
+    if staged.scan_mode(config, len(classes)) == "staged":
         if len(classes) < 3:
             raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
                              "(use --scan full)")
@@ -253,9 +252,9 @@ def format_summary(report, name):
         lines.append(f"    staged scan: stage 1 screened {st['classes']} classes "
                      f"({st['stage1_settings']['n_seeds']} seeds x {st['stage1_settings']['steps']} steps); "
                      f"stage 2 ran the full detector on {len(st['promoted'])}: {', '.join(map(str, st['promoted']))}")
-        lines.append(f"    stage 1 highest patch share: {top_line(stage1['transfer_score'])}")
+        lines.append(f"    stage 1 highest patch share: {staged.top_line(stage1['transfer_score'])}")
         if stage1["whole_image_gap"]:
-            lines.append(f"    stage 1 highest whole-image gap: {top_line(stage1['whole_image_gap'])}")
+            lines.append(f"    stage 1 highest whole-image gap: {staged.top_line(stage1['whole_image_gap'])}")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
     lines.append(f"    time: {secs}")
     return "\n".join(lines)
