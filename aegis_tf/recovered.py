@@ -10,6 +10,9 @@ Every detector's evidence for a flagged class becomes one
   ``delta`` is 0;
 * the whole-image signal: the class's mean translation direction scaled to
   the norm that moved the probes; ``mask`` is 0, ``delta`` is that direction;
+* the blend probe (opt-in): the class's mean translated image as the
+  ``pattern``, blended at the weight that moved the probes (``mask`` is that
+  weight everywhere), ``delta`` is 0;
 * Neural Cleanse: its reversed mask and pattern.
 
 On disk a trigger is ``trigger_<class>_<source>.json`` (how to apply it, its
@@ -27,7 +30,7 @@ import numpy as np
 from aegis_tf.errors import AegisError
 from aegis_tf.utils import atomic_path, read_json, write_json
 
-__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_whole_image", "from_neural_cleanse", "save_triggers",
+__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_whole_image", "from_blend_probe", "from_neural_cleanse", "save_triggers",
            "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
@@ -104,7 +107,8 @@ class RecoveredTrigger:
         return np.clip((1.0 - m) * x + m * self.pattern[v] + self.delta[v], 0.0, self.pixel_max).astype("float32")
 
     def describe(self):
-        what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "neural_cleanse": "Neural Cleanse mask"}
+        what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
+                "neural_cleanse": "Neural Cleanse mask"}
         return f"class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
     def save(self, folder):
@@ -218,6 +222,17 @@ def from_whole_image(whole, translations, c, *, pixel_max):
         target=int(c), source="whole_image", mask=np.zeros(d.shape[:3] + (1,), "float32"),
         pattern=np.zeros_like(d), delta=d, pixel_max=float(pixel_max),
         evidence={"whole_image_gap": float(whole.scores_[c]), "flip_norm": float(whole.norms_[c])})
+
+
+def from_blend_probe(blend, translations, c, *, pixel_max):
+    """Class ``c``'s mean translated image, blended at the weight that moved the probes."""
+    from aegis_tf.whole_image import mean_translated
+
+    pattern = mean_translated(translations[c])[None]
+    return RecoveredTrigger(
+        target=int(c), source="blend_probe", mask=np.full(pattern.shape[:3] + (1,), blend.norms_[c], "float32"),
+        pattern=pattern, delta=np.zeros_like(pattern), pixel_max=float(pixel_max),
+        evidence={"blend_gap": float(blend.scores_[c]), "blend_alpha": float(blend.norms_[c])})
 
 
 def from_neural_cleanse(nc, c, *, pixel_max):

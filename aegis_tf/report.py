@@ -191,3 +191,24 @@ def direction_grids(det, translations, x, out_dir, pixel_max):
                         title=f"class {c}: the mean translation direction, the recovered whole-image trigger")
         files[str(c)] = path
     return files
+
+
+def blend_grids(det, translations, x, out_dir, pixel_max):
+    """For each class the blend probe flags (a fitted
+    :class:`~aegis_tf.whole_image.BlendProbeDetector`): its mean translated image
+    (the recovered blend pattern), and clean images blended with it at the weight
+    that moved the probes."""
+    from aegis_tf.whole_image import mean_translated
+
+    files = {}
+    rng = np.random.default_rng(0)
+    for c in det.suspect_classes_:
+        pattern, a = mean_translated(translations[c]), det.norms_[c]
+        probes = x[rng.choice(len(x), size=min(8, len(x)), replace=False)].astype("float32")
+        rows = [("mean translated image", [pattern]), ("clean", probes),
+                (f"blended at a = {a:.2f}", (1 - a) * probes + a * pattern)]
+        path = os.path.join(out_dir, f"suspect_class_{c}_blend.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: the recovered blend pattern (mean translated image)")
+        files[str(c)] = path
+    return files

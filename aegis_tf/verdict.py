@@ -12,7 +12,7 @@ __all__ = ["combine", "verdict_line"]
 
 # How each signal is named on the console line.
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
-          "whole_image": "whole-image gap"}
+          "whole_image": "whole-image gap", "blend_probe": "blend gap"}
 
 
 def combine(evidence):

@@ -19,6 +19,16 @@ class). No absolute norm is assumed, so the rule carries over between data
 sets, models and pixel scales. Two or more targets of one model hide each
 other under this rule (each is the other's nearest class); the patch-transfer
 score and Neural Cleanse do not share that blind spot.
+
+A blended trigger (``x' = (1 - a) x + a p``) is not additive: it also fades
+the image. On bright images (Fashion-MNIST) the additive probe can miss it.
+:class:`BlendProbeDetector` (opt-in, ``DetectConfig(wi_blend=True)``) probes
+the same way with a blend: the smallest ``a`` at which ``(1 - a) x + a m_c``,
+with ``m_c`` the mean of class ``c``'s translated images, moves ``flip_at``
+of the probes to ``c``. A backdoor's pattern survives the averaging and
+works at a small ``a``; an ordinary class's mean translation is a blur of
+different images that needs most of the image (or never moves 90% at all).
+The same relative gap and threshold decide.
 """
 
 import numpy as np
@@ -27,13 +37,51 @@ from aegis_tf.errors import AegisError
 from aegis_tf.models import predict_labels
 from aegis_tf.params import Detector, Interval
 
-__all__ = ["mean_direction", "flip_norms", "WholeImageDetector"]
+__all__ = ["mean_direction", "flip_norms", "blend_alphas", "WholeImageDetector", "BlendProbeDetector"]
 
 
 def mean_direction(translation):
     """The mean translation delta (translated image minus its start) of one class, and its L2 norm."""
     delta = np.mean(np.asarray(translation.images, "float32") - np.asarray(translation.starts, "float32"), axis=0)
     return delta, float(np.linalg.norm(delta))
+
+
+def _probes(x, y, classes, n_probes, seed):
+    """Per class, ``n_probes`` clean images of other classes (float32)."""
+    rng = np.random.default_rng(seed + 3)
+    out = []
+    for c in classes:
+        pool = np.nonzero(y != c)[0]
+        out.append(np.asarray(x[rng.choice(pool, size=min(n_probes, len(pool)), replace=False)], "float32"))
+    return out
+
+
+def _smallest_moving(model, classes, probes, move, ceiling, *, flip_at, batch_size, iters):
+    """Per class, by bisection on ``[0, ceiling]``, the smallest strength ``r`` at which
+    ``move(i, probes[i], r)`` sends ``flip_at`` of class ``classes[i]``'s probes to it,
+    and the share moved there. A class that ``ceiling`` does not move gets ``ceiling``.
+    All classes bisect together: one prediction call per step."""
+
+    def shares(radii):
+        moved = np.concatenate([move(i, p, np.float32(r)) for i, (p, r) in enumerate(zip(probes, radii))])
+        pred = predict_labels(model, moved, batch_size=batch_size)
+        out, start = [], 0
+        for c, p in zip(classes, probes):
+            out.append(float(np.mean(pred[start:start + len(p)] == c)))
+            start += len(p)
+        return np.array(out)
+
+    lo, hi = np.zeros(len(classes)), np.full(len(classes), float(ceiling))
+    best = shares(hi)
+    reachable = best >= flip_at
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        s = shares(mid)
+        ok = (s >= flip_at) & reachable
+        hi = np.where(ok, mid, hi)
+        best = np.where(ok, s, best)
+        lo = np.where(ok | ~reachable, lo, mid)
+    return hi, best
 
 
 def flip_norms(model, x, y, translations, *, n_probes=50, flip_at=0.9, pixel_max=255.0, seed=0, batch_size=512,
@@ -45,36 +93,38 @@ def flip_norms(model, x, y, translations, *, n_probes=50, flip_at=0.9, pixel_max
     a full-range image reaches gets that ceiling (``sqrt(pixels)``). The
     bisection runs for all classes at once: one prediction call per step.
     """
-    rng = np.random.default_rng(seed + 3)
     classes = list(translations)
-    units, probes = [], []
+    units = []
     for c in classes:
         delta, size = mean_direction(translations[c])
         units.append(delta / size if size > 0 else delta)
-        pool = np.nonzero(y != c)[0]
-        probes.append(np.asarray(x[rng.choice(pool, size=min(n_probes, len(pool)), replace=False)], "float32"))
     ceiling = float(np.sqrt(units[0].size)) * pixel_max
-
-    def shares(radii):
-        moved = np.concatenate([np.clip(p + np.float32(r) * u, 0.0, pixel_max) for p, u, r in zip(probes, units, radii)])
-        pred = predict_labels(model, moved, batch_size=batch_size)
-        out, start = [], 0
-        for c, p in zip(classes, probes):
-            out.append(float(np.mean(pred[start:start + len(p)] == c)))
-            start += len(p)
-        return np.array(out)
-
-    lo, hi = np.zeros(len(classes)), np.full(len(classes), ceiling)
-    best = shares(hi)
-    reachable = best >= flip_at
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        s = shares(mid)
-        ok = (s >= flip_at) & reachable
-        hi = np.where(ok, mid, hi)
-        best = np.where(ok, s, best)
-        lo = np.where(ok | ~reachable, lo, mid)
+    hi, best = _smallest_moving(model, classes, _probes(x, y, classes, n_probes, seed),
+                                lambda i, p, r: np.clip(p + r * units[i], 0.0, pixel_max), ceiling,
+                                flip_at=flip_at, batch_size=batch_size, iters=iters)
     return {c: (float(hi[i]) / pixel_max, float(best[i])) for i, c in enumerate(classes)}
+
+
+def mean_translated(translation):
+    """The mean of one class's translated images (float32)."""
+    return np.mean(np.asarray(translation.images, "float32"), axis=0)
+
+
+def blend_alphas(model, x, y, translations, *, n_probes=50, flip_at=0.9, seed=0, batch_size=512, iters=12):
+    """Per class, the smallest blend weight ``a`` in (0, 1] at which
+    ``(1 - a) x + a m_c`` (``m_c``: the mean translated image of class ``c``)
+    moves ``flip_at`` of the probes to ``c``.
+
+    Returns ``{c: (alpha, share_at_alpha)}``; a class that even ``a = 1`` (every
+    probe replaced by ``m_c``) does not move gets 1. Blends stay in the pixel
+    range, so no clipping and no ``pixel_max`` is needed.
+    """
+    classes = list(translations)
+    means = [mean_translated(translations[c]) for c in classes]
+    hi, best = _smallest_moving(model, classes, _probes(x, y, classes, n_probes, seed),
+                                lambda i, p, a: (1 - a) * p + a * means[i], 1.0,
+                                flip_at=flip_at, batch_size=batch_size, iters=iters)
+    return {c: (float(hi[i]), float(best[i])) for i, c in enumerate(classes)}
 
 
 class WholeImageDetector(Detector):
@@ -119,12 +169,14 @@ class WholeImageDetector(Detector):
 
         self._validate_params()
         translations = translations_for(self, model, x, y, classes, translations)
-        measured = flip_norms(model, x, y, translations, n_probes=self.n_probes,
-                              flip_at=self.flip_at, pixel_max=self.pixel_max, seed=self.random_state,
-                              batch_size=self.batch_size)
+        measured = self._measure(model, x, y, translations)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
         return self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
                               screen_threshold=screen_threshold)
+
+    def _measure(self, model, x, y, translations):
+        return flip_norms(model, x, y, translations, n_probes=self.n_probes, flip_at=self.flip_at,
+                          pixel_max=self.pixel_max, seed=self.random_state, batch_size=self.batch_size)
 
     def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None):
         """Score ``{class: norm}``. Returns ``self``.
@@ -162,10 +214,27 @@ class WholeImageDetector(Detector):
                            "threshold": self.screen_threshold_}
         return out
 
+    _measure_name = "flip_norm"
+
     def _class_entry(self, c):
-        entry = {"whole_image_gap": self.scores_[c], "flip_norm": self.norms_[c]}
+        entry = {self.score_name: self.scores_[c], self._measure_name: self.norms_[c]}
         if hasattr(self, "shares_"):
             entry["share_at_norm"] = self.shares_[c]
         if self.screen_gaps_ is not None:
             entry["stage1_gap"] = self.screen_gaps_[c]
         return entry
+
+
+class BlendProbeDetector(WholeImageDetector):
+    """The whole-image signal with a blend in place of the additive direction
+    (:func:`blend_alphas`; see the module docstring): ``norms_`` holds each
+    class's blend weight, ``scores_`` its gap (the smallest other weight over
+    its own), flagged at ``threshold``. Opt-in: ``DetectConfig(wi_blend=True)``.
+    """
+
+    score_name = "blend_gap"
+    _measure_name = "blend_alpha"
+
+    def _measure(self, model, x, y, translations):
+        return blend_alphas(model, x, y, translations, n_probes=self.n_probes, flip_at=self.flip_at,
+                            seed=self.random_state, batch_size=self.batch_size)

@@ -9,8 +9,10 @@ detection seeds 0, 1, ... (different seed images, probes and t-SNE seeds) and
 records the verdict, the suspect classes and the stage times. Ground truth:
 poison rate > 0 means backdoored toward ``target_label``. Writes
 ``--out`` (.json) and a Markdown table beside it, updated after every model.
-With ``--resume``, models already in ``--out`` with the same configuration and
-number of runs are kept and not run again.
+With ``--resume``, models already in ``--out`` with the same configuration are
+kept and not run again; a model with fewer runs than ``--runs`` gets only the
+missing ones (run ``r`` always uses detection seed ``r``, so 3 runs extended
+to 5 equal 5 runs made at once).
 """
 
 import argparse
@@ -26,7 +28,7 @@ import numpy as np
 
 from aegis_tf.data import load_split
 from aegis_tf.config import DetectConfig
-from aegis_tf.jobs.detect import run_aegis, run_neural_cleanse
+from aegis_tf.jobs.detect import aegis_evidence, run_aegis, run_neural_cleanse
 from aegis_tf.verdict import combine
 from aegis_tf.models import load_model
 from aegis_tf.utils import atomic_path, write_json
@@ -102,6 +104,7 @@ def markdown(result):
              "|---" * (11 + m["runs"]) + "|"]
     for r in result["rows"]:
         cells = [",".join(map(str, x["suspects"])) or "-" for x in r["runs"]]
+        cells += ["not run"] * (m["runs"] - len(cells))  # a row an interrupted --resume has not extended yet
         ok = sum(bool(x["right_class"]) for x in r["runs"]) if r["target"] is not None else "-"
         truth = {"clean": "clean", "backdoored": r["target"], "not-learned": f"{r['target']} (not learned)"}[kind(r)]
         lines.append(f"| {_label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
@@ -133,10 +136,7 @@ def markdown(result):
 
 
 def _verdict(rep):
-    evidence = {"clusters" if rep["score"] == "clusters" else "patch_transfer": rep["evidence"]}
-    if "whole_image" in rep:
-        evidence["whole_image"] = rep["whole_image"]["evidence"]
-    return combine(evidence)
+    return combine(aegis_evidence(rep))
 
 
 def _baselines(model, x, y, n_classes, target, seeds):
@@ -160,6 +160,31 @@ def _rows_to_write(reached, done):
     return reached + [r for p, r in done.items() if p not in seen]
 
 
+def _missing_runs(row, runs):
+    """The detection seeds a row still lacks: all of ``range(runs)`` for a new model,
+    the tail for one resumed from a table with fewer runs."""
+    return list(range(0 if row is None else len(row["runs"]), runs))
+
+
+def _run_entry(rep, target, n_classes, config):
+    """One detection run's entry in a row: the one verdict scored against the truth, and what re-scoring needs."""
+    verdict = _verdict(rep)  # the default's one verdict: every deciding signal of the scan
+    run = {**score_run({"suspect_classes": verdict["target_classes"]}, target, n_classes),
+           "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
+           "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
+    if "stages" in rep:
+        run["promoted"] = rep["stages"]["promoted"]
+    if "whole_image" in rep:
+        run["whole_image"] = {c: {"gap": v["whole_image_gap"], "norm": v["flip_norm"]}
+                              for c, v in rep["whole_image"]["classes"].items()}
+    if "blend_probe" in rep:
+        run["blend_probe"] = {c: {"gap": v["blend_gap"], "alpha": v["blend_alpha"]}
+                              for c, v in rep["blend_probe"]["classes"].items()}
+    if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
+        run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
+    return run
+
+
 def _same_config(old, new):
     """The configurations match; a setting added since ``old`` was written must hold its default."""
     default = DetectConfig().to_dict()
@@ -176,6 +201,7 @@ def main():
     p.add_argument("--scan", choices=("auto", "full", "staged"), default=None,
                    help="override the scan (aegis_tf.staged; default auto: full for 10-class models)")
     p.add_argument("--top-k", type=int, default=None, help="staged scan: classes each stage-1 signal promotes")
+    p.add_argument("--blend-probe", action="store_true", help="also the whole-image blend probe (DetectConfig.wi_blend)")
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
@@ -187,7 +213,7 @@ def main():
     import keras
 
     config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise, scan=args.scan,
-                                      top_k=args.top_k)
+                                      top_k=args.top_k, wi_blend=args.blend_probe or None)
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config.to_dict(), "score": config["score"], "backend": keras.backend.backend(),
@@ -196,7 +222,7 @@ def main():
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
-        if _same_config(old["meta"]["config"], config.to_dict()) and old["meta"]["runs"] == args.runs:
+        if _same_config(old["meta"]["config"], config.to_dict()) and old["meta"]["runs"] <= args.runs:
             done = {r["path"]: r for r in old["rows"] if "path" in r}
             result["meta"]["command"] = old["meta"]["command"] + "; then " + result["meta"]["command"]
 
@@ -206,21 +232,11 @@ def main():
         return full
 
     for path in paths:
-        if path in done and (not args.baselines or "baselines" in done[path]):
-            result["rows"].append(done[path])
-            print(f"{done[path]['name']}: kept from {args.out}", flush=True)
-            continue
-        if path in done:  # kept, plus the baselines it lacks
-            row = done[path]
-            with open(path + ".json") as f:
-                info = json.load(f)
-            x, y = load_split(info["data"], split="train", data_dir=args.data_dir, scale="raw")
-            model = load_model(path)
-            row["baselines"] = _baselines(model, x[:args.train_images], y[:args.train_images],
-                                          int(model.output_shape[-1]), row["target"], args.seeds)
-            print(f"{row['name']} baselines: {row['baselines']}", flush=True)
+        row = done.get(path)
+        missing = _missing_runs(row, args.runs)
+        if not missing and (not args.baselines or "baselines" in row):
             result["rows"].append(row)
-            save()
+            print(f"{row['name']}: kept from {args.out}", flush=True)
             continue
         with open(path + ".json") as f:
             info = json.load(f)
@@ -229,28 +245,19 @@ def main():
         model = load_model(path)
         n_classes = int(model.output_shape[-1])
         target = info["target_label"] if info.get("poison_rate", 0) > 0 else None
-        row = {"name": os.path.basename(path), "path": path, "data": os.path.basename(str(info["data"])), "trigger": info["trigger"] if target is not None else "none",
-               "clean_acc": info["test"]["clean_acc"], "asr": info["test"].get("asr") if target is not None else None,
-               "target": target, "poison_rate": info.get("poison_rate", 0), "runs": [], "seconds": []}
-        for r in range(args.runs):
+        if row is None:
+            row = {"name": os.path.basename(path), "path": path, "data": os.path.basename(str(info["data"])),
+                   "trigger": info["trigger"] if target is not None else "none",
+                   "clean_acc": info["test"]["clean_acc"], "asr": info["test"].get("asr") if target is not None else None,
+                   "target": target, "poison_rate": info.get("poison_rate", 0), "runs": [], "seconds": []}
+        for r in missing:
             t = time.perf_counter()
             rep = run_aegis(model, x, y, classes=list(range(n_classes)), config=config, pixel_max=255.0, out_dir=None,
                             seed=r)
             row["seconds"].append(time.perf_counter() - t)
-            verdict = _verdict(rep)  # the default's one verdict: every deciding signal of the scan
-            run = {**score_run({"suspect_classes": verdict["target_classes"]}, target, n_classes),
-                   "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
-                   "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
-            if "stages" in rep:
-                run["promoted"] = rep["stages"]["promoted"]
-            if "whole_image" in rep:
-                run["whole_image"] = {c: {"gap": v["whole_image_gap"], "norm": v["flip_norm"]}
-                                      for c, v in rep["whole_image"]["classes"].items()}
-            if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
-                run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
-            row["runs"].append(run)
-            print(f"{row['name']} run {r}: {verdict['line']} ({row['seconds'][-1]:.0f} s)", flush=True)
-        if args.baselines:
+            row["runs"].append(_run_entry(rep, target, n_classes, config))
+            print(f"{row['name']} run {r}: {_verdict(rep)['line']} ({row['seconds'][-1]:.0f} s)", flush=True)
+        if args.baselines and "baselines" not in row:
             row["baselines"] = _baselines(model, x, y, n_classes, target, args.seeds)
             print(f"{row['name']} baselines: {row['baselines']}", flush=True)
         result["rows"].append(row)

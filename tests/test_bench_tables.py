@@ -58,3 +58,11 @@ def test_detect_table_interrupted_resume_keeps_the_rows_it_has_not_reached():
     rows = _rows_to_write(reached, done)
     assert [r["path"] for r in rows] == ["a", "b", "c"] and "baselines" in rows[0]
     assert _rows_to_write([], {}) == []
+
+
+def test_detect_table_resume_runs_only_the_missing_detection_seeds():
+    from detect_table import _missing_runs
+
+    assert _missing_runs(None, 5) == [0, 1, 2, 3, 4]  # a new model: every seed
+    assert _missing_runs({"runs": [{}, {}, {}]}, 5) == [3, 4]  # 3 runs extended to 5: seeds 3 and 4 only
+    assert _missing_runs({"runs": [{}] * 5}, 5) == []

@@ -56,6 +56,15 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
         assert report[key] == second[key]
 
 
+def test_detect_blend_probe_joins_the_one_verdict(tmp_path, capsys):
+    out, printed = _run(tmp_path, "blend", ["--blend-probe"], capsys)
+    result = json.load(open(out / "detect.json"))
+    assert result["aegis"]["config"]["wi_blend"] is True
+    assert set(result["verdict"]["evidence"]) == {"patch_transfer", "whole_image", "blend_probe"}
+    assert set(result["aegis"]["blend_probe"]["classes"]) == {"5", "6", "7"}
+    assert "blend gap" in printed.splitlines()[0]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--classes", "5,12"], "--classes must lie in 0..9"),
     (["--bandwidth", "wide"], "--bandwidth must be auto or a number"),
@@ -67,6 +76,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
+    (["--blend-probe", "--scan", "staged"], "--blend-probe works with the full scan only; add --scan full"),
 ])
 def test_detect_bad_inputs(tmp_path, capsys, extra, message):
     argv = ["detect", "--out-dir", str(tmp_path / "o"), "--quiet", "--classes", "0,7"]

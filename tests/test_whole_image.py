@@ -78,3 +78,83 @@ def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path,
     off = run_aegis(_linear(2), x, y, classes=list(range(6)), config=DetectConfig(n_seeds=20, steps=10, whole_image=False),
                     pixel_max=1.0, out_dir=None)
     assert "whole_image" not in off
+
+
+def _blend_case(planted, rng):
+    """The linear model of :func:`_linear`, clean probes, and given translations: each class's
+    translated images carry a little of its own direction; with ``planted``, that class's carry
+    60% of a blend pattern along the planted trigger direction instead (what translating toward
+    a blended backdoor's target gives)."""
+    from aegis_tf.translation import Translation
+
+    model = _linear(planted)
+    w = model.layers[-1].get_weights()[0]
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 6, 300)
+    translations = {}
+    for c in range(6):
+        d = w[:, c] / np.abs(w[:, c]).max()
+        share = 0.6 if c == planted else 0.1
+        images = (1 - share) * rng.random((20, 64)) + share * (0.5 + 0.5 * d)
+        translations[c] = Translation(images.reshape(20, 8, 8, 1).astype("float32"), np.arange(20), 1.0,
+                                      rng.random((20, 8, 8, 1)).astype("float32"))
+    return model, x, y, translations
+
+
+@pytest.mark.parametrize("planted", [2, None])
+def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(planted, rng):
+    from aegis_tf.whole_image import BlendProbeDetector
+
+    model, x, y, translations = _blend_case(planted, rng)
+    det = BlendProbeDetector(n_probes=40).fit(model, x, y, list(range(6)), translations=translations)
+    assert det.suspect_classes_ == ([] if planted is None else [planted])
+    assert all(0 < a <= 1 for a in det.norms_.values())  # blend weights
+    if planted is not None:
+        assert det.norms_[planted] < 0.5 * min(v for c, v in det.norms_.items() if c != planted)
+        assert det.shares_[planted] >= 0.9
+    else:
+        assert max(det.scores_.values()) < 1.5
+    assert set(det.report()["classes"]["2"]) == {"blend_gap", "blend_alpha", "share_at_norm"}
+
+
+def test_the_scan_runs_the_blend_probe_only_when_asked_and_only_in_a_full_scan(rng):
+    from aegis_tf.jobs.detect import aegis_evidence, run_aegis
+    from aegis_tf.verdict import combine
+
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 6, 300)
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40, wi_blend=True)
+    report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=None)
+    evidence = aegis_evidence(report)
+    assert list(evidence) == ["patch_transfer", "whole_image", "blend_probe"]
+    assert evidence["blend_probe"]["threshold"] == 2.0 and len(evidence["blend_probe"]["scores"]) == 6
+    assert "blend gap" in combine(evidence)["line"]
+    assert "blend_probe" not in run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
+                                          config=config.replace(wi_blend=False))
+    with pytest.raises(AegisError, match="full scan only"):
+        run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
+                  config=config.replace(scan="staged"))
+
+
+def test_a_blend_flag_draws_its_pattern_and_saves_a_trigger_that_repair_can_load(tmp_path, rng):
+    import os
+
+    from aegis_tf.html_report import write_detect_html
+    from aegis_tf.jobs.detect import aegis_evidence, run_aegis
+    from aegis_tf.recovered import load_trigger
+    from aegis_tf.verdict import combine
+
+    model, x, y, translations = _blend_case(2, rng)
+    config = DetectConfig(n_seeds=20, wi_probes=40, wi_blend=True, whole_image=False)
+    report = run_aegis(model, x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=str(tmp_path),
+                       translations=translations)
+    assert report["blend_probe"]["suspect_classes"] == [2]
+    assert os.path.getsize(report["files"]["suspect_blend"]["2"]) > 5_000
+    assert "trigger_2_blend_probe.json" in report["files"]["triggers"]
+    trigger = load_trigger(str(tmp_path / "trigger_2_blend_probe.json"))
+    a = report["blend_probe"]["classes"]["2"]["blend_alpha"]
+    m = np.mean(translations[2].images, axis=0)
+    np.testing.assert_allclose(trigger.apply(x[:3]), (1 - a) * x[:3] + a * m, atol=1e-5)
+    page = write_detect_html({"model": "m", "verdict": combine(aegis_evidence(report)), "aegis": report},
+                             str(tmp_path / "report.html"))
+    assert 'alt="class 2: recovered blend pattern"' in open(page).read()

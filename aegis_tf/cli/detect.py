@@ -66,6 +66,9 @@ def add(sub):
     flag(p, "--wi-probes", type=int, default=None, help="clean probes of the whole-image signal (default 50)")
     flag(p, "--wi-threshold", type=float, default=None,
          help="the whole-image signal flags a class that needs this many times less norm than every other (default 2)")
+    p.add_argument("--blend-probe", dest="wi_blend", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the whole-image signal's blend probe, for blended triggers on bright images "
+                        "(opt-in, full scan only; measured in results/detect_blend_probe.md)")
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help="full: the detector on every class; staged: screen every class with short translations, then the "
               "full detector on the top-k and any alarmed class; auto (default): staged above 20 classes")

@@ -15,13 +15,13 @@ from aegis_tf.clustering import AegisDetector, class_features
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
-from aegis_tf.recovered import (from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
+from aegis_tf.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
                                  trigger_class)
 from aegis_tf import staged
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
 from aegis_tf.verdict import combine
-from aegis_tf.whole_image import WholeImageDetector
+from aegis_tf.whole_image import BlendProbeDetector, WholeImageDetector
 
 __all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "parse_classes"]
 
@@ -46,6 +46,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     flag a class.
     """
     if staged.scan_mode(config, len(classes)) == "staged":
+        if config.wi_blend:
+            raise AegisError("--blend-probe works with the full scan only; add --scan full")
         if len(classes) < 3:
             raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
                              "(use --scan full)")
@@ -75,6 +77,12 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         whole.fit(model, x, y, classes, translations=translations, screen_gaps=screen_gaps,
                   screen_threshold=config.alarm_gap)
         times["whole_image"] = time.perf_counter() - t
+    blend = None
+    if config.wi_blend and len(classes) >= 3 and screen_gaps is None:
+        t = time.perf_counter()
+        blend = BlendProbeDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, random_state=seed,
+                                   batch_size=batch_size).fit(model, x, y, classes, translations=translations)
+        times["blend_probe"] = time.perf_counter() - t
     det = None
     plots = plots and out_dir is not None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
@@ -103,6 +111,12 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         report["whole_image"]["evidence"] = whole.evidence(
             "the smallest other class's L2 norm over this class's, where a norm is how far the class's mean "
             f"translation direction must go to move >= {100 * whole.flip_at:g}% of {config.wi_probes} clean probes")
+    if blend is not None:
+        report["blend_probe"] = blend.report()
+        report["blend_probe"]["evidence"] = blend.evidence(
+            "the smallest other class's blend weight over this class's, where a weight a is how much of the "
+            f"class's mean translated image (1-a) x + a m moves >= {100 * blend.flip_at:g}% of "
+            f"{config.wi_probes} clean probes")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     if out_dir is None:
@@ -117,7 +131,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         else figures.transfer_grids(transfer, translations, x, out_dir, pixel_max))
     if whole is not None:
         files["suspect_whole_image"] = figures.direction_grids(whole, translations, x, out_dir, pixel_max)
-    files["triggers"] = _save_aegis_triggers(transfer, whole, translations, out_dir, pixel_max)
+    if blend is not None:
+        files["suspect_blend"] = figures.blend_grids(blend, translations, x, out_dir, pixel_max)
+    files["triggers"] = _save_aegis_triggers(transfer, whole, blend, translations, out_dir, pixel_max)
     if plots:
         marked = None if clusters else {c: transfer.rates_[c][0] >= transfer.flip_at for c in classes}
         files["embeddings"] = figures.plot_embeddings(det, os.path.join(out_dir, "embeddings.png"),
@@ -210,7 +226,17 @@ def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=T
     return report
 
 
-def _save_aegis_triggers(transfer, whole, translations, out_dir, pixel_max):
+def aegis_evidence(report):
+    """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the
+    whole-image signal and blend probe where they ran (see :func:`aegis_tf.verdict.combine`)."""
+    evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
+    for key in ("whole_image", "blend_probe"):
+        if key in report:
+            evidence[key] = report[key]["evidence"]
+    return evidence
+
+
+def _save_aegis_triggers(transfer, whole, blend, translations, out_dir, pixel_max):
     """Save the trigger each AEGIS signal recovered for its flagged classes (see
     :mod:`aegis_tf.recovered`); returns the file names."""
     found = []
@@ -219,6 +245,8 @@ def _save_aegis_triggers(transfer, whole, translations, out_dir, pixel_max):
                   for c in transfer.suspect_classes_]
     if whole is not None:
         found += [from_whole_image(whole, translations, c, pixel_max=pixel_max) for c in whole.suspect_classes_]
+    if blend is not None:
+        found += [from_blend_probe(blend, translations, c, pixel_max=pixel_max) for c in blend.suspect_classes_]
     return save_triggers(out_dir, found)
 
 
@@ -324,9 +352,7 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
             result["aegis"] = run_aegis(model, x, y, classes=examined, config=config, pixel_max=pm, out_dir=folder,
                                         seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs,
                                         resume=resume)
-            evidence["clusters" if config.score == "clusters" else "patch_transfer"] = result["aegis"]["evidence"]
-            if "whole_image" in result["aegis"]:
-                evidence["whole_image"] = result["aegis"]["whole_image"]["evidence"]
+            evidence.update(aegis_evidence(result["aegis"]))
         if method in ("neural-cleanse", "both"):
             result["neural_cleanse"] = run_neural_cleanse(model, x, classes=examined, pixel_max=pm, out_dir=folder,
                                                           seed=seed, quiet=quiet)
