@@ -66,3 +66,30 @@ def test_detect_table_resume_runs_only_the_missing_detection_seeds():
     assert _missing_runs(None, 5) == [0, 1, 2, 3, 4]  # a new model: every seed
     assert _missing_runs({"runs": [{}, {}, {}]}, 5) == [3, 4]  # 3 runs extended to 5: seeds 3 and 4 only
     assert _missing_runs({"runs": [{}] * 5}, 5) == []
+
+
+def test_signal_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_path):
+    import json
+
+    from signal_gaps import markdown, model_line
+
+    def run(flagged_wi, flagged_bp, wi, bp):
+        return {"signals": {"patch_transfer": [], "whole_image": flagged_wi, "blend_probe": flagged_bp},
+                "whole_image": {str(c): {"gap": g} for c, g in enumerate(wi)},
+                "blend_probe": {str(c): {"gap": g} for c, g in enumerate(bp)},
+                "flagged": bool(flagged_wi or flagged_bp), "right_class": 2 in flagged_wi + flagged_bp}
+
+    bad = {"path": "m/bad.keras", "name": "bad.keras", "target": 2, "asr": 0.97,
+           "runs": [run([], [2], [0.3, 1.2, 0.4], [0.2, 0.3, 3.4]), run([2], [2], [0.2, 0.5, 2.1], [0.3, 1.7, 2.9])]}
+    clean = {"path": "m/clean.keras", "name": "clean.keras", "target": None, "asr": None,
+             "runs": [run([], [], [1.3, 0.7, 0.5], [0.9, 1.1, 0.8])]}
+    stats = model_line(bad, ["patch_transfer", "whole_image", "blend_probe"])
+    assert stats["patch_transfer"][0] == 0
+    assert stats["whole_image"] == (1, (0.4, 2.1), 1.2)  # caught in 1 of 2 runs; class 1 came to 1.2
+    assert stats["blend_probe"] == (2, (2.9, 3.4), 1.7)
+    assert model_line(clean, ["whole_image"])["whole_image"] == (0, None, 1.3)
+    (tmp_path / "t.json").write_text(json.dumps({"rows": [bad, clean]}))
+    text = markdown([str(tmp_path / "t.json")])
+    assert "| m/bad.keras | 2 | 2 | 2 | 0 | 1 | 0.40-2.10 | 1.20 | 2 | 2.90-3.40 | 1.70 |" in text
+    assert "| m/clean.keras | clean | 1 | clean 1 | - | - | - | 1.30 | - | - | 1.10 |" in text
+    assert "whole-image 1.30; blend probe 1.70." in text
