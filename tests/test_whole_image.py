@@ -118,7 +118,7 @@ def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(
 
 
 def test_the_scan_runs_the_blend_probe_only_when_asked_and_only_in_a_full_scan(rng):
-    from aegis_tf.jobs.detect import aegis_evidence, run_aegis
+    from aegis_tf.jobs.detect import aegis_evidence, format_summary, run_aegis
     from aegis_tf.verdict import combine
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
@@ -129,6 +129,8 @@ def test_the_scan_runs_the_blend_probe_only_when_asked_and_only_in_a_full_scan(r
     assert list(evidence) == ["patch_transfer", "whole_image", "blend_probe"]
     assert evidence["blend_probe"]["threshold"] == 2.0 and len(evidence["blend_probe"]["scores"]) == 6
     assert "blend gap" in combine(evidence)["line"]
+    summary = format_summary(report, "m")
+    assert "  aegis blend probe: " in summary and "nearest other class's blend weight / own" in summary
     assert "blend_probe" not in run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                                           config=config.replace(wi_blend=False))
     with pytest.raises(AegisError, match="full scan only"):

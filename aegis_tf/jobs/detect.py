@@ -15,8 +15,8 @@ from aegis_tf.clustering import AegisDetector, class_features
 from aegis_tf.errors import AegisError
 from aegis_tf.neural_cleanse import NeuralCleanse
 from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram
-from aegis_tf.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image, save_triggers,
-                                 trigger_class)
+from aegis_tf.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image,
+                                 save_triggers, trigger_class)
 from aegis_tf import staged
 from aegis_tf.translation import translate, translation_attack
 from aegis_tf.utils import progress
@@ -262,11 +262,14 @@ def format_summary(report, name):
         else:
             counts = ", ".join(f"{c}:{'/'.join(map(str, v['clusters']))}" for c, v in report["classes"].items())
             lines.append(f"    clusters per class (per t-SNE run): {counts}")
-        if "whole_image" in report:
-            idx = ", ".join(f"{c}:{v['whole_image_gap']:.2f}" for c, v in report["whole_image"]["classes"].items())
-            flagged = report["whole_image"]["suspect_classes"]
-            lines.append(f"  aegis whole-image: {'backdoored, class(es) ' + ', '.join(map(str, flagged)) if flagged else 'clean'}")
-            lines.append(f"    gap per class (nearest other class's norm / own): {idx}")
+        for key, label, gap, what in (("whole_image", "whole-image", "whole_image_gap", "norm"),
+                                      ("blend_probe", "blend probe", "blend_gap", "blend weight")):
+            if key not in report:
+                continue
+            idx = ", ".join(f"{c}:{v[gap]:.2f}" for c, v in report[key]["classes"].items())
+            flagged = report[key]["suspect_classes"]
+            lines.append(f"  aegis {label}: {'backdoored, class(es) ' + ', '.join(map(str, flagged)) if flagged else 'clean'}")
+            lines.append(f"    gap per class (nearest other class's {what} / own): {idx}")
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")
