@@ -44,7 +44,7 @@ def markdown(tables):
         name = GAP_SIGNALS.get(key, "patch transfer")
         head += [f"{name}: right"] + ([f"{name}: target gap", f"{name}: highest other"] if key in GAP_SIGNALS else [])
     lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    worst = {k: 0.0 for k in GAP_SIGNALS}
+    worst = {k: None for k in GAP_SIGNALS}
     for path in tables:
         with open(path) as f:
             rows = json.load(f)["rows"]
@@ -62,10 +62,12 @@ def markdown(tables):
                     cells.append("-" if own is None else f"{own[0]:.2f}-{own[1]:.2f}")
                     cells.append("-" if other is None else f"{other:.2f}")
                     if other is not None and kind(row) != "not-learned":
-                        worst[key] = max(worst[key], other)
+                        worst[key] = max(worst[key] or 0.0, other)
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Highest gap of a class that is not a learned backdoor's target, over every run of every "
-              "clean or backdoored model (not-learned models left out): " + "; ".join(f"{GAP_SIGNALS[k]} {v:.2f}" for k, v in worst.items()) + "."]
+              "clean or backdoored model (not-learned models left out): "
+              + "; ".join(f"{GAP_SIGNALS[k]} " + ("not run" if v is None else f"{v:.2f}") for k, v in worst.items())
+              + "."]
     return "\n".join(lines) + "\n"
 
 

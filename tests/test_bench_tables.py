@@ -93,3 +93,7 @@ def test_signal_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_pa
     assert "| m/bad.keras | 2 | 2 | 2 | 0 | 1 | 0.40-2.10 | 1.20 | 2 | 2.90-3.40 | 1.70 |" in text
     assert "| m/clean.keras | clean | 1 | clean 1 | - | - | - | 1.30 | - | - | 1.10 |" in text
     assert "whole-image 1.30; blend probe 1.70." in text
+    for r in bad["runs"] + clean["runs"]:  # tables made without --blend-probe
+        del r["blend_probe"]
+    (tmp_path / "t.json").write_text(json.dumps({"rows": [bad, clean]}))
+    assert "whole-image 1.30; blend probe not run." in markdown([str(tmp_path / "t.json")])
