@@ -5,7 +5,8 @@
 For each model (a ``.keras`` file with its ``.keras.json`` training report),
 translates toward every class with ``DetectConfig()`` (detection seed 0) and
 prints, per class, the smallest blend weight ``a`` that moves 90% of 50 clean
-probes of other classes to the class, and the relative gap (the smallest other
+probes of other classes to the class (the probes and bisection of
+:func:`aegis_tf.whole_image.blend_alphas`), and the relative gap (the smallest other
 weight over the class's own), for two blend targets:
 
 - ``meanimg``: the mean translated image of the class (what
@@ -26,22 +27,9 @@ import numpy as np
 
 from aegis_tf.config import DetectConfig
 from aegis_tf.data import load_split
-from aegis_tf.models import load_model, predict_labels
+from aegis_tf.models import load_model
 from aegis_tf.translation import translate
-
-
-def smallest_weight(model, x, y, c, image, rng, *, n_probes=50, flip_at=0.9, iters=10):
-    """By bisection, the smallest ``a`` in (0, 1] at which ``(1 - a) x + a image`` moves ``flip_at`` of the probes to ``c``."""
-    pool = np.nonzero(y != c)[0]
-    probes = x[rng.choice(pool, n_probes, replace=False)].astype("float32")
-    lo, hi = 0.0, 1.0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if np.mean(predict_labels(model, (1 - mid) * probes + mid * image) == c) >= flip_at:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+from aegis_tf.whole_image import _probes, _smallest_moving, blend_alphas
 
 
 def main():
@@ -60,12 +48,14 @@ def main():
         target = info["target_label"] if info.get("poison_rate", 0) > 0 else None
         print(os.path.basename(path), info.get("trigger"), "target", target, "clean", info["test"]["clean_acc"],
               "asr", info["test"].get("asr"), flush=True)
-        rng = np.random.default_rng(3)
-        images = {"meanimg": lambda c: tr[c].images.astype("float32").mean(0),
-                  "delta+mid": lambda c: np.clip((tr[c].images.astype("float32")
-                                                  - tr[c].starts.astype("float32")).mean(0) + 127.5, 0, 255)}
-        for name, image in images.items():
-            a = np.array([smallest_weight(model, x, y, c, image(c), rng) for c in range(n)])
+        mid_grey = {c: np.clip((t.images.astype("float32") - t.starts.astype("float32")).mean(0) + 127.5, 0, 255)
+                    for c, t in tr.items()}
+        probes = _probes(x, y, list(range(n)), 50, 0)
+        weights = {"meanimg": np.array([a for a, _ in blend_alphas(model, x, y, tr).values()]),
+                   "delta+mid": _smallest_moving(model, list(range(n)), probes,
+                                                 lambda i, p, a: (1 - a) * p + a * mid_grey[i], 1.0,
+                                                 flip_at=0.9, batch_size=512, iters=12)[0]}
+        for name, a in weights.items():
             gap = [np.delete(a, i).min() / a[i] for i in range(n)]
             print(f"   {name} weight {a.round(3).tolist()}\n      gap {np.round(gap, 2).tolist()}", flush=True)
 
