@@ -87,10 +87,12 @@ class DetectConfig(_Settings):
     ``whole_image`` adds the signal for triggers spread over the image
     (:class:`aegis_tf.whole_image.WholeImageDetector`: ``wi_probes`` clean
     probes; a class is flagged when it needs ``wi_threshold`` times less norm
-    than every other class) beside the transfer score. ``wi_blend`` (opt-in,
-    full scan only) adds its blend probe
-    (:class:`aegis_tf.whole_image.BlendProbeDetector`), measured in
-    results/detect_blend_probe.md but not yet the default.
+    than every other class) beside the transfer score, and with it the blend
+    probe (:class:`aegis_tf.whole_image.BlendProbeDetector`, for blended
+    triggers): ``wi_blend="auto"`` (default) runs the probe wherever the
+    whole-image signal runs in a full scan and skips it in a staged one;
+    ``True`` asks for it (a staged scan then refuses); ``False`` turns it off.
+    Measured in results/detect_blend_probe*.md.
 
     ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
     every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
@@ -121,7 +123,7 @@ class DetectConfig(_Settings):
     whole_image: bool = True
     wi_probes: int = 50
     wi_threshold: float = 2.0
-    wi_blend: bool = False
+    wi_blend: Union[bool, str] = "auto"
     scan: str = "auto"
     stage1_seeds: int = 10
     stage1_steps: int = 15
@@ -138,7 +140,7 @@ class DetectConfig(_Settings):
         "population": [Options("both", "translated")], "criterion": [Options("absolute", "relative")],
         "runs": _POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
         "whole_image": [Options(True, False)], "wi_probes": _POS_INT, "wi_threshold": [Interval(float, 1, None)],
-        "wi_blend": [Options(True, False)],
+        "wi_blend": [Options("auto", True, False)],
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": _POS_INT, "stage1_steps": _POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": _UNIT, "alarm_gap": [Interval(float, 1, None)],
     }
@@ -161,7 +163,7 @@ PRESETS = {
         "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": "layer4,penultimate",
         "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
         "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
-        "whole_image": False,
+        "whole_image": False, "wi_blend": False,
     },
 }
 

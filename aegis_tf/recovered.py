@@ -10,7 +10,7 @@ Every detector's evidence for a flagged class becomes one
   ``delta`` is 0;
 * the whole-image signal: the class's mean translation direction scaled to
   the norm that moved the probes; ``mask`` is 0, ``delta`` is that direction;
-* the blend probe (opt-in): the class's mean translated image as the
+* the blend probe (full scans): the class's mean translated image as the
   ``pattern``, blended at the weight that moved the probes (``mask`` is that
   weight everywhere), ``delta`` is 0;
 * Neural Cleanse: its reversed mask and pattern.

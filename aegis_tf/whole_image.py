@@ -22,7 +22,7 @@ score and Neural Cleanse do not share that blind spot.
 
 A blended trigger (``x' = (1 - a) x + a p``) is not additive: it also fades
 the image. On bright images (Fashion-MNIST) the additive probe can miss it.
-:class:`BlendProbeDetector` (opt-in, ``DetectConfig(wi_blend=True)``) probes
+:class:`BlendProbeDetector` (on by default in a full scan, ``DetectConfig.wi_blend``) probes
 the same way with a blend: the smallest ``a`` at which ``(1 - a) x + a m_c``,
 with ``m_c`` the mean of class ``c``'s translated images, moves ``flip_at``
 of the probes to ``c``. A backdoor's pattern survives the averaging and
@@ -229,7 +229,7 @@ class BlendProbeDetector(WholeImageDetector):
     """The whole-image signal with a blend in place of the additive direction
     (:func:`blend_alphas`; see the module docstring): ``norms_`` holds each
     class's blend weight, ``scores_`` its gap (the smallest other weight over
-    its own), flagged at ``threshold``. Opt-in: ``DetectConfig(wi_blend=True)``.
+    its own), flagged at ``threshold``. Run by default in a full scan (``DetectConfig.wi_blend``).
     """
 
     score_name = "blend_gap"

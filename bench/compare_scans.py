@@ -1,4 +1,4 @@
-"""Do two detection tables give the same verdicts? (The staged scan against the full scan.)
+"""Do two detection tables give the same verdicts? (The staged scan against the full scan, or any two settings.)
 
     python bench/compare_scans.py results/detect_matrix_staged.json \
         --against results/detect_matrix.json results/detect_matrix_heldout.json results/bench_scale20.json \
@@ -51,15 +51,19 @@ def fmt(verdict, runs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("staged")
-    p.add_argument("--against", nargs="+", required=True, help="tables of the full scan")
+    p.add_argument("staged", nargs="+", help="tables of the staged scan (or of any other setting)")
+    p.add_argument("--against", nargs="+", required=True,
+                   help="tables of the full scan (or of the setting compared with)")
+    p.add_argument("--labels", nargs=2, default=("full scan", "staged scan"), metavar=("AGAINST", "STAGED"),
+                   help="column names (default: full scan, staged scan)")
     p.add_argument("--out", default=None, help="markdown file (default: print only)")
     args = p.parse_args(argv)
-    staged = verdicts(args.staged)
-    full = {}
+    staged, full = {}, {}
+    for path in args.staged:
+        staged.update(verdicts(path))
     for path in args.against:
         full.update(verdicts(path))
-    lines = ["| model | full scan | staged scan | same verdict |", "|---|---|---|---|"]
+    lines = [f"| model | {args.labels[0]} | {args.labels[1]} | same verdict |", "|---|---|---|---|"]
     same = 0
     both = [m for m in staged if m in full]
     for m in both:
@@ -69,9 +73,11 @@ def main(argv=None):
     missing = [m for m in staged if m not in full]
     lines += ["", f"Same verdict: {same} of {len(both)} models."]
     if missing:
-        lines.append(f"No full scan to compare with: {', '.join(missing)}.")
+        lines.append(f"No {args.labels[0]} to compare with: {', '.join(missing)}.")
     cmd = "python bench/compare_scans.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = f"Staged against full scan: {os.path.basename(args.staged)}\n\n" + "\n".join(lines) + f"\n\nCommand: `{cmd}`\n"
+    names = ", ".join(os.path.basename(f) for f in args.staged)
+    title = f"{args.labels[1][:1].upper() + args.labels[1][1:]} against {args.labels[0]}: {names}"
+    text = title + "\n\n" + "\n".join(lines) + f"\n\nCommand: `{cmd}`\n"
     if args.out:
         from aegis_tf.utils import atomic_path
 

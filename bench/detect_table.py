@@ -95,7 +95,8 @@ def markdown(result):
              f"`{m['command']}` ({m['machine']}, Keras backend {m['backend']}). "
              f"Detection config: {json.dumps(m['config'])}.", "",
              "A cell per detection run: the classes of the scan's one verdict (every deciding signal: patch "
-             "transfer and the whole-image signal by default; - for none). Truth: the model's target, or clean; "
+             "transfer, the whole-image signal and, where it ran, its blend probe; - for none). "
+             "Truth: the model's target, or clean; "
              f"a poisoned model whose ASR is under {IMPLANTED_ASR:.0%} did not learn the backdoor and is counted "
              "apart (not learned)." + (f" {m['note']}" if m.get("note") else ""), "",
              "| model | data | trigger | poisoned | clean acc | ASR | truth | "
@@ -186,8 +187,9 @@ def _run_entry(rep, target, n_classes, config):
 
 
 def _same_config(old, new):
-    """The configurations match; a setting added since ``old`` was written must hold its default."""
-    default = DetectConfig().to_dict()
+    """The configurations match; a setting added since ``old`` was written must hold the value that
+    behaves as before it existed (its default; the blend probe, default since, off)."""
+    default = {**DetectConfig().to_dict(), "wi_blend": False}
     return all(old.get(k, default.get(k)) == v for k, v in new.items()) and set(old) <= set(new)
 
 
@@ -201,7 +203,9 @@ def main():
     p.add_argument("--scan", choices=("auto", "full", "staged"), default=None,
                    help="override the scan (aegis_tf.staged; default auto: full for 10-class models)")
     p.add_argument("--top-k", type=int, default=None, help="staged scan: classes each stage-1 signal promotes")
-    p.add_argument("--blend-probe", action="store_true", help="also the whole-image blend probe (DetectConfig.wi_blend)")
+    p.add_argument("--blend-probe", action=argparse.BooleanOptionalAction, default=None,
+                   help="the whole-image blend probe (DetectConfig.wi_blend; default auto: on in a full scan); "
+                        "the tables made before it was the default: --no-blend-probe")
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
     p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
@@ -213,7 +217,7 @@ def main():
     import keras
 
     config = DetectConfig.from_preset(args.preset, n_seeds=args.seeds, start_noise=args.start_noise, scan=args.scan,
-                                      top_k=args.top_k, wi_blend=args.blend_probe or None)
+                                      top_k=args.top_k, wi_blend=args.blend_probe)
     paths = sorted(set(sum((glob.glob(m) for m in args.models), [])))
     result = {"meta": {"command": "python bench/detect_table.py " + " ".join(sys.argv[1:]), "runs": args.runs,
                        "config": config.to_dict(), "score": config["score"], "backend": keras.backend.backend(),

@@ -5,7 +5,7 @@
 
 ``bench/detect_table.py`` keeps, for every run, the classes each signal of
 the verdict flagged (``signals``) and the per-class gaps of the whole-image
-signal and, with ``--blend-probe``, of the blend probe. For every model this
+signal and, where it ran (default since the blend-probe tables), of the blend probe. For every model this
 prints, per signal, the runs in which it flagged the right class, the range
 of the target's gap over the runs and the highest gap of any other class
 (the false-positive margin: the threshold is 2). Reads only the JSON files.

@@ -11,6 +11,9 @@ def test_detect_table_resume_accepts_settings_added_later_at_their_default():
     assert _same_config(old, new)
     assert not _same_config(old, {**new, "scan": "staged"})  # a setting that changes the scan does not match
     assert not _same_config({**old, "n_seeds": 7}, new)
+    before_probe = {k: v for k, v in new.items() if k != "wi_blend"}  # a table from before the blend probe
+    assert not _same_config(before_probe, new)  # ran without it: the default (auto, with it) does not match
+    assert _same_config(before_probe, {**new, "wi_blend": False})
 
 
 def test_repair_table_renders_errors_and_unmeasured_numbers():
@@ -48,6 +51,13 @@ def test_compare_scans_matches_majority_verdicts(tmp_path):
     assert "| a.keras | class 7 (3 runs) | class 7 | yes |" in text
     assert "| b.keras | clean | class 2 | **no** |" in text
     assert "Same verdict: 1 of 2 models." in text and "No full scan to compare with: c.keras." in text
+    assert text.startswith("Staged scan against full scan: staged.json")
+    main([str(tmp_path / "staged.json"), str(tmp_path / "full.json"), "--against", str(tmp_path / "full.json"),
+          "--labels", "before", "after", "--out", str(tmp_path / "d.md")])  # several tables, other names
+    text = (tmp_path / "d.md").read_text()
+    assert text.startswith("After against before: staged.json, full.json")
+    assert "| model | before | after | same verdict |" in text
+    assert "| a.keras | class 7 (3 runs) | class 7 (3 runs) | yes |" in text
 
 
 def test_detect_table_interrupted_resume_keeps_the_rows_it_has_not_reached():
@@ -93,7 +103,7 @@ def test_signal_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_pa
     assert "| m/bad.keras | 2 | 2 | 2 | 0 | 1 | 0.40-2.10 | 1.20 | 2 | 2.90-3.40 | 1.70 |" in text
     assert "| m/clean.keras | clean | 1 | clean 1 | - | - | - | 1.30 | - | - | 1.10 |" in text
     assert "whole-image 1.30; blend probe 1.70." in text
-    for r in bad["runs"] + clean["runs"]:  # tables made without --blend-probe
+    for r in bad["runs"] + clean["runs"]:  # tables made before the blend probe ran (--no-blend-probe)
         del r["blend_probe"]
     (tmp_path / "t.json").write_text(json.dumps({"rows": [bad, clean]}))
     assert "whole-image 1.30; blend probe not run." in markdown([str(tmp_path / "t.json")])

@@ -22,10 +22,11 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     verdict, report = result["verdict"], result["aegis"]
     assert printed.splitlines()[0] == "robust_bd_net: " + verdict["line"]  # one verdict line first
     assert verdict["backdoored"] == bool(verdict["target_classes"])
-    # The one verdict: every class that patch transfer or the whole-image signal flags.
+    # The one verdict: every class that patch transfer, the whole-image signal or its blend probe flags.
     assert verdict["target_classes"] == sorted(set(report["suspect_classes"])
-                                               | set(report["whole_image"]["suspect_classes"]))
-    assert set(verdict["evidence"]) == {"patch_transfer", "whole_image"}
+                                               | set(report["whole_image"]["suspect_classes"])
+                                               | set(report["blend_probe"]["suspect_classes"]))
+    assert set(verdict["evidence"]) == {"patch_transfer", "whole_image", "blend_probe"}
     assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
     # Each flagged class leaves a recovered trigger that `repair --trigger-from` reads back.
     assert verdict["backdoored"] and 7 in verdict["target_classes"]  # robust_bd_net's backdoor, even on 3 classes
@@ -56,13 +57,18 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
         assert report[key] == second[key]
 
 
-def test_detect_blend_probe_joins_the_one_verdict(tmp_path, capsys):
-    out, printed = _run(tmp_path, "blend", ["--blend-probe"], capsys)
+def test_detect_blend_probe_joins_the_one_verdict_by_default_and_turns_off(tmp_path, capsys):
+    out, printed = _run(tmp_path, "blend", [], capsys)
     result = json.load(open(out / "detect.json"))
-    assert result["aegis"]["config"]["wi_blend"] is True
+    assert result["aegis"]["config"]["wi_blend"] == "auto"
     assert set(result["verdict"]["evidence"]) == {"patch_transfer", "whole_image", "blend_probe"}
     assert set(result["aegis"]["blend_probe"]["classes"]) == {"5", "6", "7"}
     assert "blend gap" in printed.splitlines()[0]
+    out, printed = _run(tmp_path, "no_blend", ["--no-blend-probe"], capsys)
+    result = json.load(open(out / "detect.json"))
+    assert result["aegis"]["config"]["wi_blend"] is False and "blend_probe" not in result["aegis"]
+    assert set(result["verdict"]["evidence"]) == {"patch_transfer", "whole_image"}
+    assert "blend gap" not in printed.splitlines()[0]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -76,7 +82,8 @@ def test_detect_blend_probe_joins_the_one_verdict(tmp_path, capsys):
     (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
-    (["--blend-probe", "--scan", "staged"], "--blend-probe works with the full scan only; add --scan full"),
+    (["--blend-probe", "--scan", "staged"],
+     "--blend-probe works with the full scan only; add --scan full, or leave --blend-probe out"),
 ])
 def test_detect_bad_inputs(tmp_path, capsys, extra, message):
     argv = ["detect", "--out-dir", str(tmp_path / "o"), "--quiet", "--classes", "0,7"]

@@ -18,9 +18,10 @@ def test_both_methods_give_one_verdict_and_a_report_page(tmp_path):
                          out_dir=str(tmp_path), echo=lines.append)
     (name, result), = results.items()
     verdict = result["verdict"]
-    assert set(verdict["evidence"]) == {"patch_transfer", "whole_image", "neural_cleanse"}
-    union = sorted(set(result["aegis"]["suspect_classes"]) | set(result["aegis"]["whole_image"]["suspect_classes"])
-                   | set(result["neural_cleanse"]["suspect_classes"]))
+    assert set(verdict["evidence"]) == {"patch_transfer", "whole_image", "blend_probe", "neural_cleanse"}
+    aegis = result["aegis"]
+    union = sorted(set(aegis["suspect_classes"]) | set(aegis["whole_image"]["suspect_classes"])
+                   | set(aegis["blend_probe"]["suspect_classes"]) | set(result["neural_cleanse"]["suspect_classes"]))
     assert verdict["target_classes"] == union and verdict["backdoored"] == bool(union)
     assert lines[0] == f"{name}: {verdict['line']}"
     assert json.load(open(tmp_path / "detect.json")) == json.loads(json.dumps(result))

@@ -117,13 +117,16 @@ def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(
     assert set(det.report()["classes"]["2"]) == {"blend_gap", "blend_alpha", "share_at_norm"}
 
 
-def test_the_scan_runs_the_blend_probe_only_when_asked_and_only_in_a_full_scan(rng):
-    from aegis_tf.jobs.detect import aegis_evidence, format_summary, run_aegis
+def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in_a_staged_one(rng):
+    from aegis_tf.jobs.detect import aegis_evidence, blend_probe_on, format_summary, run_aegis
     from aegis_tf.verdict import combine
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
-    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40, wi_blend=True)
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40)
+    assert config.wi_blend == "auto" and blend_probe_on(config)
+    assert not blend_probe_on(config.replace(whole_image=False))  # "auto" follows the whole-image signal
+    assert not blend_probe_on(DetectConfig.from_preset("paper"))  # the paper preset stays as it was
     report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=None)
     evidence = aegis_evidence(report)
     assert list(evidence) == ["patch_transfer", "whole_image", "blend_probe"]
@@ -133,9 +136,13 @@ def test_the_scan_runs_the_blend_probe_only_when_asked_and_only_in_a_full_scan(r
     assert "  aegis blend probe: " in summary and "nearest other class's blend weight / own" in summary
     assert "blend_probe" not in run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                                           config=config.replace(wi_blend=False))
-    with pytest.raises(AegisError, match="full scan only"):
+    staged = run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
+                       config=config.replace(scan="staged", top_k=2))
+    assert "blend_probe" not in staged and staged["stages"]["blend_probe"] == "not run (full scan only)"
+    assert "blend probe: not run (a staged scan skips it" in format_summary(staged, "m")
+    with pytest.raises(AegisError, match="full scan only"):  # asked for by name, a staged scan refuses
         run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
-                  config=config.replace(scan="staged"))
+                  config=config.replace(scan="staged", wi_blend=True))
 
 
 def test_a_blend_flag_draws_its_pattern_and_saves_a_trigger_that_repair_can_load(tmp_path, rng):

@@ -67,8 +67,9 @@ def add(sub):
     flag(p, "--wi-threshold", type=float, default=None,
          help="the whole-image signal flags a class that needs this many times less norm than every other (default 2)")
     p.add_argument("--blend-probe", dest="wi_blend", action=argparse.BooleanOptionalAction, default=None,
-                   help="also the whole-image signal's blend probe, for blended triggers on bright images "
-                        "(opt-in, full scan only; measured in results/detect_blend_probe.md)")
+                   help="the whole-image signal's blend probe, for blended triggers (default: on in a full scan "
+                        "with the whole-image signal, skipped in a staged one; --blend-probe insists, "
+                        "--no-blend-probe turns it off)")
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help="full: the detector on every class; staged: screen every class with short translations, then the "
               "full detector on the top-k and any alarmed class; auto (default): staged above 20 classes")

@@ -23,7 +23,7 @@ from aegis_tf.utils import progress
 from aegis_tf.verdict import combine
 from aegis_tf.whole_image import BlendProbeDetector, WholeImageDetector
 
-__all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "parse_classes"]
+__all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "parse_classes", "blend_probe_on"]
 
 
 def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
@@ -46,8 +46,9 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
     flag a class.
     """
     if staged.scan_mode(config, len(classes)) == "staged":
-        if config.wi_blend:
-            raise AegisError("--blend-probe works with the full scan only; add --scan full")
+        if config.wi_blend is True:  # asked for by name; "auto" skips it here
+            raise AegisError("--blend-probe works with the full scan only; add --scan full, or leave "
+                             "--blend-probe out (a staged scan skips the probe)")
         if len(classes) < 3:
             raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
                              "(use --scan full)")
@@ -78,7 +79,7 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
                   screen_threshold=config.alarm_gap)
         times["whole_image"] = time.perf_counter() - t
     blend = None
-    if config.wi_blend and len(classes) >= 3 and screen_gaps is None:
+    if blend_probe_on(config) and len(classes) >= 3 and screen_gaps is None:
         t = time.perf_counter()
         blend = BlendProbeDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, random_state=seed,
                                    batch_size=batch_size).fit(model, x, y, classes, translations=translations)
@@ -200,10 +201,17 @@ def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch
                                             "n_probes": screen.n_probes, "wi_probes": screen.wi_probes,
                                             "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
                                             "alarm_gap": config.alarm_gap},
-                        "resumed_classes": len(done), "resumed_stage2_classes": resumed2}
+                        "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
+                        "blend_probe": "not run (full scan only)" if blend_probe_on(config) else "off"}
     if stage2 is not None and os.path.exists(stage2):  # the scan is done: nothing left to resume
         os.remove(stage2)
     return report
+
+
+def blend_probe_on(config):
+    """Whether a full scan runs the blend probe: ``wi_blend=True``, or the
+    default ``"auto"`` with the whole-image signal on (off in the paper preset)."""
+    return config.wi_blend is True or (config.wi_blend == "auto" and bool(config.whole_image))
 
 
 def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=True, plots=True, **nc_kwargs):
@@ -286,6 +294,8 @@ def format_summary(report, name):
         lines.append(f"    stage 1 highest patch share: {staged.top_line(stage1['transfer_score'])}")
         if stage1["whole_image_gap"]:
             lines.append(f"    stage 1 highest whole-image gap: {staged.top_line(stage1['whole_image_gap'])}")
+        if st.get("blend_probe", "off") != "off":
+            lines.append("    blend probe: not run (a staged scan skips it; --scan full runs it)")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
     lines.append(f"    time: {secs}")
     return "\n".join(lines)
