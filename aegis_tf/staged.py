@@ -6,7 +6,8 @@ the full detector fixed:
 
 - **Stage 1** (:func:`screen`) translates ``stage1_seeds`` images toward every
   class with ``stage1_steps`` PGD steps, in chunks of classes, and measures
-  both signals of the default verdict on those short translations: the patch
+  two signals of the default verdict on those short translations (the blend
+  probe does not run in a staged scan): the patch
   share (:mod:`aegis_tf.patch_transfer`, :data:`SCREEN_PROBES` probes) and the
   whole-image gap (:mod:`aegis_tf.whole_image`, :data:`SCREEN_WI_PROBES`
   probes).
@@ -160,14 +161,16 @@ def score_screen(results, config):
 
 
 def fingerprint(model, x, y, classes, config, seed, *extra):
-    """A short hash of everything that decides a scan's numbers: the model's weights,
+    """A short hash of everything that decides a scan's saved state: the model's weights,
     the images and labels, the classes, the settings, the seed and ``extra``
-    (JSON-ready values such as the batch size)."""
+    (JSON-ready values such as the batch size). The blend probe's switch is left out:
+    it reads the saved translations and changes nothing they hold."""
     h = hashlib.sha256()
     for a in [*(np.asarray(w) for w in model.get_weights()), np.asarray(x), np.asarray(y)]:
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    h.update(json.dumps([list(map(int, classes)), config.to_dict(), seed, *extra], sort_keys=True).encode())
+    settings = {k: v for k, v in config.to_dict().items() if k != "wi_blend"}
+    h.update(json.dumps([list(map(int, classes)), settings, seed, *extra], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

@@ -24,7 +24,8 @@ def combine(evidence):
 
 
 def verdict_line(verdict):
-    """``BACKDOORED: class 5 (whole-image z=7.30; patch share 0.00)`` or ``CLEAN (...)``."""
+    """``BACKDOORED: class 5 (patch share 0.00 vs 0.02; whole-image gap 7.30 vs 2; blend gap 0.80 vs 2)``
+    or ``CLEAN (...)``: each deciding signal's score for the flagged classes (the highest when clean)."""
     targets = verdict["target_classes"]
     parts = []
     for name, e in verdict["evidence"].items():

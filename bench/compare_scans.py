@@ -17,6 +17,7 @@ import argparse
 import collections
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_scale, beside this file
@@ -74,7 +75,7 @@ def main(argv=None):
     lines += ["", f"Same verdict: {same} of {len(both)} models."]
     if missing:
         lines.append(f"No {args.labels[0]} to compare with: {', '.join(missing)}.")
-    cmd = "python bench/compare_scans.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python bench/compare_scans.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     names = ", ".join(os.path.basename(f) for f in args.staged)
     title = f"{args.labels[1][:1].upper() + args.labels[1][1:]} against {args.labels[0]}: {names}"
     text = title + "\n\n" + "\n".join(lines) + f"\n\nCommand: `{cmd}`\n"

@@ -3,7 +3,7 @@
 from aegis_tf.config import DetectConfig
 
 
-def test_detect_table_resume_accepts_settings_added_later_at_their_default():
+def test_detect_table_resume_reads_a_setting_added_later_as_the_value_that_behaves_as_before():
     from detect_table import _same_config
 
     new = DetectConfig().to_dict()

@@ -127,6 +127,8 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
     assert config.wi_blend == "auto" and blend_probe_on(config)
     assert not blend_probe_on(config.replace(whole_image=False))  # "auto" follows the whole-image signal
     assert not blend_probe_on(DetectConfig.from_preset("paper"))  # the paper preset stays as it was
+    assert blend_probe_on(config.replace(wi_blend=True, whole_image=False))  # asked for by name: runs
+    assert not blend_probe_on(config.replace(wi_blend=False))
     report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=None)
     evidence = aegis_evidence(report)
     assert list(evidence) == ["patch_transfer", "whole_image", "blend_probe"]
@@ -140,6 +142,14 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
                        config=config.replace(scan="staged", top_k=2))
     assert "blend_probe" not in staged and staged["stages"]["blend_probe"] == "not run (full scan only)"
     assert "blend probe: not run (a staged scan skips it" in format_summary(staged, "m")
+    from aegis_tf.staged import fingerprint
+
+    key = fingerprint(_linear(2), x, y, range(6), config, 0)  # saved scan state does not depend on the probe
+    assert key == fingerprint(_linear(2), x, y, range(6), config.replace(wi_blend=False), 0)
+    assert key != fingerprint(_linear(2), x, y, range(6), config.replace(n_seeds=21), 0)
+    off = run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
+                    config=config.replace(scan="staged", top_k=2, wi_blend=False))
+    assert off["stages"]["blend_probe"] == "off" and "blend probe" not in format_summary(off, "m")
     with pytest.raises(AegisError, match="full scan only"):  # asked for by name, a staged scan refuses
         run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                   config=config.replace(scan="staged", wi_blend=True))
