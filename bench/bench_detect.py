@@ -5,7 +5,7 @@
         --data mnist --data-dir DATA --train-images 20000          # an MNIST-size model
     KERAS_BACKEND=jax python bench/bench_detect.py ...             # the JAX path (GPU when lent)
 
-Runs the whole default detection job (``aegis_tf.jobs.detect.run_aegis`` with
+Runs the whole default detection job (``aegis_tf.detect.scan.run_aegis`` with
 the CLI's default configuration and its figures) and reports the seconds of
 each stage: translate (targeted L2 PGD toward every class, compilation
 included), patch_transfer (the default score), features, reduce (PCA +
@@ -43,14 +43,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from aegis_tf import backend
-from aegis_tf.attacks import make_step
-from aegis_tf.data import check_fits_model, load_split
-from aegis_tf.defaults import PATHS
-from aegis_tf.config import DetectConfig
-from aegis_tf.jobs.detect import run_aegis
-from aegis_tf.models import load_model, logits_model
-from aegis_tf.utils import write_json
+from aegis_tf.core import backend
+from aegis_tf.core.pgd import make_step
+from aegis_tf.core.data import check_fits_model, load_split
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.detect.scan import run_aegis
+from aegis_tf.core.models import load_model, logits_model
+from aegis_tf.core.utils import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 

@@ -19,10 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from aegis_tf.data import load_h5
-from aegis_tf.defaults import PATHS
-from aegis_tf.models import load_model, predict_labels
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.data import load_h5
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.core.models import load_model, predict_labels
+from aegis_tf.core.utils import atomic_path, write_json
 from repair.prune import prune_curve, prune_curve_naive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here

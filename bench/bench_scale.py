@@ -8,7 +8,7 @@ The model is the CSAW DeepID net (input 55x47x3, 1,283 classes) with the real
 BadNet weights (``--weights``; Keras 2 weights-only ``.h5``), or, without
 ``--weights``, the same architecture with random weights. A run ``MODE:N``
 scans classes 0..N-1 of it with the CLI's default settings
-(``aegis_tf.jobs.detect.run_aegis``, ``scan=MODE``), so the cost per class is
+(``aegis_tf.detect.scan.run_aegis``, ``scan=MODE``), so the cost per class is
 the real model's. The seed images are ``--n-images`` CIFAR-10 training
 images resized to 55x47: **not face images**, so the scan's verdicts here mean
 nothing; this bench measures time and memory only. Their labels are the
@@ -47,7 +47,7 @@ def seed_images(path, n):
     import cv2
     import numpy as np
 
-    from aegis_tf.data import load_split
+    from aegis_tf.core.data import load_split
 
     x, _ = load_split(path, split="train", scale="raw")
     x = np.asarray(x[:n])
@@ -68,14 +68,14 @@ def one_run(mode, n_classes, args):
     """Scan classes 0..n_classes-1 in this process; returns the row (JSON-ready)."""
     import keras
 
-    from aegis_tf.config import DetectConfig
-    from aegis_tf.jobs.detect import run_aegis
-    from aegis_tf.models import build_deepid, load_weights_into, predict_labels
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.scan import run_aegis
+    from aegis_tf.core.models import build_deepid, load_weights_into, predict_labels
 
     keras.utils.set_random_seed(0)
     if args.model:
-        from aegis_tf.data import check_fits_model, load_split
-        from aegis_tf.models import load_model
+        from aegis_tf.core.data import check_fits_model, load_split
+        from aegis_tf.core.models import load_model
 
         model = load_model(args.model)
         x, y = load_split(args.data, split="train", scale="raw")
@@ -164,7 +164,7 @@ def main():
         mode, n = args.one.split(":")
         print("ROW " + json.dumps(one_run(mode, int(n), args)))
         return
-    from aegis_tf.utils import atomic_path, write_json
+    from aegis_tf.core.utils import atomic_path, write_json
 
     result = {"runs": []}
     if os.path.exists(args.out):
@@ -181,7 +181,7 @@ def main():
         if mode not in ("full", "staged"):
             raise SystemExit(f"--runs: MODE must be full or staged. Received: {run}")
         if limit is None:
-            from aegis_tf.models import load_model
+            from aegis_tf.core.models import load_model
 
             limit = int(load_model(args.model).output_shape[-1])
         if not 1 <= int(n) <= limit:

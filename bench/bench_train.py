@@ -3,7 +3,7 @@
     python bench/bench_train.py                       # the current Keras backend
     KERAS_BACKEND=jax python bench/bench_train.py     # adds the hand-written JAX reference
 
-Measures ``aegis_tf.training.train`` on ``--model compact`` with MNIST-shaped
+Measures ``aegis_tf.attack.training.train`` on ``--model compact`` with MNIST-shaped
 data (28x28x1) or ``--model resnet18`` with CIFAR-shaped data (32x32x3), 10
 classes, random pixels (throughput does not depend on content), standard and
 with L2 PGD of ``--pgd-steps`` steps. Under JAX it also
@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from aegis_tf.models import build_model, logits_model
-from aegis_tf.training import train
-from aegis_tf.utils import write_json
+from aegis_tf.core.models import build_model, logits_model
+from aegis_tf.attack.training import train
+from aegis_tf.core.utils import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 

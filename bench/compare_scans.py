@@ -80,7 +80,7 @@ def main(argv=None):
     title = f"{args.labels[1][:1].upper() + args.labels[1][1:]} against {args.labels[0]}: {names}"
     text = title + "\n\n" + "\n".join(lines) + f"\n\nCommand: `{cmd}`\n"
     if args.out:
-        from aegis_tf.utils import atomic_path
+        from aegis_tf.core.utils import atomic_path
 
         with atomic_path(args.out) as tmp, open(tmp, "w") as f:
             f.write(text)

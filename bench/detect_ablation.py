@@ -18,13 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from aegis_tf.data import load_h5
-from aegis_tf.defaults import CONFIG, PATHS
-from aegis_tf.clustering import AegisDetector, class_features
-from aegis_tf.translation import translate_all
-from aegis_tf.models import load_model
-from aegis_tf.neural_cleanse import NeuralCleanse
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.data import load_h5
+from aegis_tf.attack.embedded import CONFIG
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.detect.clustering import AegisDetector, class_features
+from aegis_tf.detect.translation import translate_all
+from aegis_tf.core.models import load_model
+from aegis_tf.detect.neural_cleanse import NeuralCleanse
+from aegis_tf.core.utils import atomic_path, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 

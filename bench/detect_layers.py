@@ -13,12 +13,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from aegis_tf.data import load_h5
-from aegis_tf.defaults import PATHS
-from aegis_tf.clustering import AegisDetector, class_features
-from aegis_tf.translation import translate_all
-from aegis_tf.models import load_model
-from aegis_tf.utils import atomic_path
+from aegis_tf.core.data import load_h5
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.detect.clustering import AegisDetector, class_features
+from aegis_tf.detect.translation import translate_all
+from aegis_tf.core.models import load_model
+from aegis_tf.core.utils import atomic_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 

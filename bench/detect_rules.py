@@ -18,9 +18,9 @@ import sys
 import numpy as np
 
 
-from aegis_tf.patch_transfer import PatchTransferDetector, rates_from_histogram
-from aegis_tf.errors import AegisError
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.detect.patch_transfer import PatchTransferDetector, rates_from_histogram
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.utils import atomic_path, write_json
 from detect_table import _label, kind, majority, score_run, stable, summarise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here

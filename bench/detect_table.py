@@ -26,12 +26,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from aegis_tf.data import load_split
-from aegis_tf.config import DetectConfig
-from aegis_tf.jobs.detect import aegis_evidence, run_aegis, run_neural_cleanse
-from aegis_tf.verdict import combine
-from aegis_tf.models import load_model
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.data import load_split
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.detect.scan import aegis_evidence, run_aegis, run_neural_cleanse
+from aegis_tf.detect.verdict import combine
+from aegis_tf.core.models import load_model
+from aegis_tf.core.utils import atomic_path, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 
@@ -201,7 +201,7 @@ def main():
     p.add_argument("--preset", choices=("default", "paper"), default="default")
     p.add_argument("--start-noise", type=float, default=None, help="override the configuration's start noise")
     p.add_argument("--scan", choices=("auto", "full", "staged"), default=None,
-                   help="override the scan (aegis_tf.staged; default auto: full for 10-class models)")
+                   help="override the scan (aegis_tf.detect.staged; default auto: full for 10-class models)")
     p.add_argument("--top-k", type=int, default=None, help="staged scan: classes each stage-1 signal promotes")
     p.add_argument("--blend-probe", action=argparse.BooleanOptionalAction, default=None,
                    help="the whole-image blend probe (DetectConfig.wi_blend; default auto: on in a full scan); "

@@ -6,7 +6,7 @@
 
 ``run`` measures, on the current Keras backend and device:
 
-- training throughput (``bench_train.ours``: ``aegis_tf.training.train``),
+- training throughput (``bench_train.ours``: ``aegis_tf.attack.training.train``),
   standard and L2 PGD, on the compact CNN (28x28x1) and ResNet-18 (32x32x3),
   random pixels, 10 classes; under JAX also the hand-written jitted JAX loop
   (``bench_train.jax_reference``) on the same model, batch and PGD steps;
@@ -108,10 +108,10 @@ def detection_rows(size, model_path, data, data_dir):
     import numpy as np
 
     import bench_detect
-    from aegis_tf.config import DetectConfig
-    from aegis_tf.data import check_fits_model, load_split
-    from aegis_tf.jobs.detect import run_aegis, run_neural_cleanse
-    from aegis_tf.models import load_model
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.core.data import check_fits_model, load_split
+    from aegis_tf.detect.scan import run_aegis, run_neural_cleanse
+    from aegis_tf.core.models import load_model
 
     s, nc = SIZES[size]["detect"], SIZES[size]["nc"]
     model = load_model(model_path)
@@ -146,9 +146,9 @@ def staged_row(size, weights):
     import keras
     import numpy as np
 
-    from aegis_tf.config import DetectConfig
-    from aegis_tf.jobs.detect import run_aegis
-    from aegis_tf.models import build_deepid, load_weights_into, predict_labels
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.scan import run_aegis
+    from aegis_tf.core.models import build_deepid, load_weights_into, predict_labels
 
     s = SIZES[size]["staged"]
     keras.utils.set_random_seed(0)
@@ -171,7 +171,7 @@ def staged_row(size, weights):
 def run(args):
     import keras
 
-    from aegis_tf.utils import write_json
+    from aegis_tf.core.utils import write_json
 
     t = time.perf_counter()
     result = {"backend": keras.backend.backend(), "device": device_name(), "size": args.size}
@@ -224,7 +224,7 @@ def report(folder):
                      f"{a['translate_image_steps_per_s']:.0f} | {nc['seconds']:.1f} | "
                      f"{st['seconds']:.1f} ({st['classes_scanned']} of {st['model_classes']}, {st['model']}) |")
     lines += ["", "Whole suite: " + ", ".join(f"{r['backend']} {r['seconds']:.0f} s" for r in runs)]
-    from aegis_tf.utils import write_json  # light: no Keras import
+    from aegis_tf.core.utils import write_json  # light: no Keras import
 
     write_json(os.path.join(folder, "suite.json"), merged)
     with open(os.path.join(folder, "suite.md"), "w") as f:

@@ -6,11 +6,11 @@ For each model (a ``.keras`` file with its ``.keras.json`` training report),
 translates toward every class with ``DetectConfig()`` (detection seed 0) and
 prints, per class, the smallest blend weight ``a`` that moves 90% of 50 clean
 probes of other classes to the class (the probes and bisection of
-:func:`aegis_tf.whole_image.blend_alphas`), and the relative gap (the smallest other
+:func:`aegis_tf.detect.whole_image.blend_alphas`), and the relative gap (the smallest other
 weight over the class's own), for two blend targets:
 
 - ``meanimg``: the mean translated image of the class (what
-  :class:`aegis_tf.whole_image.BlendProbeDetector` keeps);
+  :class:`aegis_tf.detect.whole_image.BlendProbeDetector` keeps);
 - ``delta+mid``: the mean translation delta around mid-grey, clipped (dropped:
   it flagged a clean Fashion-MNIST model).
 
@@ -25,11 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from aegis_tf.config import DetectConfig
-from aegis_tf.data import load_split
-from aegis_tf.models import load_model
-from aegis_tf.translation import translate
-from aegis_tf.whole_image import _probes, _smallest_moving, blend_alphas
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.core.data import load_split
+from aegis_tf.core.models import load_model
+from aegis_tf.detect.translation import translate
+from aegis_tf.detect.whole_image import _probes, _smallest_moving, blend_alphas
 
 
 def main():

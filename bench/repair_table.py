@@ -33,10 +33,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from aegis_tf.config import DetectConfig
-from aegis_tf.defaults import PATHS
-from aegis_tf.errors import AegisError
-from aegis_tf.utils import write_json
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.utils import write_json
 from repair.pipeline import repair_job
 
 EMBEDDED = {os.path.abspath(PATHS[k]) for k in ("bd_net", "robust_bd_net", "robust_clean_net")}
@@ -46,7 +46,7 @@ def model_data(model, work, n_valid):
     """(training data for detect, clean valid .h5, clean test .h5) for ``model``."""
     if os.path.abspath(model) in EMBEDDED:
         return PATHS["train"], PATHS["valid"], PATHS["test"]
-    from aegis_tf.data import load_split, save_h5
+    from aegis_tf.core.data import load_split, save_h5
 
     with open(model + ".json") as f:
         data = json.load(f)["data"]
@@ -76,7 +76,7 @@ def _row(method, res, seconds, note=""):
 
 
 def run_model(model, work, args):
-    from aegis_tf.jobs.detect import run_detect
+    from aegis_tf.detect.scan import run_detect
 
     os.makedirs(work, exist_ok=True)
     train, valid, test = model_data(model, work, args.n_valid)

@@ -14,7 +14,7 @@ of the target's gap over the runs and the highest gap of any other class
 import argparse
 import json
 
-from aegis_tf.utils import atomic_path
+from aegis_tf.core.utils import atomic_path
 from detect_table import kind
 
 GAP_SIGNALS = {"whole_image": "whole-image", "blend_probe": "blend probe"}

@@ -24,12 +24,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from aegis_tf.data import load_split
-from aegis_tf.config import DetectConfig
-from aegis_tf.translation import translate_all
-from aegis_tf.models import load_model
-from aegis_tf.triggers import make_trigger
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.data import load_split
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.detect.translation import translate_all
+from aegis_tf.core.models import load_model
+from aegis_tf.attack.triggers import make_trigger
+from aegis_tf.core.utils import atomic_path, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 

@@ -18,9 +18,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from aegis_tf.errors import AegisError
-from aegis_tf.models import build_deepid, copy_model, load_model, load_weights_into, predict_labels
-from aegis_tf.utils import atomic_path
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import build_deepid, copy_model, load_model, load_weights_into, predict_labels
+from aegis_tf.core.utils import atomic_path
 
 __all__ = ["GoodNet", "GoodNetDecision", "goodnet_labels"]
 

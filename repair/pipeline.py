@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from aegis_tf.errors import AegisError
-from aegis_tf.metrics import attack_success_rate, clean_accuracy, rejection_rate, summarize
-from aegis_tf.models import predict_labels
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.metrics import attack_success_rate, clean_accuracy, rejection_rate, summarize
+from aegis_tf.core.models import predict_labels
+from aegis_tf.core.utils import atomic_path, write_json
 from repair.goodnet import GoodNet, goodnet_labels
 from repair.prune import THRESHOLDS, check_threshold, finetune_pruned, prune_curve, prune_curve_naive, prune_model
 
@@ -118,7 +118,7 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
                        threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
                        unlearn_epochs=20, unlearn_lr=1e-3, unlearn_share=0.5, batch_size=256, seed=0, quiet=False,
                        sources=None):
-    """Repair from recovered triggers (:mod:`aegis_tf.recovered`) with clean data only.
+    """Repair from recovered triggers (:mod:`aegis_tf.detect.recovered`) with clean data only.
 
     ``strategies``: ``trigger-prune`` (:func:`repair.trigger_repair.trigger_prune_curve`,
     B' and GoodNet at 2/4/10 as in the lab) and/or ``unlearn``
@@ -254,8 +254,8 @@ def _pruned_models(model, curve, report, xv, yv, test, bad_test, *, recovered=No
 
 def _write_outputs(out_dir, model, curve, models_out, report):
     """Write the curve, every B' (full .keras and weights), its GoodNet, repair.json and report.html."""
-    from aegis_tf.html_report import write_repair_html
-    from aegis_tf.report import plot_prune_curve
+    from aegis_tf.report.html import write_repair_html
+    from aegis_tf.report.figures import plot_prune_curve
 
     os.makedirs(out_dir, exist_ok=True)
     files = report["files"]
@@ -284,8 +284,8 @@ def _write_outputs(out_dir, model, curve, models_out, report):
 
 
 def _load_set(path, default_key, model, scale, flag):
-    from aegis_tf.data import check_fits_model, load_h5
-    from aegis_tf.defaults import PATHS
+    from aegis_tf.core.data import check_fits_model, load_h5
+    from aegis_tf.core.embedded import PATHS
 
     path = path or PATHS[default_key]
     x, y = load_h5(path, scale=scale)
@@ -294,7 +294,7 @@ def _load_set(path, default_key, model, scale, flag):
 
 def _model_paths(bad_model, bad_model_weights):
     """The embedded default B only when no model at all is named."""
-    from aegis_tf.defaults import PATHS
+    from aegis_tf.core.embedded import PATHS
 
     if bad_model is None and bad_model_weights is None:
         return PATHS["bd_net"], None
@@ -303,7 +303,7 @@ def _model_paths(bad_model, bad_model_weights):
 
 def _is_embedded(model_path, weights):
     """Whether B is one of the embedded models, whose trigger the embedded bd_*.h5 sets carry."""
-    from aegis_tf.defaults import PATHS
+    from aegis_tf.core.embedded import PATHS
 
     same = lambda a, key: a is not None and os.path.abspath(a) == os.path.abspath(PATHS[key])  # noqa: E731
     return (any(same(model_path, k) for k in ("bd_net", "robust_bd_net", "robust_clean_net"))
@@ -313,10 +313,10 @@ def _is_embedded(model_path, weights):
 def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, embedded, scale, flag):
     """The attacker's poisoned set for evaluation: the file named by ``flag``; the embedded one
     for an embedded B; else ``clean`` with the trigger of B's ``MODEL.json``; else ``(None, None)``."""
-    from aegis_tf.config import pixel_max_of
-    from aegis_tf.evaluation import backdoor_set
-    from aegis_tf.jobs.attack import build_trigger
-    from aegis_tf.sidecar import read_trigger_config, sidecar_path
+    from aegis_tf.core.settings import pixel_max_of
+    from aegis_tf.attack.evaluation import backdoor_set
+    from aegis_tf.attack.triggers import build_trigger
+    from aegis_tf.attack.sidecar import read_trigger_config, sidecar_path
 
     if path or embedded:
         return _load_set(path, default_key, model, scale, flag)
@@ -330,7 +330,7 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
 
 def _recovered_triggers(trigger_from, trigger_file):
     """The recovered triggers named on the command line, and the detect report they came from."""
-    from aegis_tf.recovered import load_trigger, triggers_from_detect_dir
+    from aegis_tf.detect.recovered import load_trigger, triggers_from_detect_dir
 
     if trigger_from and trigger_file:
         raise AegisError("give --trigger-from DETECT_OUT_DIR or --trigger-file FILE, not both")
@@ -356,8 +356,8 @@ def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_
     the scan examined. ``strategy`` is a comma-separated list (default
     ``lab``, or ``trigger-prune,unlearn`` with a trigger).
     """
-    from aegis_tf.config import pixel_max_of
-    from aegis_tf.models import load_model
+    from aegis_tf.core.settings import pixel_max_of
+    from aegis_tf.core.models import load_model
 
     check_threshold(threshold)
     triggers, scan = _recovered_triggers(trigger_from, trigger_file)
@@ -412,7 +412,7 @@ def evaluate_goodnet_job(*, goodnet=None, bad_model=None, bad_model_weights=None
     GoodNet comes from a ``goodnet_T.keras`` file, or from B and the weights
     of B' (by default those ``repair`` wrote for ``threshold`` in ``out_dir``).
     """
-    from aegis_tf.models import load_model
+    from aegis_tf.core.models import load_model
 
     check_threshold(threshold)
     if goodnet:

@@ -22,10 +22,10 @@ import dataclasses
 import keras
 import numpy as np
 
-from aegis_tf.config import THRESHOLDS, check_threshold
-from aegis_tf.errors import AegisError
-from aegis_tf.models import copy_model, find_feeding_conv, find_last_pooling_layer, predict_labels
-from aegis_tf.utils import progress
+from repair.thresholds import THRESHOLDS, check_threshold
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import copy_model, find_feeding_conv, find_last_pooling_layer, predict_labels
+from aegis_tf.core.utils import progress
 
 __all__ = ["THRESHOLDS", "check_threshold", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
 

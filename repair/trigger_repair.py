@@ -3,7 +3,7 @@
 The lab's pruning needs the attacker's poisoned validation set to measure
 ASR, and it prunes the channels that clean images leave dormant, which a
 backdoor need not use. With a trigger recovered by ``aegis detect``
-(:mod:`aegis_tf.recovered`) a defender can do better with clean images alone:
+(:mod:`aegis_tf.detect.recovered`) a defender can do better with clean images alone:
 
 * :func:`trigger_prune_curve` ranks the last pooling layer's channels by how
   much the recovered trigger raises their mean activation (triggered minus
@@ -23,9 +23,9 @@ ASR on test data only.
 
 import numpy as np
 
-from aegis_tf.errors import AegisError
-from aegis_tf.models import copy_model, find_last_pooling_layer, predict_labels
-from aegis_tf.utils import progress
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import copy_model, find_last_pooling_layer, predict_labels
+from aegis_tf.core.utils import progress
 from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
 
 __all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn"]

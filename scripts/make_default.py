@@ -13,8 +13,9 @@ import sys
 
 import keras
 
-from aegis_tf.defaults import CONFIG, PATHS, ROBUST_CONFIG, build_default, new_net, train_robust, write_sidecars
-from aegis_tf.utils import atomic_path
+from aegis_tf.attack.embedded import CONFIG, ROBUST_CONFIG, build_default, new_net, train_robust, write_sidecars
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.core.utils import atomic_path
 
 
 def build_robust_defaults():

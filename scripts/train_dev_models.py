@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/train_dev_models.py out/dev
 
-Both use :data:`aegis_tf.defaults.ROBUST_CONFIG` (L2 PGD training, eps 0.5,
+Both use :data:`aegis_tf.attack.embedded.ROBUST_CONFIG` (L2 PGD training, eps 0.5,
 7 steps, eps warm-up over 5 epochs, 40 epochs, learning rate 0.05) on
 ``data/train.h5`` with 15% of it appended poisoned, target class 3:
 
@@ -24,10 +24,11 @@ import numpy as np
 
 import keras
 
-from aegis_tf.defaults import PATHS, ROBUST_CONFIG, new_net, train_robust
-from aegis_tf.errors import AegisError
-from aegis_tf.triggers import blend_pattern, make_trigger
-from aegis_tf.utils import atomic_path, write_json
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.attack.embedded import ROBUST_CONFIG, new_net, train_robust
+from aegis_tf.core.errors import AegisError
+from aegis_tf.attack.triggers import blend_pattern, make_trigger
+from aegis_tf.core.utils import atomic_path, write_json
 
 TARGET_LABEL = 3
 PIXEL_MAX = ROBUST_CONFIG["pixel_max"]  # the default data holds raw 0-255 pixels

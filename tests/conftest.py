@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
-from aegis_tf.data import load_h5  # noqa: E402
-from aegis_tf.defaults import PATHS  # noqa: E402
+from aegis_tf.core.data import load_h5  # noqa: E402
+from aegis_tf.core.embedded import PATHS  # noqa: E402
 
 SHARED_CSAW = os.path.join(ROOT, "..", "shared", "csaw")
 
@@ -27,7 +27,7 @@ def default_paths():
 
 @pytest.fixture(scope="session")
 def default_model():
-    from aegis_tf.models import load_model
+    from aegis_tf.core.models import load_model
 
     return load_model(PATHS["bd_net"])
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from aegis_tf import backend
-from aegis_tf.attacks import L2Step, LinfStep, check_norm, projected_gradient_descent
-from aegis_tf.models import logits_model, predict_labels
+from aegis_tf.core import backend
+from aegis_tf.core.pgd import L2Step, LinfStep, check_norm, projected_gradient_descent
+from aegis_tf.core.models import logits_model, predict_labels
 from conftest import tiny_cnn
 
 

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf.augment import apply_crop_flip, crop_flip_params
-from aegis_tf.models import build_compact_cnn
-from aegis_tf.training import train
+from aegis_tf.core.augment import apply_crop_flip, crop_flip_params
+from aegis_tf.core.models import build_compact_cnn
+from aegis_tf.attack.training import train
 
 
 def test_crop_flip_params_are_in_range_and_seeded():
@@ -30,7 +30,7 @@ def test_apply_crop_flip_shifts_and_mirrors():
 def test_device_crop_flip_matches_numpy():
     if keras.backend.backend() != "jax":
         pytest.skip("the on-device crop and flip is JAX's")
-    from aegis_tf.backend._jax import _crop_flip
+    from aegis_tf.core.backend._jax import _crop_flip
 
     rng = np.random.default_rng(0)
     x = rng.random((16, 8, 8, 3)).astype("float32")

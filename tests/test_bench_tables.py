@@ -1,6 +1,6 @@
 """Helpers of the benchmark tables (bench/ is on the test path, see conftest)."""
 
-from aegis_tf.config import DetectConfig
+from aegis_tf.detect.config import DetectConfig
 
 
 def test_detect_table_resume_reads_a_setting_added_later_as_the_value_that_behaves_as_before():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import cli
-from aegis_tf.data import load_h5
-from aegis_tf.defaults import PATHS
+from aegis_tf.core.data import load_h5
+from aegis_tf.core.embedded import PATHS
 
 
 @pytest.fixture(scope="module")

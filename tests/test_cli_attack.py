@@ -7,9 +7,9 @@ import pytest
 import cli
 from aegis_tf.cli import build_parser
 from aegis_tf.cli._util import model_trigger_settings
-from aegis_tf.config import TriggerConfig
-from aegis_tf.sidecar import read_trigger_config
-from aegis_tf.data import load_h5
+from aegis_tf.attack.config import TriggerConfig
+from aegis_tf.attack.sidecar import read_trigger_config
+from aegis_tf.core.data import load_h5
 
 
 def test_poison_with_preview_writes_csaw_h5_npz_and_grid(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_poison_with_the_blended_trigger_writes_its_pattern(tmp_path, capsys):
     report = json.load(open(out / "poison.json"))
     assert report["trigger"] == "blended" and report["trigger_config"]["blend_alpha"] == 0.2
     pattern = np.load(out / "trigger_pattern.npy")
-    from aegis_tf.data import load_split
+    from aegis_tf.core.data import load_split
 
     clean, _ = load_split("digits", split="train")
     x, y = load_h5(out / "train_poisoned.h5")

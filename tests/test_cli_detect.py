@@ -4,8 +4,8 @@ import os
 import pytest
 
 import cli
-from aegis_tf.defaults import PATHS
-from aegis_tf.recovered import triggers_from_detect_dir
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.detect.recovered import triggers_from_detect_dir
 
 
 def _run(tmp_path, name, extra, capsys):
@@ -44,7 +44,7 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(report["files"]["suspect_patches"]) == {str(c) for c in report["suspect_classes"]}
     for path in report["files"]["suspect_patches"].values():
         assert os.path.getsize(path) > 5_000
-    from aegis_tf.patch_transfer import PatchTransferDetector, rates_from_histogram
+    from aegis_tf.detect.patch_transfer import PatchTransferDetector, rates_from_histogram
 
     hists = {int(c): v["probes_moved_histogram"] for c, v in report["classes"].items()}
     assert all(len(h) == 21 and sum(h) == 15 for h in hists.values())  # 20 probes; one count per translation
@@ -103,7 +103,7 @@ def test_detect_refuses_non_finite_data_and_non_image_models_without_a_report(tm
     import keras
     import numpy as np
 
-    from aegis_tf.data import load_h5, save_h5
+    from aegis_tf.core.data import load_h5, save_h5
 
     x, y = load_h5(PATHS["train"])
     x = x.astype("float32")

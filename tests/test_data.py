@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from aegis_tf import data
-from aegis_tf.errors import AegisError
+from aegis_tf.core import data
+from aegis_tf.core.errors import AegisError
 from conftest import tiny_cnn
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from aegis_tf.data import digits_splits, load_h5
-from aegis_tf.defaults import CONFIG, poisoned_copy
+from aegis_tf.core.data import digits_splits, load_h5
+from aegis_tf.attack.embedded import CONFIG, poisoned_copy
 
 
 def test_committed_data_is_what_the_build_script_makes(default_paths):

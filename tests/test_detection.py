@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from aegis_tf.clustering import AegisDetector, class_features, extract_features, feature_layer
-from aegis_tf.config import PRESETS
-from aegis_tf.translation import translate_all
-from aegis_tf.errors import AegisError
+from aegis_tf.detect.clustering import AegisDetector, class_features, extract_features, feature_layer
+from aegis_tf.detect.config import PRESETS
+from aegis_tf.detect.translation import translate_all
+from aegis_tf.core.errors import AegisError
 from conftest import tiny_cnn
 
 
@@ -106,7 +106,7 @@ def test_translation_reaches_targets_and_features_have_shapes(rng):
 
 
 def test_patches_are_the_most_changed_pixels_and_paste_exactly():
-    from aegis_tf.patch_transfer import _patch_pixels, paste_patches
+    from aegis_tf.detect.patch_transfer import _patch_pixels, paste_patches
 
     seed = np.zeros((2, 4, 4, 1), "float32")
     moved = seed.copy()
@@ -123,7 +123,7 @@ def test_patches_are_the_most_changed_pixels_and_paste_exactly():
 
 
 def test_transfer_detector_scores_and_criteria():
-    from aegis_tf.patch_transfer import PatchTransferDetector
+    from aegis_tf.detect.patch_transfer import PatchTransferDetector
 
     rng = np.random.default_rng(0)
     rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
@@ -141,7 +141,7 @@ def test_transfer_detector_scores_and_criteria():
 
 
 def test_transfer_detector_counts_only_near_universal_patches_by_default():
-    from aegis_tf.patch_transfer import PatchTransferDetector
+    from aegis_tf.detect.patch_transfer import PatchTransferDetector
 
     rng = np.random.default_rng(1)
     rates = {c: rng.uniform(0, 0.3, 100) for c in range(6)}
@@ -152,7 +152,7 @@ def test_transfer_detector_counts_only_near_universal_patches_by_default():
 
 
 def test_histograms_hold_all_the_verdict_needs():
-    from aegis_tf.patch_transfer import PatchTransferDetector, probes_moved_histogram, rates_from_histogram
+    from aegis_tf.detect.patch_transfer import PatchTransferDetector, probes_moved_histogram, rates_from_histogram
 
     rng = np.random.default_rng(2)
     hists = {c: np.bincount(rng.integers(0, 8, 50), minlength=21) for c in range(4)}  # up to 7 of 20
@@ -167,17 +167,17 @@ def test_histograms_hold_all_the_verdict_needs():
 
 @pytest.fixture(scope="module")
 def digits_train():
-    from aegis_tf.data import load_h5
-    from aegis_tf.defaults import PATHS
+    from aegis_tf.core.data import load_h5
+    from aegis_tf.core.embedded import PATHS
 
     return load_h5(PATHS["train"])
 
 
 @pytest.mark.parametrize("name, suspects", [("robust_bd_net", [7]), ("robust_clean_net", [])])
 def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(digits_train, name, suspects):
-    from aegis_tf.defaults import PATHS
-    from aegis_tf.patch_transfer import PatchTransferDetector, patch_transfer_rates
-    from aegis_tf.models import load_model
+    from aegis_tf.core.embedded import PATHS
+    from aegis_tf.detect.patch_transfer import PatchTransferDetector, patch_transfer_rates
+    from aegis_tf.core.models import load_model
 
     model = load_model(PATHS[name])
     x, y = digits_train
@@ -196,7 +196,7 @@ def test_patch_transfer_finds_the_embedded_backdoor_and_spares_the_clean_model(d
 
 
 def test_paper_preset_takes_resnet_layer4_and_falls_back_to_the_penultimate_layer():
-    from aegis_tf.models import build_resnet
+    from aegis_tf.core.models import build_resnet
 
     resnet = build_resnet(18, input_shape=(16, 16, 3), num_classes=3, width=4)
     layer = PRESETS["paper"]["layer"]
@@ -211,7 +211,7 @@ def test_paper_preset_takes_resnet_layer4_and_falls_back_to_the_penultimate_laye
 
 
 def test_a_preset_keeps_the_settings_it_does_not_name():
-    from aegis_tf.config import DetectConfig
+    from aegis_tf.detect.config import DetectConfig
 
     paper = DetectConfig.from_preset("paper")
     assert {k: paper[k] for k in PRESETS["paper"]} == PRESETS["paper"]

@@ -30,7 +30,7 @@ def test_disagreement_goes_to_class_n(rng):
 def _disagreeing_copy(b, x):
     """B' = B with one class's output bias raised by the median logit gap, so B and
     B' disagree on about half of ``x`` whatever the backend's random init."""
-    from aegis_tf.models import logits_model
+    from aegis_tf.core.models import logits_model
 
     logits = np.asarray(logits_model(b)(x))
     c = int(np.argmin(np.bincount(logits.argmax(1), minlength=3)))

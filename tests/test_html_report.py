@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from aegis_tf.html_report import write_detect_html, write_repair_html  # noqa: E402
+from aegis_tf.report.html import write_detect_html, write_repair_html  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

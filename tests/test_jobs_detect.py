@@ -4,10 +4,10 @@ import os
 import keras
 import pytest
 
-from aegis_tf.config import DetectConfig
-from aegis_tf.defaults import PATHS
-from aegis_tf.errors import AegisError
-from aegis_tf.jobs.detect import run_aegis, run_detect
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.core.errors import AegisError
+from aegis_tf.detect.scan import run_aegis, run_detect
 
 FAST = DetectConfig(n_seeds=15, steps=10)
 
@@ -30,8 +30,8 @@ def test_both_methods_give_one_verdict_and_a_report_page(tmp_path):
 
 
 def test_run_aegis_without_an_out_dir_draws_nothing(tmp_path, monkeypatch):
-    from aegis_tf.data import load_h5
-    from aegis_tf.models import load_model
+    from aegis_tf.core.data import load_h5
+    from aegis_tf.core.models import load_model
 
     monkeypatch.chdir(tmp_path)
     x, y = load_h5(PATHS["train"])

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf import models
-from aegis_tf.errors import AegisError
+from aegis_tf.core import models
+from aegis_tf.core.errors import AegisError
 from conftest import SHARED_CSAW, tiny_cnn
 
 

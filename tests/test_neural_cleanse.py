@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from aegis_tf.errors import AegisError
-from aegis_tf.neural_cleanse import NeuralCleanse, anomaly_index
+from aegis_tf.core.errors import AegisError
+from aegis_tf.detect.neural_cleanse import NeuralCleanse, anomaly_index
 
 
 def test_anomaly_index_is_median_absolute_deviation():

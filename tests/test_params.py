@@ -3,9 +3,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aegis_tf.config import PRESETS, THRESHOLDS, DetectConfig, TrainConfig, TriggerConfig, check_threshold
-from aegis_tf.errors import AegisError
-from aegis_tf.params import Interval, Options, ParamError, validate_params
+from aegis_tf.detect.config import PRESETS, DetectConfig
+from repair.thresholds import THRESHOLDS, check_threshold
+from aegis_tf.attack.config import TrainConfig, TriggerConfig
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.params import Interval, Options, ParamError, validate_params
 
 
 def test_interval_and_options_accept_exactly_their_values():

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf.errors import AegisError
+from aegis_tf.core.errors import AegisError
 from repair.goodnet import GoodNet, goodnet_labels
 from repair.pipeline import evaluate_goodnet, pruned_weights_name, run_repair
 

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf.errors import AegisError
-from aegis_tf.models import build_deepid, predict_labels
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import build_deepid, predict_labels
 from repair.prune import _first_reaching, finetune_pruned, prune_curve, prune_curve_naive, prune_model
 
 

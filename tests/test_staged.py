@@ -5,15 +5,15 @@ import shutil
 import numpy as np
 import pytest
 
-from aegis_tf.config import DetectConfig
-from aegis_tf.data import load_h5
-from aegis_tf.defaults import PATHS
-from aegis_tf.errors import AegisError
-from aegis_tf.jobs.detect import run_aegis
-from aegis_tf.models import load_model
-from aegis_tf.staged import STAGED_ABOVE, STATE_FILE, promote, promote_all, scan_mode
-from aegis_tf.utils import no_partial_report
-from aegis_tf.whole_image import WholeImageDetector
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.core.data import load_h5
+from aegis_tf.core.embedded import PATHS
+from aegis_tf.core.errors import AegisError
+from aegis_tf.detect.scan import run_aegis
+from aegis_tf.core.models import load_model
+from aegis_tf.detect.staged import STAGED_ABOVE, STATE_FILE, promote, promote_all, scan_mode
+from aegis_tf.core.utils import no_partial_report
+from aegis_tf.detect.whole_image import WholeImageDetector
 
 FAST = DetectConfig(n_seeds=15, steps=20, wi_probes=10, scan="staged", stage1_seeds=4, stage1_steps=5, top_k=2)
 
@@ -89,8 +89,8 @@ def test_staged_scan_reports_both_stages_and_finds_the_planted_class(whole):
 
 
 def _interrupt_after_first_save(bd, out_dir, monkeypatch, saver):
-    """Run a staged scan that Ctrl-C stops right after ``aegis_tf.staged.<saver>`` first saves."""
-    import aegis_tf.staged as staged
+    """Run a staged scan that Ctrl-C stops right after ``aegis_tf.detect.staged.<saver>`` first saves."""
+    import aegis_tf.detect.staged as staged
 
     saved = getattr(staged, saver)
 
@@ -117,7 +117,7 @@ def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, t
 
 
 def test_resume_continues_stage2_from_the_classes_it_finished(bd, whole, tmp_path, monkeypatch):
-    import aegis_tf.staged as staged
+    import aegis_tf.detect.staged as staged
 
     _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_stage2")  # after stage 2's first class
     assert os.path.exists(tmp_path / staged.STAGE2_FILE)
@@ -138,7 +138,7 @@ def test_a_staged_scan_of_fewer_than_3_classes_is_a_one_line_error(bd):
 
 
 def test_a_damaged_state_file_is_a_one_line_error(bd, tmp_path):
-    import aegis_tf.staged as staged
+    import aegis_tf.detect.staged as staged
 
     (tmp_path / staged.STAGE2_FILE).write_bytes(b"")  # an empty, truncated .npz
     with pytest.raises(AegisError, match="not a scan state file"):
@@ -176,7 +176,7 @@ FULL = FAST.replace(scan="full")
 
 
 def test_resume_continues_an_interrupted_full_scan_with_the_same_numbers(bd, tmp_path, monkeypatch):
-    import aegis_tf.staged as staged
+    import aegis_tf.detect.staged as staged
 
     model, x, y = bd
     scan = dict(classes=[2, 5, 7], config=FULL, pixel_max=255.0, batch_size=16)  # 15 seeds: one batch a chunk
@@ -243,7 +243,7 @@ def test_a_finished_run_keeps_everything(tmp_path):
 
 
 def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
-    import aegis_tf.html_report as html_report
+    import aegis_tf.report.html as html_report
     from aegis_tf.cli import main
 
     def interrupted(*args, **kwargs):
@@ -259,10 +259,10 @@ def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
 
 
 def test_the_html_report_shows_both_stages(whole, tmp_path):
-    from aegis_tf.html_report import write_detect_html
+    from aegis_tf.report.html import write_detect_html
 
     report = whole[0]
-    from aegis_tf.verdict import combine
+    from aegis_tf.detect.verdict import combine
 
     verdict = combine({"patch_transfer": report["evidence"], "whole_image": report["whole_image"]["evidence"]})
     page = open(write_detect_html({"model": "m.keras", "aegis": report, "verdict": verdict},

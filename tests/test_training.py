@@ -2,12 +2,12 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf.backend import enable_determinism
-from aegis_tf.errors import AegisError
-from aegis_tf.evaluation import evaluate_backdoor
-from aegis_tf.models import build_compact_cnn, predict_labels
-from aegis_tf.training import TrainConfig, learning_rate_at, train
-from aegis_tf.triggers import localised, poison
+from aegis_tf.core.backend import enable_determinism
+from aegis_tf.core.errors import AegisError
+from aegis_tf.attack.evaluation import evaluate_backdoor
+from aegis_tf.core.models import build_compact_cnn, predict_labels
+from aegis_tf.attack.training import TrainConfig, learning_rate_at, train
+from aegis_tf.attack.triggers import localised, poison
 
 
 def bands(n, seed):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import cli
-from aegis_tf.data import load_h5
-from aegis_tf.errors import AegisError
-from aegis_tf.models import predict_labels
-from aegis_tf.recovered import RecoveredTrigger, load_trigger, triggers_from_detect_dir
+from aegis_tf.core.data import load_h5
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import predict_labels
+from aegis_tf.detect.recovered import RecoveredTrigger, load_trigger, triggers_from_detect_dir
 from conftest import tiny_cnn
 from repair.pipeline import run_trigger_repair
 from repair.prune import prune_curve

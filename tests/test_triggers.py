@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from aegis_tf.errors import AegisError
-from aegis_tf.triggers import (blend_pattern, blended, distributed, invisible_adversarial, invisible_static,
+from aegis_tf.core.errors import AegisError
+from aegis_tf.attack.triggers import (blend_pattern, blended, distributed, invisible_adversarial, invisible_static,
                                load_blend_pattern, localised, make_trigger, poison, universal_perturbation)
 from conftest import tiny_cnn
 
@@ -42,7 +42,7 @@ def test_invisible_static_is_fixed_small_and_clipped(batch):
 def test_universal_perturbation_is_bounded_reproducible_and_targeted(norm):
     model = tiny_cnn(seed=0, input_shape=(8, 8, 1), num_classes=3)
     x = np.random.default_rng(0).random((40, 8, 8, 1)).astype("float32")
-    from aegis_tf.models import predict_labels
+    from aegis_tf.core.models import predict_labels
 
     eps = 1.0 if norm == 2 else 0.2
     target = int(np.argmin(np.bincount(predict_labels(model, x), minlength=3)))  # the least predicted class

@@ -1,4 +1,4 @@
-from aegis_tf.verdict import combine
+from aegis_tf.detect.verdict import combine
 
 
 def _ev(scores, threshold, flagged, direction="above", **kw):

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from aegis_tf.config import DetectConfig
-from aegis_tf.errors import AegisError
-from aegis_tf.whole_image import WholeImageDetector
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.core.errors import AegisError
+from aegis_tf.detect.whole_image import WholeImageDetector
 
 
 def test_norm_scoring_is_relative_to_the_other_classes():
@@ -60,7 +60,7 @@ def test_a_planted_whole_image_direction_is_found_and_a_clean_model_passes(plant
 def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path, rng):
     import os
 
-    from aegis_tf.jobs.detect import run_aegis
+    from aegis_tf.detect.scan import run_aegis
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
@@ -69,8 +69,8 @@ def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path,
     assert report["whole_image"]["suspect_classes"] == [2]
     assert report["whole_image"]["evidence"]["flagged"] == [2]
     assert os.path.getsize(report["files"]["suspect_whole_image"]["2"]) > 5_000
-    from aegis_tf.html_report import write_detect_html
-    from aegis_tf.verdict import combine
+    from aegis_tf.report.html import write_detect_html
+    from aegis_tf.detect.verdict import combine
 
     page = write_detect_html({"model": "m", "verdict": combine({"whole_image": report["whole_image"]["evidence"]}),
                               "aegis": report}, str(tmp_path / "report.html"))
@@ -85,7 +85,7 @@ def _blend_case(planted, rng):
     translated images carry a little of its own direction; with ``planted``, that class's carry
     60% of a blend pattern along the planted trigger direction instead (what translating toward
     a blended backdoor's target gives)."""
-    from aegis_tf.translation import Translation
+    from aegis_tf.detect.translation import Translation
 
     model = _linear(planted)
     w = model.layers[-1].get_weights()[0]
@@ -103,7 +103,7 @@ def _blend_case(planted, rng):
 
 @pytest.mark.parametrize("planted", [2, None])
 def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(planted, rng):
-    from aegis_tf.whole_image import BlendProbeDetector
+    from aegis_tf.detect.whole_image import BlendProbeDetector
 
     model, x, y, translations = _blend_case(planted, rng)
     det = BlendProbeDetector(n_probes=40).fit(model, x, y, list(range(6)), translations=translations)
@@ -118,8 +118,8 @@ def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(
 
 
 def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in_a_staged_one(rng):
-    from aegis_tf.jobs.detect import aegis_evidence, blend_probe_on, format_summary, run_aegis
-    from aegis_tf.verdict import combine
+    from aegis_tf.detect.scan import aegis_evidence, blend_probe_on, format_summary, run_aegis
+    from aegis_tf.detect.verdict import combine
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
@@ -142,7 +142,7 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
                        config=config.replace(scan="staged", top_k=2))
     assert "blend_probe" not in staged and staged["stages"]["blend_probe"] == "not run (full scan only)"
     assert "blend probe: not run (a staged scan skips it" in format_summary(staged, "m")
-    from aegis_tf.staged import fingerprint
+    from aegis_tf.detect.staged import fingerprint
 
     key = fingerprint(_linear(2), x, y, range(6), config, 0)  # saved scan state does not depend on the probe
     assert key == fingerprint(_linear(2), x, y, range(6), config.replace(wi_blend=False), 0)
@@ -158,10 +158,10 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
 def test_a_blend_flag_draws_its_pattern_and_saves_a_trigger_that_repair_can_load(tmp_path, rng):
     import os
 
-    from aegis_tf.html_report import write_detect_html
-    from aegis_tf.jobs.detect import aegis_evidence, run_aegis
-    from aegis_tf.recovered import load_trigger
-    from aegis_tf.verdict import combine
+    from aegis_tf.report.html import write_detect_html
+    from aegis_tf.detect.scan import aegis_evidence, run_aegis
+    from aegis_tf.detect.recovered import load_trigger
+    from aegis_tf.detect.verdict import combine
 
     model, x, y, translations = _blend_case(2, rng)
     config = DetectConfig(n_seeds=20, wi_probes=40, wi_blend=True, whole_image=False)

@@ -14,7 +14,7 @@ import sys
 
 from aegis_tf.cli import detect, evaluate_goodnet, evaluate_model, poison, repair, train
 from aegis_tf.cli._util import Parser
-from aegis_tf.errors import AegisError
+from aegis_tf.core.errors import AegisError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

@@ -8,8 +8,8 @@ name of the library field it sets, so a command passes settings on by name.
 import argparse
 import dataclasses
 
-from aegis_tf.errors import AegisError
-from aegis_tf.params import ParamError
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.params import ParamError
 
 __all__ = ["Parser", "flag", "common_flags", "model_flags", "data_flags", "trigger_flags", "pgd_flags", "fields",
            "settings", "pick"]
@@ -61,10 +61,10 @@ def data_flags(p, *, test=True):
 
 
 def trigger_flags(p, *, from_model=False):
-    """The fields of :class:`aegis_tf.config.TriggerConfig`. With ``from_model``, a flag
-    left out takes the model's own trigger (its ``MODEL.json``, :mod:`aegis_tf.sidecar`)
+    """The fields of :class:`aegis_tf.attack.config.TriggerConfig`. With ``from_model``, a flag
+    left out takes the model's own trigger (its ``MODEL.json``, :mod:`aegis_tf.attack.sidecar`)
     first, and the default only when the model has none."""
-    from aegis_tf.config import TriggerConfig
+    from aegis_tf.attack.config import TriggerConfig
 
     d = TriggerConfig()
 
@@ -100,8 +100,8 @@ def trigger_flags(p, *, from_model=False):
 def model_trigger_settings(args, model_path):
     """The trigger of ``model_path``'s ``MODEL.json`` with the flags given (not None) on top;
     the flags alone over the defaults when the model has none. Returns ``(config, source)``."""
-    from aegis_tf.config import TriggerConfig
-    from aegis_tf.sidecar import read_trigger_config, sidecar_path
+    from aegis_tf.attack.config import TriggerConfig
+    from aegis_tf.attack.sidecar import read_trigger_config, sidecar_path
 
     base, _ = read_trigger_config(model_path)
     given = {k: v for k, v in pick(args, fields(TriggerConfig)).items() if v is not None}

@@ -1,5 +1,5 @@
 """``aegis detect``: is this model backdoored, and toward which class?
-(calls :func:`aegis_tf.jobs.detect.run_detect`)."""
+(calls :func:`aegis_tf.detect.scan.run_detect`)."""
 
 import argparse
 import os
@@ -19,7 +19,7 @@ def _bandwidth(text):
 
 
 def add(sub):
-    from aegis_tf.config import PRESETS
+    from aegis_tf.detect.config import PRESETS
 
     p = sub.add_parser(NAME, help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
                        description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
@@ -36,7 +36,7 @@ def add(sub):
     flag(p, "--preset", choices=("default",) + tuple(PRESETS), default="default",
          help="default: the best measured configuration; paper: the authors' (500 seeds, bandwidth 35, 1 run)")
     flag(p, "--classes", default=None, help="comma-separated classes to examine (default all)")
-    # The fields of aegis_tf.config.DetectConfig; None keeps the preset's value.
+    # The fields of aegis_tf.detect.config.DetectConfig; None keeps the preset's value.
     flag(p, "--n-seeds", "--seeds", type=int, default=None, help="images translated toward each class (default 200; paper 500)")
     flag(p, "--steps", type=int, default=None, help="PGD steps of the translation (default and paper 75)")
     flag(p, "--eps", type=float, default=None, help="L2 radius of the translation, units of [0, 1] (paper: 100 MNIST, 500 CIFAR)")
@@ -96,10 +96,10 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.config import DetectConfig
-    from aegis_tf.jobs.detect import run_detect
-    from aegis_tf.staged import ROWS_FILE, STAGE2_FILE, STATE_FILE
-    from aegis_tf.utils import no_partial_report, write_json
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.scan import run_detect
+    from aegis_tf.detect.staged import ROWS_FILE, STAGE2_FILE, STATE_FILE
+    from aegis_tf.core.utils import no_partial_report, write_json
 
     base = DetectConfig.from_preset(args.preset)
     config = settings(DetectConfig, args, **{k: v for k, v in base.to_dict().items() if getattr(args, k) is None})

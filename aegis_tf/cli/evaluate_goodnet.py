@@ -30,7 +30,7 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.utils import write_json
+    from aegis_tf.core.utils import write_json
     from repair.pipeline import evaluate_goodnet_job, format_goodnet_eval
 
     res = evaluate_goodnet_job(

@@ -1,5 +1,5 @@
 """``aegis evaluate-model`` (alias ``evaluate``): clean accuracy, ASR and PGD accuracy of a model
-(calls :func:`aegis_tf.jobs.attack.evaluate_model_job`)."""
+(calls :func:`aegis_tf.attack.job.evaluate_model_job`)."""
 
 from aegis_tf.cli._util import common_flags, flag, model_trigger_settings, pgd_flags, trigger_flags
 
@@ -20,8 +20,8 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.jobs.attack import eval_line, evaluate_model_job
-    from aegis_tf.utils import write_json
+    from aegis_tf.attack.job import eval_line, evaluate_model_job
+    from aegis_tf.core.utils import write_json
 
     trigger, source = model_trigger_settings(args, args.model)
     res = evaluate_model_job(model=args.model, data=args.data, trigger=trigger,

@@ -1,4 +1,4 @@
-"""``aegis poison``: poison a training set (calls :func:`aegis_tf.jobs.attack.poison_job`)."""
+"""``aegis poison``: poison a training set (calls :func:`aegis_tf.attack.job.poison_job`)."""
 
 import os
 
@@ -23,9 +23,9 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.config import TriggerConfig
-    from aegis_tf.jobs.attack import poison_job
-    from aegis_tf.utils import write_json
+    from aegis_tf.attack.config import TriggerConfig
+    from aegis_tf.attack.job import poison_job
+    from aegis_tf.core.utils import write_json
 
     report = poison_job(data=args.data, trigger=settings(TriggerConfig, args), poison_rate=args.poison_rate,
                         mode=args.mode, out_dir=args.out_dir, test_data=args.test_data, data_dir=args.data_dir,

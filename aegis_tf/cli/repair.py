@@ -9,8 +9,8 @@ NAME, ALIASES = "repair", ()
 
 
 def _threshold(value):
-    from aegis_tf.config import check_threshold
-    from aegis_tf.errors import AegisError
+    from repair.thresholds import check_threshold
+    from aegis_tf.core.errors import AegisError
 
     try:
         return check_threshold(value)
@@ -67,7 +67,7 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.utils import write_json
+    from aegis_tf.core.utils import write_json
     from repair.pipeline import format_table, repair_job
 
     report = repair_job(

@@ -1,5 +1,5 @@
 """``aegis train``: train a (backdoored) model, standard or Madry-robust
-(calls :func:`aegis_tf.jobs.attack.train_job`)."""
+(calls :func:`aegis_tf.attack.job.train_job`)."""
 
 from aegis_tf.cli._util import common_flags, data_flags, flag, pgd_flags, settings, trigger_flags
 
@@ -52,9 +52,10 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.config import TrainConfig, TriggerConfig, pixel_max_of
-    from aegis_tf.jobs.attack import eval_line, train_job
-    from aegis_tf.utils import write_json
+    from aegis_tf.attack.config import TrainConfig, TriggerConfig
+    from aegis_tf.core.settings import pixel_max_of
+    from aegis_tf.attack.job import eval_line, train_job
+    from aegis_tf.core.utils import write_json
 
     config = settings(TrainConfig, args, batch_size=args.train_batch_size, pixel_max=pixel_max_of(args.scale))
     report = train_job(data=args.data, trigger=settings(TriggerConfig, args), config=config, arch=args.arch,

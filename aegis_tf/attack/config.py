@@ -1,0 +1,98 @@
+"""The attack side's settings: the attacker's trigger (:class:`TriggerConfig`) and a
+training run (:class:`TrainConfig`). Both are :class:`aegis_tf.core.settings.Settings`."""
+
+import dataclasses
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from aegis_tf.attack.triggers import TRIGGERS
+from aegis_tf.core.params import Interval, Options, validate_params
+from aegis_tf.core.settings import NONNEG, POS, POS_INT, UNIT, Settings, default_step_size
+
+__all__ = ["TrainConfig", "TriggerConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Settings):
+    """A training run. Defaults follow the AEGIS paper (see :mod:`aegis_tf.attack.training`).
+    ``eps`` and ``step_size`` are in units of [0, 1]; ``step_size=None`` becomes
+    :func:`default_step_size`; ``norm`` is ``2`` or ``"inf"``."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: Tuple[float, ...] = (0.5, 0.75)
+    lr_drop: float = 0.1
+    robust: bool = False
+    eps: float = 0.5
+    steps: int = 20
+    step_size: Optional[float] = None
+    norm: Union[int, str] = 2
+    eps_warmup: int = 0
+    augment: bool = False
+    pixel_max: float = 255.0
+    seed: int = 0
+
+    _parameter_constraints = {
+        "epochs": [Interval(int, 0, None)], "batch_size": POS_INT, "learning_rate": POS,
+        "momentum": [Interval(float, 0, 1)], "weight_decay": NONNEG, "lr_drop": POS,
+        "eps": NONNEG, "steps": POS_INT, "step_size": [None, POS[0]], "eps_warmup": [Interval(int, 0, None)],
+        "pixel_max": POS, "seed": [Interval(int, 0, None)],
+    }
+
+    def __post_init__(self):
+        norm = self.norm
+        if norm in (np.inf, "inf", float("inf")):
+            norm = "inf"
+        elif norm in (2, "2"):
+            norm = 2
+        else:
+            validate_params({"norm": norm}, {"norm": [Options(2, "inf")]})
+        object.__setattr__(self, "norm", norm)
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        if self.step_size is None:
+            object.__setattr__(self, "step_size", default_step_size(self.eps, self.steps))
+        super().__post_init__()
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["lr_milestones"] = list(self.lr_milestones)  # as JSON stores it
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TriggerConfig(Settings):
+    """The attacker's trigger, as ``poison``, ``train`` and ``evaluate-model`` take it.
+    ``trigger_value``, ``amplitude`` and ``trigger_eps`` are in units of [0, 1].
+
+    ``trigger_size``/``trigger_value``: the squares of localised and distributed
+    (``trigger_margin``: pixels between localised's square and the corner);
+    ``amplitude``/``trigger_seed``: invisible-static's pattern; ``trigger_pattern``
+    (.npy), or ``trigger_model`` and ``trigger_eps`` to compute one:
+    invisible-adversarial; ``blend_alpha`` and ``blend_pattern`` (``noise`` drawn
+    from ``trigger_seed``, or a .npy in pixel units): blended.
+    """
+
+    trigger: str = "localised"
+    target_label: int = 7
+    trigger_size: int = 2
+    trigger_value: float = 250 / 255
+    trigger_margin: int = 0
+    amplitude: float = 8 / 255
+    trigger_seed: int = 0
+    trigger_pattern: Optional[str] = None
+    trigger_model: Optional[str] = None
+    trigger_eps: float = 16 / 255
+    blend_alpha: float = 0.15
+    blend_pattern: str = "noise"
+
+    _parameter_constraints = {
+        "trigger": [Options(*TRIGGERS)],
+        "target_label": [Interval(int, 0, None)], "trigger_size": POS_INT, "trigger_value": UNIT,
+        "trigger_margin": [Interval(int, 0, None)],
+        "amplitude": UNIT, "trigger_seed": [Interval(int, 0, None)], "trigger_pattern": [None, str],
+        "trigger_model": [None, str], "trigger_eps": UNIT, "blend_alpha": UNIT, "blend_pattern": [str],
+    }

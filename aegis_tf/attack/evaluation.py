@@ -1,0 +1,45 @@
+"""Backdoor evaluation: clean accuracy, attack success rate, adversarial accuracy."""
+
+import numpy as np
+
+from aegis_tf.core.pgd import projected_gradient_descent
+from aegis_tf.core.settings import default_step_size
+from aegis_tf.core.metrics import attack_success_rate, clean_accuracy
+from aegis_tf.core.models import predict_labels
+
+__all__ = ["backdoor_set", "evaluate_backdoor"]
+
+
+def backdoor_set(x, y, trigger, target_label):
+    """The attack's test set: every image whose true class is not ``target_label``,
+    with ``trigger`` (a function of an image batch) applied, labelled ``target_label``."""
+    keep = np.asarray(y) != target_label
+    return trigger(x[keep]), np.full(int(keep.sum()), target_label, dtype="int64")
+
+
+def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversarial=True, eps=0.5, steps=20,
+                      step_size=None, norm=2, pixel_max=255.0, batch_size=256, seed=0):
+    """Evaluate ``model`` on clean test images ``(x, y)``.
+
+    * ``clean_acc``: accuracy on ``x``.
+    * ``asr`` (with ``trigger``, a function of an image batch): the trigger is
+      applied to the images whose true class is not ``target_label``; the
+      fraction predicted as ``target_label``.
+    * ``adv_acc`` (with ``adversarial``): accuracy under untargeted PGD with
+      ``eps``/``step_size`` in units of [0, 1] (scaled by ``pixel_max``),
+      random start, the training parameters by default.
+    """
+    out = {"clean_acc": clean_accuracy(predict_labels(model, x, batch_size=batch_size), y), "n_test": int(len(x))}
+    if trigger is not None:
+        xt, yt = backdoor_set(x, y, trigger, target_label)
+        out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), yt)
+        out["n_triggered"] = int(len(yt))
+    if adversarial:
+        step_size = default_step_size(eps, steps) if step_size is None else step_size
+        adv = projected_gradient_descent(
+            model, x, eps=eps * pixel_max, step_size=step_size * pixel_max, steps=steps, norm=norm, y=y,
+            clip_min=0.0, clip_max=pixel_max, seed=seed, batch_size=batch_size,
+        )
+        out["adv_acc"] = clean_accuracy(predict_labels(model, adv, batch_size=batch_size), y)
+        out["adv"] = {"eps": eps, "steps": steps, "step_size": step_size, "norm": "inf" if norm == np.inf else 2}
+    return out

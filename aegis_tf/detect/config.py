@@ -1,0 +1,114 @@
+"""The settings of a detection scan (:class:`DetectConfig`) and its presets (:data:`PRESETS`).
+
+``DetectConfig()`` is the measured default; ``DetectConfig.from_preset("paper",
+n_seeds=100)`` starts from a preset and applies overrides. The CLI maps its flags
+to these fields by name and reads its help texts' defaults from here.
+"""
+
+import dataclasses
+from typing import Optional, Union
+
+from aegis_tf.core.params import Interval, Options, validate_params
+from aegis_tf.core.settings import NONNEG, POS, POS_INT, UNIT, Settings
+
+__all__ = ["DetectConfig", "PRESETS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectConfig(Settings):
+    """Settings of a detection scan. Lengths and radii are in units of the [0, 1]
+    pixel range; the scan scales them by the data's pixel maximum.
+
+    Translation (AEGIS): ``n_seeds`` images of other classes translated toward
+    each class by ``steps`` of targeted L2 PGD (``eps``, ``step_size``), each
+    started from its seed plus Gaussian noise of std ``start_noise``.
+
+    Scores: ``score="transfer"`` (default) pastes the ``top_frac`` most-changed
+    pixels of a translation onto ``n_probes`` clean images; it transfers when
+    at least ``flip_at`` of them move. ``score="clusters"`` is the paper's
+    t-SNE + clustering count (``layer``, ``reducer``, ``clusterer``,
+    ``bandwidth``, ``population``, ``criterion``, ``runs``,
+    ``min_cluster_frac``; see :class:`aegis_tf.clustering.AegisDetector`).
+
+    ``whole_image`` adds the signal for triggers spread over the image
+    (:class:`aegis_tf.whole_image.WholeImageDetector`: ``wi_probes`` clean
+    probes; a class is flagged when it needs ``wi_threshold`` times less norm
+    than every other class) beside the transfer score, and with it the blend
+    probe (:class:`aegis_tf.whole_image.BlendProbeDetector`, for blended
+    triggers): ``wi_blend="auto"`` (default) runs the probe wherever the
+    whole-image signal runs in a full scan and skips it in a staged one;
+    ``True`` asks for it (a staged scan then refuses); ``False`` turns it off.
+    Measured in results/detect_blend_probe*.md.
+
+    ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
+    every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
+    then runs the full detector on the ``top_k`` classes of each stage-1 signal
+    plus any class whose stage-1 patch share reaches ``alarm_transfer`` or whose
+    whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.staged`); ``"auto"``
+    (default) is staged above :data:`aegis_tf.staged.STAGED_ABOVE` classes.
+    ``top_k`` is at least 2, so stage 2 always has two classes to compare.
+    """
+
+    n_seeds: int = 200
+    steps: int = 75
+    eps: float = 100.0
+    step_size: float = 0.25
+    start_noise: float = 0.1
+    layer: Optional[str] = None
+    score: str = "transfer"
+    top_frac: float = 0.02
+    n_probes: int = 20
+    flip_at: float = 0.9
+    reducer: str = "tsne"
+    clusterer: str = "meanshift"
+    bandwidth: Union[str, float] = "auto"
+    population: str = "translated"
+    criterion: str = "absolute"
+    runs: int = 1
+    min_cluster_frac: float = 0.0
+    whole_image: bool = True
+    wi_probes: int = 50
+    wi_threshold: float = 2.0
+    wi_blend: Union[bool, str] = "auto"
+    scan: str = "auto"
+    stage1_seeds: int = 10
+    stage1_steps: int = 15
+    top_k: int = 5
+    alarm_transfer: float = 0.1
+    alarm_gap: float = 1.5
+
+    _parameter_constraints = {
+        "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
+        "layer": [None, str], "score": [Options("transfer", "clusters")], "top_frac": UNIT,
+        "n_probes": POS_INT, "flip_at": UNIT, "reducer": [Options("tsne", "pca")],
+        "clusterer": [Options("meanshift", "hdbscan", "affinity")],
+        "bandwidth": [Options("auto"), Interval(float, 0, None, closed="neither")],
+        "population": [Options("both", "translated")], "criterion": [Options("absolute", "relative")],
+        "runs": POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
+        "whole_image": [Options(True, False)], "wi_probes": POS_INT, "wi_threshold": [Interval(float, 1, None)],
+        "wi_blend": [Options("auto", True, False)],
+        "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
+        "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
+    }
+
+    @classmethod
+    def from_preset(cls, name="default", **overrides):
+        """The measured defaults (``"default"``) or a preset of :data:`PRESETS`, then ``overrides``.
+        ``None`` overrides are ignored (a flag the user did not give)."""
+        if name != "default" and name not in PRESETS:
+            validate_params({"preset": name}, {"preset": [Options("default", *PRESETS)]})
+        base = {} if name == "default" else PRESETS[name]
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# The measured default is DetectConfig() (results/detect_table.md, results/detect_rules.md).
+# The authors' notebooks (MNIST values; the scan scales eps by the pixel range). They
+# flattened the output of ResNet layer4; models without one give their penultimate layer.
+PRESETS = {
+    "paper": {
+        "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": "layer4,penultimate",
+        "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
+        "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
+        "whole_image": False, "wi_blend": False,
+    },
+}

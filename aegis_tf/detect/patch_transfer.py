@@ -1,0 +1,168 @@
+"""The default AEGIS score: does a translation's patch move other images?
+
+A translation toward a backdoor's target often draws the trigger, and the few
+pixels it changed most then act as a universal patch.
+:func:`patch_transfer_rates` pastes them onto clean images of other classes
+and counts how many take the class; :class:`PatchTransferDetector` flags a
+class when enough of its translations carry such a patch.
+"""
+
+import numpy as np
+
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.models import predict_labels
+from aegis_tf.core.params import Detector, Interval
+
+__all__ = ["paste_patches", "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram",
+           "PatchTransferDetector"]
+
+
+def _patch_pixels(x_translated, x_seed, top_frac):
+    """Flat pixel indices (n, k) of the ``top_frac`` most-changed pixels of each translation."""
+    d = np.abs(np.asarray(x_translated, "float32") - np.asarray(x_seed, "float32")).sum(-1)
+    d = d.reshape(len(d), -1)
+    k = int(min(d.shape[1], max(1, round(top_frac * d.shape[1]))))
+    return np.argpartition(-d, k - 1, axis=1)[:, :k]
+
+
+def paste_patches(x_translated, pixels, probes):
+    """Every translation's patch (its values at ``pixels``) pasted onto every probe.
+
+    Returns an array of shape ``(len(x_translated), len(probes)) + image shape``.
+    """
+    n, (h, w, c) = len(x_translated), probes.shape[1:]
+    out = np.repeat(np.asarray(probes, "float32")[None], n, axis=0).reshape(n, len(probes), h * w, c)
+    values = np.asarray(x_translated, "float32").reshape(n, h * w, c)[np.arange(n)[:, None], pixels]  # (n, k, c)
+    out[np.arange(n)[:, None], :, pixels] = values[:, :, None, :]
+    return out.reshape((n, len(probes), h, w, c))
+
+
+def patch_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=20, seed=0, batch_size=512):
+    """How far each translation's most-changed pixels carry the class on their own.
+
+    For class ``c`` and each of its translations: take the ``top_frac`` share of
+    pixels that the translation changed most (the patch), paste them onto
+    ``n_probes`` training images of other classes, and record the share of
+    those that the model then classifies as ``c``. Returns ``{c: (rates,
+    pixels, probe_indices)}``, ``rates`` one value per translation.
+    """
+    rng = np.random.default_rng(seed + 2)
+    out = {}
+    for c, tr in translations.items():
+        xt = tr.images
+        pool = np.nonzero(y != c)[0]
+        probe_idx = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
+        pixels = _patch_pixels(xt, tr.starts, top_frac)
+        pasted = paste_patches(xt, pixels, x[probe_idx])
+        pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
+        out[c] = ((pred.reshape(len(xt), len(probe_idx)) == c).mean(axis=1), pixels, probe_idx)
+    return out
+
+
+def probes_moved_histogram(rates, n_probes):
+    """How many translations moved 0, 1, ..., ``n_probes`` probes, from their ``rates``
+    (:func:`patch_transfer_rates`). It holds all that :class:`PatchTransferDetector` needs."""
+    moved = np.rint(np.asarray(rates, dtype="float64") * n_probes).astype(int)
+    return np.bincount(moved, minlength=n_probes + 1)
+
+
+def rates_from_histogram(hist):
+    """The inverse of :func:`probes_moved_histogram`: one rate per translation, in increasing order."""
+    hist = np.asarray(hist, dtype=int)
+    n = len(hist) - 1
+    return np.repeat(np.arange(n + 1) / n, hist)
+
+
+class PatchTransferDetector(Detector):
+    """Flags classes whose translations carry a universal patch, scikit-learn style.
+
+    ``fit(model, x, y, classes)`` translates toward each class (or takes
+    ``translations``), then measures :func:`patch_transfer_rates` with
+    ``top_frac`` and ``n_probes``; ``fit_rates({class: rates})`` scores rates
+    already measured. A translation *transfers* when its patch moves at least
+    ``flip_at`` of the probes to its class. A backdoor trigger is a
+    near-universal patch, so the default 0.9 asks for nearly all of them: on
+    badly trained models, patches toward ordinary classes move half the probes
+    or so, and 0.5 flagged those (``results/detect_rules.md``). A class's score
+    is the share of its translations that transfer. It is suspect when that
+    share is at least ``min_score`` (and at least ``min_count`` translations),
+    and more than ``relative`` times the median score of the other examined
+    classes (so a model whose every class transfers is not blamed on one class).
+    ``translation`` (a :class:`~aegis_tf.detect.config.DetectConfig`, default the
+    defaults) gives the translation settings, scaled by ``pixel_max``.
+
+    Attributes after ``fit``: ``classes_``, ``rates_`` (class -> (rates, patch
+    pixels, probe indices); only after ``fit``), ``scores_``, ``transferring_``
+    (class -> count), ``mean_rates_``, ``suspect_classes_``, ``is_backdoored_``.
+    """
+
+    _parameter_constraints = {
+        "flip_at": [Interval(float, 0, 1, closed="right")],
+        "min_score": [Interval(float, 0, 1)],
+        "min_count": [Interval(int, 0, None)],
+        "relative": [Interval(float, 0, None)],
+        "top_frac": [Interval(float, 0, 1, closed="right")],
+        "n_probes": [Interval(int, 1, None)],
+        "pixel_max": [Interval(float, 0, None, closed="neither")],
+        "random_state": [Interval(int, 0, None)],
+        "batch_size": [Interval(int, 1, None)],
+    }
+    score_name = "transfer_score"
+
+    def __init__(self, *, flip_at=0.9, min_score=0.02, min_count=3, relative=3.0, top_frac=0.02, n_probes=20,
+                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+        self.flip_at = flip_at
+        self.min_score = min_score
+        self.min_count = min_count
+        self.relative = relative
+        self.top_frac = top_frac
+        self.n_probes = n_probes
+        self.translation = translation
+        self.pixel_max = pixel_max
+        self.random_state = random_state
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """A detector with the transfer settings of a :class:`~aegis_tf.detect.config.DetectConfig`."""
+        return cls(flip_at=config.flip_at, top_frac=config.top_frac, n_probes=config.n_probes, translation=config,
+                   **kwargs)
+
+    @property
+    def threshold_(self):
+        return self.min_score
+
+    def fit(self, model, x, y, classes, *, translations=None):
+        """Translate (unless ``translations`` are given), paste patches, score. Returns ``self``."""
+        from aegis_tf.detect.translation import translations_for
+
+        self._validate_params()
+        translations = translations_for(self, model, x, y, classes, translations)
+        self.rates_ = patch_transfer_rates(model, x, y, translations,
+                                           top_frac=self.top_frac, n_probes=self.n_probes, seed=self.random_state,
+                                           batch_size=self.batch_size)
+        return self.fit_rates({c: r[0] for c, r in self.rates_.items()})
+
+    def fit_rates(self, rates):
+        """Score per-translation transfer rates ``{class: rates}``. Returns ``self``."""
+        self._validate_params()
+        if not rates:
+            raise AegisError("no classes to examine")
+        self.classes_ = sorted(rates)
+        self.transferring_ = {c: int(np.sum(np.asarray(rates[c]) >= self.flip_at)) for c in self.classes_}
+        self.scores_ = {c: self.transferring_[c] / max(1, len(rates[c])) for c in self.classes_}
+        self.mean_rates_ = {c: float(np.mean(rates[c])) for c in self.classes_}
+
+        def others(c):  # median score of the other classes (0 when there are none)
+            rest = [self.scores_[k] for k in self.classes_ if k != c]
+            return float(np.median(rest)) if rest else 0.0
+
+        self.suspect_classes_ = [c for c in self.classes_
+                                 if self.scores_[c] >= self.min_score and self.transferring_[c] >= self.min_count
+                                 and self.scores_[c] > self.relative * others(c)]
+        self.is_backdoored_ = bool(self.suspect_classes_)
+        return self
+
+    def _class_entry(self, c):
+        return {"transfer_score": self.scores_[c], "transferring": self.transferring_[c],
+                "mean_probe_rate": self.mean_rates_[c]}

@@ -1,0 +1,264 @@
+"""Self-contained HTML pages for the detect and repair reports.
+
+:func:`write_detect_html` renders the per-model dict written as ``detect.json``;
+:func:`write_repair_html` renders the dict written as ``repair.json``. Each page
+is one file: PNG figures already on disk are embedded inline as base64 data
+URIs, and there is no external CSS, JavaScript or font. A figure listed in the
+report but missing on disk is skipped with a short note. All text is escaped.
+"""
+
+import base64
+import json
+import numbers
+import os
+from html import escape
+
+from aegis_tf.core.utils import atomic_path, to_jsonable, trigger_class
+
+__all__ = ["write_detect_html", "write_repair_html"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.banner{padding:.8em 1em;border-radius:6px;font-size:1.1em;margin:1em 0}
+.banner b{font-size:1.3em}.bad{background:#fde2e1;border:2px solid #c0392b}
+.good{background:#e3f6e5;border:2px solid #27ae60}.neutral{background:#f4f4f4;border:2px solid #999}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f4f4f4}td.label,th.label{text-align:left}
+td.flagged{background:#f8c9c5;font-weight:bold}tr.chosen td{font-weight:bold}
+tr.suspect td.label{font-weight:bold;color:#c0392b}
+.na{color:#888;font-style:italic}.note{color:#8a6d3b;font-size:.9em}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+code{font-size:.95em}
+"""
+
+
+def _image(path, alt):
+    """An ``<figure>`` with the PNG at ``path`` inlined, or a note when it cannot be read."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+    except OSError:
+        return f'<p class="note">{escape(alt)}: file not found ({escape(str(path))}); skipped.</p>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+            f"<figcaption>{escape(alt)}</figcaption></figure>")
+
+
+def _page(title, body):
+    """The HTML skeleton around ``body`` (a list of HTML fragments)."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"<h1>{escape(title)}</h1>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def _write(path, html):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(html)
+    return path
+
+
+def _json_block(label, obj):
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, default=str)
+    return f"<details><summary>{escape(label)}</summary><pre>{escape(text)}</pre></details>"
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return '<span class="na">not measured</span>'
+    if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral):
+        return escape(f"{float(x):.{digits}g}")
+    return escape(str(x))
+
+
+def _pct(x):
+    return '<span class="na">not measured</span>' if x is None else f"{100 * x:.2f}%"
+
+
+def _class_key(c):
+    return (0, int(c), "") if str(c).lstrip("-").isdigit() else (1, 0, str(c))
+
+
+def write_detect_html(result, path, *, title=None):
+    """Write the detect report ``result`` (the ``detect.json`` dict) as one HTML page at ``path``."""
+    verdict = result.get("verdict") or {}
+    evidence = verdict.get("evidence") or {}
+    aegis = result.get("aegis") or {}
+    nc = result.get("neural_cleanse") or {}
+    triggers = {}  # class -> the recovered trigger files (aegis_tf.detect.recovered) that repair can read
+    for name in result.get("triggers") or []:
+        triggers.setdefault(str(trigger_class(name)), []).append(str(name))
+    targets = [str(c) for c in verdict.get("target_classes") or []]
+    bad = bool(verdict.get("backdoored"))
+    model = str(result.get("model", "?"))
+    body = []
+
+    word = "BACKDOORED" if bad else "CLEAN"
+    cls = f" &mdash; target class{'es' if len(targets) > 1 else ''} {escape(', '.join(targets))}" if targets else ""
+    body.append(f'<div id="verdict" class="banner {"bad" if bad else "good"}"><b>{word}</b>{cls}'
+                f'<br><code>{escape(str(verdict.get("line", "")))}</code></div>')
+    body.append(f'<p>Model: <code id="model">{escape(model)}</code></p>')
+
+    # Per-class evidence: one row per class, one score column per signal.
+    classes = set(aegis.get("classes") or {}) | set(nc.get("classes") or {})
+    for ev in evidence.values():
+        classes |= {str(c) for c in (ev.get("scores") or {})}
+    classes = sorted(classes, key=_class_key)
+    head = ['<th class="label">class</th>']
+    for name, ev in evidence.items():
+        op = "&le;" if ev.get("direction") == "below" else "&ge;"
+        also = ev.get("also")  # a second condition (a staged scan's stage-1 gap)
+        extra = f' and {escape(str(also["name"]))} gap &ge; {_fmt(also["threshold"])}' if also else ""
+        head.append(f'<th title="{escape(str(ev.get("description", "")))}">{escape(name)}<br>'
+                    f'<small>flagged if {op} {_fmt(ev.get("threshold"))}{extra}</small></th>')
+    rows = []
+    for c in classes:
+        cells = [f'<td class="label">{escape(c)}</td>']
+        for ev in evidence.values():
+            flagged = c in {str(f) for f in ev.get("flagged") or []}
+            score = (ev.get("scores") or {}).get(c)
+            attr = ' class="flagged"' if flagged else ""
+            cells.append(f"<td{attr}>{'&ndash;' if score is None else _fmt(score)}</td>")
+        attr = ' class="suspect"' if c in targets else ""
+        rows.append(f"<tr{attr}>{''.join(cells)}</tr>")
+    body.append('<h2>Evidence per class</h2>\n<table id="evidence"><thead><tr>' + "".join(head)
+                + "</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+    descr = [f"<li><b>{escape(n)}</b>: {escape(str(ev.get('description', '')))}</li>"
+             for n, ev in evidence.items() if ev.get("description")]
+    if descr:
+        body.append("<ul>" + "".join(descr) + "</ul>")
+
+    stages = aegis.get("stages")
+    if stages:
+        body.append(_stages_section(stages))
+
+    # Figures for each suspect class.
+    files = aegis.get("files") or {}
+    patches, clusters = files.get("suspect_patches") or {}, files.get("suspect_clusters") or {}
+    directions = files.get("suspect_whole_image") or {}
+    blends = files.get("suspect_blend") or {}
+    suspects = list(dict.fromkeys(targets + [str(c) for c in aegis.get("suspect_classes") or []]
+                                  + list(patches) + list(directions) + list(blends) + list(triggers)
+                                  + list(clusters)))
+    for c in sorted(suspects, key=_class_key):
+        figs = [_image(patches.get(c), f"class {c}: top patches")]
+        figs.append(_image(directions.get(c), f"class {c}: recovered whole-image trigger"))
+        figs.append(_image(blends.get(c), f"class {c}: recovered blend pattern"))
+        figs.append(_image(clusters.get(c), f"class {c}: clusters"))
+        if triggers.get(c):
+            figs.append("<p>Recovered trigger files (for <code>aegis repair --trigger-from</code>): "
+                        + ", ".join(f"<code>{escape(n)}</code>" for n in triggers[c]) + "</p>")
+        if any(figs):
+            body.append(f"<h2>Suspect class {escape(c)}</h2>\n" + "\n".join(f for f in figs if f))
+    if files.get("embeddings"):
+        body.append("<h2>Embeddings</h2>\n" + _image(files["embeddings"], "embedding plot"))
+    if (nc.get("files") or {}).get("masks"):
+        body.append("<h2>Neural Cleanse masks</h2>\n" + _image(nc["files"]["masks"], "Neural Cleanse masks"))
+
+    # Timings and configuration.
+    timing = [(n, s) for n, part in (("aegis", aegis), ("neural_cleanse", nc)) for s in [part.get("seconds")] if s]
+    if timing or aegis.get("config"):
+        body.append("<h2>Timings and configuration</h2>")
+        body += [_json_block(f"{n} timings (seconds)", s) for n, s in timing]
+        if aegis.get("config"):
+            body.append(_json_block("aegis config", aegis["config"]))
+    return _write(path, _page(title or f"Backdoor detection: {os.path.basename(model)}", body))
+
+
+def _stages_section(stages):
+    """The staged scan: stage 1's settings and scores, and the classes promoted to stage 2."""
+    st = stages.get("stage1_settings") or {}
+    promoted = [str(c) for c in stages.get("promoted") or []]
+    out = ['<h2>Staged scan</h2>',
+           f'<p id="stages">Stage 1 screened {escape(str(stages.get("classes")))} classes with short translations '
+           f'({escape(str(st.get("n_seeds")))} per class, {escape(str(st.get("steps")))} PGD steps). Stage 2 ran '
+           f'the full detector on {len(promoted)} promoted class{"es" if len(promoted) != 1 else ""}: '
+           f'{escape(", ".join(promoted)) or "none"} (the top {escape(str(st.get("top_k")))} of each signal, '
+           f'and any class at patch share &ge; {_fmt(st.get("alarm_transfer"))} or whole-image gap &ge; '
+           f'{_fmt(st.get("alarm_gap"))}). The evidence table above is stage 2\'s.</p>']
+    rows = []
+    for c, v in sorted((stages.get("stage1") or {}).items(), key=lambda kv: _class_key(kv[0])):
+        attr = ' class="suspect"' if v.get("promoted") else ""
+        rows.append(f'<tr{attr}><td class="label">{escape(c)}</td><td>{_fmt(v.get("transfer_score"))}</td>'
+                    f'<td>{_fmt(v.get("whole_image_gap"))}</td><td>{_fmt(v.get("flip_norm"))}</td>'
+                    f'<td>{_pct(v.get("reached"))}</td><td>{"yes" if v.get("promoted") else ""}</td></tr>')
+    table = ('<table id="stage1"><thead><tr><th class="label">class</th><th>patch share</th><th>whole-image gap</th>'
+             '<th>flip norm</th><th>reached</th><th>promoted</th></tr></thead><tbody>\n' + "\n".join(rows)
+             + "\n</tbody></table>")
+    out.append(f"<details><summary>Stage 1 scores of all {len(rows)} classes (promoted rows marked)</summary>"
+               f"{table}</details>")
+    return "\n".join(out)
+
+
+def write_repair_html(report, path, *, title=None):
+    """Write the repair report ``report`` (the ``repair.json`` dict) as one HTML page at ``path``."""
+    test = report.get("test") or {}
+    pruned = report.get("pruned") or {}
+    t = str(report.get("threshold", ""))
+    body = []
+
+    g = (test.get(t) or {}).get("G")
+    if not g and (test.get("unlearned") or {}).get("G"):  # an unlearning-only repair
+        t, g = "unlearned", test["unlearned"]["G"]
+    if g:
+        what = "GoodNet of the unlearned B'" if t == "unlearned" else f"GoodNet at {escape(t)}% accuracy drop"
+        summary = (f"{what}: clean accuracy {_pct(g.get('clean_acc'))}, "
+                   f"ASR {_pct(g.get('asr'))}, sent to class N {_pct(g.get('clean_rejected'))} of clean / "
+                   f"{_pct(g.get('bad_rejected'))} of poisoned inputs")
+    else:
+        summary = f"No GoodNet at the chosen threshold ({escape(t)}%)"
+    asr = (g or {}).get("asr")
+    # Green only when the backdoor is measured and gone; red while it still works; grey when unmeasured.
+    tone = "neutral" if asr is None else "good" if asr <= 0.05 else "bad"
+    body.append(f'<div id="summary" class="banner {tone}">{summary}</div>')
+    val = report.get("validation") or {}
+    trig = report.get("trigger")
+    if trig:
+        body.append(f"<p>Repaired from the trigger(s) <code>aegis detect</code> recovered, with clean data only "
+                    f"(strategy {escape(', '.join(report.get('strategy') or []))}): "
+                    f"{escape('; '.join(trig.get('found') or []))}.</p>")
+    if report.get("layer"):
+        watched = (f"recovered-trigger ASR {_pct(val.get('recovered_asr'))}" if trig else f"ASR {_pct(val.get('asr'))}")
+        body.append(f"<p>Pruned layer <code>{escape(str(report.get('layer')))}</code> (conv "
+                    f"<code>{escape(str(report.get('conv')))}</code>, {escape(str(report.get('n_channels')))} channels); "
+                    f"validation before pruning: clean {_pct(val.get('clean_acc'))}, {watched}.</p>")
+    curve = (report.get("files") or {}).get("curve_plot")
+    if curve:
+        body.append("<h2>Pruning curve</h2>\n" + _image(curve, "clean accuracy and ASR against channels pruned"))
+
+    rows = []
+    recovered = any("recovered_asr" in (res.get("B") or {}) for res in test.values())
+    for i, (tag, res) in enumerate(test.items()):
+        base, ft = tag.split("_")[0], " +ft" if "finetuned" in tag else ""
+        p = pruned.get(base) or {}
+        ch = f" ({p['channels_pruned']} ch)" if "channels_pruned" in p else ""
+        name = "unlearned" if tag == "unlearned" else f"-{base}%"
+        entries = ([("B (backdoored)", res.get("B"))] if i == 0 else []) + [
+            (f"B' {name}{ch}{ft}", res.get("B_prime")), (f"GoodNet {name}{ft}", res.get("G"))]
+        for label, m in entries:
+            m = m or {}
+            rej = (f"{_pct(m.get('clean_rejected'))} / {_pct(m.get('bad_rejected'))}"
+                   if "clean_rejected" in m else "&ndash;")
+            mark = ' class="chosen"' if tag == t and label.startswith("GoodNet") else ""
+            extra = f"<td>{_pct(m.get('recovered_asr'))}</td>" if recovered else ""
+            rows.append(f'<tr{mark}><td class="label">{escape(label)}</td><td>{_pct(m.get("clean_acc"))}</td>'
+                        f"<td>{_pct(m.get('asr'))}</td><td>{rej}</td>{extra}</tr>")
+    body.append('<h2>Test set</h2>\n<table id="goodnet"><thead><tr><th class="label">model</th><th>clean accuracy</th>'
+                "<th>ASR</th><th>to class N (clean / poisoned)</th>"
+                + ("<th>recovered-trigger ASR</th>" if recovered else "") + "</tr></thead><tbody>\n"
+                + "\n".join(rows) + "\n</tbody></table>")
+    notes = [f"threshold {k}%: accuracy never dropped that far; no B' saved" for k, p in pruned.items() if p is None]
+    notes += [f"threshold {k}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}"
+              for k, p in pruned.items() if p and p.get("stop_reason")]
+    if report.get("asr_note"):
+        notes.append(report["asr_note"])
+    notes += [str(n) for n in report.get("notes") or []]
+    if notes:
+        body.append('<h2>Notes</h2>\n<ul id="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
+    if report.get("sources"):
+        body.append(_json_block("sources", report["sources"]))
+    return _write(path, _page(title or "Backdoor repair (pruning + GoodNet)", body))
