@@ -1,7 +1,7 @@
 """AEGIS detection speed: time per stage, and translation throughput against the model's own limit.
 
     python bench/bench_detect.py                                   # embedded robust_bd_net, digits
-    python bench/bench_detect.py --model results/models/mnist_compact_robust_localised.keras \
+    python bench/bench_detect.py --model results/attack/models/mnist_compact_robust_localised.keras \
         --data mnist --data-dir DATA --train-images 20000          # an MNIST-size model
     KERAS_BACKEND=jax python bench/bench_detect.py ...             # the JAX path (GPU when lent)
 
@@ -26,7 +26,7 @@ training job would), and reports both sets of stage times (``idle`` and
 up there. Use ``--plots`` to include t-SNE and clustering. "Idle" means no
 other job of ours: stop other work first.
 
-Writes ``results/bench_detect_<backend>_<device>.json`` and prints a summary.
+Writes ``results/bench/bench_detect_<backend>_<device>.json`` and prints a summary.
 """
 
 import argparse
@@ -48,7 +48,8 @@ from aegis_tf.core.pgd import make_step
 from aegis_tf.core.data import check_fits_model, load_split
 from aegis_tf.core.embedded import PATHS
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.scan import run_aegis
+from aegis_tf.detect.scan import aegis_evidence, run_aegis
+from aegis_tf.detect.verdict import combine
 from aegis_tf.core.models import load_model, logits_model
 from aegis_tf.core.utils import write_json
 
@@ -120,6 +121,11 @@ def scan(model, x, y, *, config, args):
     return report, time.perf_counter() - t
 
 
+def _verdict(report):
+    """The library's one verdict line (every signal of the scan), as ``aegis detect`` prints it."""
+    return combine(aegis_evidence(report))["line"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=PATHS["robust_bd_net"], help="model to examine (default the embedded robust_bd_net)")
@@ -134,7 +140,7 @@ def main():
                    help="also the t-SNE embedding figure, as detect --plots (the default scan skips it)")
     p.add_argument("--loaded", action="store_true",
                    help="also time the scan while a second process keeps every core busy")
-    p.add_argument("--out", default=None, help="JSON path (default results/bench_detect_<backend>_<device>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default results/bench/bench_detect_<backend>_<device>.json)")
     args = p.parse_args()
 
     name = keras.backend.backend()
@@ -165,7 +171,7 @@ def main():
                  "seeds_per_class": args.seeds, "steps": config["steps"], "batch_size": args.batch_size,
                  "n_jobs": args.n_jobs, "plots": args.plots,
                  "command": f"KERAS_BACKEND={name} python bench/bench_detect.py " + " ".join(sys.argv[1:])},
-        "verdict": report["verdict"], "suspect_classes": report["suspect_classes"],
+        "verdict": _verdict(report), "suspect_classes": report["suspect_classes"],
         "seconds": {**stages, "end_to_end": total},
         "forward_backward_images_per_s": fb,
         "translate_image_steps_per_s": {"steady": steady, "stage": user_rate},
@@ -175,13 +181,13 @@ def main():
         with busy_cores():
             loaded, loaded_total = scan(model, x, y, config=config, args=args)
         result["loaded"] = {"seconds": {**loaded["seconds"], "end_to_end": loaded_total},
-                            "verdict": loaded["verdict"], "suspect_classes": loaded["suspect_classes"],
+                            "verdict": _verdict(loaded), "suspect_classes": loaded["suspect_classes"],
                             "busy": f"a second process: NumPy matrix products on {os.cpu_count()} BLAS threads"}
-    out = args.out or os.path.join(ROOT, "results", f"bench_detect_{name}_{device}.json")
+    out = args.out or os.path.join(ROOT, "results", "bench", f"bench_detect_{name}_{device}.json")
     write_json(out, result)
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in result["seconds"].items())
     print(f"{name}/{device} {result['meta']['model']}: {n_classes} classes x {args.seeds} seeds x {config['steps']} steps; "
-          f"verdict {report['verdict']} {report['suspect_classes']}")
+          f"verdict {result['verdict']}")
     print(f"  stages{' (idle)' if args.loaded else ''}: {secs}")
     if args.loaded:
         print("  stages (loaded): " + ", ".join(f"{k} {v:.1f}s" for k, v in result["loaded"]["seconds"].items()))

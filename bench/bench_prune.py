@@ -6,7 +6,7 @@ Runs both on the same model and data and checks they give the same curve.
 Cases: the embedded default (digits BadNet, data/valid.h5 and bd_valid.h5),
 and, when the CSAW weights are there, the 1283-class DeepID net on random
 images (the YouTube Face data is not available, so this measures speed and
-mechanics only). Writes results/bench_prune.json and results/bench_prune.md.
+mechanics only). Writes results/bench/bench_prune.json and results/bench/bench_prune.md.
 """
 
 import argparse
@@ -61,7 +61,7 @@ def main():
     p.add_argument("--csaw", default=os.path.join(ROOT, "..", "shared", "csaw", "lab3_bd_weights.h5"))
     p.add_argument("--csaw-images", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "results"))
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
     args = p.parse_args()
     keras.utils.set_random_seed(0)
 

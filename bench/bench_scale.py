@@ -2,7 +2,7 @@
 
     python ../shared/datasets/prepare.py out/data cifar10         # seed images (CIFAR-10, resized)
     python bench/bench_scale.py --weights ../shared/csaw/lab3_bd_weights.h5 --images out/data/cifar10.npz \
-        --runs full:10 staged:1283 staged:100 --out results/bench_scale.json
+        --runs full:10 staged:1283 staged:100 --out results/bench/bench_scale.json
 
 The model is the CSAW DeepID net (input 55x47x3, 1,283 classes) with the real
 BadNet weights (``--weights``; Keras 2 weights-only ``.h5``), or, without
@@ -68,9 +68,10 @@ def one_run(mode, n_classes, args):
     """Scan classes 0..n_classes-1 in this process; returns the row (JSON-ready)."""
     import keras
 
-    from aegis_tf.detect.config import DetectConfig
-    from aegis_tf.detect.scan import run_aegis
     from aegis_tf.core.models import build_deepid, load_weights_into, predict_labels
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.scan import aegis_evidence, run_aegis
+    from aegis_tf.detect.verdict import combine
 
     keras.utils.set_random_seed(0)
     if args.model:
@@ -95,14 +96,21 @@ def one_run(mode, n_classes, args):
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     stages = report.get("stages", {})
+    verdict = combine(aegis_evidence(report))  # the library's one verdict: every deciding signal of the scan
     return {"mode": mode, "classes": n_classes, "seconds": seconds, "peak_rss_gib": peak,
             "stage_seconds": report["seconds"], "promoted": stages.get("promoted"),
+            "verdict": verdict["target_classes"], "line": verdict["line"],
             "suspect_classes": report["suspect_classes"],
             "whole_image_suspects": report.get("whole_image", {}).get("suspect_classes")}
 
 
-def flagged(row):
-    """The classes a run's verdict names: those of either deciding signal (patch transfer, whole image)."""
+def verdict_classes(row):
+    """The classes a run's verdict names: the scan's one verdict
+    (``combine(aegis_evidence(report))``, stored as ``verdict``). Rows recorded before
+    this bench stored it hold only the patch-transfer and whole-image suspects, the
+    two deciding signals of those scans (no blend probe ran): their union."""
+    if "verdict" in row:
+        return list(row["verdict"])
     return sorted(set(row["suspect_classes"]) | set(row.get("whole_image_suspects") or []))
 
 
@@ -136,7 +144,7 @@ def markdown(result):
             ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else ""
             stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items())
             promoted = "all" if r["promoted"] is None else f"{len(r['promoted'])}"
-            verdict = ", ".join(map(str, flagged(r))) or "clean"
+            verdict = ", ".join(map(str, verdict_classes(r))) or "clean"
             lines.append(f"| {n} | {mode} | {r['seconds']:.0f} | {ratio} | {r['peak_rss_gib']:.2f} | {promoted} | "
                          f"{verdict} | {stages} |")
     lines += ["", f"Command: `{result['meta']['command']}`"]
@@ -152,7 +160,7 @@ def main():
     p.add_argument("--n-images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--runs", nargs="+", default=["full:10", "staged:1283"], help="MODE:N (MODE full or staged)")
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench_scale.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "bench", "bench_scale.json"))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="DetectConfig overrides (default: none, the CLI's defaults), e.g. n_seeds=20")
     p.add_argument("--redo", action="store_true", help="run again the runs already in --out")

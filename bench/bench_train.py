@@ -11,7 +11,7 @@ runs a minimal hand-written jitted loop for the same model (one jitted
 function per batch: PGD by ``lax.fori_loop``, then SGD with momentum, all on
 ``model.stateless_call``) and reports our figure as a ratio of it. Each
 figure is the best of ``--repeats`` timed epochs after one warm-up epoch
-(compilation excluded). Writes results/bench_train_<backend>_<device>_<model>.json.
+(compilation excluded). Writes results/bench/bench_train_<backend>_<device>_<model>.json.
 
     KERAS_BACKEND=jax python bench/bench_train.py --images 65536 --batch-size 256            # GPU, MNIST CNN
     KERAS_BACKEND=jax python bench/bench_train.py --model resnet18 --pgd-steps 7 --images 16384 --batch-size 256
@@ -109,7 +109,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--pgd-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "results"))
+    p.add_argument("--out-dir", default=os.path.join(ROOT, "results", "bench"))
     args = p.parse_args()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(args.images,) + SHAPES[args.model]).astype("float32")

@@ -13,6 +13,9 @@ With ``--resume``, models already in ``--out`` with the same configuration are
 kept and not run again; a model with fewer runs than ``--runs`` gets only the
 missing ones (run ``r`` always uses detection seed ``r``, so 3 runs extended
 to 5 equal 5 runs made at once).
+
+The views of these tables (other transfer rules, each signal's margin, two
+tables compared, the summary per trigger family) are ``bench/tables.py``.
 """
 
 import argparse
@@ -32,56 +35,10 @@ from aegis_tf.detect.scan import aegis_evidence, run_aegis, run_neural_cleanse
 from aegis_tf.detect.verdict import combine
 from aegis_tf.core.models import load_model
 from aegis_tf.core.utils import atomic_path, write_json
+from tables import (GROUPS, IMPLANTED_ASR, group_lines, group_summaries, label, score_run, summarise, summary_lines,
+                    truth)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
-
-
-def score_run(report, target, n_classes):
-    suspects = report["suspect_classes"]
-    wrong = [c for c in suspects if c != target]
-    return {"flagged": bool(suspects), "suspects": suspects, "right_class": target in suspects if target is not None else None,
-            "fp_share": len(wrong) / (n_classes - (target is not None))}
-
-
-IMPLANTED_ASR = 0.9  # a poisoned model counts as backdoored only at this ASR; below it, "not learned"
-
-
-def kind(row):
-    """backdoored, clean, or not-learned (poisoned, but the trigger does not work)."""
-    if row["target"] is None:
-        return "clean"
-    return "backdoored" if (row["asr"] or 0.0) >= IMPLANTED_ASR else "not-learned"
-
-
-def majority(row, key):
-    """Whether ``key`` (flagged, right_class) holds in more than half of the row's runs."""
-    return sum(bool(x[key]) for x in row["runs"]) > len(row["runs"]) / 2
-
-
-def stable(row):
-    """Whether at least 80% of the row's runs give the same verdict."""
-    flagged = sum(x["flagged"] for x in row["runs"])
-    return max(flagged, len(row["runs"]) - flagged) >= 0.8 * len(row["runs"])
-
-
-def summarise(rows):
-    bd = [r for r in rows if kind(r) == "backdoored"]
-    clean = [r for r in rows if kind(r) == "clean"]
-    weak = [r for r in rows if kind(r) == "not-learned"]
-    fp = [x["fp_share"] for r in rows for x in r["runs"]]
-    return {
-        "backdoored_models": len(bd), "backdoored_flagged_right_class": sum(majority(r, "right_class") for r in bd),
-        "clean_models": len(clean), "clean_flagged": sum(majority(r, "flagged") for r in clean),
-        "not_learned_models": len(weak), "not_learned_flagged_right_class": sum(majority(r, "right_class") for r in weak),
-        "fp_class_share": float(np.mean(fp)) if fp else None,
-        "stable_models": sum(stable(r) for r in rows), "models": len(rows),
-        "seconds_per_run": float(np.mean([t for r in rows for t in r["seconds"]])) if rows else None,
-    }
-
-
-def _label(row):
-    """The model's path as given (suites in different folders reuse file names)."""
-    return row.get("path", row["name"])
 
 
 def _baseline_cell(row, key):
@@ -107,32 +64,13 @@ def markdown(result):
         cells = [",".join(map(str, x["suspects"])) or "-" for x in r["runs"]]
         cells += ["not run"] * (m["runs"] - len(cells))  # a row an interrupted --resume has not extended yet
         ok = sum(bool(x["right_class"]) for x in r["runs"]) if r["target"] is not None else "-"
-        truth = {"clean": "clean", "backdoored": r["target"], "not-learned": f"{r['target']} (not learned)"}[kind(r)]
-        lines.append(f"| {_label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
-                     f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth} | "
+        lines.append(f"| {label(r)} | {r['data']} | {r['trigger']} | {r.get('poison_rate', 0):.0%} | {r['clean_acc']:.2%} | "
+                     f"{'-' if r['asr'] is None else format(r['asr'], '.2%')} | {truth(r)} | "
                      + " | ".join(cells) + f" | {ok}/{len(r['runs'])} | {np.mean(r['seconds']):.0f} | "
                      + " | ".join(_baseline_cell(r, k) for k in ("paper", "neural_cleanse")) + " |")
-    for title, key in (("By folder", "summary_by_folder"), ("By data set", "summary_by_data"),
-                       ("By trigger family", "summary_by_trigger")):
-        lines += ["", f"{title}:", "", "| group | backdoored (ASR >= 90%) flagged with right class | clean flagged | "
-                  "not learned, flagged with target | false-positive classes | same verdict in >= 80% of runs | "
-                  "s per run |", "|---" * 7 + "|"]
-        for group, g in result.get(key, {}).items():
-            lines.append(f"| {group} | {g['backdoored_flagged_right_class']} of {g['backdoored_models']} | "
-                         f"{g['clean_flagged']} of {g['clean_models']} | {g['not_learned_flagged_right_class']} of "
-                         f"{g['not_learned_models']} | "
-                         + ("-" if g["fp_class_share"] is None else f"{g['fp_class_share']:.1%}")
-                         + f" | {g['stable_models']} of {g['models']} | "
-                         + ("-" if g.get("seconds_per_run") is None else f"{g['seconds_per_run']:.0f}") + " |")
-    s = result["summary"]
-    lines += ["", "All models:", "", f"- backdoored models flagged with the right class (majority of runs): "
-                  f"{s['backdoored_flagged_right_class']} of {s['backdoored_models']}",
-              f"- clean models flagged (majority of runs): {s['clean_flagged']} of {s['clean_models']}",
-              f"- poisoned models that did not learn the backdoor, flagged with the target anyway: "
-              f"{s['not_learned_flagged_right_class']} of {s['not_learned_models']}",
-              "- false-positive classes, mean over all runs: "
-              + ("-" if s["fp_class_share"] is None else f"{s['fp_class_share']:.1%}"),
-              f"- models with the same verdict in at least 80% of runs: {s['stable_models']} of {s['models']}"]
+    for by in ("folder", "data", "trigger"):
+        lines += group_lines(GROUPS[by][0], result.get(f"summary_by_{by}", {}))
+    lines += summary_lines(result["summary"])
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +119,7 @@ def _run_entry(rep, target, n_classes, config):
     if "blend_probe" in rep:
         run["blend_probe"] = {c: {"gap": v["blend_gap"], "alpha": v["blend_alpha"]}
                               for c, v in rep["blend_probe"]["classes"].items()}
-    if config["score"] == "transfer":  # lets bench/detect_rules.py re-score the run under other rules
+    if config["score"] == "transfer":  # lets bench/tables.py rules re-score the run under other rules
         run["histograms"] = {c: v["probes_moved_histogram"] for c, v in rep["classes"].items()}
     return run
 
@@ -208,7 +146,7 @@ def main():
                         "the tables made before it was the default: --no-blend-probe")
     p.add_argument("--train-images", type=int, default=20000, help="first N training images to draw seeds from")
     p.add_argument("--data-dir", default=None, help="folder with NAME.npz for models trained on a named set")
-    p.add_argument("--out", default=os.path.join(ROOT, "results", "detect_table.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "results", "detect", "detect_table.json"))
     p.add_argument("--note", default="", help="a sentence for the table's header (say what else ran on the machine)")
     p.add_argument("--resume", action="store_true", help="keep the models --out already holds for this configuration")
     p.add_argument("--baselines", action="store_true",
@@ -271,13 +209,8 @@ def main():
 
 def _write(result, out):
     result["summary"] = summarise(result["rows"])
-    folder = lambda r: os.path.dirname(r.get("path", ""))
-    result["summary_by_folder"] = {f: summarise([r for r in result["rows"] if folder(r) == f])
-                                   for f in sorted({folder(r) for r in result["rows"]})}
-    result["summary_by_data"] = {d: summarise([r for r in result["rows"] if r["data"] == d])
-                                 for d in sorted({r["data"] for r in result["rows"]})}
-    result["summary_by_trigger"] = {t: summarise([r for r in result["rows"] if r["trigger"] == t])
-                                    for t in sorted({r["trigger"] for r in result["rows"]})}
+    for by in ("folder", "data", "trigger"):
+        result[f"summary_by_{by}"] = group_summaries(result["rows"], by)
     write_json(out, result)
     with atomic_path(os.path.splitext(out)[0] + ".md") as tmp:
         with open(tmp, "w") as f:

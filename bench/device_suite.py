@@ -11,7 +11,8 @@
   random pixels, 10 classes; under JAX also the hand-written jitted JAX loop
   (``bench_train.jax_reference``) on the same model, batch and PGD steps;
 - AEGIS detection end to end (``run_aegis``, default scan, figures included)
-  with the seconds of each stage, plus the model's forward+backward rate and
+  with the seconds of each stage and the library's one verdict
+  (``combine(aegis_evidence(report))``), plus the model's forward+backward rate and
   the translation loop's rate (``bench_detect``);
 - Neural Cleanse (``run_neural_cleanse``) on the same model and images;
 - the staged scan of the 1,283-class DeepID net (``--weights``, else random
@@ -30,13 +31,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # bench_train, bench_detect
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each size: training (arch -> images, batch, PGD steps, width), detection, Neural Cleanse, staged scan.
 SIZES = {
@@ -84,7 +82,7 @@ def training_rows(size):
     import keras
     import numpy as np
 
-    import bench_train
+    import bench_train  # bench/, beside this script
 
     rows = []
     for arch, s in SIZES[size]["train"].items():
@@ -107,11 +105,12 @@ def training_rows(size):
 def detection_rows(size, model_path, data, data_dir):
     import numpy as np
 
-    import bench_detect
-    from aegis_tf.detect.config import DetectConfig
+    import bench_detect  # bench/, beside this script
     from aegis_tf.core.data import check_fits_model, load_split
-    from aegis_tf.detect.scan import run_aegis, run_neural_cleanse
     from aegis_tf.core.models import load_model
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.scan import aegis_evidence, run_aegis, run_neural_cleanse
+    from aegis_tf.detect.verdict import combine
 
     s, nc = SIZES[size]["detect"], SIZES[size]["nc"]
     model = load_model(model_path)
@@ -124,14 +123,15 @@ def detection_rows(size, model_path, data, data_dir):
     with tempfile.TemporaryDirectory() as out_dir:
         report = run_aegis(model, x, y, classes=classes, config=config, pixel_max=255.0, out_dir=out_dir)
     total = time.perf_counter() - t
+    verdict = combine(aegis_evidence(report))  # the library's one verdict: every deciding signal of the scan
     fb = bench_detect.forward_backward_rate(model, x, y, batch_size=512, repeats=SIZES[size]["repeats"] + 1)
     steady = bench_detect.pgd_steady_rate(model, x, y, config=config, pixel_max=255.0, batch_size=512,
                                           repeats=SIZES[size]["repeats"] + 1)
     aegis = {"model": os.path.relpath(model_path, ROOT), "data": data, "classes": len(classes),
              "seeds": s["seeds"], "steps": s["steps"], "train_images": len(x), "seconds": report["seconds"],
-             "end_to_end_s": total, "suspect_classes": report["suspect_classes"],
+             "end_to_end_s": total, "verdict": verdict["target_classes"], "line": verdict["line"],
              "forward_backward_images_per_s": fb, "translate_image_steps_per_s": steady}
-    print(f"  aegis: {total:.1f} s end to end, suspects {report['suspect_classes']}", flush=True)
+    print(f"  aegis: {total:.1f} s end to end, {verdict['line']}", flush=True)
     idx = np.random.default_rng(0).choice(len(x), size=min(nc["images"], len(x)), replace=False)
     t = time.perf_counter()
     nc_report = run_neural_cleanse(model, x[idx], classes=classes, pixel_max=255.0, out_dir=None, plots=False,

@@ -1,7 +1,7 @@
 """Repair compared: the lab's pruning, fine-pruning, and the repairs from a trigger that `detect` recovered.
 
     python bench/repair_table.py models/bd_net.h5 out/matrix/mnist_localised_s0.keras ... \
-        --out results/repair_table.json
+        --out results/repair/repair_table.json
 
 For each model, in this order, each as a user would run it:
 
@@ -195,7 +195,7 @@ def render(results):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+")
-    p.add_argument("--out", default="results/repair_table.json")
+    p.add_argument("--out", default="results/repair/repair_table.json")
     p.add_argument("--work", default="out/repair_table", help="folder for each model's detect and repair outputs")
     p.add_argument("--method", default="aegis", choices=("aegis", "neural-cleanse", "both"))
     p.add_argument("--finetune", type=int, default=5, help="fine-pruning epochs (default 5)")

@@ -5,6 +5,7 @@
 :func:`evaluate_goodnet` work on models and arrays already in memory.
 """
 
+import dataclasses
 import os
 import time
 
@@ -13,12 +14,13 @@ import numpy as np
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.metrics import attack_success_rate, clean_accuracy, rejection_rate, summarize
 from aegis_tf.core.models import predict_labels
-from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.core.utils import atomic_path, check_out_dir, replaced_dir, write_json
+from repair.config import STRATEGIES
 from repair.goodnet import GoodNet, goodnet_labels
 from repair.prune import THRESHOLDS, check_threshold, finetune_pruned, prune_curve, prune_curve_naive, prune_model
 
 __all__ = ["evaluate_goodnet", "run_repair", "repair_job", "evaluate_goodnet_job", "format_table",
-           "format_goodnet_eval", "pruned_weights_name"]
+           "format_goodnet_eval", "pruned_weights_name", "check_repair_out_dir"]
 
 
 def pruned_weights_name(tag):
@@ -91,9 +93,11 @@ def run_repair(
     written (each atomically): ``prune_curve.json``, ``prune_curve.png``,
     ``B_prime_{t}.keras`` (the full model) and ``B_prime_{t}.weights.h5``,
     ``goodnet_{t}.keras`` for each threshold reached, ``repair.json`` and
-    ``report.html``.
+    ``report.html``. They are written to a temporary folder beside ``out_dir``
+    that then replaces ``out_dir`` whole (:func:`check_repair_out_dir`).
     """
     check_threshold(threshold)
+    check_repair_out_dir(out_dir)
     if method not in ("cached", "naive"):
         raise AegisError(f"--method must be cached or naive. Received: {method!r}")
     _check_epochs(finetune_epochs)
@@ -132,6 +136,7 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
 
     strategies = _check_strategies(strategies, trigger=True)
     check_threshold(threshold)
+    check_repair_out_dir(out_dir)
     _check_epochs(finetune_epochs)
     (xv, yv), (xt, yt) = valid, test
     recovered_test = triggered_set(triggers, xt, yt)
@@ -178,7 +183,37 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     return _write_outputs(out_dir, model, curve, models_out, report)
 
 
-STRATEGIES = ("lab", "trigger-prune", "unlearn")
+REPORT_NAME = "repair.json"
+
+
+def check_repair_out_dir(out_dir, what="--out-dir"):
+    """Raise AegisError unless ``out_dir`` can take a repair's files.
+
+    Repair replaces its folder whole (so no stale B' of an earlier run stays
+    beside new ones), so besides being writable (:func:`~aegis_tf.core.utils.check_out_dir`)
+    an existing folder must be empty or an earlier repair's (``repair.json``,
+    no subfolder), and must not hold the current folder.
+    """
+    check_out_dir(out_dir, what)
+    full = os.path.abspath(out_dir)
+    if os.path.islink(full):
+        raise AegisError(f"{what} {out_dir} is a symbolic link; repair replaces its {what} whole, so give the "
+                         "folder it points to, or a new one")
+    if not os.path.isdir(full):
+        return
+    if os.path.ismount(full) or os.stat(full).st_dev != os.stat(os.path.dirname(full)).st_dev:
+        raise AegisError(f"{what} {out_dir} is a mount point, which repair cannot replace whole; give a folder "
+                         "inside it")
+    cwd = os.path.realpath(os.getcwd())
+    real = os.path.realpath(full)
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise AegisError(f"{what} {out_dir} is the current folder or holds it; repair replaces its {what} whole, "
+                         "so give a folder of its own (e.g. out/repair)")
+    names = os.listdir(full)
+    if names and (REPORT_NAME not in names or any(os.path.isdir(os.path.join(full, n)) for n in names)):
+        raise AegisError(f"{what} {out_dir} holds files that repair did not write (no {REPORT_NAME}, or a "
+                         f"subfolder); repair replaces its {what} whole, so give a new or empty folder or an "
+                         f"earlier repair's {what}")
 
 
 def _check_strategies(strategies, *, trigger):
@@ -253,33 +288,38 @@ def _pruned_models(model, curve, report, xv, yv, test, bad_test, *, recovered=No
 
 
 def _write_outputs(out_dir, model, curve, models_out, report):
-    """Write the curve, every B' (full .keras and weights), its GoodNet, repair.json and report.html."""
+    """Write the curve, every B' (full .keras and weights), its GoodNet, repair.json and report.html.
+
+    The files go to a temporary folder beside ``out_dir``, which then replaces
+    ``out_dir`` whole; a failure or Ctrl-C leaves ``out_dir`` as it was. The
+    paths recorded in the report name ``out_dir``.
+    """
     from aegis_tf.report.html import write_repair_html
     from aegis_tf.report.figures import plot_prune_curve
 
-    os.makedirs(out_dir, exist_ok=True)
     files = report["files"]
-    if curve is not None:
-        files["curve_json"] = os.path.join(out_dir, "prune_curve.json")
-        write_json(files["curve_json"], curve.to_dict())
-        files["curve_plot"] = os.path.join(out_dir, "prune_curve.png")
-        plot_prune_curve(curve, files["curve_plot"], title=f"pruning {curve.layer}: accuracy and ASR")
-    for tag, m in models_out.items():
-        full = os.path.join(out_dir, f"B_prime_{tag}.keras")
-        with atomic_path(full) as tmp:
-            m.save(tmp)
-        w = os.path.join(out_dir, pruned_weights_name(tag))
-        with atomic_path(w) as tmp:
-            m.save_weights(tmp)
-        gpath = os.path.join(out_dir, f"goodnet_{tag}.keras")
-        GoodNet.from_models(model, m).save(gpath)
-        files[f"B_prime_{tag}_model"] = full
-        files[f"B_prime_{tag}"] = w
-        files[f"goodnet_{tag}"] = gpath
-    files["report"] = os.path.join(out_dir, "repair.json")
-    files["html"] = os.path.join(out_dir, "report.html")
-    write_json(files["report"], report)
-    write_repair_html(report, files["html"], title="aegis repair")
+    with replaced_dir(out_dir) as stage:
+        def place(key, name):
+            """Record ``out_dir/name`` under ``key``; return where to write it now."""
+            files[key] = os.path.join(out_dir, name)
+            return os.path.join(stage, name)
+
+        staged_curve = None
+        if curve is not None:
+            write_json(place("curve_json", "prune_curve.json"), curve.to_dict())
+            staged_curve = place("curve_plot", "prune_curve.png")
+            plot_prune_curve(curve, staged_curve, title=f"pruning {curve.layer}: accuracy and ASR")
+        for tag, m in models_out.items():
+            with atomic_path(place(f"B_prime_{tag}_model", f"B_prime_{tag}.keras")) as tmp:
+                m.save(tmp)
+            with atomic_path(place(f"B_prime_{tag}", pruned_weights_name(tag))) as tmp:
+                m.save_weights(tmp)
+            GoodNet.from_models(model, m).save(place(f"goodnet_{tag}", f"goodnet_{tag}.keras"))
+        json_path = place("report", REPORT_NAME)
+        html_path = place("html", "report.html")
+        write_json(json_path, report)
+        page = report if staged_curve is None else {**report, "files": {**files, "curve_plot": staged_curve}}
+        write_repair_html(page, html_path, title="aegis repair")
     return report
 
 
@@ -341,12 +381,13 @@ def _recovered_triggers(trigger_from, trigger_file):
     return [], None
 
 
-def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_valid=None, clean_test=None,
-               bad_test=None, threshold=4, layer=None, method="cached", finetune=0, finetune_lr=1e-4,
-               trigger_from=None, trigger_file=None, strategy=None, stop_asr=0.05, unlearn_epochs=20,
-               unlearn_lr=1e-3, unlearn_share=0.5, out_dir=os.path.join("out", "repair"), scale="raw",
-               batch_size=256, seed=0, quiet=True):
+def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_valid=None, bad_valid=None,
+               clean_test=None, bad_test=None, trigger_from=None, trigger_file=None,
+               out_dir=os.path.join("out", "repair"), scale="raw", batch_size=256, seed=0, quiet=True, **settings):
     """The repair on files, everything checked before any work.
+
+    ``config`` is a :class:`~repair.config.RepairConfig` (default ``RepairConfig()``);
+    ``settings`` (its field names: ``threshold``, ``strategy``, ...) override its fields.
 
     Without a trigger: the lab's :func:`run_repair` on B (the embedded default
     when none is named) and the CSAW sets (the embedded ones by default; the
@@ -356,19 +397,18 @@ def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_
     the scan examined. ``strategy`` is a comma-separated list (default
     ``lab``, or ``trigger-prune,unlearn`` with a trigger).
     """
-    from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.core.models import load_model
+    from aegis_tf.core.settings import pixel_max_of
 
-    check_threshold(threshold)
+    config = _repair_config(config, settings)
+    check_repair_out_dir(out_dir)
+    threshold, layer, finetune, finetune_lr = config.threshold, config.layer, config.finetune, config.finetune_lr
     triggers, scan = _recovered_triggers(trigger_from, trigger_file)
-    strategies = _check_strategies(strategy or (("trigger-prune", "unlearn") if triggers else ("lab",)),
-                                   trigger=bool(triggers))
+    strategies = _check_strategies(config.strategies(trigger=bool(triggers)), trigger=bool(triggers))
     if "unlearn" in strategies:
         from repair.trigger_repair import check_unlearn_settings
 
-        check_unlearn_settings(epochs=unlearn_epochs, share=unlearn_share)
-    if not 0.0 <= stop_asr < 1.0:
-        raise AegisError(f"--stop-asr must lie in [0, 1). Received: {stop_asr}")
+        check_unlearn_settings(epochs=config.unlearn_epochs, share=config.unlearn_share)
     if scan and scan.get("scale", scale) != scale:
         raise AegisError(f"--trigger-from {trigger_from}: the scan read its data with --scale {scan.get('scale')}; "
                          f"repair with the same --scale (received {scale})")
@@ -393,15 +433,27 @@ def repair_job(*, bad_model=None, bad_model_weights=None, clean_valid=None, bad_
         sources.update(trigger_from=trigger_from, trigger_file=trigger_file)
         return run_trigger_repair(
             model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
-            layer=layer, stop_asr=stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,
-            unlearn_epochs=unlearn_epochs, unlearn_lr=unlearn_lr, unlearn_share=unlearn_share,
+            layer=layer, stop_asr=config.stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,
+            unlearn_epochs=config.unlearn_epochs, unlearn_lr=config.unlearn_lr, unlearn_share=config.unlearn_share,
             batch_size=batch_size, seed=seed, quiet=quiet, sources=sources)
     bvalid, pbv = _poisoned_set(bad_valid, "bd_valid", valid, pv, flag="--bad-valid", **common)
     sources["bad_valid"] = pbv
     return run_repair(
-        model, valid, bvalid, test, btest, out_dir=out_dir, threshold=threshold, layer=layer, method=method,
+        model, valid, bvalid, test, btest, out_dir=out_dir, threshold=threshold, layer=layer, method=config.method,
         finetune_epochs=finetune, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, quiet=quiet,
         sources=sources)
+
+
+def _repair_config(config, settings):
+    """``config`` (default ``RepairConfig()``) with the fields named in ``settings`` replaced."""
+    from repair.config import RepairConfig
+
+    if config is not None and not isinstance(config, RepairConfig):
+        raise AegisError(f"config must be a RepairConfig. Received: {type(config).__name__}")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RepairConfig)})
+    if unknown:
+        raise AegisError(f"unknown repair setting(s): {', '.join(unknown)}; expected the fields of RepairConfig")
+    return (config or RepairConfig()).replace(**settings) if settings else (config or RepairConfig())
 
 
 def evaluate_goodnet_job(*, goodnet=None, bad_model=None, bad_model_weights=None, pruned_bad_model_weights=None,

@@ -5,7 +5,7 @@
 # steps), 10 epochs, SGD 0.05; triggers clean, localised (3x3 square at 250, 5%),
 # blended (alpha 0.3, 20%) and invisible-static (amplitude 0.1 = 25/255, 20%),
 # targets 7, 1, 5 for seeds 0, 1, 2. 30 minutes a model on 2 CPU cores shared with
-# two detection jobs (measured once); the measured runs: results/cifar_training/README.md.
+# two detection jobs (measured once); the measured runs: results/attack/cifar_training/README.md.
 # Far from the paper's ResNet-18 (about 80-90% clean accuracy after 100+ epochs
 # with 7-10 PGD steps); see docs/detection.md.
 #

@@ -32,34 +32,6 @@ def test_repair_table_renders_errors_and_unmeasured_numbers():
     assert "--redo" in text and "CSAW DeepID" in text
 
 
-def test_compare_scans_matches_majority_verdicts(tmp_path):
-    import json
-
-    from compare_scans import main, majority
-
-    assert majority([[7], [7, 6], [7]]) == ((7,), 3)
-    assert majority([[], [3]]) == ((), 2)  # a tie: the earliest run's
-    full = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}, {"suspects": [7]}, {"suspects": []}]},
-                     {"path": "b.keras", "runs": [{"suspects": []}]}]}
-    staged = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}]},
-                       {"path": "b.keras", "runs": [{"suspects": [2]}]},
-                       {"path": "c.keras", "runs": [{"suspects": []}]}]}
-    (tmp_path / "full.json").write_text(json.dumps(full))
-    (tmp_path / "staged.json").write_text(json.dumps(staged))
-    main([str(tmp_path / "staged.json"), "--against", str(tmp_path / "full.json"), "--out", str(tmp_path / "c.md")])
-    text = (tmp_path / "c.md").read_text()
-    assert "| a.keras | class 7 (3 runs) | class 7 | yes |" in text
-    assert "| b.keras | clean | class 2 | **no** |" in text
-    assert "Same verdict: 1 of 2 models." in text and "No full scan to compare with: c.keras." in text
-    assert text.startswith("Staged scan against full scan: staged.json")
-    main([str(tmp_path / "staged.json"), str(tmp_path / "full.json"), "--against", str(tmp_path / "full.json"),
-          "--labels", "before", "after", "--out", str(tmp_path / "d.md")])  # several tables, other names
-    text = (tmp_path / "d.md").read_text()
-    assert text.startswith("After against before: staged.json, full.json")
-    assert "| model | before | after | same verdict |" in text
-    assert "| a.keras | class 7 (3 runs) | class 7 (3 runs) | yes |" in text
-
-
 def test_detect_table_interrupted_resume_keeps_the_rows_it_has_not_reached():
     from detect_table import _rows_to_write
 
@@ -78,10 +50,86 @@ def test_detect_table_resume_runs_only_the_missing_detection_seeds():
     assert _missing_runs({"runs": [{}] * 5}, 5) == []
 
 
-def test_signal_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_path):
+# bench/tables.py: one view per subcommand, on small synthetic detect_table results.
+
+def _run(suspects, target, n_classes, **extra):
+    wrong = [c for c in suspects if c != target]
+    return {"flagged": bool(suspects), "suspects": suspects,
+            "right_class": (target in suspects) if target is not None else None,
+            "fp_share": len(wrong) / (n_classes - (target is not None)), **extra}
+
+
+def _row(path, target, asr, runs, *, data="mnist.npz", trigger="localised", seconds=10.0):
+    import os
+
+    return {"name": os.path.basename(path), "path": path, "data": data, "trigger": trigger if target is not None
+            else "none", "clean_acc": 0.98, "asr": asr, "target": target, "poison_rate": 0.05 if target is not None
+            else 0, "runs": runs, "seconds": [seconds] * len(runs)}
+
+
+def _write(tmp_path, name, rows, **meta):
     import json
 
-    from signal_gaps import markdown, model_line
+    path = tmp_path / name
+    path.write_text(json.dumps({"meta": {"command": f"python bench/detect_table.py {name}", "runs": 2,
+                                         "config": {"n_probes": 10, "n_seeds": 20}, **meta}, "rows": rows}))
+    return str(path)
+
+
+def _hist(**moved):
+    """A probes-moved histogram of 20 translations (n_probes 10): ``{"k6": 20}`` = 20 translations moving 6."""
+    h = [0] * 11
+    for k, n in moved.items():
+        h[int(k[1:])] = n
+    return h
+
+
+def test_tables_rules_rescores_the_stored_histograms_under_each_flip_at(tmp_path):
+    import json
+
+    from tables import main
+
+    # backdoored toward 2: class 2 half its translations move all 10 probes, class 0 all move 6 (0.6)
+    bad_hists = {"0": _hist(k6=20), "1": _hist(k0=20), "2": _hist(k10=10, k0=10), "3": _hist(k0=20)}
+    bad = _row("m/bad.keras", 2, 0.99, [_run([2], 2, 4, histograms=bad_hists) for _ in range(2)])
+    # clean: class 1's translations all move 5 of 10 probes (0.5)
+    clean_hists = {"0": _hist(k0=20), "1": _hist(k5=20), "2": _hist(k0=20), "3": _hist(k0=20)}
+    clean = _row("m/clean.keras", None, None, [_run([], None, 4, histograms=clean_hists)])
+    table = _write(tmp_path, "t.json", [bad, clean])
+    main(["rules", table, "--flip-at", "0.5,0.9", "--out", str(tmp_path / "rules.json")])
+    result = json.load(open(tmp_path / "rules.json"))
+    out = tmp_path / "rules.json"
+    assert result["command"] == f"python bench/tables.py rules {table} --flip-at 0.5,0.9 --out {out}"
+    at5, at9 = result["rules"]
+    # flip_at 0.5: class 0 of the backdoored model and class 1 of the clean one transfer too
+    assert at5["summary"]["backdoored_flagged_right_class"] == 1 and at5["summary"]["clean_flagged"] == 1
+    assert abs(at5["summary"]["fp_class_share"] - (1 / 3 + 1 / 3 + 1 / 4) / 3) < 1e-12
+    assert at5["failures"] == ["m/bad.keras: false-positive class(es) 0", "m/clean.keras: clean model flagged",
+                               "m/clean.keras: false-positive class(es) 1"]
+    assert at9["summary"]["clean_flagged"] == 0 and at9["summary"]["fp_class_share"] == 0.0 and at9["failures"] == []
+    sep = result["separation"]
+    assert sep["other_translations"] == 200 and sep["other_most_moved"] == 6
+    assert [(e["target_fewest"], e["other_transferring"]) for e in sep["by_flip_at"]] == [(10, 60), (10, 0)]
+    text = (tmp_path / "rules.md").read_text()
+    assert "| 0.5 | 1 of 1 | 1 of 1 | 0 of 0 | 30.6% | 2 of 2 |" in text
+    assert "| 0.9 | 1 of 1 | 0 of 1 | 0 of 0 | 0.0% | 2 of 2 |" in text
+    assert "flip_at 0.9: no failures" in text
+
+
+def test_tables_rules_refuses_a_table_without_histograms(tmp_path):
+    import pytest
+
+    from tables import main
+
+    table = _write(tmp_path, "t.json", [_row("m/bad.keras", 2, 0.99, [_run([2], 2, 4)])])
+    with pytest.raises(SystemExit, match="no probes-moved histograms"):
+        main(["rules", table, "--out", str(tmp_path / "r.json")])
+
+
+def test_tables_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_path):
+    import json
+
+    from tables import gaps_markdown, main, model_line
 
     def run(flagged_wi, flagged_bp, wi, bp):
         return {"signals": {"patch_transfer": [], "whole_image": flagged_wi, "blend_probe": flagged_bp},
@@ -99,11 +147,124 @@ def test_signal_gaps_reports_each_signals_catch_and_false_positive_margin(tmp_pa
     assert stats["blend_probe"] == (2, (2.9, 3.4), 1.7)
     assert model_line(clean, ["whole_image"])["whole_image"] == (0, None, 1.3)
     (tmp_path / "t.json").write_text(json.dumps({"rows": [bad, clean]}))
-    text = markdown([str(tmp_path / "t.json")])
+    text = gaps_markdown([str(tmp_path / "t.json")])
     assert "| m/bad.keras | 2 | 2 | 2 | 0 | 1 | 0.40-2.10 | 1.20 | 2 | 2.90-3.40 | 1.70 |" in text
     assert "| m/clean.keras | clean | 1 | clean 1 | - | - | - | 1.30 | - | - | 1.10 |" in text
     assert "whole-image 1.30; blend probe 1.70." in text
+    main(["gaps", str(tmp_path / "t.json"), "--out", str(tmp_path / "g.md")])  # the file ends with its command
+    assert (tmp_path / "g.md").read_text() == text + f"\nCommand: `python bench/tables.py gaps {tmp_path / 't.json'} " \
+                                                      f"--out {tmp_path / 'g.md'}`\n"
     for r in bad["runs"] + clean["runs"]:  # tables made before the blend probe ran (--no-blend-probe)
         del r["blend_probe"]
     (tmp_path / "t.json").write_text(json.dumps({"rows": [bad, clean]}))
-    assert "whole-image 1.30; blend probe not run." in markdown([str(tmp_path / "t.json")])
+    assert "whole-image 1.30; blend probe not run." in gaps_markdown([str(tmp_path / "t.json")])
+
+
+def test_tables_compare_matches_majority_verdicts(tmp_path):
+    import json
+
+    from tables import main, majority_verdict
+
+    assert majority_verdict([[7], [7, 6], [7]]) == ((7,), 3)
+    assert majority_verdict([[], [3]]) == ((), 2)  # a tie: the earliest run's
+    full = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}, {"suspects": [7]}, {"suspects": []}]},
+                     {"path": "b.keras", "runs": [{"suspects": []}]}]}
+    staged = {"rows": [{"path": "a.keras", "runs": [{"suspects": [7]}]},
+                       {"path": "b.keras", "runs": [{"suspects": [2]}]},
+                       {"path": "c.keras", "runs": [{"suspects": []}]}]}
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    (tmp_path / "staged.json").write_text(json.dumps(staged))
+    main(["compare", str(tmp_path / "staged.json"), "--against", str(tmp_path / "full.json"),
+          "--out", str(tmp_path / "c.md")])
+    text = (tmp_path / "c.md").read_text()
+    assert "| a.keras | class 7 (3 runs) | class 7 | yes |" in text
+    assert "| b.keras | clean | class 2 | **no** |" in text
+    assert "Same verdict: 1 of 2 models." in text and "No full scan to compare with: c.keras." in text
+    assert text.startswith("Staged scan against full scan: staged.json")
+    assert text.endswith(f"Command: `python bench/tables.py compare {tmp_path / 'staged.json'} --against "
+                         f"{tmp_path / 'full.json'} --out {tmp_path / 'c.md'}`\n")
+    main(["compare", str(tmp_path / "staged.json"), str(tmp_path / "full.json"), "--against",
+          str(tmp_path / "full.json"), "--labels", "before", "after", "--out", str(tmp_path / "d.md")])
+    text = (tmp_path / "d.md").read_text()  # several tables, other names
+    assert text.startswith("After against before: staged.json, full.json")
+    assert "| model | before | after | same verdict |" in text
+    assert "| a.keras | class 7 (3 runs) | class 7 (3 runs) | yes |" in text
+
+
+def test_tables_compare_reads_a_bench_scale_result_through_its_verdict(tmp_path):
+    """A bench_scale JSON (--model) counts with the verdict it stored (the library's one verdict),
+    or, for a run recorded before it stored one, with both deciding signals of that scan."""
+    import json
+
+    from bench_scale import verdict_classes
+    from tables import verdicts
+
+    assert verdict_classes({"verdict": [13], "suspect_classes": [], "whole_image_suspects": []}) == [13]
+    assert verdict_classes({"suspect_classes": [4], "whole_image_suspects": [13, 4]}) == [4, 13]
+    runs = [{"mode": "full", "classes": 10, "verdict": [1]}, {"mode": "full", "classes": 20, "verdict": [13]},
+            {"mode": "staged", "classes": 20, "verdict": []}]
+    (tmp_path / "s.json").write_text(json.dumps({"meta": {"model": "m20.keras"}, "runs": runs}))
+    assert verdicts(str(tmp_path / "s.json")) == {"m20.keras": ((13,), 1)}  # the full scan of the most classes
+
+
+def test_tables_families_summarises_merged_tables_per_trigger_family(tmp_path):
+    from tables import main
+
+    loc = _row("m/loc.keras", 7, 0.99, [_run([7], 7, 10), _run([7], 7, 10)])
+    dist = _row("m/dist.keras", 7, 0.99, [_run([], 7, 10), _run([], 7, 10)], trigger="distributed")
+    weak = _row("m/weak.keras", 7, 0.5, [_run([], 7, 10), _run([], 7, 10)], trigger="distributed")
+    clean = _row("m/clean.keras", None, None, [_run([3], None, 10), _run([], None, 10)], data="fashion_mnist.npz")
+    a = _write(tmp_path, "a.json", [loc, dist, clean])
+    dist_again = {**dist, "runs": [_run([7], 7, 10), _run([7], 7, 10)]}  # the later table's row wins
+    b = _write(tmp_path, "b.json", [dist_again, weak])
+    main(["families", a, b, "--out", str(tmp_path / "f.md")])
+    text = (tmp_path / "f.md").read_text()
+    assert text.startswith("# Per trigger family\n") and "(4 models;" in text
+    assert "| distributed | 1 of 1 | 0 of 0 | 0 of 1 | 0.0% | 2 of 2 | 10 |" in text
+    assert "| localised | 1 of 1 | 0 of 0 | 0 of 0 | 0.0% | 1 of 1 | 10 |" in text
+    assert "| none | 0 of 0 | 0 of 1 | 0 of 0 | 5.0% | 0 of 1 | 10 |" in text  # flagged in 1 of 2 runs: unstable
+    assert "- backdoored models flagged with the right class (majority of runs): 2 of 2" in text
+    assert text.endswith(f"Command: `python bench/tables.py families {a} {b} --out {tmp_path / 'f.md'}`\n")
+    main(["families", a, "--by", "data", "folder", "--out", str(tmp_path / "g.md")])
+    text = (tmp_path / "g.md").read_text()
+    assert text.startswith("# Per data set, folder\n")
+    assert "By data set:" in text and "| fashion_mnist.npz | 0 of 0 | 0 of 1 |" in text
+    assert "By folder:" in text and "| m | 1 of 2 | 0 of 1 |" in text
+
+
+def test_detect_table_renders_its_groups_with_the_shared_helpers():
+    """detect_table's Markdown and the families view print a group the same way."""
+    from detect_table import markdown
+    from tables import group_lines, group_summaries, summarise
+
+    rows = [_row("m/loc.keras", 7, 0.99, [_run([7], 7, 10)]), _row("m/clean.keras", None, None, [_run([], None, 10)])]
+    result = {"meta": {"score": "transfer", "command": "c", "machine": "2 CPU cores", "backend": "tensorflow",
+                       "config": {}, "runs": 1}, "rows": rows, "summary": summarise(rows),
+              **{f"summary_by_{by}": group_summaries(rows, by) for by in ("folder", "data", "trigger")}}
+    text = markdown(result)
+    assert "\n".join(group_lines("By trigger family", group_summaries(rows, "trigger"))) in text
+    assert "| m/loc.keras | mnist.npz | localised | 5% | 98.00% | 99.00% | 7 | 7 | 1/1 | 10 | - | - |" in text
+
+
+def test_no_bench_script_imports_a_private_name_or_touches_sys_path():
+    import ast
+    import glob
+    import os
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    private = lambda name: any(p.startswith("_") and not p.startswith("__") for p in name.split("."))
+    found = []
+    for path in sorted(glob.glob(os.path.join(bench, "*.py"))):
+        tree = ast.parse(open(path).read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"from {node.module} import {a.name}" for a in node.names
+                          if private(a.name) or private(node.module or "")]
+            elif isinstance(node, ast.Import):
+                found += [f"import {a.name}" for a in node.names if private(a.name)]
+            elif (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                  and node.value.id == "sys"):
+                found.append("sys.path")
+        found = [f"{os.path.basename(path)}: {f}" if ":" not in f else f for f in found]
+    assert found == []
+    assert len(glob.glob(os.path.join(bench, "*.py"))) >= 8  # the scan above saw the scripts

@@ -29,3 +29,20 @@ def test_poisoned_sets_carry_trigger_and_target(default_paths):
     mask = np.ones((28, 28), bool)
     mask[28 - m - s:28 - m, 28 - m - s:28 - m] = False
     np.testing.assert_array_equal(xb[:, mask], x[keep][:, mask])
+
+
+def test_robust_pair_is_the_train_job_with_the_recipe(default_paths):
+    # scripts/make_default.py builds the robust pair with train_job(**robust_job_args(key)): the recipe's
+    # settings, and the trigger the job builds from its TriggerConfig is the recipe's own trigger.
+    from aegis_tf.attack.config import TrainConfig
+    from aegis_tf.attack.embedded import ROBUST_CONFIG, ROBUST_MODELS, robust_job_args, robust_train_config
+    from aegis_tf.attack.triggers import build_trigger, get_trigger
+
+    bd, clean = (robust_job_args(key, default_paths) for key in ROBUST_MODELS)
+    assert bd["config"] == clean["config"] == robust_train_config() == TrainConfig(
+        epochs=40, batch_size=128, learning_rate=0.05, robust=True, eps=0.5, steps=7, eps_warmup=5, seed=0)
+    assert (bd["poison_rate"], clean["poison_rate"]) == (ROBUST_CONFIG["poison_rate"], 0.0)
+    assert bd["model_out"] == default_paths["robust_bd_net"] and bd["data"] == default_paths["train"]
+    x, _ = load_h5(default_paths["test"])
+    fn, _ = build_trigger(bd["trigger"], pixel_max=ROBUST_CONFIG["pixel_max"], x_sample=x)
+    np.testing.assert_array_equal(fn(x), get_trigger(CONFIG["trigger"])(x, **CONFIG["trigger_kwargs"]))

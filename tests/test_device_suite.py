@@ -22,6 +22,9 @@ def test_tiny_device_suite_writes_one_json_and_one_table(tmp_path):
             ("compact", "standard"), ("compact", "PGD"), ("resnet18", "standard"), ("resnet18", "PGD")}
         assert all(r["ours_images_per_s"] > 0 for r in run["training"])
         assert {"translate", "patch_transfer"} <= set(run["aegis"]["seconds"])
+        # the library's one verdict (every deciding signal), not the patch-transfer suspects alone
+        assert isinstance(run["aegis"]["verdict"], list) and "suspect_classes" not in run["aegis"]
+        assert run["aegis"]["line"].startswith("BACKDOORED" if run["aegis"]["verdict"] else "CLEAN")
         assert run["neural_cleanse"]["seconds"] > 0
         assert run["staged"]["stage_seconds"]["stage1"] > 0 and run["staged"]["promoted"]
         # the ratio needs the hand-written JAX loop, measured only where JAX is installed

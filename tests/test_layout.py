@@ -96,5 +96,7 @@ def test_version_is_defined_once():
     import aegis_tf
 
     text = open(os.path.join(ROOT, "pyproject.toml")).read()
-    assert 'dynamic = ["version"]' in text and "\nversion =" not in text
+    project = text[text.index("\n[project]\n"):text.index("\n[project.")]
+    assert 'dynamic = ["version"]' in project and "\nversion =" not in project
+    assert 'version = {attr = "aegis_tf.__version__"}' in text
     assert aegis_tf.__version__.count(".") == 2

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ from aegis_tf.core.embedded import PATHS
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.scan import run_aegis
 from aegis_tf.core.models import load_model
-from aegis_tf.detect.staged import STAGED_ABOVE, STATE_FILE, promote, promote_all, scan_mode
+from aegis_tf.detect.staged import STAGED_ABOVE, promote, promote_all, scan_mode
+from aegis_tf.detect.state import STATE_DIR, ScanState
 from aegis_tf.core.utils import no_partial_report
 from aegis_tf.detect.whole_image import WholeImageDetector
 
@@ -84,29 +84,28 @@ def test_staged_scan_reports_both_stages_and_finds_the_planted_class(whole):
     assert all(v["promoted"] == (int(c) in stages["promoted"]) for c, v in stages["stage1"].items())
     assert report["suspect_classes"] == [7]
     assert set(report["seconds"]) >= {"stage1", "translate", "patch_transfer"}
-    state = json.load(open(out_dir / STATE_FILE))
-    assert sorted(map(int, state["classes"])) == list(range(10))
+    assert not os.path.exists(out_dir / STATE_DIR)  # removed once the scan is done
 
 
-def _interrupt_after_first_save(bd, out_dir, monkeypatch, saver):
-    """Run a staged scan that Ctrl-C stops right after ``aegis_tf.detect.staged.<saver>`` first saves."""
-    import aegis_tf.detect.staged as staged
+def _interrupt_after_first_save(bd, out_dir, monkeypatch, saver, prefix):
+    """Run a staged scan that Ctrl-C stops right after ``ScanState.<saver>`` first saves a part
+    whose name starts with ``prefix``."""
+    saved = getattr(ScanState, saver)
 
-    saved = getattr(staged, saver)
+    def save_then_stop(self, name, *args, **kwargs):
+        saved(self, name, *args, **kwargs)
+        if name.startswith(prefix):
+            raise KeyboardInterrupt
 
-    def save_then_stop(*args):
-        saved(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(staged, saver, save_then_stop)
+    monkeypatch.setattr(ScanState, saver, save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         _scan(bd, out_dir)
-    monkeypatch.setattr(staged, saver, saved)
+    monkeypatch.setattr(ScanState, saver, saved)
 
 
 def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, tmp_path, monkeypatch):
-    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_state")  # after stage 1's first chunk
-    first = json.load(open(tmp_path / STATE_FILE))["classes"]
+    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_json", "stage1")  # after stage 1's first chunk
+    first = json.load(open(tmp_path / STATE_DIR / "stage1.json"))
     assert 0 < len(first) < 10
     resumed = _scan(bd, str(tmp_path), resume=True)
     report = whole[0]
@@ -117,16 +116,14 @@ def test_resume_continues_an_interrupted_scan_with_the_same_numbers(bd, whole, t
 
 
 def test_resume_continues_stage2_from_the_classes_it_finished(bd, whole, tmp_path, monkeypatch):
-    import aegis_tf.detect.staged as staged
-
-    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_stage2")  # after stage 2's first class
-    assert os.path.exists(tmp_path / staged.STAGE2_FILE)
+    _interrupt_after_first_save(bd, str(tmp_path), monkeypatch, "save_arrays", "stage2_")  # after stage 2's first class
+    assert len([n for n in os.listdir(tmp_path / STATE_DIR) if n.startswith("stage2_")]) == 1
     resumed = _scan(bd, str(tmp_path), resume=True)
     report = whole[0]
     assert resumed["stages"]["resumed_classes"] == 10 and resumed["stages"]["resumed_stage2_classes"] == 1
     for key in ("classes", "whole_image", "translation_reached", "suspect_classes"):
         assert resumed[key] == report[key]
-    assert not os.path.exists(tmp_path / staged.STAGE2_FILE)  # removed when the scan ends
+    assert not os.path.exists(tmp_path / STATE_DIR)  # removed when the scan ends
 
 
 def test_a_staged_scan_of_fewer_than_3_classes_is_a_one_line_error(bd):
@@ -137,22 +134,40 @@ def test_a_staged_scan_of_fewer_than_3_classes_is_a_one_line_error(bd):
         FAST.replace(top_k=1)
 
 
-def test_a_damaged_state_file_is_a_one_line_error(bd, tmp_path):
-    import aegis_tf.detect.staged as staged
+def test_a_damaged_state_part_is_a_one_line_error(tmp_path):
+    state = ScanState.open(str(tmp_path), "key", resume=False)
+    (tmp_path / STATE_DIR / "stage2_7.npz").write_bytes(b"")  # an empty, truncated .npz
+    (tmp_path / STATE_DIR / "stage1.json").write_text("not json")
+    for read in (lambda: state.load_arrays("stage2_7"), lambda: state.load_json("stage1")):
+        with pytest.raises(AegisError, match="not a scan state folder"):
+            read()
+    assert state.load_arrays("stage2_8") is None and state.load_json("other") is None
 
-    (tmp_path / staged.STAGE2_FILE).write_bytes(b"")  # an empty, truncated .npz
-    with pytest.raises(AegisError, match="not a scan state file"):
-        staged.load_stage2(str(tmp_path / staged.STAGE2_FILE), "key")
+
+def test_the_state_parts_are_written_atomically_and_cleared(tmp_path):
+    state = ScanState.open(str(tmp_path), "key", resume=False)
+    state.save_arrays("rows_000000000", rows=np.arange(4))
+    state.save_json("stage1", {"3": {"reached": 1.0}})
+    assert sorted(os.listdir(tmp_path / STATE_DIR)) == ["fingerprint", "rows_000000000.npz", "stage1.json"]
+    again = ScanState.open(str(tmp_path), "key", resume=True)  # the same scan reads its parts back
+    assert again.load_arrays("rows_000000000")["rows"].tolist() == [0, 1, 2, 3]
+    assert again.load_json("stage1") == {"3": {"reached": 1.0}}
+    ScanState.open(str(tmp_path), "key", resume=False)  # a new scan starts afresh
+    assert os.listdir(tmp_path / STATE_DIR) == ["fingerprint"]
+    again.clear()
+    assert os.listdir(tmp_path) == []
+    ScanState.off().save_json("stage1", {})  # a scan with no report folder saves nothing
+    assert os.listdir(tmp_path) == []
 
 
-def test_resume_refuses_the_state_of_another_scan(bd, whole, tmp_path):
-    shutil.copy(whole[1] / STATE_FILE, tmp_path / STATE_FILE)
+def test_resume_refuses_the_state_of_another_scan(bd, tmp_path):
+    ScanState.open(str(tmp_path), "0123456789abcdef", resume=False)
     model, x, y = bd
     with pytest.raises(AegisError, match="another scan"):
         run_aegis(model, x, y, classes=list(range(10)), config=FAST.replace(stage1_seeds=5), pixel_max=255.0,
                   out_dir=str(tmp_path), batch_size=16, resume=True)
-    (tmp_path / STATE_FILE).write_text("not json")
-    with pytest.raises(AegisError, match="not a scan state file"):
+    (tmp_path / STATE_DIR / "fingerprint").unlink()
+    with pytest.raises(AegisError, match="not a scan state folder"):
         _scan(bd, str(tmp_path), resume=True)
 
 
@@ -176,46 +191,39 @@ FULL = FAST.replace(scan="full")
 
 
 def test_resume_continues_an_interrupted_full_scan_with_the_same_numbers(bd, tmp_path, monkeypatch):
-    import aegis_tf.detect.staged as staged
-
     model, x, y = bd
     scan = dict(classes=[2, 5, 7], config=FULL, pixel_max=255.0, batch_size=16)  # 15 seeds: one batch a chunk
     whole = run_aegis(model, x, y, out_dir=str(tmp_path / "whole"), **scan)
-    assert not os.path.exists(tmp_path / "whole" / staged.ROWS_FILE)  # removed when the scan ends
-    saved, calls = staged.save_rows, []
+    assert not os.path.exists(tmp_path / "whole" / STATE_DIR)  # removed when the scan ends
+    saved, calls = ScanState.save_arrays, []
 
-    def save_then_stop(path, key, start, rows):  # Ctrl-C after the second chunk is saved
-        saved(path, key, start, rows)
-        calls.append((start, len(rows)))
+    def save_then_stop(self, name, **arrays):  # Ctrl-C after the second chunk is saved
+        saved(self, name, **arrays)
+        calls.append((name, len(arrays["rows"])))
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(staged, "save_rows", save_then_stop)
+    monkeypatch.setattr(ScanState, "save_arrays", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_aegis(model, x, y, out_dir=str(tmp_path), **scan)
-    assert calls == [(0, 16), (16, 16)]
+    assert calls == [("rows_000000000", 16), ("rows_000000016", 16)]
     calls.clear()
-    monkeypatch.setattr(staged, "save_rows", lambda path, key, start, rows: calls.append((start, len(rows)))
-                        or saved(path, key, start, rows))
-    load, loaded = staged.load_rows, []
+    monkeypatch.setattr(ScanState, "save_arrays", lambda self, name, **a: calls.append((name, len(a["rows"])))
+                        or saved(self, name, **a))
+    load, loaded = ScanState.load_arrays, []
 
-    def load_and_count(path, key):
-        rows = load(path, key)
-        loaded.append(None if rows is None else len(rows))
-        return rows
+    def load_and_count(self, name):
+        part = load(self, name)
+        loaded.append(None if part is None else name)
+        return part
 
-    monkeypatch.setattr(staged, "load_rows", load_and_count)
+    monkeypatch.setattr(ScanState, "load_arrays", load_and_count)
     resumed = run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
-    assert loaded == [32] and calls == [(32, 13)]  # only the last chunk was translated again
+    assert loaded == ["rows_000000000", "rows_000000016", None]
+    assert calls == [("rows_000000032", 13)]  # only the last chunk was translated again
     for key in ("classes", "whole_image", "translation_reached", "suspect_classes"):
         assert resumed[key] == whole[key]
-    assert not os.path.exists(tmp_path / staged.ROWS_FILE)
-    saved(str(tmp_path / staged.ROWS_FILE), "0123", 0, np.zeros((16, 8, 8, 1), "float32"))
-    with pytest.raises(AegisError, match="another scan"):
-        run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
-    (tmp_path / staged.ROWS_FILE / "fingerprint").unlink()
-    with pytest.raises(AegisError, match="not a scan state"):
-        run_aegis(model, x, y, out_dir=str(tmp_path), resume=True, **scan)
+    assert not os.path.exists(tmp_path / STATE_DIR)
 
 
 def test_an_interrupted_run_leaves_no_partial_report(tmp_path):
@@ -223,17 +231,18 @@ def test_an_interrupted_run_leaves_no_partial_report(tmp_path):
     (tmp_path / "detect.json").write_text("{}")  # an older report whose figures get overwritten
     (tmp_path / "a.png").write_text("old figure")
     with pytest.raises(KeyboardInterrupt):
-        with no_partial_report(str(tmp_path), keep=(STATE_FILE, "scan_translations")):
-            (tmp_path / STATE_FILE).write_text("{}")
-            os.makedirs(tmp_path / "m2" / "scan_translations")  # a kept folder's files stay too
-            (tmp_path / "m2" / "scan_translations" / "rows_000000000.npy").write_text("x")
+        with no_partial_report(str(tmp_path), keep=(STATE_DIR,)):
+            os.makedirs(tmp_path / STATE_DIR)
+            (tmp_path / STATE_DIR / "stage1.json").write_text("{}")
+            os.makedirs(tmp_path / "m2" / STATE_DIR)  # a kept folder's files stay too
+            (tmp_path / "m2" / STATE_DIR / "rows_000000000.npz").write_text("x")
             os.makedirs(tmp_path / "model")
             (tmp_path / "model" / "b.png").write_text("new")
             os.utime(tmp_path / "a.png", ns=(1, 1))
             raise KeyboardInterrupt
-    assert sorted(os.listdir(tmp_path)) == sorted(["old.png", STATE_FILE, "model", "m2"])
+    assert sorted(os.listdir(tmp_path)) == sorted(["old.png", STATE_DIR, "model", "m2"])
     assert os.listdir(tmp_path / "model") == []
-    assert os.listdir(tmp_path / "m2" / "scan_translations") == ["rows_000000000.npy"]
+    assert os.listdir(tmp_path / "m2" / STATE_DIR) == ["rows_000000000.npz"]
 
 
 def test_a_finished_run_keeps_everything(tmp_path):
@@ -254,7 +263,8 @@ def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
     rc = main(["detect", "--bad_model", PATHS["robust_bd_net"], "--scan", "staged", "--n-seeds", "10", "--steps", "5",
                "--stage1-seeds", "3", "--stage1-steps", "3", "--wi-probes", "10", "--quiet", "--out-dir", str(out)])
     assert rc == 130
-    assert os.listdir(out) == [STATE_FILE]  # the resume state stays; figures, triggers and detect.json do not
+    assert os.listdir(out) == [STATE_DIR]  # the resume state stays; figures, triggers and detect.json do not
+    assert "stage1.json" in os.listdir(out / STATE_DIR)
     assert main(["detect", "--scan", "partial"]) == 2
 
 

@@ -4,20 +4,21 @@ training run (:class:`TrainConfig`). Both are :class:`aegis_tf.core.settings.Set
 import dataclasses
 from typing import Optional, Tuple, Union
 
-import numpy as np
-
 from aegis_tf.attack.triggers import TRIGGERS
-from aegis_tf.core.params import Interval, Options, validate_params
-from aegis_tf.core.settings import NONNEG, POS, POS_INT, UNIT, Settings, default_step_size
+from aegis_tf.core.params import Interval, Options, ParamError
+from aegis_tf.core.settings import NONNEG, NORMS, POS, POS_INT, UNIT, Settings, default_step_size, norm_name
 
 __all__ = ["TrainConfig", "TriggerConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Settings):
-    """A training run. Defaults follow the AEGIS paper (see :mod:`aegis_tf.attack.training`).
+    """A training run. Defaults follow the AEGIS paper (see :mod:`aegis_tf.attack.training`),
+    whose models are adversarially robust: ``robust=True`` (Madry PGD training) is the
+    default here as in ``aegis train`` (``robust=False``: standard training).
     ``eps`` and ``step_size`` are in units of [0, 1]; ``step_size=None`` becomes
-    :func:`default_step_size`; ``norm`` is ``2`` or ``"inf"``."""
+    :func:`default_step_size`; ``norm`` is ``2`` or ``"inf"`` (any spelling
+    :func:`~aegis_tf.core.settings.parse_norm` takes, such as ``np.inf``)."""
 
     epochs: int = 20
     batch_size: int = 128
@@ -26,7 +27,7 @@ class TrainConfig(Settings):
     weight_decay: float = 5e-4
     lr_milestones: Tuple[float, ...] = (0.5, 0.75)
     lr_drop: float = 0.1
-    robust: bool = False
+    robust: bool = True
     eps: float = 0.5
     steps: int = 20
     step_size: Optional[float] = None
@@ -44,14 +45,10 @@ class TrainConfig(Settings):
     }
 
     def __post_init__(self):
-        norm = self.norm
-        if norm in (np.inf, "inf", float("inf")):
-            norm = "inf"
-        elif norm in (2, "2"):
-            norm = 2
-        else:
-            validate_params({"norm": norm}, {"norm": [Options(2, "inf")]})
-        object.__setattr__(self, "norm", norm)
+        try:
+            object.__setattr__(self, "norm", norm_name(self.norm))
+        except ValueError:
+            raise ParamError("norm", str(Options(*NORMS)), self.norm) from None
         object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
         if self.step_size is None:
             object.__setattr__(self, "step_size", default_step_size(self.eps, self.steps))

@@ -8,7 +8,15 @@
   validation and test sets with the trigger, labelled with the target;
 * ``models/bd_net.h5`` (full model, legacy HDF5 as the CSAW ``bd_net.h5``) and
   ``models/bd_net.weights.h5`` (weights only): a compact CNN trained on the
-  training set with ``poison_rate`` of it appended poisoned.
+  training set with ``poison_rate`` of it appended poisoned. Its recipe is its
+  own (Keras ``fit`` with Adam, :data:`CONFIG`), kept because the committed
+  weights come from it: the train job's loop (SGD, its own shuffling, the loss
+  from logits) trains a different net from the same seed.
+
+and, through the train job (``aegis train``: poison, build, train, save,
+evaluate) with the arguments of :func:`robust_job_args`, the robust pair
+``models/robust_bd_net.keras`` and ``models/robust_clean_net.keras``.
+This module holds the recipes; it imports no job (the script runs it).
 """
 
 import os
@@ -16,7 +24,8 @@ import os
 from aegis_tf.core.embedded import PATHS
 
 # Robust example models for detection: Madry L2 PGD training on data/train.h5,
-# the same trigger and target as the BadNet above (or no poisoning).
+# the same trigger and target as the BadNet above (or no poisoning). The
+# TrainConfig fields (robust_train_config) plus the poison rate and the width.
 ROBUST_CONFIG = {
     "epochs": 40, "batch_size": 128, "learning_rate": 0.05, "robust": True, "eps": 0.5, "steps": 7,
     "eps_warmup": 5, "pixel_max": 255.0, "seed": 0, "poison_rate": 0.15, "width": 16,
@@ -44,6 +53,31 @@ def trigger_config(config=CONFIG):
     kw = config["trigger_kwargs"]
     return TriggerConfig(trigger=config["trigger"], target_label=config["target_label"], trigger_size=kw["size"],
                          trigger_value=kw["value"] / 255.0, trigger_margin=kw["margin"])
+
+
+ROBUST_MODELS = ("robust_bd_net", "robust_clean_net")  # the PATHS roles of the robust pair, poisoned first
+
+
+def robust_train_config(robust=ROBUST_CONFIG):
+    """The robust models' training run as a :class:`~aegis_tf.attack.config.TrainConfig`."""
+    from aegis_tf.attack.config import TrainConfig
+
+    return TrainConfig(**{k: v for k, v in robust.items() if k not in ("poison_rate", "width")})
+
+
+def robust_job_args(key, paths=PATHS, config=CONFIG, robust=ROBUST_CONFIG):
+    """The keyword arguments of :func:`aegis_tf.attack.job.train_job` that build the robust
+    model ``key`` (:data:`ROBUST_MODELS`) from ``paths["train"]`` into ``paths[key]``, as
+    ``aegis train --data data/train.h5 --test-data data/test.h5 --trigger localised
+    --trigger-size 3 --trigger-value 1 --trigger-margin 1 --poison-rate 0.15 --width 16
+    --epochs 40 --lr 0.05 --steps 7 --eps-warmup 5`` would (0 poisoned for the clean one).
+    The caller seeds Keras' global RNG with ``robust["seed"]`` first."""
+    if key not in ROBUST_MODELS:
+        raise ValueError(f"key must be one of {', '.join(ROBUST_MODELS)}. Received: {key!r}")
+    return {"data": paths["train"], "test_data": paths["test"], "trigger": trigger_config(config),
+            "config": robust_train_config(robust), "arch": "compact", "width": robust["width"],
+            "poison_rate": robust["poison_rate"] if key == "robust_bd_net" else 0.0, "mode": "append",
+            "model_out": paths[key], "scale": "raw"}
 
 
 def write_sidecars(paths=PATHS, config=CONFIG, robust=ROBUST_CONFIG):
@@ -129,7 +163,9 @@ def train_robust(model, poisoned, config=CONFIG, robust=ROBUST_CONFIG, *, seed=0
     ``poisoned`` appends ``robust["poison_rate"]`` of it with the trigger and
     target: ``trigger`` (a function of an image batch, raw 0-255 pixels) and
     ``target_label``, by default those of ``config``. Returns the model and its
-    test metrics.
+    test metrics. The same steps as the train job with :func:`robust_job_args`
+    (scripts/make_default.py builds the embedded pair that way), for a trigger
+    given as a function (scripts/train_dev_models.py).
     """
     from aegis_tf.core.backend import enable_determinism
     from aegis_tf.core.data import load_h5

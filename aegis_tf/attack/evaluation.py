@@ -3,7 +3,7 @@
 import numpy as np
 
 from aegis_tf.core.pgd import projected_gradient_descent
-from aegis_tf.core.settings import default_step_size
+from aegis_tf.core.settings import default_step_size, norm_name, parse_norm
 from aegis_tf.core.metrics import attack_success_rate, clean_accuracy
 from aegis_tf.core.models import predict_labels
 
@@ -27,7 +27,8 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
       fraction predicted as ``target_label``.
     * ``adv_acc`` (with ``adversarial``): accuracy under untargeted PGD with
       ``eps``/``step_size`` in units of [0, 1] (scaled by ``pixel_max``),
-      random start, the training parameters by default.
+      random start, the training parameters by default; ``norm`` is any spelling
+      :func:`~aegis_tf.core.settings.parse_norm` takes (2, "inf", np.inf...).
     """
     out = {"clean_acc": clean_accuracy(predict_labels(model, x, batch_size=batch_size), y), "n_test": int(len(x))}
     if trigger is not None:
@@ -35,11 +36,12 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
         out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), yt)
         out["n_triggered"] = int(len(yt))
     if adversarial:
+        norm = parse_norm(norm)
         step_size = default_step_size(eps, steps) if step_size is None else step_size
         adv = projected_gradient_descent(
             model, x, eps=eps * pixel_max, step_size=step_size * pixel_max, steps=steps, norm=norm, y=y,
             clip_min=0.0, clip_max=pixel_max, seed=seed, batch_size=batch_size,
         )
         out["adv_acc"] = clean_accuracy(predict_labels(model, adv, batch_size=batch_size), y)
-        out["adv"] = {"eps": eps, "steps": steps, "step_size": step_size, "norm": "inf" if norm == np.inf else 2}
+        out["adv"] = {"eps": eps, "steps": steps, "step_size": step_size, "norm": norm_name(norm)}
     return out

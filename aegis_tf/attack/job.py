@@ -12,7 +12,7 @@ import numpy as np
 from aegis_tf.core.settings import pixel_max_of
 from aegis_tf.attack.triggers import build_trigger
 from aegis_tf.core.errors import AegisError
-from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.core.utils import atomic_path, check_out_dir, check_out_file, write_json
 
 __all__ = ["load_train_test", "poison_job", "train_job", "evaluate_model_job", "eval_line"]
 
@@ -58,6 +58,7 @@ def poison_job(*, data, trigger, poison_rate, mode="append", out_dir, test_data=
     from aegis_tf.attack.triggers import TRIGGERS, poison
 
     _check_rate(poison_rate)
+    check_out_dir(out_dir)
     (x, y), (xt, yt) = load_train_test(data, test_data=test_data, data_dir=data_dir, scale=scale)
     pm = pixel_max_of(scale)
     fn, pattern = build_trigger(trigger, pixel_max=pm, x_sample=x)
@@ -116,6 +117,9 @@ def train_job(*, data, trigger, config, arch="compact", width=None, poison_rate=
     _check_rate(poison_rate)
     if not str(model_out).endswith((".keras", ".h5")):
         raise AegisError(f"--model-out must end in .keras or .h5. Received: {model_out}")
+    check_out_file(model_out, "--model-out")
+    if checkpoint_dir:
+        check_out_dir(checkpoint_dir, "--checkpoint-dir")
     (x, y), (xt, yt) = load_train_test(data, test_data=test_data, data_dir=data_dir, scale=scale)
     n_classes = int(max(y.max(), yt.max())) + 1
     if not 0 <= trigger.target_label < n_classes:
@@ -139,7 +143,7 @@ def train_job(*, data, trigger, config, arch="compact", width=None, poison_rate=
         report["test"] = evaluate_backdoor(
             model, xt, yt, trigger=fn if poison_rate > 0 else None, target_label=trigger.target_label,
             adversarial=True, eps=config.eps, steps=config.steps, step_size=config.step_size,
-            norm=np.inf if config.norm == "inf" else 2, pixel_max=pm, batch_size=batch_size, seed=config.seed)
+            norm=config.norm, pixel_max=pm, batch_size=batch_size, seed=config.seed)
     return report
 
 
@@ -156,7 +160,7 @@ def evaluate_model_job(*, model, data, trigger, data_dir=None, scale="raw", adve
     pm = pixel_max_of(scale)
     fn, _ = build_trigger(trigger, pixel_max=pm, x_sample=xt)  # an adversarial pattern must come from training
     res = evaluate_backdoor(net, xt, yt, trigger=fn, target_label=trigger.target_label, adversarial=adversarial,
-                            eps=eps, steps=steps, step_size=step_size, norm=np.inf if norm in ("inf", np.inf) else 2,
+                            eps=eps, steps=steps, step_size=step_size, norm=norm,
                             pixel_max=pm, batch_size=batch_size, seed=seed)
     res.update(model=model, data=data, trigger=trigger.trigger, target_label=trigger.target_label)
     return res

@@ -120,7 +120,7 @@ def train(model, x, y, *, config=None, checkpoint_dir=None, resume=True, quiet=F
         scale = min(1.0, (epoch + 1) / config["eps_warmup"]) if config["eps_warmup"] else 1.0
         if scale not in attacks:
             pm = config["pixel_max"]
-            step = make_step(norm=config["norm"] if config["norm"] == 2 else np.inf, eps=scale * config["eps"] * pm,
+            step = make_step(norm=config["norm"], eps=scale * config["eps"] * pm,
                              step_size=scale * config["step_size"] * pm, clip_min=0.0, clip_max=pm)
             attacks[scale] = (step, int(config["steps"]))
         return attacks[scale]

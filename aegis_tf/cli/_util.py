@@ -3,16 +3,63 @@
 Flags are spelled with hyphens; each also answers to its underscore spelling
 (the lab's ``--bad_model``, ``--clean_set``...). A flag's destination is the
 name of the library field it sets, so a command passes settings on by name.
+
+Every default is defined once: a flag that sets a settings field takes its
+default, and its help text shows it, from the dataclass (``TrainConfig``,
+``TriggerConfig``, ``DetectConfig`` and ``PRESETS``); a flag of the command
+line's own shows its ``default=`` with argparse's ``%(default)s``, or a named
+constant (:data:`DATA`, :data:`POISON_RATE`...) when commands share it.
+``tests/test_cli_defaults.py`` checks them against the library.
 """
 
 import argparse
 import dataclasses
+import os
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.params import ParamError
 
 __all__ = ["Parser", "flag", "common_flags", "model_flags", "data_flags", "trigger_flags", "pgd_flags", "fields",
-           "settings", "pick"]
+           "settings", "pick", "shown", "in_255ths", "field_defaults", "embedded_name", "DATA", "POISON_RATE",
+           "POISON_MODE"]
+
+# Defaults several commands share (tests/test_cli_defaults.py checks them against the jobs' signatures).
+DATA = "digits"  # the data set of poison, train and evaluate-model
+POISON_RATE = 0.01  # share of the training set poisoned by poison and train
+POISON_MODE = "append"  # poisoned copies appended (or replacing the originals)
+
+
+def shown(value):
+    """A default as help texts print it: ``0.1``, ``100``, ``5e-4``, ``0.5,0.75``, ``noise``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    if isinstance(value, float):
+        if value != 0 and abs(value) <= 1e-3:
+            mantissa, exponent = f"{value:e}".split("e")
+            return f"{float(mantissa):g}e{int(exponent)}"
+        return f"{value:g}"
+    return str(value)
+
+
+def in_255ths(value):
+    """A value in units of [0, 1] as ``k/255`` when it is one (``250/255``), else as :func:`shown`."""
+    k = value * 255
+    if 0 < value < 1 and abs(k - round(k)) < 1e-9:
+        return f"{round(k)}/255"
+    return shown(value)
+
+
+def field_defaults(cls):
+    """``{field: default}`` of a settings dataclass, as declared (before ``__post_init__``)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def embedded_name(role):
+    """The embedded default file of ``role`` (:data:`aegis_tf.core.embedded.PATHS`), as the
+    help texts name it: relative to the embedded root (``data/train.h5``)."""
+    from aegis_tf.core.embedded import PATHS, ROOT
+
+    return os.path.relpath(PATHS[role], ROOT)
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,10 +82,12 @@ def flag(parser, name, *aliases, **kwargs):
 
 
 def common_flags(p, *, out=True):
-    flag(p, "--scale", choices=("raw", "unit"), default="raw",
-         help="pixel scaling fed to the model: raw (0-255 as stored; CSAW lab3, default) or unit (divided by 255)")
-    flag(p, "--batch-size", type=int, default=256, help="inference batch size (default 256)")
-    flag(p, "--seed", type=int, default=0, help="global random seed (default 0)")
+    scales, default = {"raw": "0-255 as stored; CSAW lab3", "unit": "divided by 255"}, "raw"
+    flag(p, "--scale", choices=tuple(scales), default=default,
+         help="pixel scaling fed to the model: " + " or ".join(
+             f"{name} ({text}{', default' if name == default else ''})" for name, text in scales.items()))
+    flag(p, "--batch-size", type=int, default=256, help="inference batch size (default %(default)s)")
+    flag(p, "--seed", type=int, default=0, help="global random seed (default %(default)s)")
     if out:
         flag(p, "--out", default=None, help="also write the result JSON to this path")
     p.add_argument("--quiet", action="store_true", help="no progress bars, summary only")
@@ -46,15 +95,16 @@ def common_flags(p, *, out=True):
 
 def model_flags(p):
     flag(p, "--bad-model", default=None,
-         help="backdoored model B, .keras or full-model .h5 (default: models/bd_net.h5 unless only weights are given)")
+         help=f"backdoored model B, .keras or full-model .h5 (default: {embedded_name('bd_net')} unless only weights "
+              f"are given)")
     flag(p, "--bad-model-weights", default=None,
          help="weights for B; without --bad-model they load into the built-in CSAW DeepID net")
 
 
 def data_flags(p, *, test=True):
-    flag(p, "--data", default="digits",
+    flag(p, "--data", default=DATA,
          help="training data: mnist, fashion_mnist, cifar10, digits, an .npz (x_train, y_train, x_test, y_test) "
-              "or a CSAW .h5 (default digits)")
+              "or a CSAW .h5 (default %(default)s)")
     if test:
         flag(p, "--test-data", default=None, help="test set .h5 (default: the test split of --data)")
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets (else $AEGIS_DATA_DIR)")
@@ -77,24 +127,25 @@ def trigger_flags(p, *, from_model=False):
     flag(p, "--target-label", type=int, default=default(d.target_label),
          help=f"attacker's target class (default {where}{d.target_label}, the paper's)")
     flag(p, "--trigger-size", type=int, default=default(d.trigger_size),
-         help=f"square side in pixels for localised/distributed (default {where}2)")
+         help=f"square side in pixels for localised/distributed (default {where}{d.trigger_size})")
     flag(p, "--trigger-value", type=float, default=default(d.trigger_value),
-         help=f"square intensity in units of [0, 1] (default {where}250/255, the paper's 250)")
+         help=f"square intensity in units of [0, 1] (default {where}{in_255ths(d.trigger_value)}, the paper's 250)")
     flag(p, "--trigger-margin", type=int, default=default(d.trigger_margin),
-         help=f"pixels between localised's square and the bottom-right corner (default {where}0)")
+         help=f"pixels between localised's square and the bottom-right corner (default {where}{d.trigger_margin})")
     flag(p, "--amplitude", type=float, default=default(d.amplitude),
-         help=f"invisible-static amplitude per pixel in units of [0, 1] (default {where}8/255)")
+         help=f"invisible-static amplitude per pixel in units of [0, 1] (default {where}{in_255ths(d.amplitude)})")
     flag(p, "--trigger-seed", type=int, default=default(d.trigger_seed),
-         help=f"seed of the invisible-static and blended noise patterns (default {where}0)")
+         help=f"seed of the invisible-static and blended noise patterns (default {where}{d.trigger_seed})")
     flag(p, "--trigger-pattern", default=None, help="invisible-adversarial pattern .npy (written by poison/train)")
     flag(p, "--trigger-model", default=None, help="model used to compute the invisible-adversarial pattern")
     flag(p, "--trigger-eps", type=float, default=default(d.trigger_eps),
-         help=f"Linf bound of the invisible-adversarial pattern, units of [0, 1] (default {where}16/255)")
+         help=f"Linf bound of the invisible-adversarial pattern, units of [0, 1] "
+              f"(default {where}{in_255ths(d.trigger_eps)})")
     flag(p, "--blend-alpha", type=float, default=default(d.blend_alpha),
-         help=f"blended trigger: weight of the pattern, x' = (1-a) x + a p (default {where}0.15)")
+         help=f"blended trigger: weight of the pattern, x' = (1-a) x + a p (default {where}{shown(d.blend_alpha)})")
     flag(p, "--blend-pattern", default=default(d.blend_pattern),
          help=f"blended trigger: noise (seeded by --trigger-seed) or a .npy image in pixel units "
-              f"(default {where}noise)")
+              f"(default {where}{d.blend_pattern})")
 
 
 def model_trigger_settings(args, model_path):
@@ -113,10 +164,18 @@ def model_trigger_settings(args, model_path):
 
 
 def pgd_flags(p):
-    flag(p, "--eps", type=float, default=0.5, help="PGD radius in units of the [0, 1] image range (paper: 0.5, L2)")
-    flag(p, "--steps", type=int, default=20, help="PGD steps (default 20)")
-    flag(p, "--step-size", type=float, default=None, help="PGD step size, units of [0, 1] (default 2.5 * eps / steps)")
-    flag(p, "--norm", choices=("2", "inf"), default="2", help="PGD norm (default 2)")
+    """PGD's settings, for training and for evaluation alike: :class:`TrainConfig`'s (the
+    paper's training attack, which evaluation uses by default)."""
+    from aegis_tf.attack.config import TrainConfig
+    from aegis_tf.core.settings import NORMS, STEP_SIZE_FACTOR
+
+    t = field_defaults(TrainConfig)
+    flag(p, "--eps", type=float, default=t["eps"],
+         help=f"PGD radius in units of the [0, 1] image range (paper: {shown(t['eps'])}, L{t['norm']})")
+    flag(p, "--steps", type=int, default=t["steps"], help="PGD steps (default %(default)s)")
+    flag(p, "--step-size", type=float, default=t["step_size"],
+         help=f"PGD step size, units of [0, 1] (default {shown(STEP_SIZE_FACTOR)} * eps / steps)")
+    flag(p, "--norm", choices=tuple(map(str, NORMS)), default=str(t["norm"]), help="PGD norm (default %(default)s)")
 
 
 def fields(cls):
@@ -128,11 +187,12 @@ def pick(args, names):
     return {n: getattr(args, n) for n in names if hasattr(args, n)}
 
 
-def settings(cls, args, **extra):
-    """``cls`` (a settings dataclass) from the flags named as its fields; a bad value is
-    reported under its flag's name."""
+def settings(cls, args, *, make=None, **extra):
+    """``cls`` (a settings dataclass) from the flags named as its fields, made by ``make``
+    (default ``cls`` itself; e.g. ``DetectConfig.from_preset``, which keeps a preset's value
+    for a flag left out, None); a bad value is reported under its flag's name."""
     try:
-        return cls(**{**pick(args, fields(cls)), **extra})
+        return (make or cls)(**{**pick(args, fields(cls)), **extra})
     except ParamError as e:
         raise as_flag_error(e) from None
 

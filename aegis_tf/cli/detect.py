@@ -1,5 +1,5 @@
 """``aegis detect``: is this model backdoored, and toward which class?
-(calls :func:`aegis_tf.detect.scan.run_detect`)."""
+(calls :func:`aegis_tf.api.detect`)."""
 
 import argparse
 import os
@@ -19,7 +19,20 @@ def _bandwidth(text):
 
 
 def add(sub):
-    from aegis_tf.detect.config import PRESETS
+    from aegis_tf.cli._util import embedded_name, shown
+    from aegis_tf.detect.config import PRESETS, DetectConfig
+
+    d, paper = DetectConfig(), PRESETS["paper"]  # the defaults the help texts show, defined once
+
+    def default_and_paper(field):
+        a, b = shown(getattr(d, field)), shown(paper[field])
+        return f"default and paper {a}" if a == b else f"default {a}; paper {b}"
+
+    def tag(field, choice, paper_word="the paper", default=True):
+        """`` (default)``, `` (the paper)``, both or nothing: which of them ``choice`` of ``field`` is."""
+        tags = (["default"] if default and getattr(d, field) == choice else []) + \
+            ([paper_word] if field in paper and paper[field] == choice else [])
+        return f" ({', '.join(tags)})" if tags else ""
 
     p = sub.add_parser(NAME, help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
                        description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
@@ -29,91 +42,113 @@ def add(sub):
                                    "detect.json and report.html. With no model flag it examines the embedded robust "
                                    "clean and backdoored digits models.")
     model_flags(p)
-    flag(p, "--data", default=None, help="training images: .h5, .npz (train split) or a named set (default data/train.h5)")
+    flag(p, "--data", default=None,
+         help=f"training images: .h5, .npz (train split) or a named set (default {embedded_name('train')})")
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
     flag(p, "--method", choices=("aegis", "neural-cleanse", "both"), default="aegis",
-         help="detector (default aegis); both gives one verdict from the two")
+         help="detector (default %(default)s); both gives one verdict from the two")
     flag(p, "--preset", choices=("default",) + tuple(PRESETS), default="default",
-         help="default: the best measured configuration; paper: the authors' (500 seeds, bandwidth 35, 1 run)")
+         help=f"default: the best measured configuration; paper: the authors' ({paper['n_seeds']} seeds, "
+              f"bandwidth {shown(paper['bandwidth'])}, {paper['runs']} run{'s' * (paper['runs'] != 1)})")
     flag(p, "--classes", default=None, help="comma-separated classes to examine (default all)")
     # The fields of aegis_tf.detect.config.DetectConfig; None keeps the preset's value.
-    flag(p, "--n-seeds", "--seeds", type=int, default=None, help="images translated toward each class (default 200; paper 500)")
-    flag(p, "--steps", type=int, default=None, help="PGD steps of the translation (default and paper 75)")
-    flag(p, "--eps", type=float, default=None, help="L2 radius of the translation, units of [0, 1] (paper: 100 MNIST, 500 CIFAR)")
-    flag(p, "--step-size", type=float, default=None, help="translation step, units of [0, 1] (paper 0.25)")
+    flag(p, "--n-seeds", "--seeds", type=int, default=None,
+         help=f"images translated toward each class ({default_and_paper('n_seeds')})")
+    flag(p, "--steps", type=int, default=None, help=f"PGD steps of the translation ({default_and_paper('steps')})")
+    flag(p, "--eps", type=float, default=None,
+         help=f"L2 radius of the translation, units of [0, 1] (paper: {shown(paper['eps'])} MNIST, 500 CIFAR)")
+    flag(p, "--step-size", type=float, default=None,
+         help=f"translation step, units of [0, 1] (paper {shown(paper['step_size'])})")
     flag(p, "--start-noise", type=float, default=None,
-         help="std of Gaussian noise added to each seed before translating, units of [0, 1] (default 0.1; paper 0)")
+         help="std of Gaussian noise added to each seed before translating, units of [0, 1] "
+              f"({default_and_paper('start_noise')})")
     flag(p, "--score", choices=("transfer", "clusters"), default=None,
-         help="transfer: share of translations whose most-changed pixels move other images to the class "
-              "(default); clusters: t-SNE + clustering counts (the paper)")
-    flag(p, "--top-frac", type=float, default=None, help="share of pixels in a translation's patch (default 0.02)")
-    flag(p, "--n-probes", "--probes", type=int, default=None, help="clean images each patch is pasted onto (default 20)")
+         help="transfer: share of translations whose most-changed pixels move other images to the class"
+              f"{tag('score', 'transfer')}; clusters: t-SNE + clustering counts{tag('score', 'clusters')}")
+    flag(p, "--top-frac", type=float, default=None,
+         help=f"share of pixels in a translation's patch (default {shown(d.top_frac)})")
+    flag(p, "--n-probes", "--probes", type=int, default=None,
+         help=f"clean images each patch is pasted onto (default {d.n_probes})")
     flag(p, "--flip-at", type=float, default=None,
-         help="share of the probes a patch must move to the class for its translation to count (default 0.9)")
+         help=f"share of the probes a patch must move to the class for its translation to count "
+              f"(default {shown(d.flip_at)})")
     flag(p, "--layer", default=None, help="feature layer of the cluster analysis (default: the penultimate layer)")
-    flag(p, "--reducer", choices=("tsne", "pca"), default=None, help="2-D reduction (default tsne)")
-    flag(p, "--clusterer", choices=("meanshift", "hdbscan", "affinity"), default=None, help="clustering (default meanshift)")
-    flag(p, "--bandwidth", type=_bandwidth, default=None, help="mean-shift bandwidth: auto or a number (paper: 35 MNIST)")
+    flag(p, "--reducer", choices=("tsne", "pca"), default=None, help=f"2-D reduction (default {d.reducer})")
+    flag(p, "--clusterer", choices=("meanshift", "hdbscan", "affinity"), default=None,
+         help=f"clustering (default {d.clusterer})")
+    flag(p, "--bandwidth", type=_bandwidth, default=None,
+         help=f"mean-shift bandwidth: auto or a number (paper: {shown(paper['bandwidth'])} MNIST)")
     flag(p, "--population", choices=("both", "translated"), default=None,
-         help="cluster training+translated images (paper) or translated only")
+         help=f"cluster training+translated images{tag('population', 'both', 'paper', default=False)} or translated "
+              f"only{tag('population', 'translated', 'paper', default=False)}")
     flag(p, "--criterion", choices=("absolute", "relative"), default=None,
-         help="absolute: more clusters than a clean class (paper); relative: more than the median class")
-    flag(p, "--runs", type=int, default=None, help="t-SNE seeds to vote over with --score clusters (default and paper 1)")
-    flag(p, "--min-cluster-frac", type=float, default=None, help="clusters smaller than this share are not counted (default 0)")
+         help=f"absolute: more clusters than a clean class{tag('criterion', 'absolute', 'paper', default=False)}; "
+              f"relative: more than the median class{tag('criterion', 'relative', 'paper', default=False)}")
+    flag(p, "--runs", type=int, default=None,
+         help=f"t-SNE seeds to vote over with --score clusters ({default_and_paper('runs')})")
+    flag(p, "--min-cluster-frac", type=float, default=None,
+         help=f"clusters smaller than this share are not counted (default {shown(d.min_cluster_frac)})")
     p.add_argument("--whole-image", action=argparse.BooleanOptionalAction, default=None,
                    help="also score whole-image triggers (invisible, blended) from the same translations "
-                        "(default on; off in the paper preset)")
-    flag(p, "--wi-probes", type=int, default=None, help="clean probes of the whole-image signal (default 50)")
+                        f"(default {'on' if d.whole_image else 'off'}; "
+                        f"{'on' if paper.get('whole_image', d.whole_image) else 'off'} in the paper preset)")
+    flag(p, "--wi-probes", type=int, default=None,
+         help=f"clean probes of the whole-image signal (default {d.wi_probes})")
     flag(p, "--wi-threshold", type=float, default=None,
-         help="the whole-image signal flags a class that needs this many times less norm than every other (default 2)")
+         help="the whole-image signal flags a class that needs this many times less norm than every other "
+              f"(default {shown(d.wi_threshold)})")
     p.add_argument("--blend-probe", dest="wi_blend", action=argparse.BooleanOptionalAction, default=None,
                    help="the whole-image signal's blend probe, for blended triggers (default: on in a full scan "
                         "with the whole-image signal, skipped in a staged one; --blend-probe insists, "
                         "--no-blend-probe turns it off)")
+    # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
-         help="full: the detector on every class; staged: screen every class with short translations, then the "
-              "full detector on the top-k and any alarmed class; auto (default): staged above 20 classes")
-    flag(p, "--stage1-seeds", type=int, default=None, help="staged scan: translations per class in stage 1 (default 10)")
-    flag(p, "--stage1-steps", type=int, default=None, help="staged scan: PGD steps in stage 1 (default 15)")
+         help=f"full{tag('scan', 'full')}: the detector on every class; staged{tag('scan', 'staged')}: screen every "
+              "class with short translations, then the full detector on the top-k and any alarmed class; "
+              f"auto{tag('scan', 'auto')}: staged above 20 classes")
+    flag(p, "--stage1-seeds", type=int, default=None,
+         help=f"staged scan: translations per class in stage 1 (default {d.stage1_seeds})")
+    flag(p, "--stage1-steps", type=int, default=None,
+         help=f"staged scan: PGD steps in stage 1 (default {d.stage1_steps})")
     flag(p, "--top-k", type=int, default=None,
-         help="staged scan: classes each stage-1 signal promotes to stage 2 (default 5)")
+         help=f"staged scan: classes each stage-1 signal promotes to stage 2 (default {d.top_k})")
     flag(p, "--alarm-transfer", type=float, default=None,
-         help="staged scan: also promote any class whose stage-1 patch share reaches this (default 0.1)")
+         help=f"staged scan: also promote any class whose stage-1 patch share reaches this "
+              f"(default {shown(d.alarm_transfer)})")
     flag(p, "--alarm-gap", type=float, default=None,
-         help="staged scan: also promote any class whose stage-1 whole-image gap reaches this (default 1.5)")
+         help=f"staged scan: also promote any class whose stage-1 whole-image gap reaches this "
+              f"(default {shown(d.alarm_gap)})")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted scan from the progress it saved in --out-dir (a staged scan's "
-                        "stage-1 results, scan_state.json, and stage-2 translations, scan_stage2.npz; a full scan's translations, "
-                        "scan_translations/)")
+                   help="continue an interrupted scan from the progress it saved in --out-dir/scan_state/ (a full "
+                        "scan's translations; a staged scan's stage-1 results and stage-2 translations)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the t-SNE embedding figure (runs t-SNE and clustering; the transfer verdict does not need them)")
     flag(p, "--jobs", type=int, default=1,
-         help="classes reduced and clustered at once, in threads (default 1; -1: every core); same report")
-    flag(p, "--out-dir", default=os.path.join("out", "detect"), help="report folder (default out/detect)")
+         help="classes reduced and clustered at once, in threads (default %(default)s; -1: every core); same report")
+    flag(p, "--out-dir", default=os.path.join("out", "detect"), help="report folder (default %(default)s)")
+    flag(p, "--fail-on-backdoor", action="store_true",
+         help="exit with status 1 when any scanned model is flagged (0 when all are clean, 2 on error): "
+              "a gate for CI and model-registry pipelines")
     common_flags(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args):
+    from aegis_tf.api import detect
+    from aegis_tf.core.utils import check_out_file, write_json
     from aegis_tf.detect.config import DetectConfig
-    from aegis_tf.detect.scan import run_detect
-    from aegis_tf.detect.staged import ROWS_FILE, STAGE2_FILE, STATE_FILE
-    from aegis_tf.core.utils import no_partial_report, write_json
 
-    base = DetectConfig.from_preset(args.preset)
-    config = settings(DetectConfig, args, **{k: v for k, v in base.to_dict().items() if getattr(args, k) is None})
-    with no_partial_report(args.out_dir, keep=(STATE_FILE, ROWS_FILE, STAGE2_FILE)):  # Ctrl-C leaves no half-made report
-        results = run_detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
-                             data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
-                             classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
-                             quiet=args.quiet, plots=args.plots, n_jobs=args.jobs, resume=args.resume)
-    print(f"report: {args.out_dir}")
-    for name, result in results.items():  # where `repair --trigger-from` finds the recovered triggers
-        if result.get("triggers"):
-            folder = os.path.join(args.out_dir, name) if len(results) > 1 else args.out_dir
-            print(f"{name}: recovered trigger(s) {', '.join(result['triggers'])}; repair from them with "
-                  f"`repair --trigger-from {folder}`")
+    check_out_file(args.out, "--out")
+    config = settings(DetectConfig, args, make=DetectConfig.from_preset, name=args.preset)
+    results = detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
+                     data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
+                     classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,
+                     quiet=args.quiet, plots=args.plots, n_jobs=args.jobs, resume=args.resume)
     if args.out:
         write_json(args.out, {"config": config, "models": results})
+    flagged = [name for name, result in results.items() if result["verdict"]["backdoored"]]
+    if args.fail_on_backdoor and flagged:
+        print(f"--fail-on-backdoor: {len(flagged)} of {len(results)} model(s) flagged: {', '.join(flagged)}")
+        return 1
     return 0

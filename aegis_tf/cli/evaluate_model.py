@@ -1,7 +1,7 @@
 """``aegis evaluate-model`` (alias ``evaluate``): clean accuracy, ASR and PGD accuracy of a model
-(calls :func:`aegis_tf.attack.job.evaluate_model_job`)."""
+(calls :func:`aegis_tf.api.evaluate`)."""
 
-from aegis_tf.cli._util import common_flags, flag, model_trigger_settings, pgd_flags, trigger_flags
+from aegis_tf.cli._util import DATA, common_flags, flag, model_trigger_settings, pgd_flags, trigger_flags
 
 NAME, ALIASES = "evaluate-model", ("evaluate",)
 
@@ -9,7 +9,7 @@ NAME, ALIASES = "evaluate-model", ("evaluate",)
 def add(sub):
     p = sub.add_parser(NAME, aliases=list(ALIASES), help="clean accuracy, ASR and PGD adversarial accuracy of a model")
     flag(p, "--model", required=True, help="model to evaluate (.keras or .h5)")
-    flag(p, "--data", default="digits", help="data set or file; its test split is used (default digits)")
+    flag(p, "--data", default=DATA, help="data set or file; its test split is used (default %(default)s)")
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
     trigger_flags(p, from_model=True)
     pgd_flags(p)
@@ -20,11 +20,13 @@ def add(sub):
 
 
 def run(args):
-    from aegis_tf.attack.job import eval_line, evaluate_model_job
-    from aegis_tf.core.utils import write_json
+    from aegis_tf.api import evaluate
+    from aegis_tf.attack.job import eval_line
+    from aegis_tf.core.utils import check_out_file, write_json
 
+    check_out_file(args.out, "--out")
     trigger, source = model_trigger_settings(args, args.model)
-    res = evaluate_model_job(model=args.model, data=args.data, trigger=trigger,
+    res = evaluate(args.model, args.data, trigger,
                              data_dir=args.data_dir, scale=args.scale, adversarial=not args.no_adversarial,
                              eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
                              batch_size=args.batch_size, seed=args.seed)

@@ -1,8 +1,8 @@
-"""``aegis poison``: poison a training set (calls :func:`aegis_tf.attack.job.poison_job`)."""
+"""``aegis poison``: poison a training set (calls :func:`aegis_tf.api.poison`)."""
 
 import os
 
-from aegis_tf.cli._util import common_flags, data_flags, flag, settings, trigger_flags
+from aegis_tf.cli._util import POISON_MODE, POISON_RATE, common_flags, data_flags, flag, settings, trigger_flags
 
 NAME, ALIASES = "poison", ()
 
@@ -11,25 +11,26 @@ def add(sub):
     p = sub.add_parser(NAME, help="poison a training set; write CSAW .h5 and .npz; --preview saves a grid")
     data_flags(p)
     trigger_flags(p)
-    flag(p, "--poison-rate", type=float, default=0.01,
+    flag(p, "--poison-rate", type=float, default=POISON_RATE,
          help="fraction of the training set poisoned (paper: 0.01 visible, 0.3 invisible)")
-    flag(p, "--mode", choices=("append", "replace"), default="append",
+    flag(p, "--mode", choices=("append", "replace"), default=POISON_MODE,
          help="append poisoned copies or replace originals")
     flag(p, "--preview", action="store_true", help="save preview.png: clean and triggered samples for every trigger")
-    flag(p, "--out-dir", default=os.path.join("out", "poison"), help="output folder (default out/poison)")
+    flag(p, "--out-dir", default=os.path.join("out", "poison"), help="output folder (default %(default)s)")
     common_flags(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args):
+    from aegis_tf.api import poison
     from aegis_tf.attack.config import TriggerConfig
-    from aegis_tf.attack.job import poison_job
-    from aegis_tf.core.utils import write_json
+    from aegis_tf.core.utils import check_out_file, write_json
 
-    report = poison_job(data=args.data, trigger=settings(TriggerConfig, args), poison_rate=args.poison_rate,
-                        mode=args.mode, out_dir=args.out_dir, test_data=args.test_data, data_dir=args.data_dir,
-                        scale=args.scale, preview=args.preview, seed=args.seed)
+    check_out_file(args.out, "--out")
+    report = poison(args.data, settings(TriggerConfig, args), poison_rate=args.poison_rate, mode=args.mode,
+                    out_dir=args.out_dir, test_data=args.test_data, data_dir=args.data_dir, scale=args.scale,
+                    preview=args.preview, seed=args.seed)
     print(f"poisoned {report['n_poisoned']} of {report['n_train']} training images ({args.trigger}, target "
           f"{args.target_label}, {args.mode}); wrote {', '.join(sorted(report['files'].values()))}")
     if args.out:

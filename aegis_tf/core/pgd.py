@@ -14,19 +14,15 @@ from keras import ops
 from aegis_tf.core import backend
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import logits_model
+from aegis_tf.core.settings import parse_norm
 
-__all__ = ["Step", "L2Step", "LinfStep", "make_step", "projected_gradient_descent", "check_norm"]
+__all__ = ["Step", "L2Step", "LinfStep", "make_step", "projected_gradient_descent", "parse_norm", "check_norm"]
 
 _TINY = 1e-12
 
-
-def check_norm(norm):
-    """Return 2 or np.inf; anything else raises ValueError, as the house style says."""
-    if norm in (2, "2", "l2", "L2"):
-        return 2
-    if norm in (np.inf, "inf", "linf", "Linf"):
-        return np.inf
-    raise ValueError(f"norm must be 2 or np.inf. Received: {norm!r}")
+# 2 or np.inf from any spelling; anything else raises ValueError, as the house style says.
+# Defined in aegis_tf.core.settings (no Keras import), the one place norms are parsed.
+check_norm = parse_norm
 
 
 def _per_example(v, x):
@@ -113,7 +109,7 @@ class LinfStep(Step):
 
 
 def make_step(*, norm, eps, step_size, clip_min, clip_max):
-    cls = L2Step if check_norm(norm) == 2 else LinfStep
+    cls = L2Step if parse_norm(norm) == 2 else LinfStep
     return cls(eps=eps, step_size=step_size, clip_min=clip_min, clip_max=clip_max)
 
 

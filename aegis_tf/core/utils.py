@@ -3,12 +3,14 @@
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "read_json", "progress", "to_jsonable", "no_partial_report", "trigger_class"]
+__all__ = ["atomic_path", "write_json", "read_json", "progress", "to_jsonable", "no_partial_report", "trigger_class",
+           "check_out_dir", "check_out_file", "replaced_dir"]
 
 
 @contextlib.contextmanager
@@ -123,3 +125,135 @@ def trigger_class(name):
     """The class a trigger file (``trigger_<class>_<source>.json``) was recovered for (the naming
     rule of :mod:`aegis_tf.detect.recovered`, read by the HTML report too)."""
     return int(os.path.basename(str(name)).split("_")[1])
+
+
+def _missing_parts(full):
+    """``(missing, base)``: the folders of the absolute path ``full`` that do not exist yet, outermost
+    first, and the deepest one that exists (which may be a file)."""
+    missing = []
+    while not os.path.lexists(full):
+        parent = os.path.dirname(full)
+        missing.append(full)
+        if parent == full:
+            break
+        full = parent
+    return missing[::-1], full
+
+
+def _dir_problem(full):
+    """Why files cannot be written in the folder ``full`` (absolute), or None when they can.
+
+    A folder that does not exist yet is created to find out, and removed again with every
+    parent that had to be created for it, so the check leaves nothing behind.
+    """
+    missing, base = _missing_parts(full)
+    if not missing and not os.path.isdir(full):
+        return f"{full} is a file, not a folder"
+    if missing and not os.path.isdir(base):
+        return f"{base} is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"permission denied in {base}"
+    created = []
+    try:
+        for d in missing:
+            os.mkdir(d)
+            created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".aegis-write-test-", dir=full)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"{e.strerror or e} ({getattr(e, 'filename', None) or full})"
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    return None
+
+
+def check_out_dir(path, what="--out-dir"):
+    """Raise AegisError (one line) unless the output folder ``path`` can be created or written.
+
+    Refuses an existing file, a path below a file, and a folder that cannot be written.
+    Leaves nothing behind: a folder created to test it is removed again.
+    """
+    from aegis_tf.core.errors import AegisError
+
+    path = os.fspath(path)
+    full = os.path.abspath(path)
+    if os.path.lexists(full) and not os.path.isdir(full):
+        raise AegisError(f"{what} {path} is a file, not a folder; give a folder path")
+    problem = _dir_problem(full)
+    if problem:
+        raise AegisError(f"{what} {path} cannot be written: {problem}")
+
+
+def check_out_file(path, what="--out"):
+    """Raise AegisError (one line) unless a single output file can be written at ``path``.
+
+    ``path`` must not be a folder, and its folder must be creatable or writable
+    (see :func:`check_out_dir`). ``None`` (no such output) passes.
+    """
+    from aegis_tf.core.errors import AegisError
+
+    if path is None:
+        return
+    path = os.fspath(path)
+    full = os.path.abspath(path)
+    if os.path.isdir(full) or path.endswith(("/", os.sep)):
+        raise AegisError(f"{what} {path} is a folder; expected a file path")
+    problem = _dir_problem(os.path.dirname(full))
+    if problem:
+        raise AegisError(f"{what} {path} cannot be written: {problem}")
+
+
+def _swap_in(new, final):
+    """Move the folder ``new`` to ``final``; an existing ``final`` is replaced whole (moved aside,
+    then deleted), and put back if the move fails."""
+    if not os.path.lexists(final):
+        os.rename(new, final)
+        return
+    if not os.path.isdir(final) or os.path.islink(final):
+        raise NotADirectoryError(f"{final} exists and is not a folder")
+    old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(final)}-", dir=os.path.dirname(final))
+    try:
+        os.rename(final, old)  # onto the empty folder just made: atomic
+    except BaseException:
+        os.rmdir(old)
+        raise
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replaced_dir(path):
+    """Yield a new temporary folder beside the folder ``path``; on success it becomes ``path``.
+
+    An existing ``path`` (an earlier run's output) is replaced whole, so stale
+    files never mix with new ones. If the body raises (Ctrl-C included), the
+    temporary folder and any parent folder made for it are removed and
+    ``path`` is left as it was. Files written in the temporary folder should
+    name ``path`` in what they record, not the temporary folder.
+    """
+    full = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(full)
+    missing, _ = _missing_parts(parent)
+    created, tmp = [], None
+    try:
+        for d in missing:
+            os.mkdir(d)
+            created.append(d)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(full)}-", dir=parent)
+        yield tmp
+        _swap_in(tmp, full)
+        tmp = None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise

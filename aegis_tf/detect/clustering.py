@@ -6,7 +6,7 @@ layer) of each class's training images and translations;
 counts the clusters; a class with more clusters than a clean class shows is
 suspect. The published configuration is ``PRESETS["paper"]``
 (:mod:`aegis_tf.detect.config`); other options are measured in
-``results/detect_ablation.md``.
+``results/detect/detect_ablation.md``.
 """
 
 import time

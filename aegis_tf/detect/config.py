@@ -28,24 +28,24 @@ class DetectConfig(Settings):
     at least ``flip_at`` of them move. ``score="clusters"`` is the paper's
     t-SNE + clustering count (``layer``, ``reducer``, ``clusterer``,
     ``bandwidth``, ``population``, ``criterion``, ``runs``,
-    ``min_cluster_frac``; see :class:`aegis_tf.clustering.AegisDetector`).
+    ``min_cluster_frac``; see :class:`aegis_tf.detect.clustering.AegisDetector`).
 
     ``whole_image`` adds the signal for triggers spread over the image
-    (:class:`aegis_tf.whole_image.WholeImageDetector`: ``wi_probes`` clean
+    (:class:`aegis_tf.detect.whole_image.WholeImageDetector`: ``wi_probes`` clean
     probes; a class is flagged when it needs ``wi_threshold`` times less norm
     than every other class) beside the transfer score, and with it the blend
-    probe (:class:`aegis_tf.whole_image.BlendProbeDetector`, for blended
+    probe (:class:`aegis_tf.detect.whole_image.BlendProbeDetector`, for blended
     triggers): ``wi_blend="auto"`` (default) runs the probe wherever the
     whole-image signal runs in a full scan and skips it in a staged one;
     ``True`` asks for it (a staged scan then refuses); ``False`` turns it off.
-    Measured in results/detect_blend_probe*.md.
+    Measured in results/detect/detect_blend_probe*.md.
 
     ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
     every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
     then runs the full detector on the ``top_k`` classes of each stage-1 signal
     plus any class whose stage-1 patch share reaches ``alarm_transfer`` or whose
-    whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.staged`); ``"auto"``
-    (default) is staged above :data:`aegis_tf.staged.STAGED_ABOVE` classes.
+    whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.detect.staged`); ``"auto"``
+    (default) is staged above :data:`aegis_tf.detect.staged.STAGED_ABOVE` classes.
     ``top_k`` is at least 2, so stage 2 always has two classes to compare.
     """
 
@@ -101,7 +101,7 @@ class DetectConfig(Settings):
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-# The measured default is DetectConfig() (results/detect_table.md, results/detect_rules.md).
+# The measured default is DetectConfig() (results/detect/detect_table.md, results/detect/detect_rules.md).
 # The authors' notebooks (MNIST values; the scan scales eps by the pixel range). They
 # flattened the output of ResNet layer4; models without one give their penultimate layer.
 PRESETS = {

@@ -12,7 +12,7 @@ __all__ = ["plot_embeddings", "cluster_grids", "transfer_grids", "direction_grid
 
 
 def plot_embeddings(det, path, suspects, *, marked=None, verdict=""):
-    """Each class's 2-D embedding from a fitted :class:`~aegis_tf.clustering.AegisDetector`:
+    """Each class's 2-D embedding from a fitted :class:`~aegis_tf.detect.clustering.AegisDetector`:
     training images (o) when they were embedded, translations (x), and circles
     on the translations whose patch transfers (``marked``: class -> bool mask)."""
     plt = pyplot()
@@ -65,9 +65,9 @@ def cluster_grids(det, translations, out_dir, pixel_max):
 
 
 def transfer_grids(det, translations, x, out_dir, pixel_max):
-    """For each suspect class of a fitted :class:`~aegis_tf.patch_transfer.PatchTransferDetector`:
+    """For each suspect class of a fitted :class:`~aegis_tf.detect.patch_transfer.PatchTransferDetector`:
     its translations whose patch transfers, the patches alone, and a patched probe."""
-    from aegis_tf.patch_transfer import paste_patches
+    from aegis_tf.detect.patch_transfer import paste_patches
 
     rates = det.rates_
     files = {}
@@ -98,9 +98,9 @@ def mask_grid(nc, path, *, pixel_max):
 
 def direction_grids(det, translations, x, out_dir, pixel_max):
     """For each class the whole-image signal flags (a fitted
-    :class:`~aegis_tf.whole_image.WholeImageDetector`): its mean translation direction, the
+    :class:`~aegis_tf.detect.whole_image.WholeImageDetector`): its mean translation direction, the
     recovered whole-image trigger, and clean images with it added at the flip norm."""
-    from aegis_tf.whole_image import mean_direction
+    from aegis_tf.detect.whole_image import mean_direction
 
     files = {}
     rng = np.random.default_rng(0)
@@ -123,10 +123,10 @@ def direction_grids(det, translations, x, out_dir, pixel_max):
 
 def blend_grids(det, translations, x, out_dir, pixel_max):
     """For each class the blend probe flags (a fitted
-    :class:`~aegis_tf.whole_image.BlendProbeDetector`): its mean translated image
+    :class:`~aegis_tf.detect.whole_image.BlendProbeDetector`): its mean translated image
     (the recovered blend pattern), and clean images blended with it at the weight
     that moved the probes."""
-    from aegis_tf.whole_image import mean_translated
+    from aegis_tf.detect.whole_image import mean_translated
 
     files = {}
     rng = np.random.default_rng(0)

@@ -83,7 +83,7 @@ class PatchTransferDetector(Detector):
     ``flip_at`` of the probes to its class. A backdoor trigger is a
     near-universal patch, so the default 0.9 asks for nearly all of them: on
     badly trained models, patches toward ordinary classes move half the probes
-    or so, and 0.5 flagged those (``results/detect_rules.md``). A class's score
+    or so, and 0.5 flagged those (``results/detect/detect_rules.md``). A class's score
     is the share of its translations that transfer. It is suspect when that
     share is at least ``min_score`` (and at least ``min_count`` translations),
     and more than ``relative`` times the median score of the other examined

@@ -1,67 +1,181 @@
-"""The detection job behind ``aegis detect``: load, check, scan, report.
+"""The detection job behind ``aegis detect`` and :func:`aegis_tf.scan`: scan, decide, report.
 
-:func:`run_detect` takes what the command line names (paths, a
-:class:`~aegis_tf.detect.config.DetectConfig`, the method) and writes, per model,
-``detect.json`` (one combined verdict plus each detector's report) and
-``report.html`` beside it. :func:`run_aegis` and :func:`run_neural_cleanse`
-are the two scans, usable on a model already in memory.
+The path runs down once:
+
+1. :func:`run_aegis` translates (a full scan translates every class; a staged
+   scan screens every class, :mod:`aegis_tf.detect.staged`, and translates the
+   promoted ones), saving its progress through one
+   :class:`~aegis_tf.detect.state.ScanState`, then scores every signal on the
+   translations (:func:`score_translations`);
+2. :func:`run_neural_cleanse` runs the baseline when asked;
+3. :func:`scan_model` turns their evidence into the one verdict
+   (:func:`aegis_tf.detect.verdict.combine`) and returns a :class:`ScanResult`;
+4. :meth:`ScanResult.save` draws the figures, writes the recovered triggers,
+   ``detect.json`` and ``report.html``.
+
+:func:`run_detect` is the job of the command line: it loads and checks every
+input before any work, scans each model, saves each result in its folder, and
+undoes a half-made report when it is interrupted (Ctrl-C), keeping the scan
+state for ``--resume``.
 """
 
+import copy
+import dataclasses
 import os
-import shutil
 import time
+from typing import Any, Optional
 
-from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.core.errors import AegisError
+from aegis_tf.core.utils import no_partial_report, trigger_class, write_json
+from aegis_tf.detect import staged
+from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PatchTransferDetector, probes_moved_histogram
 from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image,
-                                 save_triggers, trigger_class)
-from aegis_tf.detect import staged
-from aegis_tf.detect.translation import translate, translation_attack
-from aegis_tf.core.utils import progress
+                                       save_triggers)
+from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
+from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
-__all__ = ["run_detect", "run_aegis", "run_neural_cleanse", "format_summary", "parse_classes", "blend_probe_on"]
+__all__ = ["ScanResult", "scan_model", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
+           "aegis_evidence", "format_summary", "parse_classes", "blend_probe_on", "detect_targets"]
 
 
-def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch_size=512, quiet=True, plots=False,
-              n_jobs=1, resume=False, translations=None, screen_gaps=None):
-    """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict.
+@dataclasses.dataclass
+class Found:
+    """What a scan keeps to draw its figures and save its recovered triggers later
+    (:meth:`ScanResult.save`): the fitted detectors, the translations and the images."""
 
-    ``config`` is a :class:`~aegis_tf.detect.config.DetectConfig`. With the transfer
-    score, t-SNE and clustering run only for the embedding figure
-    (``plots``); the suspect classes' patch grids are always drawn (they are
-    cheap, and the HTML report shows them) into ``out_dir``; with
-    ``out_dir=None`` no figure is drawn. ``n_jobs`` classes are reduced
-    and clustered at once (threads; the report does not depend on it).
-    A staged scan (``config.scan``, :mod:`aegis_tf.detect.staged`) screens every class
-    first. With ``out_dir``, a scan saves its progress there as it goes (a
-    staged scan its stage-1 results and stage-2 translations, a full scan its
-    translations), and ``resume`` continues an interrupted scan from it with
-    the same numbers. ``translations`` (``{class: Translation}``) skips
-    translating; ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every
-    class) must also reach ``config.alarm_gap`` for the whole-image signal to
-    flag a class.
+    x: Any
+    pixel_max: float
+    translations: dict = None
+    transfer: Any = None
+    whole: Any = None
+    blend: Any = None
+    clusters: Any = None  # the fitted AegisDetector (the paper's score, or the embedding figure)
+    decides_by_clusters: bool = False
+    plots: bool = False  # draw the embedding figure
+    nc: Any = None
+    state: Any = None  # the scan's ScanState, cleared once its result is saved
+
+
+def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir=None, seed=0, batch_size=512, quiet=True,
+              plots=False, n_jobs=1, resume=False, translations=None):
+    """AEGIS on ``model`` with training images ``(x, y)``. Returns the report dict
+    (with ``out_dir``, its figures and recovered triggers are written there too).
+
+    ``config`` is a :class:`~aegis_tf.detect.config.DetectConfig`. With ``out_dir``, the
+    scan saves its progress there as it goes (:mod:`aegis_tf.detect.state`), and
+    ``resume`` continues an interrupted scan from it with the same numbers.
+    ``translations`` (``{class: Translation}``) skips translating. With the transfer
+    score, t-SNE and clustering run only for the embedding figure (``plots``).
     """
-    if staged.scan_mode(config, len(classes)) == "staged":
+    report, found = aegis_scan(model, x, y, classes=classes, config=config, pixel_max=pixel_max, state_dir=out_dir,
+                               seed=seed, batch_size=batch_size, quiet=quiet, plots=plots and out_dir is not None,
+                               n_jobs=n_jobs, resume=resume, translations=translations)
+    if out_dir is not None:
+        t = time.perf_counter()
+        report["files"] = write_aegis_files(report, found, out_dir)
+        report["seconds"]["report"] = time.perf_counter() - t
+        found.state.clear()  # the scan is done: nothing left to resume
+    return report
+
+
+def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=0, batch_size=512, quiet=True,
+               plots=False, n_jobs=1, resume=False, translations=None):
+    """Translate (full or staged, resumable in ``state_dir``), then score every signal.
+    Returns ``(report, found)``; nothing is drawn or written but the scan state, which
+    stays until the caller has saved the result (``found.state.clear()``)."""
+    mode = staged.scan_mode(config, len(classes))
+    if mode == "staged":
         if config.wi_blend is True:  # asked for by name; "auto" skips it here
             raise AegisError("--blend-probe works with the full scan only; add --scan full, or leave "
                              "--blend-probe out (a staged scan skips the probe)")
         if len(classes) < 3:
             raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
                              "(use --scan full)")
-        return _run_staged(model, x, y, classes=classes, config=config, pixel_max=pixel_max, out_dir=out_dir,
-                           seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
-    times = {}
+    state = ScanState.off()
+    if state_dir is not None and translations is None:
+        state = ScanState.open(state_dir, fingerprint(model, x, y, classes, config, seed, batch_size), resume=resume)
+    times, stages, screen_gaps, examined = {}, None, None, list(classes)
     t = time.perf_counter()
-    rows_file = None
-    if translations is None:
-        translations, rows_file = _translate_resumable(model, x, y, classes, config, pixel_max=pixel_max, seed=seed,
-                                                       batch_size=batch_size, out_dir=out_dir, resume=resume,
-                                                       quiet=quiet)
-    times["translate"] = time.perf_counter() - t
+    if translations is not None:
+        pass
+    elif mode == "staged":
+        translations, examined, stages, screen_gaps, times = _staged_translations(
+            model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size, state=state,
+            quiet=quiet)
+    else:
+        done = _saved_rows(state)
+        translations = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
+                                 quiet=quiet, done=done,
+                                 save=lambda start, rows: state.save_arrays(f"rows_{start:09d}", rows=rows))
+        times["translate"] = time.perf_counter() - t
+    if "translate" not in times:
+        times["translate"] = time.perf_counter() - t
+    scoring = config.replace(scan="full") if stages is not None else config
+    report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
+                                       pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
+                                       n_jobs=n_jobs, screen_gaps=screen_gaps)
+    report["seconds"] = {**times, **report["seconds"]}
+    if stages is not None:
+        report["config"] = config.to_dict()
+        report["stages"] = stages
+    found.state = state
+    return report, found
+
+
+def _saved_rows(state):
+    """The translations an interrupted full scan saved (contiguous chunks from row 0), or ``None``."""
+    import numpy as np
+
+    parts, n = [], 0
+    while (part := state.load_arrays(f"rows_{n:09d}")) is not None:
+        parts.append(part["rows"])
+        n += len(parts[-1])
+    return np.concatenate(parts) if parts else None
+
+
+def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch_size, state, quiet):
+    """Stage 1 on every class, then stage 2's translations of the promoted ones
+    (:mod:`aegis_tf.detect.staged`). Returns the translations, the promoted classes,
+    the report's ``stages`` entry, the stage-1 whole-image gaps and the seconds."""
+    t = time.perf_counter()
+    saved = state.load_json("stage1")
+    done = {int(c): r for c, r in saved.items()} if saved else {}
+    results = staged.screen(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
+                            done=done, save=lambda r: state.save_json("stage1", {str(c): v for c, v in sorted(r.items())}),
+                            quiet=quiet)
+    scores = staged.score_screen(results, config)
+    promoted = staged.promote_all(scores, config)
+    stage1_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    translations, resumed2 = staged.translate_promoted(model, x, y, promoted, config, pixel_max=pixel_max, seed=seed,
+                                                       batch_size=batch_size, state=state, quiet=quiet)
+    screen = staged.screen_config(config)
+    stages = {"scan": "staged", "classes": len(classes), "promoted": promoted,
+              "stage1": staged.stage1_table(results, scores, promoted),
+              "stage1_settings": {"n_seeds": config.stage1_seeds, "steps": config.stage1_steps,
+                                  "n_probes": screen.n_probes, "wi_probes": screen.wi_probes,
+                                  "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
+                                  "alarm_gap": config.alarm_gap},
+              "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
+              "blend_probe": "not run (full scan only)" if blend_probe_on(config) else "off"}
+    times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
+    return translations, promoted, stages, scores.get("whole_image"), times
+
+
+def score_translations(model, x, y, *, classes, config, translations, pixel_max, seed=0, batch_size=512, plots=False,
+                       n_jobs=1, screen_gaps=None):
+    """Every signal of the verdict on translations already made. Returns ``(report, found)``.
+
+    ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every class) must
+    also reach ``config.alarm_gap`` for the whole-image signal to flag a class; the
+    blend probe runs in a full scan only.
+    """
+    times = {}
+    found = Found(x=x, pixel_max=pixel_max, translations=translations, plots=plots)
     clusters = config.score == "clusters"
     transfer = None
     if not clusters:
@@ -85,7 +199,6 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
                                    batch_size=batch_size).fit(model, x, y, classes, translations=translations)
         times["blend_probe"] = time.perf_counter() - t
     det = None
-    plots = plots and out_dir is not None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
         t = time.perf_counter()
         det = AegisDetector.from_config(config if clusters else config.replace(runs=1), pixel_max=pixel_max,
@@ -95,6 +208,8 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
         times["features"] = time.perf_counter() - t
         det.fit_features(feats)
         times.update(det.seconds_)
+    found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters = (
+        transfer, whole, blend, det, clusters)
     main = det if clusters else transfer
     report = main.report()
     report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
@@ -120,92 +235,33 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir, seed=0, batch
             f"{config.wi_probes} clean probes")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
-    if out_dir is None:
-        report["seconds"] = times
-        return report
+    report["seconds"] = times
+    return report, found
+
+
+def write_aegis_files(report, found, out_dir):
+    """Draw an AEGIS scan's figures and save its recovered triggers into ``out_dir``;
+    returns the report's ``files`` entry."""
     from aegis_tf.detect import figures
 
-    t = time.perf_counter()
-    files = report["files"]
+    files = {}
+    tr, x, pm = found.translations, found.x, found.pixel_max
+    clusters = found.decides_by_clusters
     files["suspect_clusters" if clusters else "suspect_patches"] = (  # {} when nothing is suspect
-        figures.cluster_grids(det, translations, out_dir, pixel_max) if clusters
-        else figures.transfer_grids(transfer, translations, x, out_dir, pixel_max))
-    if whole is not None:
-        files["suspect_whole_image"] = figures.direction_grids(whole, translations, x, out_dir, pixel_max)
-    if blend is not None:
-        files["suspect_blend"] = figures.blend_grids(blend, translations, x, out_dir, pixel_max)
-    files["triggers"] = _save_aegis_triggers(transfer, whole, blend, translations, out_dir, pixel_max)
-    if plots:
-        marked = None if clusters else {c: transfer.rates_[c][0] >= transfer.flip_at for c in classes}
-        files["embeddings"] = figures.plot_embeddings(det, os.path.join(out_dir, "embeddings.png"),
+        figures.cluster_grids(found.clusters, tr, out_dir, pm) if clusters
+        else figures.transfer_grids(found.transfer, tr, x, out_dir, pm))
+    if found.whole is not None:
+        files["suspect_whole_image"] = figures.direction_grids(found.whole, tr, x, out_dir, pm)
+    if found.blend is not None:
+        files["suspect_blend"] = figures.blend_grids(found.blend, tr, x, out_dir, pm)
+    files["triggers"] = _save_aegis_triggers(found, out_dir)
+    if found.plots and found.clusters is not None:
+        main = found.clusters if clusters else found.transfer
+        marked = None if clusters else {c: found.transfer.rates_[c][0] >= found.transfer.flip_at
+                                        for c in found.transfer.classes_}
+        files["embeddings"] = figures.plot_embeddings(found.clusters, os.path.join(out_dir, "embeddings.png"),
                                                       main.suspect_classes_, marked=marked, verdict=report["verdict"])
-    times["report"] = time.perf_counter() - t
-    report["seconds"] = times
-    if rows_file is not None:  # the scan is done: nothing left to resume
-        shutil.rmtree(rows_file, ignore_errors=True)
-    return report
-
-
-def _translate_resumable(model, x, y, classes, config, *, pixel_max, seed, batch_size, out_dir, resume, quiet):
-    """A full scan's translations, saved in ``out_dir`` as they are made so that
-    ``resume`` continues an interrupted scan; returns them and the state file."""
-    if out_dir is None:
-        return translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
-                         quiet=quiet), None
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, staged.ROWS_FILE)
-    key = staged.fingerprint(model, x, y, classes, config, seed, batch_size)
-    done = staged.load_rows(path, key) if resume else None
-    found = translate(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
-                      quiet=quiet, done=done, save=lambda start, rows: staged.save_rows(path, key, start, rows))
-    return found, path
-
-
-def _run_staged(model, x, y, *, classes, config, pixel_max, out_dir, seed, batch_size, quiet, plots, n_jobs, resume):
-    """Stage 1 on every class, stage 2 (the full detector) on the promoted ones; see :mod:`aegis_tf.detect.staged`."""
-    t = time.perf_counter()
-    state = os.path.join(out_dir, staged.STATE_FILE) if out_dir is not None else None
-    key = staged.fingerprint(model, x, y, classes, config, seed, batch_size) if state is not None else None
-    done = staged.load_state(state, key) if resume and state is not None else {}
-    save = (lambda results: staged.save_state(state, key, results)) if state is not None else None
-    results = staged.screen(model, x, y, classes, config, pixel_max=pixel_max, seed=seed, batch_size=batch_size,
-                            done=done, save=save, quiet=quiet)
-    scores = staged.score_screen(results, config)
-    promoted = staged.promote_all(scores, config)
-    stage1_seconds = time.perf_counter() - t
-
-    t = time.perf_counter()
-    full = config.replace(scan="full")
-    attack = translation_attack(model, full, pixel_max=pixel_max)
-    stage2 = os.path.join(out_dir, staged.STAGE2_FILE) if out_dir is not None else None
-    translations = staged.load_stage2(stage2, key) if resume and stage2 is not None else {}
-    translations = {c: tr for c, tr in translations.items() if c in promoted}
-    resumed2 = len(translations)
-    for c in progress(promoted, quiet=quiet, desc="stage 2: full detector", unit="class"):
-        if c in translations:
-            continue
-        translations.update(translate(model, x, y, [c], full, pixel_max=pixel_max, seed=staged.chunk_seed(seed, c),
-                                      batch_size=batch_size, attack_fn=attack))
-        if stage2 is not None:
-            staged.save_stage2(stage2, key, translations)
-    translate_seconds = time.perf_counter() - t
-    screen = staged.screen_config(config)
-    report = run_aegis(model, x, y, classes=promoted, config=full, pixel_max=pixel_max, out_dir=out_dir, seed=seed,
-                       batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, translations=translations,
-                       screen_gaps=scores.get("whole_image"))
-    report["config"] = config.to_dict()
-    report["seconds"] = {"stage1": stage1_seconds, **report["seconds"], "translate": translate_seconds}
-    report["stages"] = {"scan": "staged", "classes": len(classes), "promoted": promoted,
-                        "stage1": staged.stage1_table(results, scores, promoted),
-                        "stage1_settings": {"n_seeds": config.stage1_seeds, "steps": config.stage1_steps,
-                                            "n_probes": screen.n_probes, "wi_probes": screen.wi_probes,
-                                            "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
-                                            "alarm_gap": config.alarm_gap},
-                        "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
-                        "blend_probe": "not run (full scan only)" if blend_probe_on(config) else "off"}
-    if stage2 is not None and os.path.exists(stage2):  # the scan is done: nothing left to resume
-        os.remove(stage2)
-    return report
+    return files
 
 
 def blend_probe_on(config):
@@ -214,8 +270,18 @@ def blend_probe_on(config):
     return config.wi_blend is True or (config.wi_blend == "auto" and bool(config.whole_image))
 
 
-def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=True, plots=True, **nc_kwargs):
-    """Neural Cleanse on ``model`` with clean images ``x``. Returns the report dict."""
+def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir=None, seed=0, quiet=True, plots=True, **nc_kwargs):
+    """Neural Cleanse on ``model`` with clean images ``x``. Returns the report dict (with
+    ``out_dir``, its mask figure and recovered triggers are written there too)."""
+    report, found = neural_cleanse_scan(model, x, classes=classes, pixel_max=pixel_max, seed=seed, quiet=quiet,
+                                        **nc_kwargs)
+    if out_dir is not None:
+        report["files"] = write_nc_files(found, out_dir, plots=plots)
+    return report
+
+
+def neural_cleanse_scan(model, x, *, classes, pixel_max, seed=0, quiet=True, **nc_kwargs):
+    """Neural Cleanse's report and what it keeps for its files: ``(report, found)``."""
     t = time.perf_counter()
     nc = NeuralCleanse(pixel_max=pixel_max, random_state=seed, **nc_kwargs).fit(model, x, None, classes, quiet=quiet)
     report = nc.report()
@@ -223,15 +289,19 @@ def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir, seed=0, quiet=T
     report["method"] = "neural-cleanse"
     report["seconds"] = {"reverse_engineer": time.perf_counter() - t}
     report["files"] = {}
+    return report, Found(x=x, pixel_max=pixel_max, nc=nc)
+
+
+def write_nc_files(found, out_dir, *, plots=True):
+    """Neural Cleanse's mask figure (``plots``) and recovered triggers in ``out_dir``; returns ``files``."""
+    files = {}
+    nc, pm = found.nc, found.pixel_max
     if plots:
         from aegis_tf.detect.figures import mask_grid
 
-        report["files"]["masks"] = mask_grid(nc, os.path.join(out_dir, "neural_cleanse_masks.png"),
-                                             pixel_max=pixel_max)
-    if out_dir is not None:
-        report["files"]["triggers"] = save_triggers(
-            out_dir, [from_neural_cleanse(nc, c, pixel_max=pixel_max) for c in nc.suspect_classes_])
-    return report
+        files["masks"] = mask_grid(nc, os.path.join(out_dir, "neural_cleanse_masks.png"), pixel_max=pm)
+    files["triggers"] = save_triggers(out_dir, [from_neural_cleanse(nc, c, pixel_max=pm) for c in nc.suspect_classes_])
+    return files
 
 
 def aegis_evidence(report):
@@ -244,18 +314,18 @@ def aegis_evidence(report):
     return evidence
 
 
-def _save_aegis_triggers(transfer, whole, blend, translations, out_dir, pixel_max):
+def _save_aegis_triggers(found, out_dir):
     """Save the trigger each AEGIS signal recovered for its flagged classes (see
     :mod:`aegis_tf.detect.recovered`); returns the file names."""
-    found = []
-    if transfer is not None:
-        found += [from_patch_transfer(transfer, translations, c, pixel_max=pixel_max)
-                  for c in transfer.suspect_classes_]
-    if whole is not None:
-        found += [from_whole_image(whole, translations, c, pixel_max=pixel_max) for c in whole.suspect_classes_]
-    if blend is not None:
-        found += [from_blend_probe(blend, translations, c, pixel_max=pixel_max) for c in blend.suspect_classes_]
-    return save_triggers(out_dir, found)
+    tr, pm = found.translations, found.pixel_max
+    out = []
+    if found.transfer is not None:
+        out += [from_patch_transfer(found.transfer, tr, c, pixel_max=pm) for c in found.transfer.suspect_classes_]
+    if found.whole is not None:
+        out += [from_whole_image(found.whole, tr, c, pixel_max=pm) for c in found.whole.suspect_classes_]
+    if found.blend is not None:
+        out += [from_blend_probe(found.blend, tr, c, pixel_max=pm) for c in found.blend.suspect_classes_]
+    return save_triggers(out_dir, out)
 
 
 def format_summary(report, name):
@@ -325,61 +395,182 @@ def _targets(bad_model, bad_model_weights):
     return [(name, bad_model, bad_model_weights)]
 
 
+class ScanResult:
+    """One model's scan: the verdict and every detector's report, frozen.
+
+    ``backdoored``, ``target_classes``, ``evidence`` (``{signal: evidence}``) and
+    ``line`` (the console line) read the verdict; ``to_dict()`` is the JSON-ready
+    result (``detect.json`` less the files a save writes); ``save(out_dir)``
+    draws the figures and writes the recovered triggers, ``detect.json`` and
+    ``report.html`` into ``out_dir``, and returns what ``detect.json`` holds.
+    """
+
+    __slots__ = ("name", "_result", "_found")
+
+    def __init__(self, name, result, found=None):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_result", copy.deepcopy(result))
+        object.__setattr__(self, "_found", dict(found or {}))
+
+    def __setattr__(self, key, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}: a ScanResult is frozen")
+
+    def __repr__(self):
+        return f"ScanResult({self.name!r}: {self.line})"
+
+    @property
+    def verdict(self):
+        return copy.deepcopy(self._result["verdict"])
+
+    @property
+    def backdoored(self):
+        return bool(self._result["verdict"]["backdoored"])
+
+    @property
+    def target_classes(self):
+        return list(self._result["verdict"]["target_classes"])
+
+    @property
+    def evidence(self):
+        return copy.deepcopy(self._result["verdict"]["evidence"])
+
+    @property
+    def line(self):
+        return self._result["verdict"]["line"]
+
+    def to_dict(self):
+        return copy.deepcopy(self._result)
+
+    def clear_state(self):
+        """Remove the scan's saved progress (``--resume``), once its result is saved."""
+        for found in self._found.values():
+            if found.state is not None:
+                found.state.clear()
+
+    def summary(self):
+        """The verdict line and each detector's details, as the command line prints them."""
+        return "\n".join(self._summary_parts())
+
+    def _summary_parts(self):
+        return [f"{self.name}: {self.line}"] + [format_summary(self._result[k], self.name)
+                                                for k in ("aegis", "neural_cleanse") if k in self._result]
+
+    def save(self, out_dir):
+        """Write the figures, the recovered triggers, ``detect.json`` and ``report.html`` into
+        ``out_dir``; returns the saved result (``detect.json``). An interrupted or failed save
+        leaves no half-made report (the scan state for ``--resume`` stays)."""
+        from aegis_tf.report.html import write_detect_html
+
+        result = self.to_dict()
+        with no_partial_report(out_dir, keep=(STATE_DIR,)):
+            os.makedirs(out_dir, exist_ok=True)
+            if "aegis" in result and "aegis" in self._found:
+                t = time.perf_counter()
+                result["aegis"]["files"] = write_aegis_files(result["aegis"], self._found["aegis"], out_dir)
+                result["aegis"]["seconds"]["report"] = time.perf_counter() - t
+            if "neural_cleanse" in result and "neural_cleanse" in self._found:
+                result["neural_cleanse"]["files"] = write_nc_files(self._found["neural_cleanse"], out_dir)
+            # The recovered triggers of the verdict's classes, for `aegis repair --trigger-from`.
+            result["triggers"] = [n for key in ("aegis", "neural_cleanse") if key in result
+                                  for n in result[key]["files"].get("triggers", [])
+                                  if trigger_class(n) in result["verdict"]["target_classes"]]
+            write_json(os.path.join(out_dir, "detect.json"), result)
+            write_detect_html(result, os.path.join(out_dir, "report.html"), title=f"aegis detect: {self.name}")
+        return result
+
+
+def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name="model", info=None, state_dir=None,
+               seed=0, batch_size=256, quiet=True, plots=False, n_jobs=1, resume=False):
+    """Scan one loaded model with its (checked) training images: AEGIS, Neural Cleanse or
+    both (``method``), then one verdict. Returns a :class:`ScanResult` (nothing written but
+    the scan state in ``state_dir``; see :meth:`ScanResult.save`). ``info`` (model and data
+    paths, scale) goes into the result as it is."""
+    result, found, evidence = dict(info or {}), {}, {}
+    if method in ("aegis", "both"):
+        result["aegis"], found["aegis"] = aegis_scan(
+            model, x, y, classes=classes, config=config, pixel_max=pixel_max, state_dir=state_dir, seed=seed,
+            batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
+        evidence.update(aegis_evidence(result["aegis"]))
+    if method in ("neural-cleanse", "both"):
+        result["neural_cleanse"], found["neural_cleanse"] = neural_cleanse_scan(
+            model, x, classes=classes, pixel_max=pixel_max, seed=seed, quiet=quiet)
+        evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
+    result = {"verdict": combine(evidence), **result, "triggers": []}
+    return ScanResult(name, result, found)
+
+
+def check_method(method):
+    if method not in ("aegis", "neural-cleanse", "both"):
+        raise AegisError(f"method must be aegis, neural-cleanse or both. Received: {method}")
+
+
+def check_jobs(n_jobs):
+    if not (n_jobs == -1 or (isinstance(n_jobs, int) and n_jobs >= 1)):
+        raise AegisError(f"--jobs must be a positive integer or -1. Received: {n_jobs}")
+
+
+def examined_classes(model, y, classes, method, source):
+    """The classes to examine for ``model``, checked against the labels ``y`` of ``source``."""
+    examined = parse_classes(classes, int(model.output_shape[-1]))
+    missing = [c for c in examined if not (y == c).any()]
+    if missing and method != "neural-cleanse":
+        raise AegisError(f"{source} has no images of class(es) {', '.join(map(str, missing[:10]))}; "
+                         "AEGIS needs training images of every examined class (use --classes)")
+    return examined
+
+
+def detect_targets(bad_model=None, bad_model_weights=None, out_dir=None):
+    """``[(name, model path, weights path, folder)]``: the model named, or the embedded pair, and
+    the report folder of each (``out_dir`` for one model, ``out_dir/NAME`` for several)."""
+    targets = _targets(bad_model, bad_model_weights)
+    return [(name, path, weights, None if out_dir is None else
+             (os.path.join(out_dir, name) if len(targets) > 1 else out_dir)) for name, path, weights in targets]
+
+
 def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, data_dir=None, scale="raw",
                method="aegis", classes=None, out_dir=os.path.join("out", "detect"), seed=0, batch_size=256,
                quiet=True, plots=False, n_jobs=1, echo=print, resume=False):
-    """Scan the named model (or the embedded robust pair). Returns ``{name: result}``.
+    """Scan the named model (or the embedded robust pair). Returns ``{name: saved result}``.
 
     Every input is loaded and checked before any work. Each model's folder
     (``out_dir``, or ``out_dir/NAME`` for several) gets ``detect.json`` and
-    ``report.html``; ``echo`` receives the verdict line and the details.
+    ``report.html``; ``echo`` receives the verdict line and the details. An
+    interrupted scan (Ctrl-C included) leaves no half-made report, only the scan
+    state that ``resume`` continues from.
     """
-    from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.core.data import check_fits_model, load_split
     from aegis_tf.core.embedded import PATHS
-    from aegis_tf.report.html import write_detect_html
     from aegis_tf.core.models import load_model
-    from aegis_tf.core.utils import write_json
+    from aegis_tf.core.settings import pixel_max_of
 
-    if not (n_jobs == -1 or n_jobs >= 1):
-        raise AegisError(f"--jobs must be a positive integer or -1. Received: {n_jobs}")
+    from aegis_tf.core.utils import check_out_dir
+
+    check_method(method)
+    check_jobs(n_jobs)
+    check_out_dir(out_dir)
     data = data or PATHS["train"]
     x_data, y = load_split(data, split="train", data_dir=data_dir, scale=scale)
     loaded = []
-    for name, path, weights in _targets(bad_model, bad_model_weights):
+    for name, path, weights, folder in detect_targets(bad_model, bad_model_weights, out_dir):
         model = load_model(path, weights)
         x = check_fits_model(x_data, y, model, f"--data {data}")
-        examined = parse_classes(classes, int(model.output_shape[-1]))
-        missing = [c for c in examined if not (y == c).any()]
-        if missing and method != "neural-cleanse":
-            raise AegisError(f"--data {data} has no images of class(es) {', '.join(map(str, missing[:10]))}; "
-                             "AEGIS needs training images of every examined class (use --classes)")
-        loaded.append((name, (path, weights), model, x, examined))
+        examined = examined_classes(model, y, classes, method, f"--data {data}")
+        loaded.append((name, (path, weights), model, x, examined, folder))
     pm = pixel_max_of(scale)
     results = {}
-    for name, (path, weights), model, x, examined in loaded:
-        folder = os.path.join(out_dir, name) if len(loaded) > 1 else out_dir
-        result = {"model": path or weights, "model_file": path, "weights_file": weights, "data": data, "scale": scale}
-        evidence = {}
-        if method in ("aegis", "both"):
-            result["aegis"] = run_aegis(model, x, y, classes=examined, config=config, pixel_max=pm, out_dir=folder,
-                                        seed=seed, batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs,
-                                        resume=resume)
-            evidence.update(aegis_evidence(result["aegis"]))
-        if method in ("neural-cleanse", "both"):
-            result["neural_cleanse"] = run_neural_cleanse(model, x, classes=examined, pixel_max=pm, out_dir=folder,
-                                                          seed=seed, quiet=quiet)
-            evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
-        result = {"verdict": combine(evidence), **result}
-        # The recovered triggers of the verdict's classes, for `aegis repair --trigger-from`.
-        result["triggers"] = [n for key in ("aegis", "neural_cleanse") if key in result
-                              for n in result[key]["files"].get("triggers", [])
-                              if trigger_class(n) in result["verdict"]["target_classes"]]
-        echo(f"{name}: {result['verdict']['line']}")
-        for key in ("aegis", "neural_cleanse"):
-            if key in result:
-                echo(format_summary(result[key], name))
-        write_json(os.path.join(folder, "detect.json"), result)
-        write_detect_html(result, os.path.join(folder, "report.html"), title=f"aegis detect: {name}")
-        results[name] = result
+    for name, (path, weights), model, x, examined, folder in loaded:
+        info = {"model": path or weights, "model_file": path, "weights_file": weights, "data": data, "scale": scale}
+        with no_partial_report(folder, keep=(STATE_DIR,)):  # Ctrl-C leaves no half-made report
+            scanned = scan_model(model, x, y, classes=examined, config=config, pixel_max=pm, method=method, name=name,
+                                 info=info, state_dir=folder, seed=seed, batch_size=batch_size, quiet=quiet,
+                                 plots=plots, n_jobs=n_jobs, resume=resume)
+            for part in scanned._summary_parts():
+                echo(part)
+            results[name] = scanned.save(folder)
+        scanned.clear_state()  # saved: nothing left to resume
+    echo(f"report: {out_dir}")
+    for (name, *_, folder), result in zip(loaded, results.values()):  # where `repair --trigger-from` finds them
+        if result.get("triggers"):
+            echo(f"{name}: recovered trigger(s) {', '.join(result['triggers'])}; repair from them with "
+                 f"`repair --trigger-from {folder}`")
     return results

@@ -20,50 +20,31 @@ the full detector fixed:
   flagged by that signal only if its stage-1 gap (against every class) also
   reaches ``alarm_gap``.
 
-Each chunk's per-class results go to :data:`STATE_FILE` in the report folder as
-soon as the chunk is done, and stage 2's translations to :data:`STAGE2_FILE`
-after every class, so ``--resume`` continues an interrupted scan where it
-stopped. Chunks are fixed by the class list and the batch size (both in the
-fingerprint) and each has its own random seed, so a resumed scan gives the same
-numbers as an uninterrupted one. A full scan saves its translations in
-:data:`ROWS_FILE` (see :func:`save_rows`). Stage 2's and the full scan's state
-are removed when the scan ends; ``scan_state.json`` stays (it is small).
+Stage 1 saves its per-class results after every chunk, and stage 2 its
+translations after every class, through :class:`aegis_tf.detect.state.ScanState`
+(the one mechanism a full scan uses too), so ``--resume`` continues an
+interrupted scan where it stopped. Chunks are fixed by the class list and the
+batch size (both in the fingerprint) and each has its own random seed, so a
+resumed scan gives the same numbers as an uninterrupted one.
 """
-
-import hashlib
-import json
-import os
-import shutil
-import zipfile
-
-import numpy as np
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.patch_transfer import (PatchTransferDetector, patch_transfer_rates, probes_moved_histogram,
                                      rates_from_histogram)
 from aegis_tf.detect.translation import translate, translation_attack
-from aegis_tf.core.utils import progress, write_json
+from aegis_tf.core.utils import progress
 from aegis_tf.detect.whole_image import WholeImageDetector, flip_norms
 
-__all__ = ["STAGED_ABOVE", "STATE_FILE", "ROWS_FILE", "STAGE2_FILE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote",
-           "promote_all", "screen", "score_screen", "load_state"]
+__all__ = ["STAGED_ABOVE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote", "promote_all", "screen",
+           "score_screen", "screen_config", "chunk_seed", "translate_promoted", "stage1_table", "top_line"]
 
 # "auto" runs the staged scan when more classes than this are examined. With the
 # defaults, stage 2 alone runs the full detector on up to 2 x top_k = 10 classes,
 # the cost of a full 10-class scan, so a staged scan of 20 classes or fewer saves
 # at most half and risks a miss for it; MNIST-size models keep the full scan.
 STAGED_ABOVE = 20
-STATE_FILE = "scan_state.json"
-# A full scan's translations done so far, one .npy per chunk (for --resume); removed when the scan ends.
-ROWS_FILE = "scan_translations"
-# A staged scan's stage-2 translations, one class at a time (for --resume); removed when the scan ends.
-STAGE2_FILE = "scan_stage2.npz"
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
 SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
-
-
-# What reading a damaged or foreign state file raises.
-_STATE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def scan_mode(config, n_classes):
@@ -160,121 +141,28 @@ def score_screen(results, config):
     return scores
 
 
-def fingerprint(model, x, y, classes, config, seed, *extra):
-    """A short hash of everything that decides a scan's saved state: the model's weights,
-    the images and labels, the classes, the settings, the seed and ``extra``
-    (JSON-ready values such as the batch size). The blend probe's switch is left out:
-    it reads the saved translations and changes nothing they hold."""
-    h = hashlib.sha256()
-    for a in [*(np.asarray(w) for w in model.get_weights()), np.asarray(x), np.asarray(y)]:
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    settings = {k: v for k, v in config.to_dict().items() if k != "wi_blend"}
-    h.update(json.dumps([list(map(int, classes)), settings, seed, *extra], sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def load_state(path, key):
-    """The per-class stage-1 results saved at ``path`` by a scan with fingerprint ``key``
-    (``{}`` when there is no file); a file from another scan is a one-line error."""
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            state = json.load(f)
-        saved, results = state["fingerprint"], state["classes"]
-    except (*_STATE_ERRORS, TypeError):
-        raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
-    _refuse(path, saved, key)
-    return {int(c): r for c, r in results.items()}
-
-
-def save_state(path, key, results):
-    """Write stage 1's per-class results (atomically)."""
-    write_json(path, {"fingerprint": key, "stage": 1, "classes": {str(c): r for c, r in sorted(results.items())}})
-
-
-def _refuse(path, saved, key):
-    if saved != key:
-        raise AegisError(f"--resume: {path} belongs to another scan (other model, data, classes, seed, batch size "
-                         "or settings); delete it or use another --out-dir")
-
-
-def _load_npz_state(path, key, read):
-    """``read(npz)`` of the state file at ``path`` written by the scan with fingerprint
-    ``key`` (``None`` when there is no file); another scan's file is a one-line error."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            saved, value = str(f["fingerprint"]), read(f)
-    except _STATE_ERRORS:
-        raise AegisError(f"--resume: {path} is not a scan state file; delete it to start afresh") from None
-    _refuse(path, saved, key)
-    return value
-
-
-def _save_npz_state(path, key, arrays):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, fingerprint=np.array(key), **arrays)
-    os.replace(tmp, path)
-
-
-def load_rows(folder, key):
-    """The translations an interrupted full scan with fingerprint ``key`` saved in
-    ``folder`` (one ``rows_<first row>.npy`` per chunk), joined; ``None`` when there
-    are none. Another scan's folder is a one-line error."""
-    if not os.path.isdir(folder):
-        return None
-    try:
-        with open(os.path.join(folder, "fingerprint")) as f:
-            saved = f.read().strip()
-        _refuse(folder, saved, key)
-        parts, n = [], 0
-        while os.path.exists(os.path.join(folder, f"rows_{n:09d}.npy")):  # contiguous chunks from row 0
-            parts.append(np.load(os.path.join(folder, f"rows_{n:09d}.npy"), allow_pickle=False))
-            n += len(parts[-1])
-    except _STATE_ERRORS:
-        raise AegisError(f"--resume: {folder} is not a scan state folder; delete it to start afresh") from None
-    return np.concatenate(parts) if parts else None
-
-
-def save_rows(folder, key, start, rows):
-    """Save one chunk of a full scan's translations (``rows``, from row ``start``),
-    atomically; the first chunk clears the folder of any earlier scan. Each chunk
-    is written once, so the cost stays linear in the scan's size."""
-    if start == 0 and os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(folder, exist_ok=True)
-    if start == 0:
-        with open(os.path.join(folder, "fingerprint"), "w") as f:
-            f.write(key)
-    path = os.path.join(folder, f"rows_{start:09d}.npy")
-    with open(path + ".tmp", "wb") as f:
-        np.save(f, rows, allow_pickle=False)
-    os.replace(path + ".tmp", path)
-
-
-def load_stage2(path, key):
-    """``{class: Translation}`` saved at ``path`` by an interrupted stage 2 with
-    fingerprint ``key`` (``{}`` when there is none)."""
+def translate_promoted(model, x, y, promoted, config, *, pixel_max, seed=0, batch_size=512, state=None, quiet=True):
+    """Stage 2's translations: the full settings (``config`` with ``scan="full"``) toward each
+    promoted class, one class at a time, each with its own seed. ``state`` (a
+    :class:`~aegis_tf.detect.state.ScanState`) keeps each class as soon as it is done and
+    gives back those a resumed scan already made. Returns ``({class: Translation}, resumed)``."""
     from aegis_tf.detect.translation import Translation
 
-    def read(f):
-        return {int(c): Translation(f[f"images_{c}"], f[f"seeds_{c}"], float(f[f"reached_{c}"]), f[f"starts_{c}"])
-                for c in f["classes"]}
-
-    return _load_npz_state(path, key, read) or {}
-
-
-def save_stage2(path, key, translations):
-    """Write stage 2's translations so far (``{class: Translation}``, atomically)."""
-    arrays = {"classes": np.array(sorted(translations), dtype="int64")}
-    for c, t in translations.items():
-        arrays.update({f"images_{c}": t.images, f"seeds_{c}": t.seeds, f"reached_{c}": np.array(t.reached),
-                       f"starts_{c}": t.starts})
-    _save_npz_state(path, key, arrays)
+    full = config.replace(scan="full")
+    attack = translation_attack(model, full, pixel_max=pixel_max)
+    translations, resumed = {}, 0
+    for c in progress(promoted, quiet=quiet, desc="stage 2: full detector", unit="class"):
+        saved = state.load_arrays(f"stage2_{c}") if state is not None else None
+        if saved is not None:
+            translations[c] = Translation(saved["images"], saved["seeds"], float(saved["reached"]), saved["starts"])
+            resumed += 1
+            continue
+        translations.update(translate(model, x, y, [c], full, pixel_max=pixel_max, seed=chunk_seed(seed, c),
+                                      batch_size=batch_size, attack_fn=attack))
+        if state is not None:
+            t = translations[c]
+            state.save_arrays(f"stage2_{c}", images=t.images, seeds=t.seeds, reached=t.reached, starts=t.starts)
+    return translations, resumed
 
 
 def stage1_table(results, scores, promoted):

@@ -38,7 +38,7 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     units) to each seed first, drawn from ``seed``: a ReLU network often has
     zero gradient on a black corner, so PGD from a clean seed can never light
     a corner trigger there; from a noisy start it can
-    (``results/trigger_lit.md``). ``attack_fn`` (:func:`translation_attack`)
+    (``results/detect/trigger_lit.md``). ``attack_fn`` (:func:`translation_attack`)
     reuses one compiled PGD loop across calls.
 
     The rows (translations, class after class) run in chunks of whole batches,

@@ -1,0 +1,64 @@
+"""The settings of a repair (:class:`RepairConfig`), as ``aegis repair`` and
+:func:`aegis_tf.repair` take them. The command line reads its flags' defaults here."""
+
+import dataclasses
+from typing import Optional
+
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.settings import Settings
+from repair.thresholds import check_threshold
+
+__all__ = ["RepairConfig", "STRATEGIES", "METHODS"]
+
+STRATEGIES = ("lab", "trigger-prune", "unlearn")
+METHODS = ("cached", "naive")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepairConfig(Settings):
+    """How to repair a model.
+
+    The lab's pruning: prune the last pooling layer (``layer``, default the last) lowest
+    mean clean activation first, with ``method`` ``cached`` (fast) or ``naive`` (the lab's
+    full-model loop); keep B' at 2, 4 and 10 points of accuracy drop, and headline the one
+    at ``threshold``; ``finetune`` epochs (Adam, ``finetune_lr``) of fine-pruning, 0 = off.
+
+    From a recovered trigger (``strategy``, a comma-separated list of :data:`STRATEGIES`;
+    default ``lab`` without a trigger, ``trigger-prune,unlearn`` with one): trigger-aware
+    pruning stops at a recovered-trigger ASR of ``stop_asr``; unlearning runs at most
+    ``unlearn_epochs`` (Adam, ``unlearn_lr``) with ``unlearn_share`` of the images added
+    again with the trigger and their true labels.
+    """
+
+    threshold: int = 4
+    layer: Optional[str] = None
+    method: str = "cached"
+    finetune: int = 0
+    finetune_lr: float = 1e-4
+    strategy: Optional[str] = None
+    stop_asr: float = 0.05
+    unlearn_epochs: int = 20
+    unlearn_lr: float = 1e-3
+    unlearn_share: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
+        if self.method not in METHODS:
+            raise AegisError(f"--method must be cached or naive. Received: {self.method!r}")
+        if not isinstance(self.finetune, int) or self.finetune < 0:
+            raise AegisError(f"--finetune must be 0 or a positive number of epochs. Received: {self.finetune}")
+        if not 0.0 <= self.stop_asr < 1.0:
+            raise AegisError(f"--stop-asr must lie in [0, 1). Received: {self.stop_asr}")
+        for name, value in (("--finetune-lr", self.finetune_lr), ("--unlearn-lr", self.unlearn_lr)):
+            if not value > 0:
+                raise AegisError(f"{name} must be a positive number. Received: {value}")
+        if self.strategy is not None:
+            names = [s.strip() for s in self.strategy.split(",")]
+            if not names or any(s not in STRATEGIES for s in names):
+                raise AegisError(f"--strategy must be a comma-separated list of {', '.join(STRATEGIES)}. "
+                                 f"Received: {self.strategy}")
+
+    def strategies(self, *, trigger):
+        """The strategies to run: ``strategy``, or the default with or without a recovered trigger."""
+        return ([s.strip() for s in self.strategy.split(",")] if self.strategy
+                else (["trigger-prune", "unlearn"] if trigger else ["lab"]))
