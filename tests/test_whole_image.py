@@ -142,7 +142,7 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
                        config=config.replace(scan="staged", top_k=2))
     assert "blend_probe" not in staged and staged["stages"]["blend_probe"] == "not run (full scan only)"
     assert "blend probe: not run (a staged scan skips it" in format_summary(staged, "m")
-    from aegis_tf.detect.staged import fingerprint
+    from aegis_tf.detect.state import fingerprint
 
     key = fingerprint(_linear(2), x, y, range(6), config, 0)  # saved scan state does not depend on the probe
     assert key == fingerprint(_linear(2), x, y, range(6), config.replace(wi_blend=False), 0)

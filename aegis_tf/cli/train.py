@@ -68,7 +68,8 @@ def run(args):
     from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.core.utils import check_out_file, write_json
 
-    check_out_file(args.out or args.model_out + ".json", "--out")
+    check_out_file(args.model_out, "--model-out")  # its report goes beside it unless --out says elsewhere
+    check_out_file(args.out, "--out")
     config = settings(TrainConfig, args, batch_size=args.train_batch_size, pixel_max=pixel_max_of(args.scale))
     report = train(args.data, settings(TriggerConfig, args), config, arch=args.arch, width=args.width,
                    poison_rate=args.poison_rate, mode=args.mode, model_out=args.model_out, test_data=args.test_data,
