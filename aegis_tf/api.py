@@ -169,8 +169,8 @@ def evaluate(model, data, trigger=None, **kwargs):
     see :func:`aegis_tf.attack.job.evaluate_model_job`."""
     from aegis_tf.attack.config import TriggerConfig
     from aegis_tf.attack.job import evaluate_model_job
-    from aegis_tf.attack.sidecar import read_trigger_config
+    from aegis_tf.attack.sidecar import read_trigger_configs
 
     if trigger is None:
-        trigger = read_trigger_config(model)[0] or TriggerConfig()
+        trigger = read_trigger_configs(model) or TriggerConfig()
     return evaluate_model_job(model=model, data=data, trigger=trigger, **kwargs)

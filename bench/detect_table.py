@@ -111,6 +111,8 @@ def _run_entry(rep, target, n_classes, config):
     run = {**score_run({"suspect_classes": verdict["target_classes"]}, target, n_classes),
            "signals": {k: e["flagged"] for k, e in verdict["evidence"].items()},
            "scores": {c: v.get("transfer_score", v.get("clusters")) for c, v in rep["classes"].items()}}
+    if verdict.get("score") is not None:  # one suspicion score per run (bench/tables.py score)
+        run["score"] = verdict["score"]
     if "stages" in rep:
         run["promoted"] = rep["stages"]["promoted"]
     if "whole_image" in rep:

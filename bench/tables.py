@@ -27,6 +27,14 @@
   classes).
 - ``families``: the summary of one or more tables merged (a model in several:
   the last table's row), per trigger family (``--by trigger``), data set or folder.
+- ``score``: how well the one suspicion score per model (the verdict's ``score``,
+  :func:`aegis_tf.detect.verdict.suspicion_score`; >= 1 is flagged) ranks a set of
+  models: :func:`ranking_metrics` (ROC-AUC, TrojAI cross-entropy, Brier score,
+  accuracy at the threshold, TPR at 5% FPR) over a JSON list of ``{"score",
+  "backdoored"}`` rows, or over detect_table results whose runs carry a ``score``
+  (a model's score: the median of its runs; not-learned models left out).
+
+    python bench/tables.py score results/detect/detect_table.json
 
 The helpers that say what a row of a table means (its truth, a majority of its
 runs, the summaries) are public here; ``bench/detect_table.py`` uses them too.
@@ -451,6 +459,124 @@ def main_families(args, argv):
     print(text)
 
 
+# ---------------------------------------------------------------------------
+# score: the suspicion score as a ranking of models
+# ---------------------------------------------------------------------------
+
+def roc_auc(scores, labels):
+    """ROC-AUC by Mann-Whitney: the chance that a positive outscores a negative, ties counted 0.5.
+    ``None`` without both a positive and a negative."""
+    s = np.asarray(scores, dtype="float64")
+    y = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]  # 1-based ranks, the mean rank for tied scores
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def tpr_at_fpr(scores, labels, max_fpr=0.05):
+    """The highest true-positive rate of a rule ``score >= t`` whose false-positive rate is at most
+    ``max_fpr``. ``None`` without both a positive and a negative."""
+    s = np.asarray(scores, dtype="float64")
+    y = np.asarray(labels).astype(bool)
+    if not y.any() or y.all():
+        return None
+    best = 0.0
+    for t in np.unique(s):
+        flagged = s >= t
+        if flagged[~y].mean() <= max_fpr:
+            best = max(best, float(flagged[y].mean()))
+    return best
+
+
+def ranking_metrics(scores, labels, *, threshold=1.0):
+    """How well suspicion ``scores`` (higher = more suspicious, flagged at ``threshold``) rank models
+    with truth ``labels`` (1 or True: backdoored). Returns ``{"models", "backdoored", "clean",
+    "roc_auc", "cross_entropy", "brier", "accuracy", "tpr_at_5pct_fpr"}``: the TrojAI
+    cross-entropy (mean of ``-[y log p + (1 - y) log(1 - p)]``, ``p`` clipped to [1e-12, 1 - 1e-12])
+    and the Brier score (mean of ``(p - y)^2``) take ``p = score / (1 + score)``
+    (:func:`aegis_tf.detect.verdict.probability`, not calibrated); accuracy is that of
+    ``score >= threshold``. ROC-AUC and TPR need both kinds of model (else ``None``)."""
+    from aegis_tf.detect.verdict import probability
+
+    s = np.asarray(scores, dtype="float64").reshape(-1)
+    y = np.asarray(labels).astype(bool).reshape(-1)
+    if len(s) != len(y) or not len(s):
+        raise ValueError(f"need as many scores as labels, at least one. Received: {len(s)} scores, {len(y)} labels")
+    p = np.clip([probability(v) for v in s], 1e-12, 1 - 1e-12)
+    yf = y.astype("float64")
+    return {"models": int(len(s)), "backdoored": int(y.sum()), "clean": int((~y).sum()),
+            "roc_auc": roc_auc(s, y),
+            "cross_entropy": float(np.mean(-(yf * np.log(p) + (1 - yf) * np.log(1 - p)))),
+            "brier": float(np.mean((p - yf) ** 2)),
+            "accuracy": float(np.mean((s >= threshold) == y)),
+            "tpr_at_5pct_fpr": tpr_at_fpr(s, y, 0.05)}
+
+
+def score_rows(paths):
+    """``(scores, labels, left_out)`` from JSON files: each a list of ``{"score", "backdoored"}``
+    rows, or a detect_table result whose runs carry the verdict's ``score`` (a model's score: the
+    median over its runs). ``left_out`` counts the models skipped, by reason."""
+    scores, labels = [], []
+    left_out = collections.Counter()
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: cannot read {path} ({e})")
+        if isinstance(data, list):
+            for i, row in enumerate(data):
+                try:
+                    scores.append(float(row["score"]))
+                    labels.append(bool(row["backdoored"]))
+                except (KeyError, TypeError, ValueError):
+                    raise SystemExit(f"error: {path} row {i} is not {{\"score\": number, \"backdoored\": bool}}")
+            continue
+        if not isinstance(data, dict) or "rows" not in data:
+            raise SystemExit(f"error: {path} is neither a list of score rows nor a detect_table result")
+        for row in data["rows"]:
+            runs = [r["score"] for r in row.get("runs", []) if r.get("score") is not None]
+            if kind(row) == "not-learned":
+                left_out["not learned (ASR under 90%)"] += 1
+            elif not runs:
+                left_out["no score in its runs (a table made before the score)"] += 1
+            else:
+                scores.append(float(np.median(runs)))
+                labels.append(kind(row) == "backdoored")
+    return scores, labels, dict(left_out)
+
+
+def score_text(metrics, left_out, cmd):
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"# The suspicion score as a ranking: {metrics['models']} models ({metrics['backdoored']} backdoored, "
+             f"{metrics['clean']} clean)", ""]
+    if left_out:
+        lines += ["Left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) + ".", ""]
+    lines += [f"- ROC-AUC: {f(metrics['roc_auc'], '.3f')}",
+              f"- cross-entropy (TrojAI; p = score / (1 + score), not calibrated): {metrics['cross_entropy']:.4f}",
+              f"- Brier score: {metrics['brier']:.4f}",
+              f"- accuracy at the threshold (score >= 1): {metrics['accuracy']:.1%}",
+              f"- TPR at 5% FPR: {f(metrics['tpr_at_5pct_fpr'], '.1%')}"]
+    return "\n".join(lines) + f"\n\nCommand: `{cmd}`\n"
+
+
+def main_score(args, argv):
+    scores, labels, left_out = score_rows(args.files)
+    if not scores:
+        raise SystemExit("error: no model with a score and a truth in " + ", ".join(args.files)
+                         + (f" (left out: {left_out})" if left_out else ""))
+    metrics = ranking_metrics(scores, labels)
+    if args.out:
+        write_json(args.out, {"command": command("score", argv), "left_out": left_out, **metrics})
+    print(score_text(metrics, left_out, command("score", argv)))
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="bench/tables.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="view", required=True)
@@ -473,13 +599,18 @@ def build_parser():
     f.add_argument("tables", nargs="+", help="detect_table .json results (merged; a model in several: the last)")
     f.add_argument("--by", nargs="+", choices=sorted(GROUPS), default=["trigger"], help="default: trigger")
     f.add_argument("--out", default=None, help="markdown file (default: print only)")
+    s = sub.add_parser("score", help="the suspicion score as a ranking: ROC-AUC, cross-entropy, Brier, TPR")
+    s.add_argument("files", nargs="+", help='JSON lists of {"score", "backdoored"} rows, or detect_table results '
+                                            "whose runs carry the verdict's score")
+    s.add_argument("--out", default=None, help="write the metrics as JSON here as well")
     return p
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    {"rules": main_rules, "gaps": main_gaps, "compare": main_compare, "families": main_families}[args.view](
+    {"rules": main_rules, "gaps": main_gaps, "compare": main_compare, "families": main_families,
+     "score": main_score}[args.view](
         args, argv[1:])
 
 

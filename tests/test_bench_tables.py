@@ -268,3 +268,78 @@ def test_no_bench_script_imports_a_private_name_or_touches_sys_path():
         found = [f"{os.path.basename(path)}: {f}" if ":" not in f else f for f in found]
     assert found == []
     assert len(glob.glob(os.path.join(bench, "*.py"))) >= 8  # the scan above saw the scripts
+
+
+# bench/tables.py score: the suspicion score as a ranking of models.
+
+def test_roc_auc_matches_sklearn_with_ties():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+    from tables import roc_auc
+
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        n = int(rng.integers(2, 60))
+        labels = rng.random(n) < rng.uniform(0.2, 0.8)
+        if labels.all() or not labels.any():
+            labels[0] = not labels[0]
+        scores = rng.exponential(size=n) + labels * rng.uniform(0, 2)
+        if i % 2:
+            scores = np.round(scores, 1)  # ties, counted 0.5
+        assert abs(roc_auc(scores, labels) - roc_auc_score(labels, scores)) < 1e-12
+    assert roc_auc([1.0, 2.0], [True, True]) is None
+
+
+def test_ranking_metrics_by_hand():
+    import math
+
+    from tables import ranking_metrics
+
+    m = ranking_metrics([3.0, 1.0, 0.5, 0.0], [1, 0, 1, 0])
+    assert (m["models"], m["backdoored"], m["clean"]) == (4, 2, 2)
+    assert m["roc_auc"] == 0.75  # pairs (3>1, 3>0, 0.5<1, 0.5>0)
+    assert m["accuracy"] == 0.5  # 3.0 right, 1.0 flagged though clean, 0.5 missed, 0.0 right
+    p = [0.75, 0.5, 1 / 3, 1e-12]
+    ce = -(math.log(p[0]) + math.log(1 - p[1]) + math.log(p[2]) + math.log(1 - p[3])) / 4
+    assert abs(m["cross_entropy"] - ce) < 1e-9
+    assert abs(m["brier"] - ((0.25 ** 2) + 0.5 ** 2 + (2 / 3) ** 2 + 0) / 4) < 1e-9
+    assert m["tpr_at_5pct_fpr"] == 0.5  # score >= 3: one of two backdoored, no clean model
+    assert ranking_metrics([2.0, 0.1], [1, 0])["tpr_at_5pct_fpr"] == 1.0
+    assert ranking_metrics([2.0], [1])["roc_auc"] is None
+
+
+def test_tables_score_reads_score_rows_and_detect_tables(tmp_path, capsys):
+    import json
+
+    from tables import main
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"score": 4.0, "backdoored": True}, {"score": 0.2, "backdoored": False},
+                                {"score": 0.9, "backdoored": True}]))
+    main(["score", str(rows), "--out", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    assert "3 models (2 backdoored, 1 clean)" in out and "ROC-AUC: 1.000" in out
+    assert "accuracy at the threshold (score >= 1): 66.7%" in out
+    assert json.loads((tmp_path / "m.json").read_text())["roc_auc"] == 1.0
+    table = _write(tmp_path, "t.json", [
+        _row("m/loc.keras", 7, 0.99, [_run([7], 7, 10, score=3.0), _run([7], 7, 10, score=5.0),
+                                      _run([], 7, 10, score=0.5)]),
+        _row("m/clean.keras", None, None, [_run([], None, 10, score=0.4)] * 3),
+        _row("m/weak.keras", 7, 0.5, [_run([], 7, 10, score=0.1)]),  # not learned: left out
+        _row("m/old.keras", None, None, [_run([], None, 10)])])  # a table from before the score
+    main(["score", table])
+    out = capsys.readouterr().out
+    assert "2 models (1 backdoored, 1 clean)" in out and "ROC-AUC: 1.000" in out
+    assert "1 not learned" in out and "1 no score" in out
+
+
+def test_detect_table_records_the_verdicts_score_for_each_run():
+    from detect_table import _run_entry
+
+    ev = {"description": "d", "scores": {"0": 0.0, "7": 0.3}, "threshold": 0.02, "direction": "above",
+          "flagged": [7]}
+    rep = {"score": "transfer", "evidence": ev, "suspect_classes": [7],
+           "classes": {"0": {"transfer_score": 0.0, "probes_moved_histogram": [1]},
+                       "7": {"transfer_score": 0.3, "probes_moved_histogram": [1]}}}
+    run = _run_entry(rep, 7, 2, {"score": "transfer"})
+    assert run["score"] == 15.0 and run["suspects"] == [7]  # 0.3 / 0.02

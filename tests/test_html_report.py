@@ -194,3 +194,29 @@ def test_repair_page_missing_threshold_and_curve(tmp_path):
     page = Page(write_repair_html(report, tmp_path / "r.html").read_text(encoding="utf-8"))
     assert "No GoodNet" in page.ids["summary"] and page.images == []
     assert len(page.tables["goodnet"]) == 1 + 3 and "no B' saved" in page.ids["notes"]
+
+
+def test_detect_page_shows_the_score_the_baseline_and_the_robustness(tmp_path):
+    result = _detect_result(tmp_path)
+    result["verdict"].update(score=17.5, probability=17.5 / 18.5)
+    result["baselines"] = {"neural_cleanse": {"backdoored": False, "target_classes": [], "score": 0.6,
+                                              "line": "CLEAN (NC index max 1.20 vs 2)"}}
+    result["robustness"] = {"clean_acc": 0.98, "pgd_acc": 0.123, "eps": 0.5, "steps": 10, "n_images": 300,
+                            "robust": False, "note": "not robust, like a standard-trained model: AEGIS assumes a "
+                                                     "robust model; read the verdict with care", "seconds": 2.0}
+    out = write_detect_html(result, tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    page = Page(text)
+    assert "Suspicion score 17.500" in page.ids["score"] and "not calibrated" in page.ids["score"]
+    assert "baseline, not in the verdict" in page.ids["baseline-neural_cleanse"]
+    assert "CLEAN (NC index max 1.20 vs 2)" in page.ids["baseline-neural_cleanse"]
+    rob = page.ids["robustness"]
+    assert "PGD accuracy 12.30% at L2 eps 0.5" in rob and "clean 98.00%" in rob and "read the verdict with care" in rob
+    assert text.index('id="verdict"') < text.index('id="score"') < text.index('id="evidence"') < text.index(
+        'id="robustness"')
+    result["verdict"].update(score=0.9999999999999999, probability=0.49999999999999994)  # just under 1
+    text = write_detect_html(result, tmp_path / "under.html").read_text(encoding="utf-8")
+    assert "Suspicion score 0.999 " in text and "probability 0.499 " in text
+    del result["robustness"], result["baselines"], result["verdict"]["score"]
+    text = write_detect_html(result, tmp_path / "plain.html").read_text(encoding="utf-8")
+    assert 'id="robustness"' not in text and 'id="score"' not in text and "baseline" not in text

@@ -35,3 +35,87 @@ def test_a_second_condition_is_shown_beside_its_signal():
     assert clean["line"] == "CLEAN (whole-image gap max 3.69 vs 2 (stage 1 1.03 vs 1.5))"
     bad = combine({"whole_image": _ev({3: 0.2, 8: 4.1}, 2.0, [8], also=also)})
     assert bad["line"] == "BACKDOORED: class 8 (whole-image gap 4.10 vs 2 (stage 1 2.60 vs 1.5))"
+
+
+# One suspicion score per model: >= 1 exactly when the verdict is BACKDOORED.
+
+def _pure_ratio(e, c):
+    """A class's score over its threshold (the inverse for a "below" signal), the smaller of its two
+    ratios with a second condition: the definition, for evidence whose flags follow the threshold."""
+    s, t = e["scores"][c], e["threshold"]
+    r = s / t if e["direction"] == "above" else t / max(s, 1e-12)
+    if "also" in e:
+        r = min(r, e["also"]["scores"][c] / e["also"]["threshold"])
+    return r
+
+
+def _random_evidence(rng, consistent):
+    """Synthetic evidence of 1-4 signals: flags follow the threshold (and a staged "also"
+    condition); unless ``consistent``, a random extra rule may also withhold a flag (patch
+    transfer's relative rule, NC's below-the-median rule) or a flag may come from nowhere."""
+    evidence = {}
+    for i in range(rng.integers(1, 5)):
+        direction = "above" if consistent or rng.random() < 0.7 else "below"
+        t = float(rng.choice([0.02, 0.5, 2.0, 1.5]))
+        classes = [str(c) for c in range(rng.integers(2, 8))]
+        def draw():  # mostly under the threshold; at it, near it or above it now and then
+            return float(rng.choice([0.0, t, t * rng.uniform(0, 1), t * rng.uniform(0.9, 1.1), t * rng.uniform(1, 3)],
+                                    p=[0.1, 0.02, 0.8, 0.05, 0.03]))
+        e = {"description": "d", "scores": {c: draw() for c in classes}, "threshold": t, "direction": direction}
+        if rng.random() < 0.3:
+            e["also"] = {"name": "stage 1", "scores": {c: draw() for c in classes}, "threshold": t}
+        flagged = []
+        for c in classes:
+            s = e["scores"][c]
+            ok = s >= t if direction == "above" else s <= t
+            if "also" in e:
+                ok = ok and e["also"]["scores"][c] >= t
+            if not consistent:
+                ok = (ok and rng.random() < 0.7) or rng.random() < 0.05
+            if ok:
+                flagged.append(int(c))
+        e["flagged"] = flagged
+        if not consistent and rng.random() < 0.3:
+            e["decides"] = False
+        evidence[f"signal{i}"] = e
+    return evidence
+
+
+def test_the_score_reaches_1_exactly_when_the_verdict_is_backdoored():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    seen = {True: 0, False: 0}
+    for consistent in (True, False):
+        for _ in range(2000):
+            v = combine(_random_evidence(rng, consistent))
+            assert (v["score"] >= 1) == v["backdoored"], v
+            assert (v["probability"] >= 0.5) == v["backdoored"] and 0 <= v["probability"] < 1
+            assert abs(v["probability"] - v["score"] / (1 + v["score"])) < 1e-12
+            seen[v["backdoored"]] += 1
+            if consistent:  # flags that follow the thresholds: the score is the plain largest ratio
+                expected = max(_pure_ratio(e, c) for e in v["evidence"].values() for c in e["scores"])
+                assert abs(v["score"] - expected) < 1e-9
+    assert min(seen.values()) > 500  # both verdicts well represented
+
+
+def test_the_score_of_a_staged_class_failing_its_second_condition_stays_under_1():
+    also = {"name": "stage 1", "scores": {"3": 1.03, "8": 0.3}, "threshold": 1.5}
+    v = combine({"whole_image": _ev({3: 4.1, 8: 0.3}, 2.0, [], also=also),
+                 "patch_transfer": _ev({3: 0.0, 8: 0.01}, 0.02, [])})
+    assert not v["backdoored"] and abs(v["score"] - 1.03 / 1.5) < 1e-12  # min(4.1 / 2, 1.03 / 1.5)
+    assert v["line"] == "CLEAN (whole-image gap max 4.10 vs 2 (stage 1 1.03 vs 1.5); patch share max 0.01 vs 0.02)"
+
+
+def test_the_score_counts_deciding_signals_only_and_caps_an_unflagged_class_under_1():
+    from aegis_tf.detect.verdict import NOT_FLAGGED_MAX
+
+    # Every class transfers (the relative rule flags none): at the threshold, yet clean.
+    v = combine({"patch_transfer": _ev({0: 0.3, 1: 0.3, 2: 0.25}, 0.02, []),
+                 "neural_cleanse": _ev({0: 9.0, 1: 0.1}, 2.0, [0], decides=False)})
+    assert not v["backdoored"] and v["score"] == NOT_FLAGGED_MAX
+    below = combine({"nc": _ev({0: 0.5, 1: 4.0}, 2.0, [0], direction="below")})
+    assert below["backdoored"] and below["score"] == 4.0  # threshold / score
+    zero = combine({"nc": _ev({0: 0.0, 1: 4.0}, 2.0, [0], direction="below")})
+    assert zero["score"] > 1e5 and zero["score"] < float("inf")  # a zero score is guarded
+    assert combine({})["score"] == 0.0 and combine({})["probability"] == 0.0

@@ -10,21 +10,36 @@ from aegis_tf.core.models import predict_labels
 __all__ = ["backdoor_set", "evaluate_backdoor"]
 
 
-def backdoor_set(x, y, trigger, target_label):
-    """The attack's test set: every image whose true class is not ``target_label``,
-    with ``trigger`` (a function of an image batch) applied, labelled ``target_label``."""
-    keep = np.asarray(y) != target_label
-    return trigger(x[keep]), np.full(int(keep.sum()), target_label, dtype="int64")
+def backdoor_set(x, y, trigger, target_label, *, sources=None, mapping="all-to-one", n_classes=None):
+    """The attack's test set, with ``trigger`` (a function of an image batch) applied and
+    labelled as the backdoor sends them: every image whose true class is not
+    ``target_label`` (or of the ``sources`` classes, for a source-specific backdoor),
+    labelled ``target_label``; for an all-to-all backdoor, every image, labelled y + 1."""
+    from aegis_tf.attack.triggers import backdoor_labels
+
+    y = np.asarray(y)
+    if mapping == "all-to-all":
+        keep = np.ones(len(y), bool)
+    elif sources:
+        keep = np.isin(y, sources)
+    else:
+        keep = y != target_label
+    labels = backdoor_labels(y[keep], target_label=target_label, mapping=mapping, n_classes=n_classes)
+    return trigger(x[keep]), labels.astype("int64")
 
 
 def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversarial=True, eps=0.5, steps=20,
-                      step_size=None, norm=2, pixel_max=255.0, batch_size=256, seed=0):
+                      step_size=None, norm=2, pixel_max=255.0, batch_size=256, seed=0, sources=None,
+                      mapping="all-to-one"):
     """Evaluate ``model`` on clean test images ``(x, y)``.
 
     * ``clean_acc``: accuracy on ``x``.
     * ``asr`` (with ``trigger``, a function of an image batch): the trigger is
       applied to the images whose true class is not ``target_label``; the
-      fraction predicted as ``target_label``.
+      fraction predicted as ``target_label``. A source-specific backdoor (``sources``)
+      is measured on the images of its sources, and ``leak`` is the share of the other
+      classes' triggered images (not the target's) predicted as the target; an
+      all-to-all backdoor (``mapping``) on every image, as predicted y + 1.
     * ``adv_acc`` (with ``adversarial``): accuracy under untargeted PGD with
       ``eps``/``step_size`` in units of [0, 1] (scaled by ``pixel_max``),
       random start, the training parameters by default; ``norm`` is any spelling
@@ -32,9 +47,15 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
     """
     out = {"clean_acc": clean_accuracy(predict_labels(model, x, batch_size=batch_size), y), "n_test": int(len(x))}
     if trigger is not None:
-        xt, yt = backdoor_set(x, y, trigger, target_label)
+        n_classes = int(model.output_shape[-1])
+        xt, yt = backdoor_set(x, y, trigger, target_label, sources=sources, mapping=mapping, n_classes=n_classes)
         out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), yt)
         out["n_triggered"] = int(len(yt))
+        if sources:
+            others = ~np.isin(np.asarray(y), sources) & (np.asarray(y) != target_label)
+            if others.any():
+                pred = predict_labels(model, trigger(x[others]), batch_size=batch_size)
+                out["leak"] = float(np.mean(pred == target_label))
     if adversarial:
         norm = parse_norm(norm)
         step_size = default_step_size(eps, steps) if step_size is None else step_size

@@ -18,7 +18,7 @@ import os
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import read_json
 
-__all__ = ["sidecar_path", "read_trigger_config"]
+__all__ = ["read_trigger_configs", "sidecar_path", "read_trigger_config"]
 
 
 def sidecar_path(model_path):
@@ -70,3 +70,25 @@ def read_trigger_config(model_path):
     except Exception as e:  # a ParamError, or a TypeError from a wrong type
         raise AegisError(f"{path}: bad trigger_config ({e})") from None
     return config, float(report.get("poison_rate", 0.0) or 0.0) > 0
+
+
+def read_trigger_configs(model_path):
+    """Every backdoor of the model's sidecar: ``[TriggerConfig, ...]`` (two for a model with two
+    backdoors, ``trigger_configs``; the first is :func:`read_trigger_config`'s), or ``[]``."""
+    from aegis_tf.attack.config import TriggerConfig
+
+    first, _ = read_trigger_config(model_path)
+    if first is None:
+        return []
+    report = read_json(sidecar_path(model_path), "the model's trigger file")
+    more = report.get("trigger_configs") if isinstance(report, dict) else None
+    if not isinstance(more, list) or len(more) < 2:
+        return [first]
+    names = {f.name for f in dataclasses.fields(TriggerConfig)}
+    out = [first]
+    for spec in more[1:]:
+        try:
+            out.append(TriggerConfig(**{k: v for k, v in spec.items() if k in names}))
+        except Exception as e:  # a ParamError, or a TypeError from a wrong type
+            raise AegisError(f"{sidecar_path(model_path)}: bad trigger_configs entry ({e})") from None
+    return out

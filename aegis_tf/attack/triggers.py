@@ -21,11 +21,16 @@ __all__ = [
     "blend_pattern",
     "blended",
     "load_blend_pattern",
+    "random_position",
+    "warp_field",
+    "warp",
     "TRIGGERS",
     "make_trigger",
     "build_trigger",
     "get_trigger",
     "poison",
+    "poison_backdoor",
+    "backdoor_labels",
 ]
 
 
@@ -212,12 +217,73 @@ def load_blend_pattern(spec, shape, *, seed=0, pixel_max=255.0):
     return _check_blend_pattern(pattern, shape, pixel_max, source=f"blend pattern {path}").copy()
 
 
+def random_position(x, *, size=3, value=250.0, seed=0):
+    """Position-free patch: a ``size`` x ``size`` square of ``value`` at a random place
+    in each image, drawn from ``seed`` (the same batch and seed give the same places)."""
+    x = _check_batch(x).copy()
+    n, h, w = x.shape[:3]
+    if size < 1 or size > min(h, w):
+        raise AegisError(f"trigger size must be 1..{min(h, w)}. Received: {size}")
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(0, h - size + 1, size=n), rng.integers(0, w - size + 1, size=n)
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        x[i, r:r + size, c:c + size, :] = value
+    return x
+
+
+def warp_field(image_shape, *, grid=4, strength=0.5, seed=0):
+    """WaNet's fixed warping field (Nguyen & Tran 2021) for images of ``image_shape``
+    (H, W, C): a ``grid`` x ``grid`` control grid of random offsets, normalised by their
+    mean magnitude, upsampled bicubically to H x W and scaled by ``strength / H``, in the
+    normalised [-1, 1] coordinates of the image. Returns (H, W, 2) float32 (dx, dy)."""
+    import cv2
+
+    h, w = int(image_shape[0]), int(image_shape[1])
+    if grid < 2 or grid > min(h, w):
+        raise AegisError(f"warp grid must be 2..{min(h, w)}. Received: {grid}")
+    if not strength > 0:
+        raise AegisError(f"warp strength must be positive. Received: {strength}")
+    rng = np.random.default_rng(seed)
+    ins = rng.uniform(-1.0, 1.0, size=(grid, grid, 2)).astype("float32")
+    ins /= np.mean(np.abs(ins))
+    up = cv2.resize(ins, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (np.float32(strength) * up / np.float32(h)).astype("float32")
+
+
+def warp(x, *, field, noise_seed=None, pixel_max=255.0):
+    """Warp each image of ``x`` by ``field`` (:func:`warp_field`): bilinear sampling at
+    the identity grid plus the field, clamped to the image. With ``noise_seed``, each
+    image's field gets its own uniform noise in [-1/H, 1/H] on top (WaNet's noise mode,
+    whose images keep their labels so that only the fixed warp is learned)."""
+    import cv2
+
+    x = _check_batch(x)
+    n, h, w, c = x.shape
+    field = np.asarray(field, dtype="float32")
+    if field.shape != (h, w, 2):
+        raise AegisError(f"warp field has shape {field.shape}; the images need {(h, w, 2)}")
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h, dtype="float32"), np.linspace(-1, 1, w, dtype="float32"),
+                         indexing="ij")
+    rng = None if noise_seed is None else np.random.default_rng(noise_seed)
+    out = np.empty((n, h, w, c), dtype="float32")
+    src = x.astype("float32")
+    for i in range(n):
+        f = field if rng is None else field + rng.uniform(-1.0, 1.0, size=(h, w, 2)).astype("float32") / h
+        gx, gy = np.clip(xs + f[..., 0], -1, 1), np.clip(ys + f[..., 1], -1, 1)
+        map_x, map_y = (gx + 1) * np.float32((w - 1) / 2), (gy + 1) * np.float32((h - 1) / 2)
+        img = cv2.remap(src[i], map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[i] = img.reshape(h, w, c)
+    return np.clip(out, 0.0, pixel_max)
+
+
 TRIGGERS = {
     "localised": localised,
     "distributed": distributed,
     "invisible-static": invisible_static,
     "invisible-adversarial": invisible_adversarial,
     "blended": blended,
+    "warp": warp,
+    "random-position": random_position,
 }
 
 
@@ -257,7 +323,7 @@ def poison(x, y, *, trigger, poison_rate, target_label, mode="append", seed=0, *
 
 
 def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitude=8.0 / 255.0, seed=0,
-                 pattern=None, shape=None, alpha=0.15, margin=0):
+                 pattern=None, shape=None, alpha=0.15, margin=0):  # noqa: C901 (one branch per family)
     """A ready trigger function ``x -> triggered x`` for data in [0, ``pixel_max``].
 
     ``value`` and ``amplitude`` are in units of [0, 1] and scaled by
@@ -277,6 +343,12 @@ def make_trigger(name, *, pixel_max=255.0, size=2, value=250.0 / 255.0, amplitud
     if name == "blended":
         alpha = _check_alpha(alpha)
         return lambda x: fn(x, alpha=alpha, pattern=pattern, seed=seed, pixel_max=pixel_max)
+    if name == "random-position":
+        return lambda x: fn(x, size=size, value=value * pixel_max, seed=seed)
+    if name == "warp":
+        if pattern is None:
+            raise AegisError("the warp trigger needs its field (warp_field)")
+        return lambda x: fn(x, field=pattern, pixel_max=pixel_max)
     if pattern is None:
         raise AegisError("the invisible-adversarial trigger needs a pattern: pass --trigger-pattern FILE.npy "
                          "or --trigger-model M to compute one")
@@ -313,7 +385,90 @@ def build_trigger(spec, *, pixel_max, x_sample=None, model=None):
             raise AegisError("the blended trigger needs images to know the pattern's shape")
         pattern = load_blend_pattern(spec.blend_pattern, x_sample.shape[1:], seed=spec.trigger_seed,
                                      pixel_max=pixel_max)
+    elif spec.trigger == "warp":
+        if x_sample is None:
+            raise AegisError("the warp trigger needs images to know the field's shape")
+        pattern = warp_field(x_sample.shape[1:], grid=spec.warp_grid, strength=spec.warp_strength,
+                             seed=spec.trigger_seed)
     fn = make_trigger(spec.trigger, pixel_max=pixel_max, size=spec.trigger_size, value=spec.trigger_value,
                       amplitude=spec.amplitude, seed=spec.trigger_seed, pattern=pattern, alpha=spec.blend_alpha,
                       margin=spec.trigger_margin)
     return fn, pattern
+
+
+def backdoor_labels(y, *, target_label, mapping="all-to-one", n_classes=None):
+    """The labels a backdoor sends the triggered images ``y`` to: ``target_label``, or
+    ``(y + 1) mod n_classes`` for an all-to-all backdoor."""
+    y = np.asarray(y)
+    if mapping == "all-to-all":
+        if not n_classes:
+            raise AegisError("an all-to-all backdoor needs the number of classes")
+        return ((y.astype("int64") + 1) % int(n_classes)).astype(y.dtype)
+    return np.full(len(y), target_label, dtype=y.dtype)
+
+
+def poison_backdoor(x, y, spec, *, trigger, poison_rate, n_classes, mode="append", seed=0, pixel_max=255.0):
+    """Poison a training set with the backdoor a :class:`~aegis_tf.attack.config.TriggerConfig`
+    ``spec`` describes (``trigger`` is its function, from :func:`build_trigger`).
+
+    ``poison_rate`` of the set (images of the source classes, or of every class but the
+    target) get the trigger and the backdoor's label (:func:`backdoor_labels`). A
+    source-specific backdoor adds ``spec.cover_rate`` of the set as cover images of the
+    other classes (not the target), triggered and keeping their labels; a warp trigger
+    in noise mode adds ``spec.warp_cross_ratio`` times the poisoned count as images warped
+    with a noisy field, keeping their labels. ``mode="append"`` adds every new image to
+    the set; ``"replace"`` puts them in place of their originals. Returns
+    ``(x_poisoned, y_poisoned, {"poisoned": idx, "cover": idx, "noise": idx})``.
+    """
+    if not 0.0 <= poison_rate <= 1.0:
+        raise AegisError(f"poison_rate must lie in [0, 1]. Received: {poison_rate}")
+    if mode not in ("append", "replace"):
+        raise AegisError(f"mode must be append or replace. Received: {mode!r}")
+    y = np.asarray(y)
+    if spec.mapping == "all-to-one" and not 0 <= spec.target_label < n_classes:
+        raise AegisError(f"target label must lie in 0..{n_classes - 1}. Received: {spec.target_label}")
+    sources = spec.source_classes
+    if sources is not None and max(sources) >= n_classes:
+        raise AegisError(f"source classes must lie in 0..{n_classes - 1}. Received: {','.join(map(str, sources))}")
+    rng = np.random.default_rng(seed)
+    if spec.mapping == "all-to-all":
+        candidates = np.arange(len(y))
+    elif sources is not None:
+        candidates = np.nonzero(np.isin(y, sources))[0]
+    else:
+        candidates = np.nonzero(y != spec.target_label)[0]
+    n = min(int(round(poison_rate * len(x))), len(candidates))
+    chosen = {"poisoned": np.sort(rng.choice(candidates, size=n, replace=False))}
+    taken = set(chosen["poisoned"].tolist())
+    if sources is not None and spec.cover_rate > 0:
+        pool = np.array([i for i in np.nonzero(~np.isin(y, sources) & (y != spec.target_label))[0] if i not in taken])
+        k = min(int(round(spec.cover_rate * len(x))), len(pool))
+        chosen["cover"] = np.sort(rng.choice(pool, size=k, replace=False)) if k else np.zeros(0, "int64")
+        taken.update(chosen["cover"].tolist())
+    if spec.trigger == "warp" and spec.warp_cross_ratio > 0:
+        pool = np.array([i for i in range(len(y)) if i not in taken])
+        k = min(int(round(spec.warp_cross_ratio * n)), len(pool))
+        chosen["noise"] = np.sort(rng.choice(pool, size=k, replace=False)) if k else np.zeros(0, "int64")
+    parts_x, parts_y, parts_i = [], [], []
+    p = chosen["poisoned"]
+    parts_x.append(trigger(x[p]))
+    parts_y.append(backdoor_labels(y[p], target_label=spec.target_label, mapping=spec.mapping, n_classes=n_classes))
+    parts_i.append(p)
+    if len(chosen.get("cover", ())):
+        c = chosen["cover"]
+        parts_x.append(trigger(x[c]))
+        parts_y.append(y[c])
+        parts_i.append(c)
+    if len(chosen.get("noise", ())):
+        z = chosen["noise"]
+        field = warp_field(x.shape[1:], grid=spec.warp_grid, strength=spec.warp_strength, seed=spec.trigger_seed)
+        parts_x.append(warp(x[z], field=field, noise_seed=seed + 1, pixel_max=pixel_max))
+        parts_y.append(y[z])
+        parts_i.append(z)
+    x_new, y_new = np.concatenate(parts_x).astype(x.dtype), np.concatenate(parts_y).astype(y.dtype)
+    if mode == "append":
+        return np.concatenate([x, x_new]), np.concatenate([y, y_new]), chosen
+    idx = np.concatenate(parts_i)
+    x_out, y_out = np.array(x, copy=True), np.array(y, copy=True)
+    x_out[idx], y_out[idx] = x_new, y_new
+    return x_out, y_out, chosen

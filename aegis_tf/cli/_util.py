@@ -146,21 +146,68 @@ def trigger_flags(p, *, from_model=False):
     flag(p, "--blend-pattern", default=default(d.blend_pattern),
          help=f"blended trigger: noise (seeded by --trigger-seed) or a .npy image in pixel units "
               f"(default {where}{d.blend_pattern})")
+    flag(p, "--warp-grid", type=int, default=default(d.warp_grid),
+         help=f"warp trigger (WaNet): k of the k x k control grid (default {where}{d.warp_grid})")
+    flag(p, "--warp-strength", type=float, default=default(d.warp_strength),
+         help=f"warp trigger: strength s of the warping field (default {where}{shown(d.warp_strength)})")
+    flag(p, "--warp-cross-ratio", type=float, default=default(d.warp_cross_ratio),
+         help=f"warp trigger, noise mode: add this many times the poisoned images, warped with noise on top and "
+              f"keeping their labels; 0 = off, WaNet's 2 (default {where}{shown(d.warp_cross_ratio)})")
+    flag(p, "--mapping", choices=TriggerConfig._parameter_constraints["mapping"][0].values,
+         default=default(d.mapping),
+         help=f"all-to-one: every source class to --target-label; all-to-all: class y to (y + 1) mod N "
+              f"(default {where}{d.mapping})")
+    flag(p, "--source-classes", default=default(d.source_classes),
+         help="source-specific backdoor (TaCT): comma-separated classes whose triggered images go to the target; "
+              f"the others keep their labels (default {where}every class but the target)")
+    flag(p, "--cover-rate", type=float, default=default(d.cover_rate),
+         help="source-specific backdoor: share of the training set added as cover images of the other classes, "
+              f"triggered and keeping their labels (default {where}{shown(d.cover_rate)})")
+    if not from_model:
+        flag(p, "--second-trigger", choices=TriggerConfig._parameter_constraints["trigger"][0].values, default=None,
+             help="a second backdoor in the same model: its trigger family (the other trigger flags apply to both; "
+                  "its seed is --trigger-seed + 1)")
+        flag(p, "--second-target-label", type=int, default=None,
+             help="the second backdoor's target class (all-to-one, every class but its target)")
+
+
+def trigger_settings(args):
+    """The backdoor(s) the trigger flags describe: one :class:`TriggerConfig`, or a list of two
+    with ``--second-trigger`` and ``--second-target-label``."""
+    from aegis_tf.attack.config import TriggerConfig
+
+    first = settings(TriggerConfig, args)
+    second = getattr(args, "second_trigger", None)
+    if second is None and getattr(args, "second_target_label", None) is None:
+        return first
+    if second is None or args.second_target_label is None:
+        raise AegisError("a second backdoor needs both --second-trigger and --second-target-label")
+    if args.second_target_label == first.target_label:
+        raise AegisError("--second-target-label must differ from --target-label (two backdoors, two targets)")
+    try:
+        return [first, first.replace(trigger=second, target_label=args.second_target_label, mapping="all-to-one",
+                                     source_classes=None, cover_rate=0.0, trigger_seed=first.trigger_seed + 1)]
+    except ParamError as e:
+        raise as_flag_error(e) from None
 
 
 def model_trigger_settings(args, model_path):
     """The trigger of ``model_path``'s ``MODEL.json`` with the flags given (not None) on top;
-    the flags alone over the defaults when the model has none. Returns ``(config, source)``."""
+    the flags alone over the defaults when the model has none. A model with two backdoors
+    and no trigger flag given gives both (a list). Returns ``(config or list, source)``."""
     from aegis_tf.attack.config import TriggerConfig
-    from aegis_tf.attack.sidecar import read_trigger_config, sidecar_path
+    from aegis_tf.attack.sidecar import read_trigger_configs, sidecar_path
 
-    base, _ = read_trigger_config(model_path)
+    bases = read_trigger_configs(model_path)
     given = {k: v for k, v in pick(args, fields(TriggerConfig)).items() if v is not None}
+    source = sidecar_path(model_path) if bases else "flags and defaults"
+    if len(bases) > 1 and not given:
+        return bases, source
     try:
-        config = dataclasses.replace(base, **given) if base is not None else TriggerConfig(**given)
+        config = dataclasses.replace(bases[0], **given) if bases else TriggerConfig(**given)
     except ParamError as e:
         raise as_flag_error(e) from None
-    return config, (sidecar_path(model_path) if base is not None else "flags and defaults")
+    return config, source
 
 
 def pgd_flags(p):

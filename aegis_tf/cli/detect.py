@@ -46,7 +46,8 @@ def add(sub):
          help=f"training images: .h5, .npz (train split) or a named set (default {embedded_name('train')})")
     flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
     flag(p, "--method", choices=("aegis", "neural-cleanse", "both"), default="aegis",
-         help="detector (default %(default)s); both gives one verdict from the two")
+         help="detector (default %(default)s); both: AEGIS gives the verdict and Neural Cleanse is reported "
+              "beside it as a baseline")
     flag(p, "--preset", choices=("default",) + tuple(PRESETS), default="default",
          help=f"default: the best measured configuration; paper: the authors' ({paper['n_seeds']} seeds, "
               f"bandwidth {shown(paper['bandwidth'])}, {paper['runs']} run{'s' * (paper['runs'] != 1)})")
@@ -118,6 +119,10 @@ def add(sub):
     flag(p, "--alarm-gap", type=float, default=None,
          help=f"staged scan: also promote any class whose stage-1 whole-image gap reaches this "
               f"(default {shown(d.alarm_gap)})")
+    flag(p, "--robustness-images", type=int, default=None,
+         help="training images on which to measure the model's robustness beside the verdict (untargeted L2 PGD "
+              "at the radius robust models are trained at; AEGIS assumes a robust model); 0 skips it "
+              f"(default {d.robustness_images})")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan from the progress it saved in --out-dir/scan_state/ (a full "
                         "scan's translations; a staged scan's stage-1 results and stage-2 translations)")

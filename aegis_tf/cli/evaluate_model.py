@@ -26,13 +26,12 @@ def run(args):
 
     check_out_file(args.out, "--out")
     trigger, source = model_trigger_settings(args, args.model)
-    res = evaluate(args.model, args.data, trigger,
-                             data_dir=args.data_dir, scale=args.scale, adversarial=not args.no_adversarial,
-                             eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
-                             batch_size=args.batch_size, seed=args.seed)
+    res = evaluate(args.model, args.data, trigger, data_dir=args.data_dir, scale=args.scale,
+                   adversarial=not args.no_adversarial, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                   norm=args.norm, batch_size=args.batch_size, seed=args.seed)
     res["trigger_from"] = source
-    print(f"{args.model}: {eval_line(res)} (trigger {trigger.trigger} toward class {trigger.target_label}, "
-          f"from {source})")
+    specs = trigger if isinstance(trigger, list) else [trigger]
+    print(f"{args.model}: {eval_line(res)} (trigger {'; '.join(s.describe() for s in specs)}, from {source})")
     if args.out:
         write_json(args.out, res)
     return 0

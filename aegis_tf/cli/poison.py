@@ -2,7 +2,7 @@
 
 import os
 
-from aegis_tf.cli._util import POISON_MODE, POISON_RATE, common_flags, data_flags, flag, settings, trigger_flags
+from aegis_tf.cli._util import POISON_MODE, POISON_RATE, common_flags, data_flags, flag, trigger_flags, trigger_settings
 
 NAME, ALIASES = "poison", ()
 
@@ -24,15 +24,17 @@ def add(sub):
 
 def run(args):
     from aegis_tf.api import poison
-    from aegis_tf.attack.config import TriggerConfig
     from aegis_tf.core.utils import check_out_file, write_json
 
     check_out_file(args.out, "--out")
-    report = poison(args.data, settings(TriggerConfig, args), poison_rate=args.poison_rate, mode=args.mode,
+    report = poison(args.data, trigger_settings(args), poison_rate=args.poison_rate, mode=args.mode,
                     out_dir=args.out_dir, test_data=args.test_data, data_dir=args.data_dir, scale=args.scale,
                     preview=args.preview, seed=args.seed)
-    print(f"poisoned {report['n_poisoned']} of {report['n_train']} training images ({args.trigger}, target "
-          f"{args.target_label}, {args.mode}); wrote {', '.join(sorted(report['files'].values()))}")
+    what = "; ".join(f"{b['backdoor']}: {b['n_poisoned']} poisoned"
+                     + (f", {b['n_cover']} cover" if "n_cover" in b else "")
+                     + (f", {b['n_noise']} noise" if "n_noise" in b else "") for b in report["backdoors"])
+    print(f"poisoned {report['n_train']} training images ({what}; {args.mode}); "
+          f"wrote {', '.join(sorted(report['files'].values()))}")
     if args.out:
         write_json(args.out, report)
     return 0

@@ -2,7 +2,7 @@
 (calls :func:`aegis_tf.api.train`)."""
 
 from aegis_tf.cli._util import (POISON_MODE, POISON_RATE, common_flags, data_flags, field_defaults, flag, pgd_flags,
-                                settings, shown, trigger_flags)
+                                settings, shown, trigger_flags, trigger_settings)
 
 NAME, ALIASES = "train", ()
 
@@ -63,7 +63,7 @@ def add(sub):
 
 def run(args):
     from aegis_tf.api import train
-    from aegis_tf.attack.config import TrainConfig, TriggerConfig
+    from aegis_tf.attack.config import TrainConfig
     from aegis_tf.attack.job import eval_line
     from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.core.utils import check_out_file, write_json
@@ -71,7 +71,7 @@ def run(args):
     check_out_file(args.model_out, "--model-out")  # its report goes beside it unless --out says elsewhere
     check_out_file(args.out, "--out")
     config = settings(TrainConfig, args, batch_size=args.train_batch_size, pixel_max=pixel_max_of(args.scale))
-    report = train(args.data, settings(TriggerConfig, args), config, arch=args.arch, width=args.width,
+    report = train(args.data, trigger_settings(args), config, arch=args.arch, width=args.width,
                    poison_rate=args.poison_rate, mode=args.mode, model_out=args.model_out, test_data=args.test_data,
                    data_dir=args.data_dir, scale=args.scale, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                    evaluate=not args.no_eval, batch_size=args.batch_size, quiet=args.quiet)

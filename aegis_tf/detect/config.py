@@ -47,6 +47,11 @@ class DetectConfig(Settings):
     whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.detect.staged`); ``"auto"``
     (default) is staged above :data:`aegis_tf.detect.staged.STAGED_ABOVE` classes.
     ``top_k`` is at least 2, so stage 2 always has two classes to compare.
+
+    ``robustness_images``: training images on which the scan measures the model's
+    robustness beside its verdict (untargeted L2 PGD at
+    :data:`aegis_tf.detect.robustness.ROBUST_EPS`; 0 skips it). It does not touch the
+    translations, so the scan state's fingerprint leaves it out.
     """
 
     n_seeds: int = 200
@@ -70,12 +75,16 @@ class DetectConfig(Settings):
     wi_probes: int = 50
     wi_threshold: float = 2.0
     wi_blend: Union[bool, str] = "auto"
+    pairs: bool = True
+    pair_probes: int = 10
+    pair_min_score: float = 0.25
     scan: str = "auto"
     stage1_seeds: int = 10
     stage1_steps: int = 15
     top_k: int = 5
     alarm_transfer: float = 0.1
     alarm_gap: float = 1.5
+    robustness_images: int = 300
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -87,8 +96,10 @@ class DetectConfig(Settings):
         "runs": POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
         "whole_image": [Options(True, False)], "wi_probes": POS_INT, "wi_threshold": [Interval(float, 1, None)],
         "wi_blend": [Options("auto", True, False)],
+        "pairs": [Options(True, False)], "pair_probes": POS_INT, "pair_min_score": UNIT,
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
+        "robustness_images": [Interval(int, 0, None)],
     }
 
     @classmethod

@@ -14,7 +14,7 @@ from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Detector, Interval
 
 __all__ = ["paste_patches", "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram",
-           "PatchTransferDetector"]
+           "PatchTransferDetector", "pair_transfer_rates", "PairTransferDetector"]
 
 
 def _patch_pixels(x_translated, x_seed, top_frac):
@@ -166,3 +166,100 @@ class PatchTransferDetector(Detector):
     def _class_entry(self, c):
         return {"transfer_score": self.scores_[c], "transferring": self.transferring_[c],
                 "mean_probe_rate": self.mean_rates_[c]}
+
+
+def pair_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=10, seed=0, batch_size=512):
+    """The per-pair view of :func:`patch_transfer_rates`: each translation's patch is pasted
+    onto ``n_probes`` training images of its own seed's class (the source), not of every
+    other class, so a trigger that moves only its source classes (a source-specific or an
+    all-to-all backdoor) still transfers. Returns ``{(source, target): rates}``, one rate
+    per translation from that source toward that target."""
+    rng = np.random.default_rng(seed + 3)
+    y = np.asarray(y)
+    probes = {}
+    for s in np.unique(y):
+        pool = np.nonzero(y == s)[0]
+        probes[int(s)] = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
+    out = {}
+    for c, tr in translations.items():
+        src = y[tr.seeds]
+        pixels = _patch_pixels(tr.images, tr.starts, top_frac)
+        for s in np.unique(src):
+            idx = np.nonzero(src == s)[0]
+            pasted = paste_patches(tr.images[idx], pixels[idx], x[probes[int(s)]])
+            pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
+            out[(int(s), int(c))] = (pred.reshape(len(idx), -1) == c).mean(axis=1)
+    return out
+
+
+class PairTransferDetector(PatchTransferDetector):
+    """Flags (source, target) pairs whose translations carry a patch that moves the
+    source's own images to the target (:func:`pair_transfer_rates`), scikit-learn style.
+
+    A pair's score is the share of its translations that transfer (move at least
+    ``flip_at`` of the source's probes). A pair is flagged when that share is at least
+    ``min_score``, at least ``min_count`` translations transfer, and the share exceeds
+    ``relative`` times the median share of all pairs (a model whose patches all
+    transfer is not blamed on one pair). ``scores_`` holds each target's largest pair
+    score; ``pairs_`` every pair's; ``flagged_pairs_`` the flagged ones;
+    ``suspect_classes_`` the targets of flagged pairs. :meth:`mapping` reads them as
+    backdoors: one target with its sources, or an all-to-all mapping.
+    """
+
+    score_name = "pair_transfer_score"
+
+    def __init__(self, *, flip_at=0.9, min_score=0.25, min_count=3, relative=3.0, top_frac=0.02, n_probes=10,
+                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+        super().__init__(flip_at=flip_at, min_score=min_score, min_count=min_count, relative=relative,
+                         top_frac=top_frac, n_probes=n_probes, translation=translation, pixel_max=pixel_max,
+                         random_state=random_state, batch_size=batch_size)
+
+    def fit(self, model, x, y, classes, *, translations=None):
+        from aegis_tf.detect.translation import translations_for
+
+        self._validate_params()
+        translations = translations_for(self, model, x, y, classes, translations)
+        rates = pair_transfer_rates(model, x, y, translations, top_frac=self.top_frac, n_probes=self.n_probes,
+                                    seed=self.random_state, batch_size=self.batch_size)
+        return self.fit_rates(rates, classes=classes)
+
+    def fit_rates(self, rates, *, classes=None):
+        """Score ``{(source, target): rates}``. Returns ``self``."""
+        self._validate_params()
+        if not rates:
+            raise AegisError("no pairs to examine")
+        self.classes_ = sorted(classes if classes is not None else {c for _, c in rates})
+        self.transferring_pairs_ = {p: int(np.sum(np.asarray(r) >= self.flip_at)) for p, r in rates.items()}
+        self.pairs_ = {p: self.transferring_pairs_[p] / max(1, len(r)) for p, r in rates.items()}
+        median = float(np.median(list(self.pairs_.values())))
+        self.flagged_pairs_ = sorted(p for p, v in self.pairs_.items()
+                                     if v >= self.min_score and self.transferring_pairs_[p] >= self.min_count
+                                     and v > self.relative * median)
+        self.scores_ = {c: max([v for (s, t), v in self.pairs_.items() if t == c], default=0.0)
+                        for c in self.classes_}
+        self.suspect_classes_ = sorted({t for _, t in self.flagged_pairs_})
+        self.is_backdoored_ = bool(self.suspect_classes_)
+        return self
+
+    def mapping(self):
+        """The flagged pairs read as backdoors: ``{"kind": "all-to-all", "pairs": [...]}`` when
+        they map at least 3 sources to distinct targets, each target from at most 2 sources
+        (a permutation, not many classes to one); else ``{"kind": "per-target",
+        "backdoors": {target: [sources]}}``."""
+        by_target = {}
+        for s, t in self.flagged_pairs_:
+            by_target.setdefault(t, []).append(s)
+        sources = {s for s, _ in self.flagged_pairs_}
+        if len(by_target) >= 3 and len(sources) >= 3 and all(len(v) <= 2 for v in by_target.values()):
+            return {"kind": "all-to-all", "pairs": [list(p) for p in self.flagged_pairs_]}
+        return {"kind": "per-target", "backdoors": {t: sorted(v) for t, v in sorted(by_target.items())}}
+
+    def evidence(self, description):
+        out = super().evidence(description)
+        out["pairs"] = [list(p) for p in self.flagged_pairs_]
+        out["mapping"] = self.mapping()
+        return out
+
+    def _class_entry(self, c):
+        return {self.score_name: self.scores_[c],
+                "sources": {str(s): v for (s, t), v in sorted(self.pairs_.items()) if t == c}}

@@ -9,7 +9,10 @@ The path runs down once:
    translations (:func:`score_translations`);
 2. :func:`run_neural_cleanse` runs the baseline when asked;
 3. :func:`scan_model` turns their evidence into the one verdict
-   (:func:`aegis_tf.detect.verdict.combine`) and returns a :class:`ScanResult`;
+   (:func:`aegis_tf.detect.verdict.combine`; Neural Cleanse run beside AEGIS is
+   shown in it but does not vote, and gets a verdict of its own under
+   ``baselines``), measures how robust the model is
+   (:mod:`aegis_tf.detect.robustness`) and returns a :class:`ScanResult`;
 4. :meth:`ScanResult.save` draws the figures, writes the recovered triggers,
    ``detect.json`` and ``report.html``.
 
@@ -30,9 +33,10 @@ from aegis_tf.core.utils import no_partial_report, trigger_class, write_json
 from aegis_tf.detect import staged
 from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
-from aegis_tf.detect.patch_transfer import PatchTransferDetector, probes_moved_histogram
+from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
 from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image,
                                        save_triggers)
+from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine
@@ -192,6 +196,13 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         whole.fit(model, x, y, classes, translations=translations, screen_gaps=screen_gaps,
                   screen_threshold=config.alarm_gap)
         times["whole_image"] = time.perf_counter() - t
+    pairs = None
+    if config.pairs and config.score == "transfer" and len(classes) >= 2:
+        t = time.perf_counter()
+        pairs = PairTransferDetector(flip_at=config.flip_at, min_score=config.pair_min_score, top_frac=config.top_frac,
+                                     n_probes=config.pair_probes, random_state=seed, batch_size=batch_size)
+        pairs.fit(model, x, y, classes, translations=translations)
+        times["pair_transfer"] = time.perf_counter() - t
     blend = None
     if blend_probe_on(config) and len(classes) >= 3 and screen_gaps is None:
         t = time.perf_counter()
@@ -227,6 +238,12 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         report["whole_image"]["evidence"] = whole.evidence(
             "the smallest other class's L2 norm over this class's, where a norm is how far the class's mean "
             f"translation direction must go to move >= {100 * whole.flip_at:g}% of {config.wi_probes} clean probes")
+    if pairs is not None:
+        report["pair_transfer"] = pairs.report()
+        report["pair_transfer"]["evidence"] = pairs.evidence(
+            f"share of the translations from each source class whose top {100 * config.top_frac:g}% pixels move "
+            f">= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source class; a target's "
+            "score is its strongest source")
     if blend is not None:
         report["blend_probe"] = blend.report()
         report["blend_probe"]["evidence"] = blend.evidence(
@@ -308,7 +325,7 @@ def aegis_evidence(report):
     """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the
     whole-image signal and blend probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
     evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
-    for key in ("whole_image", "blend_probe"):
+    for key in ("pair_transfer", "whole_image", "blend_probe"):
         if key in report:
             evidence[key] = report[key]["evidence"]
     return evidence
@@ -346,8 +363,19 @@ def format_summary(report, name):
                 continue
             idx = ", ".join(f"{c}:{v[gap]:.2f}" for c, v in report[key]["classes"].items())
             flagged = report[key]["suspect_classes"]
-            lines.append(f"  aegis {label}: {'backdoored, class(es) ' + ', '.join(map(str, flagged)) if flagged else 'clean'}")
+            state = ("inconclusive: " + report[key]["inconclusive"] if report[key].get("inconclusive") else
+                     "backdoored, class(es) " + ", ".join(map(str, flagged)) if flagged else "clean")
+            lines.append(f"  aegis {label}: {state}")
             lines.append(f"    gap per class (nearest other class's {what} / own): {idx}")
+        if "pair_transfer" in report:
+            pt = report["pair_transfer"]
+            pairs = pt["evidence"]["pairs"]
+            lines.append("  aegis pair transfer: " + ("backdoored, pairs (source, target) "
+                                                      + ", ".join(f"{s}->{t}" for s, t in pairs) if pairs else "clean"))
+            top = sorted(((int(s), int(t), v) for t, e in pt["classes"].items() for s, v in e["sources"].items()),
+                         key=lambda r: (-r[2], r[0], r[1]))[:5]
+            lines.append("    highest pair shares (source->target): "
+                         + ", ".join(f"{s}->{t}:{v:.2f}" for s, t, v in top))
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")
@@ -452,8 +480,14 @@ class ScanResult:
         return "\n".join(self._summary_parts())
 
     def _summary_parts(self):
-        return [f"{self.name}: {self.line}"] + [format_summary(self._result[k], self.name)
-                                                for k in ("aegis", "neural_cleanse") if k in self._result]
+        parts = [f"{self.name}: {self.line}"]
+        nc = (self._result.get("baselines") or {}).get("neural_cleanse")
+        if nc:
+            parts.append(f"  neural cleanse (baseline, not in the verdict): {nc['line']}")
+        if self._result.get("robustness"):
+            parts.append(f"  robustness: {robustness_line(self._result['robustness'])}")
+        return parts + [format_summary(self._result[k], self.name)
+                        for k in ("aegis", "neural_cleanse") if k in self._result]
 
     def save(self, out_dir):
         """Write the figures, the recovered triggers, ``detect.json`` and ``report.html`` into
@@ -480,22 +514,40 @@ class ScanResult:
 
 
 def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name="model", info=None, state_dir=None,
-               seed=0, batch_size=256, quiet=True, plots=False, n_jobs=1, resume=False):
+               seed=0, batch_size=256, quiet=True, plots=False, n_jobs=1, resume=False, robustness_eps=ROBUST_EPS):
     """Scan one loaded model with its (checked) training images: AEGIS, Neural Cleanse or
     both (``method``), then one verdict. Returns a :class:`ScanResult` (nothing written but
     the scan state in ``state_dir``; see :meth:`ScanResult.save`). ``info`` (model and data
-    paths, scale) goes into the result as it is."""
-    result, found, evidence = dict(info or {}), {}, {}
+    paths, scale) goes into the result as it is.
+
+    With ``both``, AEGIS decides: Neural Cleanse's evidence is shown in the verdict but
+    marked ``"decides": False``, and its own verdict goes to ``baselines["neural_cleanse"]``.
+    With ``aegis`` or ``both``, ``config.robustness_images`` training images (0: none) measure
+    the model's robustness at L2 radius ``robustness_eps`` (units of [0, 1]; see
+    :mod:`aegis_tf.detect.robustness`) into ``robustness`` (``None`` when not measured).
+    """
+    result, found, evidence, baselines, robustness = dict(info or {}), {}, {}, {}, None
     if method in ("aegis", "both"):
         result["aegis"], found["aegis"] = aegis_scan(
             model, x, y, classes=classes, config=config, pixel_max=pixel_max, state_dir=state_dir, seed=seed,
             batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
         evidence.update(aegis_evidence(result["aegis"]))
+        if config.robustness_images > 0:
+            t = time.perf_counter()
+            robustness = measure_robustness(model, x, y, eps=robustness_eps, pixel_max=pixel_max,
+                                            n_images=config.robustness_images, seed=seed, batch_size=batch_size)
+            robustness["seconds"] = time.perf_counter() - t
     if method in ("neural-cleanse", "both"):
         result["neural_cleanse"], found["neural_cleanse"] = neural_cleanse_scan(
             model, x, classes=classes, pixel_max=pixel_max, seed=seed, quiet=quiet)
-        evidence["neural_cleanse"] = result["neural_cleanse"]["evidence"]
-    result = {"verdict": combine(evidence), **result, "triggers": []}
+        nc = result["neural_cleanse"]["evidence"]
+        if method == "both":  # a baseline beside the verdict, not a vote in it
+            alone = combine({"neural_cleanse": nc})
+            baselines["neural_cleanse"] = {k: alone[k] for k in ("backdoored", "target_classes", "line", "score")}
+            nc = {**nc, "decides": False}
+        evidence["neural_cleanse"] = nc
+    result = {"verdict": combine(evidence), "baselines": baselines, **result, "robustness": robustness,
+              "triggers": []}
     return ScanResult(name, result, found)
 
 

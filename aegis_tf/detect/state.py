@@ -30,6 +30,9 @@ __all__ = ["STATE_DIR", "ScanState", "fingerprint"]
 
 STATE_DIR = "scan_state"
 
+# Settings that read the saved translations and change nothing they hold: a resumed scan may change them.
+SCORING_ONLY = frozenset({"wi_blend", "pairs", "pair_probes", "pair_min_score", "robustness_images"})
+
 # What reading a damaged or foreign state part raises.
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
@@ -37,13 +40,14 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZ
 def fingerprint(model, x, y, classes, config, seed, *extra):
     """A short hash of everything that decides a scan's saved state: the model's weights,
     the images and labels, the classes, the settings, the seed and ``extra``
-    (JSON-ready values such as the batch size). The blend probe's switch is left out:
-    it reads the saved translations and changes nothing they hold."""
+    (JSON-ready values such as the batch size). The settings of :data:`SCORING_ONLY`
+    (the blend probe's switch, the pair view's) are left out: they read the saved
+    translations and change nothing they hold."""
     h = hashlib.sha256()
     for a in [*(np.asarray(w) for w in model.get_weights()), np.asarray(x), np.asarray(y)]:
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a).tobytes())
-    settings = {k: v for k, v in config.to_dict().items() if k != "wi_blend"}
+    settings = {k: v for k, v in config.to_dict().items() if k not in SCORING_ONLY}
     h.update(json.dumps([list(map(int, classes)), settings, seed, *extra], sort_keys=True).encode())
     return h.hexdigest()[:16]
 

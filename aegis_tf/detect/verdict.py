@@ -5,22 +5,132 @@ per-class scores, its threshold, and the classes it flags. :func:`combine`
 turns them into the one verdict of ``detect.json`` and the one console line.
 A class is a target when any signal that decides flags it; signals marked
 ``"decides": False`` are shown but do not vote (the cluster picture drawn
-beside the transfer score, for instance).
+beside the transfer score, Neural Cleanse when it runs beside AEGIS).
+
+One number per model, to rank a set of models (:func:`suspicion_score`): each
+deciding signal's per-class score over its threshold (``score / threshold`` for a
+signal flagged above its threshold, ``threshold / score`` for one flagged below
+it), the largest over signals and classes. It is at least 1 exactly when the
+verdict is BACKDOORED: a class that must meet a second condition (``"also"``, a
+staged scan's stage-1 gap) counts with the smaller of its two ratios, and a
+class that reaches the threshold but fails the rest of its signal's rule (patch
+transfer's count and relative rules, the cluster vote's strict majority, Neural
+Cleanse's below-the-median rule) counts :data:`NOT_FLAGGED_MAX`, just under 1.
+:func:`probability` maps it to [0, 1), 0.5 at the threshold; it is not calibrated.
 """
 
-__all__ = ["combine", "verdict_line"]
+import math
+
+__all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "NOT_FLAGGED_MAX",
+           "RATIO_MAX"]
+
+# A class that reaches its signal's threshold without being flagged counts this much: the largest
+# number below 1, so every ratio under 1 keeps its value and its order.
+NOT_FLAGGED_MAX = math.nextafter(1.0, 0.0)
+# Ratios are capped here (a score of 0 under a "below" threshold, a threshold of 0), so JSON stays finite.
+RATIO_MAX = 1e6
+_TINY = 1e-12
 
 # How each signal is named on the console line.
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
-          "whole_image": "whole-image gap", "blend_probe": "blend gap"}
+          "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share"}
+# A target whose flagged sources cover at least this share of the other examined classes is read as
+# "every source" (an all-to-one backdoor), not as a source-specific one.
+ALL_SOURCES_SHARE = 2 / 3
 
 
 def combine(evidence):
-    """``{"backdoored", "target_classes", "evidence", "line"}`` from ``{signal: evidence}``."""
+    """``{"backdoored", "target_classes", "backdoors", "inconclusive", "evidence", "line", "score",
+    "probability"}`` from ``{signal: evidence}``: ``backdoors`` names each backdoor as
+    source -> target (:func:`backdoors`), ``inconclusive`` the signals whose measurement
+    saturated (they name no class), ``score`` is :func:`suspicion_score` (>= 1 exactly when
+    backdoored), ``probability`` its :func:`probability`."""
     targets = sorted({c for e in evidence.values() if e.get("decides", True) for c in e["flagged"]})
-    verdict = {"backdoored": bool(targets), "target_classes": targets, "evidence": evidence}
+    verdict = {"backdoored": bool(targets), "target_classes": targets,
+               "backdoors": backdoors(evidence, targets),
+               "inconclusive": {k: e["inconclusive"] for k, e in evidence.items()
+                                if e.get("inconclusive") and e.get("decides", True)},
+               "evidence": evidence}
     verdict["line"] = verdict_line(verdict)
+    verdict["score"] = suspicion_score(evidence)
+    verdict["probability"] = probability(verdict["score"])
     return verdict
+
+
+def backdoors(evidence, targets=None):
+    """Each backdoor the deciding signals found, source -> target:
+    ``[{"target", "sources", "signals", "score"}]`` (``sources`` is ``"all"`` for an all-to-one
+    backdoor, else the source classes the per-pair view flagged), or one
+    ``{"kind": "all-to-all", "mapping": [[source, target], ...], "signals", "score"}`` when the
+    per-pair view found a mapping of several sources to distinct targets."""
+    deciding = {k: e for k, e in evidence.items() if e.get("decides", True)}
+    if targets is None:
+        targets = sorted({c for e in deciding.values() for c in e["flagged"]})
+    pair = deciding.get("pair_transfer") or {}
+    mapping = pair.get("mapping") or {}
+    examined = sorted({int(c) for e in deciding.values() for c in (e.get("scores") or {})})
+    out = []
+    if mapping.get("kind") == "all-to-all":
+        mapped = {int(t) for _, t in mapping["pairs"]}
+        score = max([class_ratio(pair, str(t)) for t in mapped], default=0.0)
+        out.append({"kind": "all-to-all", "mapping": [list(map(int, p)) for p in mapping["pairs"]],
+                    "signals": ["pair_transfer"], "score": score})
+        targets = [t for t in targets if t not in mapped or any(
+            t in e["flagged"] for k, e in deciding.items() if k != "pair_transfer")]
+    per_target = {int(t): sorted(map(int, s)) for t, s in (mapping.get("backdoors") or {}).items()}
+    for t in targets:
+        signals = [k for k, e in deciding.items() if t in e["flagged"]]
+        score = max([class_ratio(deciding[k], str(t)) for k in signals], default=0.0)
+        sources = per_target.get(int(t))
+        others = [c for c in examined if c != t]
+        # A class-level signal moves probes of every class: its backdoor is all-to-one.
+        if not sources or signals != ["pair_transfer"] or len(sources) >= ALL_SOURCES_SHARE * len(others):
+            sources = "all"
+        out.append({"target": int(t), "sources": sources, "signals": signals, "score": score})
+    return out
+
+
+def _ratio(score, threshold, direction):
+    """How far ``score`` lies past ``threshold``: >= 1 when it reaches it (capped at :data:`RATIO_MAX`)."""
+    score, threshold = float(score), float(threshold)
+    if math.isnan(score) or math.isnan(threshold):
+        return 0.0
+    if direction == "below":
+        r = threshold / max(score, _TINY) if threshold > 0 else (1.0 if score <= threshold else 0.0)
+    else:
+        r = score / max(threshold, _TINY) if threshold > 0 else (1.0 if score >= threshold else 0.0)
+    return min(max(r, 0.0), RATIO_MAX)
+
+
+def class_ratio(e, c):
+    """Class ``c``'s (a string) score over its signal's threshold, as :func:`suspicion_score` counts it:
+    the smaller of its two ratios when the signal has a second condition (``also``), then at
+    least 1 when the signal flags ``c`` and at most :data:`NOT_FLAGGED_MAX` when it does not."""
+    score = (e.get("scores") or {}).get(c)
+    r = 0.0 if score is None else _ratio(score, e["threshold"], e.get("direction", "above"))
+    also = e.get("also")
+    if also:
+        second = (also.get("scores") or {}).get(c)
+        r = min(r, 0.0 if second is None else _ratio(second, also["threshold"], also.get("direction", "above")))
+    if c in {str(f) for f in e.get("flagged") or []}:
+        return max(r, 1.0)
+    return min(r, NOT_FLAGGED_MAX)
+
+
+def suspicion_score(evidence):
+    """One number per model, higher = more suspicious: the largest :func:`class_ratio` over the
+    deciding signals of ``evidence`` and their classes (0 with none). ``>= 1`` exactly when
+    :func:`combine` says BACKDOORED."""
+    ratios = [class_ratio(e, c) for e in evidence.values() if e.get("decides", True) and not e.get("inconclusive")
+              for c in {*map(str, e.get("scores") or {}), *map(str, e.get("flagged") or [])}]
+    return max(ratios, default=0.0)
+
+
+def probability(score):
+    """``score / (1 + score)``: a monotone map of :func:`suspicion_score` to [0, 1), 0.5 at the
+    threshold (score 1). Not calibrated: it ranks models, it is not a measured frequency."""
+    score = max(float(score), 0.0)
+    return score / (1.0 + score)
 
 
 def verdict_line(verdict):
@@ -30,6 +140,9 @@ def verdict_line(verdict):
     parts = []
     for name, e in verdict["evidence"].items():
         if not e.get("decides", True):
+            continue
+        if e.get("inconclusive"):
+            parts.append(f"{_SHORT.get(name, name)} inconclusive (saturated)")
             continue
         scores = e["scores"]
         if targets:
@@ -49,4 +162,13 @@ def verdict_line(verdict):
     if not targets:
         return "CLEAN" + detail
     noun = "class" if len(targets) == 1 else "classes"
-    return f"BACKDOORED: {noun} {', '.join(map(str, targets))}{detail}"
+    named = [_named(b) for b in verdict.get("backdoors") or [] if b.get("kind") == "all-to-all"
+             or b.get("sources") not in (None, "all")]
+    return f"BACKDOORED: {noun} {', '.join(map(str, targets))}{detail}" + (f": {'; '.join(named)}" if named else "")
+
+
+def _named(b):
+    """``3 -> 7`` or ``all-to-all 0->1, 1->2, ...``."""
+    if b.get("kind") == "all-to-all":
+        return "all-to-all " + ", ".join(f"{s}->{t}" for s, t in b["mapping"])
+    return f"{','.join(map(str, b['sources']))} -> {b['target']}"

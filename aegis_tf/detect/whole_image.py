@@ -127,13 +127,40 @@ def blend_alphas(model, x, y, translations, *, n_probes=50, flip_at=0.9, seed=0,
     return {c: (float(hi[i]), float(best[i])) for i, c in enumerate(classes)}
 
 
+def saturation(norms, ceiling):
+    """Why ``{class: norm}`` (from a bisection on ``[0, ceiling]``) cannot single out a class,
+    or ``None``.
+
+    A class the ceiling did not move gets the ceiling: a bound, not a measurement. When
+    the smallest norm's nearest rival sits at the ceiling, the top class's gap is the
+    ceiling over its own norm, fixed by the bound; it says something only when the top
+    class moved at a quarter of the ceiling or less (at least two halvings of the
+    bisection), else (the exact 2.00 of a class found at the first halving, every other at
+    the bound) the signal is saturated. When that rival ties with half the classes or
+    more at one value, the bisection could not tell them apart: saturated too."""
+    values = np.array(list(norms.values()), dtype="float64")
+    n = len(values)
+    ordered = np.sort(values)
+    own, rival = ordered[0], ordered[1]
+    if rival >= ceiling * (1 - 1e-6) and own > ceiling / 4:
+        at_bound = int(np.sum(values >= ceiling * (1 - 1e-6)))
+        return (f"saturated: {at_bound} of {n} classes not moved below the bisection's ceiling ({ceiling:g}), and "
+                f"the smallest norm ({own:.4g}) lies within the bisection's first two halvings: its gap is set "
+                "by the bound")
+    tied = int(np.sum(np.isclose(values, rival, rtol=1e-9, atol=0.0)))
+    if rival < ceiling * (1 - 1e-6) and tied >= max(3, (n + 1) // 2):
+        return f"saturated: {tied} of {n} classes tie at {rival:.4g}, the top class's nearest rival"
+    return None
+
+
 class WholeImageDetector(Detector):
     """Flags a class whose common translation direction moves other images at an
     outlying small norm (see the module docstring), scikit-learn style.
 
     ``fit(model, x, y, classes)`` translates (unless ``translations`` are
     given) and measures :func:`flip_norms`; ``fit_norms({class: norm})``
-    scores norms already measured. ``scores_`` holds each class's gap (the
+    scores norms already measured. A saturated measurement (:func:`saturation`)
+    makes the signal inconclusive: ``inconclusive_`` says why, and no class is flagged. ``scores_`` holds each class's gap (the
     smallest other norm over its own; above 1 only for the class of smallest norm).
 
     Attributes after ``fit``: ``classes_``, ``norms_``, ``shares_`` (after
@@ -172,14 +199,25 @@ class WholeImageDetector(Detector):
         measured = self._measure(model, x, y, translations)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
         return self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
-                              screen_threshold=screen_threshold)
+                              screen_threshold=screen_threshold, ceiling=self._ceiling(x))
+
+    def _ceiling(self, x):
+        """The bisection's upper bound, in the units of ``norms_``: the L2 norm of a full-range image."""
+        return float(np.sqrt(np.prod(np.shape(x)[1:])))
 
     def _measure(self, model, x, y, translations):
         return flip_norms(model, x, y, translations, n_probes=self.n_probes, flip_at=self.flip_at,
                           pixel_max=self.pixel_max, seed=self.random_state, batch_size=self.batch_size)
 
-    def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None):
+    def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None, ceiling=None):
         """Score ``{class: norm}``. Returns ``self``.
+
+        ``ceiling`` (the bisection's upper bound) lets the signal see when its measurement
+        saturated: a class the ceiling did not move gets the ceiling, a bound rather than a
+        measurement. When fewer than 3 classes moved below it, or the nearest rival of the
+        top class ties with half the classes or more at one value, the gaps compare bounds,
+        not measurements: the signal is then inconclusive (``inconclusive_`` says why) and
+        names no class.
 
         A staged scan measures only its promoted classes in full, so their gaps
         compare them with each other only, and a class whose nearest rival was
@@ -204,11 +242,23 @@ class WholeImageDetector(Detector):
         self.screen_threshold_ = screen_threshold
         self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
                                  and (not staged or self.screen_gaps_[c] >= screen_threshold)]
+        self.inconclusive_ = None if ceiling is None else saturation(self.norms_, ceiling)
+        if self.inconclusive_:
+            self.suspect_classes_ = []
         self.is_backdoored_ = bool(self.suspect_classes_)
         return self
 
+    def report(self):
+        out = super().report()
+        if getattr(self, "inconclusive_", None):
+            out["verdict"] = "inconclusive"
+            out["inconclusive"] = self.inconclusive_
+        return out
+
     def evidence(self, description):
         out = super().evidence(description)
+        if getattr(self, "inconclusive_", None):
+            out["inconclusive"] = self.inconclusive_
         if self.screen_gaps_ is not None:  # a staged scan: the stage-1 gap must reach the alarm level too
             out["also"] = {"name": "stage 1", "scores": {str(c): g for c, g in self.screen_gaps_.items()},
                            "threshold": self.screen_threshold_}
@@ -234,6 +284,9 @@ class BlendProbeDetector(WholeImageDetector):
 
     score_name = "blend_gap"
     _measure_name = "blend_alpha"
+
+    def _ceiling(self, x):
+        return 1.0  # a = 1 replaces the probe by the pattern
 
     def _measure(self, model, x, y, translations):
         return blend_alphas(model, x, y, translations, n_probes=self.n_probes, flip_at=self.flip_at,

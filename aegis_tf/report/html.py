@@ -9,6 +9,7 @@ report but missing on disk is skipped with a short note. All text is escaped.
 
 import base64
 import json
+import math
 import numbers
 import os
 from html import escape
@@ -75,6 +76,13 @@ def _fmt(x, digits=3):
     return escape(str(x))
 
 
+def _score(x):
+    """A score with 3 decimals, rounded down, so that a score just under the threshold 1 never shows as 1."""
+    if x is None:
+        return '<span class="na">not measured</span>'
+    return escape(f"{math.floor(float(x) * 1000) / 1000:.3f}" if float(x) < 1000 else f"{float(x):.4g}")
+
+
 def _pct(x):
     return '<span class="na">not measured</span>' if x is None else f"{100 * x:.2f}%"
 
@@ -102,6 +110,26 @@ def write_detect_html(result, path, *, title=None):
     body.append(f'<div id="verdict" class="banner {"bad" if bad else "good"}"><b>{word}</b>{cls}'
                 f'<br><code>{escape(str(verdict.get("line", "")))}</code></div>')
     body.append(f'<p>Model: <code id="model">{escape(model)}</code></p>')
+    named = []
+    for b in verdict.get("backdoors") or []:
+        if b.get("kind") == "all-to-all":
+            named.append("all-to-all: " + ", ".join(f"{u}&rarr;{v}" for u, v in b["mapping"]))
+        else:
+            src = "every other class" if b.get("sources") == "all" else "class(es) " + ", ".join(map(str, b["sources"]))
+            named.append(f"{escape(src)} &rarr; class {b['target']} ({escape(', '.join(b.get('signals') or []))})")
+    if named:
+        body.append('<p id="backdoors">Backdoors, source &rarr; target: ' + "; ".join(named) + ".</p>")
+    for name, why in (verdict.get("inconclusive") or {}).items():
+        body.append(f'<p id="inconclusive-{escape(str(name))}">{escape(str(name))}: inconclusive, names no class '
+                    f"({escape(str(why))}).</p>")
+    if verdict.get("score") is not None:
+        body.append(f'<p id="score">Suspicion score {_score(verdict["score"])} (flagged at &ge; 1: the largest '
+                    f"deciding signal's score over its threshold); probability {_score(verdict.get('probability'))} "
+                    "(score / (1 + score), not calibrated).</p>")
+    for name, base in (result.get("baselines") or {}).items():
+        label = "Neural Cleanse" if name == "neural_cleanse" else name
+        body.append(f'<p id="baseline-{escape(str(name))}">{escape(label)} (baseline, not in the verdict): '
+                    f'<code>{escape(str(base.get("line", "")))}</code></p>')
 
     # Per-class evidence: one row per class, one score column per signal.
     classes = set(aegis.get("classes") or {}) | set(nc.get("classes") or {})
@@ -131,6 +159,8 @@ def write_detect_html(result, path, *, title=None):
              for n, ev in evidence.items() if ev.get("description")]
     if descr:
         body.append("<ul>" + "".join(descr) + "</ul>")
+    if result.get("robustness"):
+        body.append(_robustness_section(result["robustness"]))
 
     stages = aegis.get("stages")
     if stages:
@@ -167,6 +197,17 @@ def write_detect_html(result, path, *, title=None):
         if aegis.get("config"):
             body.append(_json_block("aegis config", aegis["config"]))
     return _write(path, _page(title or f"Backdoor detection: {os.path.basename(model)}", body))
+
+
+def _robustness_section(r):
+    """How robust the model is (aegis_tf.detect.robustness): AEGIS assumes a robust model."""
+    tone = "" if r.get("robust") else ' class="note"'
+    return ('<h2>Robustness</h2>\n'
+            f'<p id="robustness"{tone}>PGD accuracy {_pct(r.get("pgd_acc"))} at L2 eps '
+            f'{_fmt(r.get("eps"))} ({escape(str(r.get("steps")))} steps; clean {_pct(r.get("clean_acc"))}, '
+            f'{escape(str(r.get("n_images")))} training images): {escape(str(r.get("note", "")))}</p>\n'
+            '<p class="note">AEGIS assumes an adversarially robust model. The rule (robust when the PGD accuracy is '
+            'at least half the clean accuracy) is a heuristic; it does not change the verdict.</p>')
 
 
 def _stages_section(stages):

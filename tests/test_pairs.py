@@ -1,0 +1,130 @@
+"""Backdoors named as source -> target: the per-pair patch-transfer view, the all-to-all
+reading, and signals that saturate and say so instead of naming a class."""
+
+import numpy as np
+import pytest
+
+from aegis_tf.detect.patch_transfer import PairTransferDetector, pair_transfer_rates
+from aegis_tf.detect.translation import Translation
+from aegis_tf.detect.verdict import combine
+from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector, saturation
+
+
+def _rates(hot, n=20, classes=range(10), value=1.0):
+    """``{(s, t): rates}``: ``n`` translations per pair, those of the ``hot`` pairs transferring."""
+    return {(s, t): np.full(n, value if (s, t) in hot else 0.0) for t in classes for s in classes if s != t}
+
+
+def test_a_source_specific_pair_is_flagged_with_its_source():
+    det = PairTransferDetector().fit_rates(_rates({(3, 7)}), classes=list(range(10)))
+    assert det.flagged_pairs_ == [(3, 7)] and det.suspect_classes_ == [7]
+    assert det.scores_[7] == 1.0 and det.scores_[3] == 0.0
+    assert det.mapping() == {"kind": "per-target", "backdoors": {7: [3]}}
+    ev = det.evidence("x")
+    assert ev["pairs"] == [[3, 7]] and ev["flagged"] == [7]
+    assert det.report()["classes"]["7"]["sources"]["3"] == 1.0
+
+
+def test_an_all_to_all_mapping_is_read_as_such():
+    hot = {(c, (c + 1) % 10) for c in range(10)}
+    det = PairTransferDetector().fit_rates(_rates(hot), classes=list(range(10)))
+    assert det.mapping() == {"kind": "all-to-all", "pairs": [[c, (c + 1) % 10] for c in range(10)]}
+    half = {(c, (c + 1) % 10) for c in range(0, 10, 2)}  # half the pairs found: still a mapping
+    assert PairTransferDetector().fit_rates(_rates(half), classes=list(range(10))).mapping()["kind"] == "all-to-all"
+    many_to_one = {(s, 7) for s in range(10) if s != 7}
+    det = PairTransferDetector().fit_rates(_rates(many_to_one), classes=list(range(10)))
+    assert det.mapping() == {"kind": "per-target", "backdoors": {7: [0, 1, 2, 3, 4, 5, 6, 8, 9]}}
+
+
+def test_pairs_need_count_share_and_an_outlying_share():
+    assert PairTransferDetector().fit_rates(_rates({(3, 7)}, n=2), classes=list(range(10))).flagged_pairs_ == []
+    # Every pair transfers a little: nothing stands out.
+    rates = {p: np.r_[np.ones(6), np.zeros(14)] for p in _rates(set())}
+    assert PairTransferDetector().fit_rates(rates, classes=list(range(10))).flagged_pairs_ == []
+
+
+def test_pair_rates_paste_each_patch_on_its_own_source_class():
+    import keras
+
+    # A model that says 7 only for class-3 images (bright top-left) that carry a lit corner.
+    x = np.zeros((40, 8, 8, 1), "float32")
+    y = np.arange(40) % 4
+    x[y == 3, 0, 0, 0] = 255.0
+    inp = keras.Input((8, 8, 1))
+    flat = keras.layers.Flatten()(inp)
+    out = keras.layers.Dense(8)(flat)
+    model = keras.Model(inp, out)
+    w = np.zeros((64, 8), "float32")
+    b = np.zeros(8, "float32")
+    w[0, 7], w[63, 7], b[7], b[0] = 1.0, 1.0, -300.0, 0.0  # class 7 needs both pixels lit
+    model.set_weights([w, b])
+    seeds = np.nonzero(y != 7)[0][:12]
+    images = x[seeds].copy()
+    images[:, 7, 7, 0] = 255.0  # every translation lit the corner
+    tr = {7: Translation(images, seeds, 1.0, x[seeds])}
+    rates = pair_transfer_rates(model, x, y, tr, top_frac=1 / 64, n_probes=5)
+    assert set(rates) == {(s, 7) for s in np.unique(y[seeds])}
+    assert rates[(3, 7)].min() == 1.0 and all(rates[(s, 7)].max() == 0.0 for s in (0, 1, 2))
+
+
+def test_the_verdict_names_source_and_target():
+    ev = {"patch_transfer": {"scores": {str(c): 0.0 for c in range(10)}, "threshold": 0.02, "direction": "above",
+                             "flagged": []},
+          "pair_transfer": PairTransferDetector().fit_rates(_rates({(3, 7)}), classes=list(range(10))).evidence("x")}
+    v = combine(ev)
+    assert v["target_classes"] == [7] and v["line"].endswith(": 3 -> 7")
+    assert v["backdoors"] == [{"target": 7, "sources": [3], "signals": ["pair_transfer"], "score": 4.0}]
+    ev["patch_transfer"]["flagged"], ev["patch_transfer"]["scores"]["7"] = [7], 0.3  # a class-level signal too
+    assert combine(ev)["backdoors"][0]["sources"] == "all" and "->" not in combine(ev)["line"]
+    hot = {(c, (c + 1) % 10) for c in range(10)}
+    ev = {"pair_transfer": PairTransferDetector().fit_rates(_rates(hot), classes=list(range(10))).evidence("x")}
+    b, = combine(ev)["backdoors"]
+    assert b["kind"] == "all-to-all" and b["mapping"][0] == [0, 1] and "all-to-all 0->1" in combine(ev)["line"]
+
+
+@pytest.mark.parametrize("norms, saturated", [
+    ({0: 14.0, **{c: 28.0 for c in range(1, 10)}}, True),  # one class at the first halving: the 2.00 / 0.50 pattern
+    ({0: 8.0, **{c: 28.0 for c in range(1, 10)}}, True),  # within the first two halvings, every rival at the bound
+    ({0: 3.5, **{c: 28.0 for c in range(1, 10)}}, False),  # far below the bound: the bound only understates the gap
+    ({0: 3.53, 1: 11.5, **{c: 28.0 for c in range(2, 10)}}, False),  # a standard model's trigger: rival measured
+    ({0: 1.0, 1: 3.0, 2: 3.0, 3: 3.0, 4: 3.0, 5: 3.0, 6: 5.0}, True),  # the rival ties with half the classes
+    ({0: 1.0, 1: 2.33, 2: 28.0}, False),  # one class at the bound, the rival measured
+    ({0: 2.5, 1: 6.0, 2: 5.5, 3: 6.3}, False),
+])
+def test_saturation_is_read_from_the_bounds_and_ties(norms, saturated):
+    assert bool(saturation(norms, 28.0)) is saturated
+
+
+def test_a_saturated_signal_names_no_class_and_the_verdict_says_so():
+    det = WholeImageDetector().fit_norms({0: 14.0, **{c: 28.0 for c in range(1, 10)}}, ceiling=28.0)
+    assert det.scores_[0] == 2.0 and det.suspect_classes_ == [] and det.inconclusive_
+    assert det.report()["verdict"] == "inconclusive"
+    blend = BlendProbeDetector().fit_norms({0: 0.5, **{c: 1.0 for c in range(1, 10)}}, ceiling=1.0)
+    assert blend.suspect_classes_ == [] and blend.inconclusive_
+    v = combine({"whole_image": det.evidence("x"), "blend_probe": blend.evidence("y")})
+    assert not v["backdoored"] and set(v["inconclusive"]) == {"whole_image", "blend_probe"}
+    assert "whole-image gap inconclusive (saturated)" in v["line"] and v["score"] == 0.0
+    assert WholeImageDetector().fit_norms({0: 14.0, **{c: 28.0 for c in range(1, 10)}}).suspect_classes_ == [0]
+
+
+def test_the_resume_fingerprint_ignores_the_scoring_only_settings():
+    import keras
+
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.state import fingerprint
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x, y = np.zeros((6, 4, 4, 1), "float32"), np.arange(6) % 3
+    key = fingerprint(model, x, y, range(3), DetectConfig(), 0)
+    assert key == fingerprint(model, x, y, range(3), DetectConfig(pairs=False, pair_probes=5, pair_min_score=0.5), 0)
+    assert key != fingerprint(model, x, y, range(3), DetectConfig(n_seeds=5), 0)
+
+
+def test_the_report_page_names_the_backdoors_and_the_inconclusive_signals(tmp_path):
+    from aegis_tf.report.html import write_detect_html
+
+    ev = {"pair_transfer": PairTransferDetector().fit_rates(_rates({(3, 7)}), classes=list(range(10))).evidence("x"),
+          "whole_image": WholeImageDetector().fit_norms({0: 14.0, **{c: 28.0 for c in range(1, 10)}},
+                                                        ceiling=28.0).evidence("y")}
+    page = open(write_detect_html({"model": "m.keras", "verdict": combine(ev)}, str(tmp_path / "r.html"))).read()
+    assert "class(es) 3 &rarr; class 7 (pair_transfer)" in page and 'id="inconclusive-whole_image"' in page
