@@ -90,6 +90,11 @@ def scan(model, data, *, config=None, out_dir=None, method="aegis", classes=None
         raise AegisError(f"config must be a DetectConfig. Received: {type(config).__name__}")
     check_method(method)
     check_jobs(n_jobs)
+    for name_, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise AegisError(f"{name_} must be an integer >= {low}. Received: {value!r}")
+    if resume and out_dir is None:
+        raise AegisError("resume=True continues a scan saved in out_dir; give out_dir")
     if out_dir is not None:
         check_out_dir(out_dir)
     net, path = _model(model, weights)
@@ -147,7 +152,7 @@ def poison(data, trigger=None, *, poison_rate, out_dir, **kwargs):
     from aegis_tf.attack.config import TriggerConfig
     from aegis_tf.attack.job import poison_job
 
-    return poison_job(data=data, trigger=trigger or TriggerConfig(), poison_rate=poison_rate, out_dir=out_dir,
+    return poison_job(data=data, trigger=TriggerConfig() if trigger is None else trigger, poison_rate=poison_rate, out_dir=out_dir,
                       **kwargs)
 
 
@@ -158,7 +163,8 @@ def train(data, trigger=None, config=None, *, model_out, **kwargs):
     from aegis_tf.attack.config import TrainConfig, TriggerConfig
     from aegis_tf.attack.job import train_job
 
-    return train_job(data=data, trigger=trigger or TriggerConfig(), config=config or TrainConfig(),
+    return train_job(data=data, trigger=TriggerConfig() if trigger is None else trigger,
+                     config=TrainConfig() if config is None else config,
                      model_out=model_out, **kwargs)
 
 

@@ -103,3 +103,27 @@ def test_import_aegis_tf_is_light_and_names_the_public_api():
     for name in aegis_tf.__all__:
         assert getattr(aegis_tf, name) is not None
     assert callable(aegis_tf.scan) and callable(aegis_tf.repair) and callable(aegis_tf.train)
+
+
+def test_a_scan_result_copies_pickles_and_cannot_be_deleted_from():
+    import copy
+    import pickle
+
+    r = aegis_tf.ScanResult("m", {"verdict": {"backdoored": True, "target_classes": [7], "evidence": {},
+                                              "line": "BACKDOORED: class 7"}})
+    assert copy.copy(r) is r and copy.deepcopy(r) is r
+    back = pickle.loads(pickle.dumps(r))
+    assert back.line == r.line and back.target_classes == [7] and back.name == "m"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del r.name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(seed=-1), "seed must be an integer >= 0"),
+    (dict(resume=True, out_dir=None), "give out_dir"),
+])
+def test_scan_checks_its_numbers_before_any_work(tmp_path, kwargs, message):
+    with pytest.raises(aegis_tf.AegisError, match=message):
+        aegis_tf.scan(PATHS["robust_bd_net"], PATHS["train"], **{"out_dir": str(tmp_path / "o"), **kwargs})
+    assert not (tmp_path / "o").exists()

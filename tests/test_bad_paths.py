@@ -402,3 +402,15 @@ def test_an_out_json_that_is_a_folder_is_refused_first(tmp_path, capsys, command
     folder = tmp_path / "a_folder"
     folder.mkdir()
     _refused(command + ["--out", str(folder)], capsys, tmp_path, "is a folder")
+
+
+def test_repair_s_folder_keeps_the_umask_s_permissions(tmp_path):
+    from aegis_tf.core.utils import replaced_dir
+
+    umask = os.umask(0o022)
+    try:
+        with replaced_dir(str(tmp_path / "out")) as tmp:
+            open(os.path.join(tmp, "f"), "w").close()
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "out").st_mode & 0o777) == 0o755

@@ -128,3 +128,12 @@ def test_the_report_page_names_the_backdoors_and_the_inconclusive_signals(tmp_pa
                                                         ceiling=28.0).evidence("y")}
     page = open(write_detect_html({"model": "m.keras", "verdict": combine(ev)}, str(tmp_path / "r.html"))).read()
     assert "class(es) 3 &rarr; class 7 (pair_transfer)" in page and 'id="inconclusive-whole_image"' in page
+
+
+def test_one_source_among_few_examined_classes_is_still_named():
+    # A scan of classes 3 and 7 only: the pair view saw sources from all 10 classes.
+    det = PairTransferDetector().fit_rates({**{(s, 7): np.zeros(20) for s in range(10) if s != 7},
+                                            (3, 7): np.ones(20), **{(s, 3): np.zeros(20) for s in range(10) if s != 3}},
+                                           classes=[3, 7])
+    ev = {"pair_transfer": det.evidence("x")}
+    assert combine(ev)["backdoors"][0]["sources"] == [3]

@@ -217,6 +217,7 @@ def train_job(*, data, trigger, config, arch="compact", width=None, poison_rate=
             from aegis_tf.attack.evaluation import evaluate_backdoor
 
             report["test"] = evaluate_backdoor(model, xt, yt, adversarial=True, **common)
+    write_json(str(model_out) + ".json", report)  # MODEL.json: evaluate reads the backdoor from it
     return report
 
 

@@ -77,5 +77,6 @@ def run(args):
                    evaluate=not args.no_eval, batch_size=args.batch_size, quiet=args.quiet)
     if "test" in report:
         print(f"{args.model_out}: {eval_line(report['test'])}")
-    write_json(args.out or args.model_out + ".json", report)
+    if args.out:  # the job wrote MODEL.json beside the model
+        write_json(args.out, report)
     return 0

@@ -247,6 +247,9 @@ def replaced_dir(path):
             os.mkdir(d)
             created.append(d)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(full)}-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder it becomes should not be
         yield tmp
         _swap_in(tmp, full)
         tmp = None

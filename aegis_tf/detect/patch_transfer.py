@@ -258,6 +258,7 @@ class PairTransferDetector(PatchTransferDetector):
         out = super().evidence(description)
         out["pairs"] = [list(p) for p in self.flagged_pairs_]
         out["mapping"] = self.mapping()
+        out["n_sources"] = len({s for s, _ in self.pairs_})  # every class with training images, examined or not
         return out
 
     def _class_entry(self, c):

@@ -174,8 +174,10 @@ def triggers_from_detect_dir(folder):
                          "so there is no recovered trigger to repair from")
     if not names:
         raise AegisError(f"--trigger-from {folder}: the scan flagged class(es) "
-                         f"{', '.join(map(str, verdict.get('target_classes', [])))} but saved no trigger file "
-                         "(a report from before trigger files, or a --score clusters scan); run detect again")
+                         f"{', '.join(map(str, verdict.get('target_classes', [])))} but saved no trigger file: "
+                         "a backdoor found only by the per-pair view (source-specific or all-to-all) has no "
+                         "recovered trigger yet, nor has a --score clusters scan or a report from before trigger "
+                         "files")
     return [load_trigger(os.path.join(folder, n)) for n in names], report
 
 

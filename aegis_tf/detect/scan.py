@@ -443,6 +443,20 @@ class ScanResult:
     def __setattr__(self, key, value):
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}: a ScanResult is frozen")
 
+    def __delattr__(self, key):
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {key!r}: a ScanResult is frozen")
+
+    def __copy__(self):
+        return self  # frozen: a copy would be the same
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        """Pickled (or sent to another process) without the fitted detectors: the copy's
+        :meth:`save` writes ``detect.json`` and ``report.html``, not the figures or triggers."""
+        return ScanResult, (self.name, self._result)
+
     def __repr__(self):
         return f"ScanResult({self.name!r}: {self.line})"
 

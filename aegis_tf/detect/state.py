@@ -46,7 +46,7 @@ def fingerprint(model, x, y, classes, config, seed, *extra):
     h = hashlib.sha256()
     for a in [*(np.asarray(w) for w in model.get_weights()), np.asarray(x), np.asarray(y)]:
         h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # no copy of a contiguous array
     settings = {k: v for k, v in config.to_dict().items() if k not in SCORING_ONLY}
     h.update(json.dumps([list(map(int, classes)), settings, seed, *extra], sort_keys=True).encode())
     return h.hexdigest()[:16]

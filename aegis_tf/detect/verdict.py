@@ -82,9 +82,9 @@ def backdoors(evidence, targets=None):
         signals = [k for k, e in deciding.items() if t in e["flagged"]]
         score = max([class_ratio(deciding[k], str(t)) for k in signals], default=0.0)
         sources = per_target.get(int(t))
-        others = [c for c in examined if c != t]
+        n_others = (pair.get("n_sources") or len(examined)) - 1  # every possible source, examined or not
         # A class-level signal moves probes of every class: its backdoor is all-to-one.
-        if not sources or signals != ["pair_transfer"] or len(sources) >= ALL_SOURCES_SHARE * len(others):
+        if not sources or signals != ["pair_transfer"] or len(sources) >= ALL_SOURCES_SHARE * n_others:
             sources = "all"
         out.append({"target": int(t), "sources": sources, "signals": signals, "score": score})
     return out

@@ -213,11 +213,10 @@ class WholeImageDetector(Detector):
         """Score ``{class: norm}``. Returns ``self``.
 
         ``ceiling`` (the bisection's upper bound) lets the signal see when its measurement
-        saturated: a class the ceiling did not move gets the ceiling, a bound rather than a
-        measurement. When fewer than 3 classes moved below it, or the nearest rival of the
-        top class ties with half the classes or more at one value, the gaps compare bounds,
-        not measurements: the signal is then inconclusive (``inconclusive_`` says why) and
-        names no class.
+        saturated (:func:`saturation`: the top class's rival at the ceiling while the top
+        class moved only within the bisection's first two halvings, or the rival tied with
+        half the classes, and at least 3, at one value): the signal is then inconclusive
+        (``inconclusive_`` says why) and names no class.
 
         A staged scan measures only its promoted classes in full, so their gaps
         compare them with each other only, and a class whose nearest rival was
