@@ -8,7 +8,7 @@ The public API (docs/api.md)::
     result.backdoored, result.target_classes, result.line
     result.save("out/scan")
 
-``scan``, ``repair``, ``evaluate_goodnet``, ``poison``, ``train`` and
+``scan``, ``scan_zoo``, ``repair``, ``evaluate_goodnet``, ``poison``, ``train`` and
 ``evaluate`` are the jobs of the command line; ``DetectConfig``, ``TrainConfig``,
 ``TriggerConfig`` and ``RepairConfig`` their typed settings; ``ScanResult`` what ``scan`` returns;
 ``AegisError`` what bad input raises. The stages live in ``aegis_tf.core``,
@@ -18,7 +18,7 @@ The public API (docs/api.md)::
 
 __version__ = "0.3.0"  # the one place: pyproject.toml reads it
 
-_API = {"scan": "aegis_tf.api", "repair": "aegis_tf.api", "evaluate_goodnet": "aegis_tf.api",
+_API = {"scan": "aegis_tf.api", "scan_zoo": "aegis_tf.api", "repair": "aegis_tf.api", "evaluate_goodnet": "aegis_tf.api",
         "poison": "aegis_tf.api", "train": "aegis_tf.api", "evaluate": "aegis_tf.api",
         "ScanResult": "aegis_tf.detect.scan", "DetectConfig": "aegis_tf.detect.config",
         "TrainConfig": "aegis_tf.attack.config", "TriggerConfig": "aegis_tf.attack.config",

@@ -19,7 +19,7 @@ import numpy as np
 
 from aegis_tf.core.errors import AegisError
 
-__all__ = ["scan", "detect", "repair", "evaluate_goodnet", "poison", "train", "evaluate", "ScanResult"]
+__all__ = ["scan", "scan_zoo", "detect", "repair", "evaluate_goodnet", "poison", "train", "evaluate", "ScanResult"]
 
 
 def __getattr__(name):  # ScanResult without importing Keras at `import aegis_tf`
@@ -115,6 +115,26 @@ def scan(model, data, *, config=None, out_dir=None, method="aegis", classes=None
     return result
 
 
+def scan_zoo(zoo, out_dir, *, config=None, method="aegis", engine="local", workers=1, threads=None, address=None,
+             gpus_per_task=0.0, retries=1, seed=0, batch_size=256, retry_errors=False, quiet=True, echo=None):
+    """Scan every model of ``zoo`` (a folder of model folders with their ``config.json``, or a
+    ``.json``/``.csv`` manifest) into ``out_dir``: one ``result.json`` per model, then
+    ``summary.json``, ``summary.md`` and an index ``report.html``. Returns the summary.
+
+    A rerun skips the models already done (same file hash and settings); a model that cannot
+    be loaded or scanned gets an error result and the others go on. ``engine="local"`` runs
+    ``workers`` processes (``threads`` math threads each, never more than the cores in all);
+    ``engine="ray"`` runs one Ray task per model on the cluster at ``address`` or on a local
+    instance (``pip install aegis-tf[ray]``). ``echo`` (e.g. ``print``) receives the summary
+    lines, and, unless ``quiet``, a line per model as it finishes. See docs/zoo.md.
+    """
+    from aegis_tf.zoo.scan import scan_zoo as run
+
+    return run(zoo, out_dir, config=config, method=method, engine=engine, workers=workers, threads=threads,
+               address=address, gpus_per_task=gpus_per_task, retries=retries, seed=seed, batch_size=batch_size,
+               retry_errors=retry_errors, quiet=quiet, echo=echo or (lambda *_: None))
+
+
 def detect(**kwargs):
     """The ``aegis detect`` job: scan the model named by ``bad_model``/``bad_model_weights``
     (default: the embedded robust pair), save each result and return ``{name: detect.json}``.
@@ -125,8 +145,9 @@ def detect(**kwargs):
 
 
 def repair(config=None, **kwargs):
-    """The ``aegis repair`` job: the lab's pruning and GoodNet by default, or a repair from the
-    trigger ``detect`` recovered (``trigger_from=`` a detect folder); returns ``repair.json``.
+    """The ``aegis repair`` job: the lab's pruning and GoodNet by default, a repair from the
+    trigger ``detect`` recovered (``trigger_from=`` a detect folder), or the data-free
+    channel-Lipschitzness pruning (``strategy="clp"``, ``clp_u``); returns ``repair.json``.
 
     ``config`` is a :class:`~repair.config.RepairConfig` (``threshold`` 2, 4 or 10, ``strategy``,
     ...); its fields can also be given as keywords (``aegis_tf.repair(threshold=2)``). The other

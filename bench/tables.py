@@ -50,6 +50,7 @@ import sys
 import numpy as np
 
 from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.detect.ranking import IMPLANTED_ASR, ranking_metrics, roc_auc, tpr_at_fpr  # noqa: F401 (public here too)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 RESULTS = os.path.join(ROOT, "results", "detect")
@@ -58,7 +59,7 @@ RESULTS = os.path.join(ROOT, "results", "detect")
 # What a row of a detect_table result means
 # ---------------------------------------------------------------------------
 
-IMPLANTED_ASR = 0.9  # a poisoned model counts as backdoored only at this ASR; below it, "not learned"
+# IMPLANTED_ASR: a poisoned model counts as backdoored only at this ASR; below it, "not learned".
 
 
 def score_run(report, target, n_classes):
@@ -462,59 +463,6 @@ def main_families(args, argv):
 # ---------------------------------------------------------------------------
 # score: the suspicion score as a ranking of models
 # ---------------------------------------------------------------------------
-
-def roc_auc(scores, labels):
-    """ROC-AUC by Mann-Whitney: the chance that a positive outscores a negative, ties counted 0.5.
-    ``None`` without both a positive and a negative."""
-    s = np.asarray(scores, dtype="float64")
-    y = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if not n_pos or not n_neg:
-        return None
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse]  # 1-based ranks, the mean rank for tied scores
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def tpr_at_fpr(scores, labels, max_fpr=0.05):
-    """The highest true-positive rate of a rule ``score >= t`` whose false-positive rate is at most
-    ``max_fpr``. ``None`` without both a positive and a negative."""
-    s = np.asarray(scores, dtype="float64")
-    y = np.asarray(labels).astype(bool)
-    if not y.any() or y.all():
-        return None
-    best = 0.0
-    for t in np.unique(s):
-        flagged = s >= t
-        if flagged[~y].mean() <= max_fpr:
-            best = max(best, float(flagged[y].mean()))
-    return best
-
-
-def ranking_metrics(scores, labels, *, threshold=1.0):
-    """How well suspicion ``scores`` (higher = more suspicious, flagged at ``threshold``) rank models
-    with truth ``labels`` (1 or True: backdoored). Returns ``{"models", "backdoored", "clean",
-    "roc_auc", "cross_entropy", "brier", "accuracy", "tpr_at_5pct_fpr"}``: the TrojAI
-    cross-entropy (mean of ``-[y log p + (1 - y) log(1 - p)]``, ``p`` clipped to [1e-12, 1 - 1e-12])
-    and the Brier score (mean of ``(p - y)^2``) take ``p = score / (1 + score)``
-    (:func:`aegis_tf.detect.verdict.probability`, not calibrated); accuracy is that of
-    ``score >= threshold``. ROC-AUC and TPR need both kinds of model (else ``None``)."""
-    from aegis_tf.detect.verdict import probability
-
-    s = np.asarray(scores, dtype="float64").reshape(-1)
-    y = np.asarray(labels).astype(bool).reshape(-1)
-    if len(s) != len(y) or not len(s):
-        raise ValueError(f"need as many scores as labels, at least one. Received: {len(s)} scores, {len(y)} labels")
-    p = np.clip([probability(v) for v in s], 1e-12, 1 - 1e-12)
-    yf = y.astype("float64")
-    return {"models": int(len(s)), "backdoored": int(y.sum()), "clean": int((~y).sum()),
-            "roc_auc": roc_auc(s, y),
-            "cross_entropy": float(np.mean(-(yf * np.log(p) + (1 - yf) * np.log(1 - p)))),
-            "brier": float(np.mean((p - yf) ** 2)),
-            "accuracy": float(np.mean((s >= threshold) == y)),
-            "tpr_at_5pct_fpr": tpr_at_fpr(s, y, 0.05)}
-
 
 def score_rows(paths):
     """``(scores, labels, left_out)`` from JSON files: each a list of ``{"score", "backdoored"}``

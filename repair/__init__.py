@@ -1,5 +1,6 @@
 """Repair of backdoored models: last-pooling-layer pruning and GoodNet (the CSAW lab's
-defence), and repair from the trigger detection recovered.
+defence), repair from the trigger detection recovered, and data-free Channel
+Lipschitzness-based Pruning (CLP).
 
 The names below are imported on first use (PEP 562), so that ``repair.config`` and
 ``repair.thresholds`` stay light enough for the command line's parser.
@@ -10,6 +11,7 @@ _NAMES = {
     "check_threshold": "repair.thresholds", "THRESHOLDS": "repair.thresholds", "RepairConfig": "repair.config",
     "PruneCurve": "repair.prune", "finetune_pruned": "repair.prune", "prune_curve": "repair.prune",
     "prune_curve_naive": "repair.prune", "prune_model": "repair.prune",
+    "clp_prune": "repair.clp", "channel_lipschitz": "repair.clp",
 }
 
 __all__ = list(_NAMES)

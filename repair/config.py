@@ -2,16 +2,26 @@
 :func:`aegis_tf.repair` take them. The command line reads its flags' defaults here."""
 
 import dataclasses
+import math
+import numbers
 from typing import Optional
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.settings import Settings
 from repair.thresholds import check_threshold
 
-__all__ = ["RepairConfig", "STRATEGIES", "METHODS"]
+__all__ = ["RepairConfig", "STRATEGIES", "METHODS", "check_clp_u"]
 
-STRATEGIES = ("lab", "trigger-prune", "unlearn")
+STRATEGIES = ("lab", "trigger-prune", "unlearn", "clp")
 METHODS = ("cached", "naive")
+
+
+def check_clp_u(u):
+    """``u`` as a float, or a one-line AegisError unless it is a positive finite number."""
+    if isinstance(u, bool) or not isinstance(u, numbers.Real) or not math.isfinite(u) or u <= 0:
+        raise AegisError(f"--clp-u must be a positive finite number of standard deviations (the paper's default is "
+                         f"3). Received: {u!r}")
+    return float(u)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +38,10 @@ class RepairConfig(Settings):
     pruning stops at a recovered-trigger ASR of ``stop_asr``; unlearning runs at most
     ``unlearn_epochs`` (Adam, ``unlearn_lr``) with ``unlearn_share`` of the images added
     again with the trigger and their true labels.
+
+    Without any data (``strategy`` ``clp``, alone): Channel Lipschitzness-based Pruning
+    zeroes, in each convolution layer, the channels whose Lipschitz upper bound exceeds
+    the layer's mean by more than ``clp_u`` standard deviations (:mod:`repair.clp`).
     """
 
     threshold: int = 4
@@ -40,6 +54,7 @@ class RepairConfig(Settings):
     unlearn_epochs: int = 20
     unlearn_lr: float = 1e-3
     unlearn_share: float = 0.5
+    clp_u: float = 3.0
 
     def __post_init__(self):
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
@@ -52,6 +67,7 @@ class RepairConfig(Settings):
         for name, value in (("--finetune-lr", self.finetune_lr), ("--unlearn-lr", self.unlearn_lr)):
             if not value > 0:
                 raise AegisError(f"{name} must be a positive number. Received: {value}")
+        check_clp_u(self.clp_u)
         if self.strategy is not None:
             names = [s.strip() for s in self.strategy.split(",")]
             if not names or any(s not in STRATEGIES for s in names):

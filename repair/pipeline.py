@@ -1,8 +1,9 @@
 """The whole repair job: curve, B' at each threshold, GoodNet, evaluation, files.
 
 ``aegis repair`` and ``aegis evaluate-goodnet`` (the lab's ``eval``) call
-:func:`repair_job` and :func:`evaluate_goodnet_job`; :func:`run_repair` and
-:func:`evaluate_goodnet` work on models and arrays already in memory.
+:func:`repair_job` and :func:`evaluate_goodnet_job`; :func:`run_repair`,
+:func:`run_trigger_repair`, :func:`run_clp_repair` and :func:`evaluate_goodnet`
+work on models and arrays already in memory.
 """
 
 import dataclasses
@@ -19,8 +20,8 @@ from repair.config import STRATEGIES
 from repair.goodnet import GoodNet, goodnet_labels
 from repair.prune import THRESHOLDS, check_threshold, finetune_pruned, prune_curve, prune_curve_naive, prune_model
 
-__all__ = ["evaluate_goodnet", "run_repair", "repair_job", "evaluate_goodnet_job", "format_table",
-           "format_goodnet_eval", "pruned_weights_name", "check_repair_out_dir"]
+__all__ = ["evaluate_goodnet", "run_repair", "run_trigger_repair", "run_clp_repair", "repair_job",
+           "evaluate_goodnet_job", "format_table", "format_goodnet_eval", "pruned_weights_name", "check_repair_out_dir"]
 
 
 def pruned_weights_name(tag):
@@ -183,6 +184,33 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     return _write_outputs(out_dir, model, curve, models_out, report)
 
 
+def run_clp_repair(model, test, bad_test=None, *, out_dir, u=3.0, batch_size=256, sources=None):
+    """Channel Lipschitzness-based Pruning (:func:`repair.clp.clp_prune`): a repair with no data at all.
+
+    The pruned copy is B' tagged ``clp``, with its GoodNet; ``test`` and
+    ``bad_test`` (the attacker's poisoned test set, None when unknown) only
+    evaluate B, B' and G. Writes ``B_prime_clp.keras``, ``B_prime_clp.weights.h5``,
+    ``goodnet_clp.keras``, ``repair.json`` (``clp``: the channels pruned in each
+    convolution layer and the UCLCs' mean, std and cutoff) and ``report.html``,
+    swapped into ``out_dir`` whole as :func:`run_repair` does.
+    """
+    from repair.clp import clp_prune
+    from repair.config import check_clp_u
+
+    u = check_clp_u(u)
+    check_repair_out_dir(out_dir)
+    t0 = time.perf_counter()
+    pruned, info = clp_prune(model, u=u)
+    info["seconds"] = time.perf_counter() - t0
+    report = _report_head(None, None, sources, strategy=["clp"])
+    report.update(clp=info, validation=None)
+    report["asr_note"] = ("CLP used no data; the test sets only evaluate" if bad_test is not None
+                          else f"CLP used no data. {NO_ASR}")
+    g = GoodNet.from_models(model, pruned)
+    report["test"]["clp"] = evaluate_goodnet(g, *test, *(bad_test or (None, None)), batch_size=batch_size)
+    return _write_outputs(out_dir, model, None, {"clp": pruned}, report)
+
+
 REPORT_NAME = "repair.json"
 
 
@@ -222,6 +250,14 @@ def _check_strategies(strategies, *, trigger):
     if bad or not strategies:
         raise AegisError(f"--strategy must be a comma-separated list of {', '.join(STRATEGIES)}. Received: "
                          f"{','.join(strategies)}")
+    if "clp" in strategies:
+        if len(strategies) > 1:
+            raise AegisError(f"--strategy clp runs alone (it uses no data; the others prune or fine-tune with data). "
+                             f"Received: {','.join(strategies)}; run them as separate repairs")
+        if trigger:
+            raise AegisError("--strategy clp uses no recovered trigger (it needs no data at all); drop "
+                             "--trigger-from/--trigger-file")
+        return strategies
     if trigger and "lab" in strategies:
         raise AegisError("--strategy lab prunes with the attacker's --bad-valid set, not a recovered trigger; "
                          "use trigger-prune and/or unlearn with --trigger-from")
@@ -395,13 +431,19 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     With ``trigger_from`` (a ``detect --out-dir`` folder) or ``trigger_file``:
     :func:`run_trigger_repair` on clean data alone; B defaults to the model
     the scan examined. ``strategy`` is a comma-separated list (default
-    ``lab``, or ``trigger-prune,unlearn`` with a trigger).
+    ``lab``, or ``trigger-prune,unlearn`` with a trigger). ``strategy="clp"``
+    (alone, no trigger, no validation set): :func:`run_clp_repair`, data-free.
     """
     from aegis_tf.core.models import load_model
     from aegis_tf.core.settings import pixel_max_of
 
     config = _repair_config(config, settings)
     check_repair_out_dir(out_dir)
+    if config.strategy and "clp" in config.strategies(trigger=False):
+        _check_strategies(config.strategy, trigger=bool(trigger_from or trigger_file))
+        return _clp_job(config, bad_model=bad_model, bad_model_weights=bad_model_weights, clean_valid=clean_valid,
+                        bad_valid=bad_valid, clean_test=clean_test, bad_test=bad_test, out_dir=out_dir, scale=scale,
+                        batch_size=batch_size)
     threshold, layer, finetune, finetune_lr = config.threshold, config.layer, config.finetune, config.finetune_lr
     triggers, scan = _recovered_triggers(trigger_from, trigger_file)
     strategies = _check_strategies(config.strategies(trigger=bool(triggers)), trigger=bool(triggers))
@@ -442,6 +484,34 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
         model, valid, bvalid, test, btest, out_dir=out_dir, threshold=threshold, layer=layer, method=config.method,
         finetune_epochs=finetune, finetune_lr=finetune_lr, batch_size=batch_size, seed=seed, quiet=quiet,
         sources=sources)
+
+
+def _clp_job(config, *, bad_model, bad_model_weights, clean_valid, bad_valid, clean_test, bad_test, out_dir, scale,
+             batch_size):
+    """``repair --strategy clp``: every check before any work, then :func:`run_clp_repair`."""
+    from aegis_tf.core.models import load_model
+    from repair.clp import conv_layers
+
+    for name, value in (("--clean-valid", clean_valid), ("--bad-valid", bad_valid)):
+        if value:
+            raise AegisError(f"--strategy clp repairs without data, so {name} would not be used; drop it "
+                             "(--clean-test and --bad-test evaluate)")
+    if config.finetune:
+        raise AegisError("--finetune fine-tunes on clean data, which --strategy clp does not use; drop it")
+    if config.layer is not None:
+        raise AegisError("--layer names the pooling layer the lab's pruning prunes; --strategy clp examines every "
+                         "convolution layer; drop it")
+    model_path, weights = _model_paths(bad_model, bad_model_weights)
+    model = load_model(model_path, weights)
+    conv_layers(model)  # a model without convolutions: one line, before any work
+    test, pt = _load_set(clean_test, "test", model, scale, "--clean-test")
+    btest, pbt = _poisoned_set(bad_test, "bd_test", test, pt, flag="--bad-test", model=model,
+                               model_path=model_path or weights, embedded=_is_embedded(model_path, weights),
+                               scale=scale)
+    sources = {"bad_model": model_path, "bad_model_weights": weights, "clean_test": pt, "bad_test": pbt,
+               "scale": scale}
+    return run_clp_repair(model, test, btest, out_dir=out_dir, u=config.clp_u, batch_size=batch_size,
+                          sources=sources)
 
 
 def _repair_config(config, settings):
@@ -504,7 +574,13 @@ def format_table(report):
     if "trigger" in report:
         lines.append(f"repair from the recovered trigger(s): {'; '.join(report['trigger']['found'])}; "
                      f"strategy {','.join(report['strategy'])}")
-    val = report["validation"]
+    val = report.get("validation") or {}
+    clp = report.get("clp")
+    if clp:
+        per_layer = ", ".join(f"{r['layer']} {len(r['pruned'])}/{r['n_channels']}" for r in clp["layers"])
+        lines.append(f"CLP (data-free, u={clp['u']:g}): pruned {clp['channels_pruned']} of {clp['n_channels']} "
+                     f"convolution channels ({per_layer})"
+                     + (f"; left as they are: {', '.join(clp['skipped'])}" if clp.get("skipped") else ""))
     if "layer" in report:
         watched = (f"ASR {_pct(val['asr'], 1).strip()}" if val.get("asr") is not None else
                    f"recovered-trigger ASR {_pct(val['recovered_asr'], 1).strip()}" if val.get("recovered_asr") is not None
@@ -522,6 +598,10 @@ def format_table(report):
         if tag == "unlearned":
             lines.append(_row("B' unlearned", res["B_prime"], recovered))
             lines.append(_row("GoodNet unlearned", res["G"], recovered))
+            continue
+        if tag == "clp":
+            lines.append(_row(f"B' CLP ({clp['channels_pruned']} ch)", res["B_prime"], recovered))
+            lines.append(_row("GoodNet CLP", res["G"], recovered))
             continue
         t = tag.split("_")[0]
         p = report["pruned"].get(t)

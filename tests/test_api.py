@@ -16,8 +16,8 @@ import cli
 from aegis_tf.core.embedded import PATHS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = dict(config=aegis_tf.DetectConfig(n_seeds=15, steps=10), classes=[5, 6, 7])
-FAST_FLAGS = ["--classes", "5,6,7", "--seeds", "15", "--steps", "10", "--quiet"]
+FAST = dict(config=aegis_tf.DetectConfig(n_seeds=15, steps=10, robustness_images=0), classes=[5, 6, 7])
+FAST_FLAGS = ["--classes", "5,6,7", "--seeds", "15", "--steps", "10", "--robustness-images", "0", "--quiet"]
 
 
 def _python_blocks(rel):
@@ -84,14 +84,21 @@ def test_scan_refuses_bad_input_before_any_work(tmp_path, kwargs, message):
     assert not (tmp_path / "o").exists()
 
 
-def test_fail_on_backdoor_gates_a_pipeline(tmp_path, capsys):
+def test_fail_on_backdoor_gates_a_pipeline(tmp_path, capsys, monkeypatch):
     both = cli.main(["detect", "--out-dir", str(tmp_path / "pair"), "--fail-on-backdoor"] + FAST_FLAGS)
     out = capsys.readouterr().out
     assert both == 1 and "--fail-on-backdoor: 1 of 2 model(s) flagged: robust_bd_net" in out
     clean = cli.main(["detect", "--bad_model", PATHS["robust_clean_net"], "--out-dir", str(tmp_path / "clean"),
                       "--fail-on-backdoor"] + FAST_FLAGS)
     assert clean == 0 and capsys.readouterr().out.startswith("robust_clean_net: CLEAN")
-    assert cli.main(["detect", "--out-dir", str(tmp_path / "pair2")] + FAST_FLAGS) == 0  # without the flag
+    # Without the flag a flagged model exits with 0 (the verdict is in the report, not the status).
+    import aegis_tf.api
+
+    flagged = {"robust_bd_net": {"verdict": {"backdoored": True}}}
+    monkeypatch.setattr(aegis_tf.api, "detect", lambda **kwargs: flagged)
+    assert cli.main(["detect", "--out-dir", str(tmp_path / "pair2")] + FAST_FLAGS) == 0
+    assert cli.main(["detect", "--out-dir", str(tmp_path / "pair3"), "--fail-on-backdoor"] + FAST_FLAGS) == 1
+    monkeypatch.undo()
     bad = cli.main(["detect", "--bad_model", "missing.keras", "--fail-on-backdoor"] + FAST_FLAGS)
     assert bad == 2
 

@@ -2,7 +2,7 @@
 
 Each lifecycle stage is one folder, and imports only run downward:
 
-    core  <  report  <  attack  <  detect  <  repair/  <  aegis_tf.api  <  aegis_tf.cli
+    core  <  report  <  attack  <  detect  <  zoo  <  repair/  <  aegis_tf.api  <  aegis_tf.cli
 
 A module may import its own stage and the stages below it, never one above.
 ``repair/`` imports no job module (``aegis_tf.attack.job``, ``aegis_tf.detect.scan``);
@@ -15,9 +15,9 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RANKS = {"aegis_tf.core": 0, "aegis_tf.report": 1, "aegis_tf.attack": 2, "aegis_tf.detect": 3, "repair": 4,
-         "aegis_tf.api": 5, "aegis_tf.cli": 6}
-JOBS = ("aegis_tf.attack.job", "aegis_tf.detect.scan", "aegis_tf.api", "aegis_tf.cli")
+RANKS = {"aegis_tf.core": 0, "aegis_tf.report": 1, "aegis_tf.attack": 2, "aegis_tf.detect": 3, "aegis_tf.zoo": 4,
+         "repair": 5, "aegis_tf.api": 6, "aegis_tf.cli": 7}
+JOBS = ("aegis_tf.attack.job", "aegis_tf.detect.scan", "aegis_tf.zoo", "aegis_tf.api", "aegis_tf.cli")
 
 
 def _stage(module):

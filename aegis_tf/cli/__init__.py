@@ -3,22 +3,22 @@
 
     aegis repair --threshold 4
     aegis detect --bad_model bd_net.h5
+    aegis scan-zoo ZOO --out out/zoo
     aegis evaluate-goodnet --goodnet out/repair/goodnet_4.keras
 
 Every command prints a summary, writes JSON (``--out``), and turns bad input
 into a one-line error with exit status 2.
 """
 
-import os
 import sys
 
-from aegis_tf.cli import detect, evaluate_goodnet, evaluate_model, poison, repair, train
+from aegis_tf.cli import detect, evaluate_goodnet, evaluate_model, poison, repair, scan_zoo, train
 from aegis_tf.cli._util import Parser
 from aegis_tf.core.errors import AegisError
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (repair, evaluate_goodnet, detect, poison, train, evaluate_model)
+COMMANDS = (repair, evaluate_goodnet, detect, scan_zoo, poison, train, evaluate_model)
 
 
 def build_parser(prog="aegis"):
@@ -31,38 +31,18 @@ def build_parser(prog="aegis"):
 
 
 def _import_keras_quietly():
-    """Import Keras (and TensorFlow) with C++ start-up chatter kept off stderr.
+    from aegis_tf.core.quiet import import_keras_quietly
 
-    TensorFlow's C++ runtime prints absl/CUDA notices straight to file
-    descriptor 2 on import; they would drown the one-line errors. Set
-    AEGIS_DEBUG=1 to see them.
-    """
-    import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if os.environ.get("AEGIS_DEBUG"):
-        import keras
-    else:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            import keras
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    return keras
+    return import_keras_quietly()
 
 
 def main(argv=None, prog="aegis"):
     """Run the CLI; returns the exit status (2 for bad input, 130 when interrupted)."""
     try:
         args = build_parser(prog).parse_args(argv)
-        keras = _import_keras_quietly()
-        keras.utils.set_random_seed(args.seed)  # the one place global RNGs are seeded
+        if getattr(args, "needs_keras", True):  # scan-zoo's driver does not: its workers do, seeded per model
+            keras = _import_keras_quietly()
+            keras.utils.set_random_seed(args.seed)  # the one place global RNGs are seeded
         return args.run(args)
     except AegisError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,8 +18,10 @@ def _bandwidth(text):
         raise argparse.ArgumentTypeError(f"--bandwidth must be auto or a number. Received: {text}") from None
 
 
-def add(sub):
-    from aegis_tf.cli._util import embedded_name, shown
+def config_flags(p):
+    """The flags of :class:`~aegis_tf.detect.config.DetectConfig` (and ``--preset``), shared by
+    ``detect`` and ``scan-zoo``; read back with :func:`detect_config`."""
+    from aegis_tf.cli._util import shown
     from aegis_tf.detect.config import PRESETS, DetectConfig
 
     d, paper = DetectConfig(), PRESETS["paper"]  # the defaults the help texts show, defined once
@@ -34,24 +36,9 @@ def add(sub):
             ([paper_word] if field in paper and paper[field] == choice else [])
         return f" ({', '.join(tags)})" if tags else ""
 
-    p = sub.add_parser(NAME, help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
-                       description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
-                                   "a class when enough of its translations carry a patch that moves other images "
-                                   "to it (default), or, as in the paper, when t-SNE + clustering of features shows "
-                                   "more clusters than clean classes. Prints one verdict line per model and writes "
-                                   "detect.json and report.html. With no model flag it examines the embedded robust "
-                                   "clean and backdoored digits models.")
-    model_flags(p)
-    flag(p, "--data", default=None,
-         help=f"training images: .h5, .npz (train split) or a named set (default {embedded_name('train')})")
-    flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
-    flag(p, "--method", choices=("aegis", "neural-cleanse", "both"), default="aegis",
-         help="detector (default %(default)s); both: AEGIS gives the verdict and Neural Cleanse is reported "
-              "beside it as a baseline")
     flag(p, "--preset", choices=("default",) + tuple(PRESETS), default="default",
          help=f"default: the best measured configuration; paper: the authors' ({paper['n_seeds']} seeds, "
               f"bandwidth {shown(paper['bandwidth'])}, {paper['runs']} run{'s' * (paper['runs'] != 1)})")
-    flag(p, "--classes", default=None, help="comma-separated classes to examine (default all)")
     # The fields of aegis_tf.detect.config.DetectConfig; None keeps the preset's value.
     flag(p, "--n-seeds", "--seeds", type=int, default=None,
          help=f"images translated toward each class ({default_and_paper('n_seeds')})")
@@ -123,6 +110,34 @@ def add(sub):
          help="training images on which to measure the model's robustness beside the verdict (untargeted L2 PGD "
               "at the radius robust models are trained at; AEGIS assumes a robust model); 0 skips it "
               f"(default {d.robustness_images})")
+
+
+def detect_config(args):
+    """The :class:`~aegis_tf.detect.config.DetectConfig` the flags of :func:`config_flags` give."""
+    from aegis_tf.detect.config import DetectConfig
+
+    return settings(DetectConfig, args, make=DetectConfig.from_preset, name=args.preset)
+
+
+def add(sub):
+    from aegis_tf.cli._util import embedded_name
+
+    p = sub.add_parser(NAME, help="is this model backdoored, and which class is the target? (AEGIS or Neural Cleanse)",
+                       description="AEGIS: translate training images toward each class with targeted L2 PGD; flag "
+                                   "a class when enough of its translations carry a patch that moves other images "
+                                   "to it (default), or, as in the paper, when t-SNE + clustering of features shows "
+                                   "more clusters than clean classes. Prints one verdict line per model and writes "
+                                   "detect.json and report.html. With no model flag it examines the embedded robust "
+                                   "clean and backdoored digits models.")
+    model_flags(p)
+    flag(p, "--data", default=None,
+         help=f"training images: .h5, .npz (train split) or a named set (default {embedded_name('train')})")
+    flag(p, "--data-dir", default=None, help="folder with NAME.npz for named sets")
+    flag(p, "--method", choices=("aegis", "neural-cleanse", "both"), default="aegis",
+         help="detector (default %(default)s); both: AEGIS gives the verdict and Neural Cleanse is reported "
+              "beside it as a baseline")
+    flag(p, "--classes", default=None, help="comma-separated classes to examine (default all)")
+    config_flags(p)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted scan from the progress it saved in --out-dir/scan_state/ (a full "
                         "scan's translations; a staged scan's stage-1 results and stage-2 translations)")
@@ -142,10 +157,9 @@ def add(sub):
 def run(args):
     from aegis_tf.api import detect
     from aegis_tf.core.utils import check_out_file, write_json
-    from aegis_tf.detect.config import DetectConfig
 
     check_out_file(args.out, "--out")
-    config = settings(DetectConfig, args, make=DetectConfig.from_preset, name=args.preset)
+    config = detect_config(args)
     results = detect(config=config, bad_model=args.bad_model, bad_model_weights=args.bad_model_weights,
                      data=args.data, data_dir=args.data_dir, scale=args.scale, method=args.method,
                      classes=args.classes, out_dir=args.out_dir, seed=args.seed, batch_size=args.batch_size,

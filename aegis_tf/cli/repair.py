@@ -24,8 +24,9 @@ def threshold_type(value):
 def add(sub):
     p = sub.add_parser(NAME, help="prune the last pooling layer, build GoodNet, evaluate",
                        description="Prune B's last pooling layer (lowest mean clean activation first), keep B' at "
-                                   "2/4/10% accuracy drop, wrap B and B' into GoodNet and evaluate them. Writes "
-                                   "repair.json and report.html in --out-dir.")
+                                   "2/4/10% accuracy drop, wrap B and B' into GoodNet and evaluate them; or repair "
+                                   "from a recovered trigger (--trigger-from), or with no data at all (--strategy "
+                                   "clp). Writes repair.json and report.html in --out-dir.")
     from repair.config import METHODS, RepairConfig
 
     d = RepairConfig()
@@ -59,7 +60,8 @@ def add(sub):
          help="comma-separated: lab (prune lowest mean clean activation first, with --bad-valid; the default "
               "without a trigger), trigger-prune (prune the channels the recovered trigger raises most), unlearn "
               "(fine-tune on clean images plus recovered-trigger images with their true labels); default with a "
-              "trigger: trigger-prune,unlearn")
+              "trigger: trigger-prune,unlearn; or clp alone (Channel Lipschitzness-based Pruning: no data, no "
+              "trigger; the test sets only evaluate)")
     flag(p, "--stop-asr", type=float, default=d.stop_asr,
          help="trigger-prune: stop when the recovered trigger's ASR on the validation images is at most this "
               "(default %(default)s), or when the threshold's accuracy drop comes first")
@@ -68,6 +70,9 @@ def add(sub):
          help=f"unlearn: Adam learning rate (default {shown(d.unlearn_lr)})")
     flag(p, "--unlearn-share", type=float, default=d.unlearn_share,
          help="unlearn: share of the training images added again with the recovered trigger (default %(default)s)")
+    flag(p, "--clp-u", type=float, default=d.clp_u, metavar="U",
+         help="clp: prune each convolution channel whose Lipschitz upper bound exceeds its layer's mean by more "
+              "than U standard deviations (default %(default)s, the paper's)")
     flag(p, "--out-dir", default=OUT_DIR,
          help="folder for models, curve, repair.json and report.html (default %(default)s)")
     common_flags(p)

@@ -8,6 +8,7 @@ Third-party model files are untrusted: every full-model load goes through
 import os
 import warnings
 import weakref
+import zipfile
 
 import h5py
 import keras
@@ -219,6 +220,9 @@ def load_model(path=None, weights=None):
                 f"{path} holds weights only, no architecture; pass it as --bad_model_weights "
                 "(it loads into the built-in DeepID net) or give the full model as --bad_model"
             )
+        if path.endswith(".keras") and not zipfile.is_zipfile(path):
+            raise AegisError(f"cannot load model {path}: not a .keras archive (a zip file); the file is damaged or "
+                             "of another format")
         try:
             model = keras.models.load_model(path, compile=False, safe_mode=True)
         except Exception as e:

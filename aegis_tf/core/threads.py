@@ -6,7 +6,9 @@ oversubscribe the cores and a 5-second reduction takes minutes. threadpoolctl
 ships with scikit-learn.
 """
 
-__all__ = ["limit_threads"]
+import os
+
+__all__ = ["limit_threads", "cap_process_threads", "THREAD_VARIABLES"]
 
 
 def limit_threads(n=1):
@@ -14,3 +16,28 @@ def limit_threads(n=1):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
+
+
+# The environment variables that size the math thread pools of a process that has not
+# imported its numerical libraries yet: OpenMP/BLAS (numpy, scikit-learn), TensorFlow's
+# intra- and inter-op pools, and XLA's CPU backend (Keras on JAX).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                    "TF_NUM_INTEROP_THREADS")
+
+
+def cap_process_threads(n):
+    """Cap this process's math thread pools at ``n`` threads, through the environment.
+
+    Call it first thing in a fresh worker process, before NumPy, TensorFlow or JAX is
+    imported (they read these variables once, at start-up); the scan workers of
+    ``aegis scan-zoo`` do, so that N workers x ``n`` threads never exceed the cores.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1. Received: {n}")
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "intra_op_parallelism_threads" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen=false "
+                                   f"intra_op_parallelism_threads={n}").strip()

@@ -8,10 +8,11 @@ to these fields by name and reads its help texts' defaults from here.
 import dataclasses
 from typing import Optional, Union
 
+from aegis_tf.core.errors import AegisError
 from aegis_tf.core.params import Interval, Options, validate_params
 from aegis_tf.core.settings import NONNEG, POS, POS_INT, UNIT, Settings
 
-__all__ = ["DetectConfig", "PRESETS"]
+__all__ = ["DetectConfig", "PRESETS", "METHODS", "check_method"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +124,12 @@ PRESETS = {
         "whole_image": False, "wi_blend": False,
     },
 }
+
+
+METHODS = ("aegis", "neural-cleanse", "both")
+
+
+def check_method(method):
+    """A detector name: ``aegis``, ``neural-cleanse`` or ``both`` (AEGIS decides, Neural Cleanse beside it)."""
+    if method not in METHODS:
+        raise AegisError(f"method must be aegis, neural-cleanse or both. Received: {method}")

@@ -32,6 +32,7 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import no_partial_report, trigger_class, write_json
 from aegis_tf.detect import staged
 from aegis_tf.detect.clustering import AegisDetector, class_features
+from aegis_tf.detect.config import check_method  # noqa: F401 (the scan job's check, kept importable here)
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
 from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image,
@@ -563,11 +564,6 @@ def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name=
     result = {"verdict": combine(evidence), "baselines": baselines, **result, "robustness": robustness,
               "triggers": []}
     return ScanResult(name, result, found)
-
-
-def check_method(method):
-    if method not in ("aegis", "neural-cleanse", "both"):
-        raise AegisError(f"method must be aegis, neural-cleanse or both. Received: {method}")
 
 
 def check_jobs(n_jobs):

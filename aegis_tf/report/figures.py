@@ -8,7 +8,7 @@ import numpy as np
 
 from aegis_tf.core.utils import atomic_path
 
-__all__ = ["pyplot", "save_figure", "save_image_grid", "plot_prune_curve"]
+__all__ = ["pyplot", "save_figure", "save_image_grid", "plot_prune_curve", "plot_roc"]
 
 
 def pyplot():
@@ -80,3 +80,21 @@ def plot_prune_curve(curve, path, *, title=""):
     ax.legend(loc="lower left")
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
+
+
+def plot_roc(fpr, tpr, path, *, auc=None, title="Suspicion score against the truth"):
+    """The ROC curve of a set of models' scores (``fpr``/``tpr`` from
+    :func:`aegis_tf.detect.ranking.roc_points`), with the chance diagonal."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], color="#bbb", linestyle="--", linewidth=1, label="chance")
+    ax.step(fpr, tpr, where="post", color="#c0392b", linewidth=2,
+            label="score" + ("" if auc is None else f" (ROC-AUC {auc:.3f})"))
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("false-positive rate (clean models flagged)")
+    ax.set_ylabel("true-positive rate (backdoored models flagged)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

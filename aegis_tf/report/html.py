@@ -16,7 +16,7 @@ from html import escape
 
 from aegis_tf.core.utils import atomic_path, to_jsonable, trigger_class
 
-__all__ = ["write_detect_html", "write_repair_html"]
+__all__ = ["write_detect_html", "write_repair_html", "write_zoo_html"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -243,10 +243,12 @@ def write_repair_html(report, path, *, title=None):
     body = []
 
     g = (test.get(t) or {}).get("G")
-    if not g and (test.get("unlearned") or {}).get("G"):  # an unlearning-only repair
-        t, g = "unlearned", test["unlearned"]["G"]
+    for tag in ("unlearned", "clp"):  # an unlearning-only or a CLP repair
+        if not g and (test.get(tag) or {}).get("G"):
+            t, g = tag, test[tag]["G"]
     if g:
-        what = "GoodNet of the unlearned B'" if t == "unlearned" else f"GoodNet at {escape(t)}% accuracy drop"
+        what = ("GoodNet of the unlearned B'" if t == "unlearned" else "GoodNet of the CLP-pruned B'" if t == "clp"
+                else f"GoodNet at {escape(t)}% accuracy drop")
         summary = (f"{what}: clean accuracy {_pct(g.get('clean_acc'))}, "
                    f"ASR {_pct(g.get('asr'))}, sent to class N {_pct(g.get('clean_rejected'))} of clean / "
                    f"{_pct(g.get('bad_rejected'))} of poisoned inputs")
@@ -262,6 +264,12 @@ def write_repair_html(report, path, *, title=None):
         body.append(f"<p>Repaired from the trigger(s) <code>aegis detect</code> recovered, with clean data only "
                     f"(strategy {escape(', '.join(report.get('strategy') or []))}): "
                     f"{escape('; '.join(trig.get('found') or []))}.</p>")
+    clp = report.get("clp")
+    if clp:
+        per_layer = ", ".join(f"{r['layer']} {len(r['pruned'])}/{r['n_channels']}" for r in clp.get("layers") or [])
+        body.append(f"<p>Channel Lipschitzness-based Pruning, with no data (u = {escape(str(clp.get('u')))}): "
+                    f"{escape(str(clp.get('channels_pruned')))} of {escape(str(clp.get('n_channels')))} convolution "
+                    f"channels pruned ({escape(per_layer)}).</p>")
     if report.get("layer"):
         watched = (f"recovered-trigger ASR {_pct(val.get('recovered_asr'))}" if trig else f"ASR {_pct(val.get('asr'))}")
         body.append(f"<p>Pruned layer <code>{escape(str(report.get('layer')))}</code> (conv "
@@ -277,7 +285,9 @@ def write_repair_html(report, path, *, title=None):
         base, ft = tag.split("_")[0], " +ft" if "finetuned" in tag else ""
         p = pruned.get(base) or {}
         ch = f" ({p['channels_pruned']} ch)" if "channels_pruned" in p else ""
-        name = "unlearned" if tag == "unlearned" else f"-{base}%"
+        if tag == "clp":
+            ch = f" ({clp['channels_pruned']} ch)" if clp else ""
+        name = {"unlearned": "unlearned", "clp": "CLP"}.get(tag, f"-{base}%")
         entries = ([("B (backdoored)", res.get("B"))] if i == 0 else []) + [
             (f"B' {name}{ch}{ft}", res.get("B_prime")), (f"GoodNet {name}{ft}", res.get("G"))]
         for label, m in entries:
@@ -303,3 +313,59 @@ def write_repair_html(report, path, *, title=None):
     if report.get("sources"):
         body.append(_json_block("sources", report["sources"]))
     return _write(path, _page(title or "Backdoor repair (pruning + GoodNet)", body))
+
+
+def write_zoo_html(summary, path, *, roc_png=None, root=None, title="aegis scan-zoo"):
+    """The index page of a zoo scan (``summary.json``'s dict): one row per model, linking its
+    own ``report.html`` (relative to ``root``, the scan's folder), the counts, the metrics
+    against the truth with the ROC curve, and the time per model."""
+    c = summary["counts"]
+    flagged = c["backdoored"]
+    body = [f'<div class="banner {"bad" if flagged else "good" if not c["error"] else "neutral"}">'
+            f'<b>{flagged}</b> of {summary["models"]} model(s) flagged as backdoored; {c["clean"]} clean, '
+            f'{c["inconclusive"]} inconclusive, {c["error"]} error(s)</div>']
+    rows = ['<tr><th class="label">model</th><th class="label">verdict</th><th>classes</th><th>score</th>'
+            '<th class="label">truth</th><th class="label">right target</th><th>seconds</th>'
+            '<th class="label">details</th></tr>']
+    for r in summary["rows"]:
+        name = escape(r["name"])
+        page = r.get("page")
+        if page and root is not None and os.path.isfile(os.path.join(root, page)):
+            name = f'<a href="{escape(page)}">{name}</a>'
+        css = ' class="flagged"' if r["verdict"] == "backdoored" else ""
+        classes = ", ".join(map(str, r.get("target_classes") or [])) or "-"
+        right = {None: "-", True: "yes", False: "no"}[r.get("right_target")]
+        details = r["error"] if r["status"] != "done" else (r.get("line") or "")
+        truth = f'{r["truth"]} ({r["family"]})' if r.get("truth") else "-"
+        rows.append(f'<tr><td class="label">{name}</td><td class="label"{css}>{escape(r["verdict"])}</td>'
+                    f'<td>{escape(classes)}</td><td>{_score(r.get("score"))}</td><td class="label">{escape(truth)}</td>'
+                    f'<td class="label">{right}</td><td>{_fmt(r.get("seconds"), 4)}</td>'
+                    f'<td class="label">{escape(details)}</td></tr>')
+    body += ["<h2>Models</h2>", "<table>" + "".join(rows) + "</table>"]
+    m = summary.get("metrics")
+    if m:
+        body.append("<h2>Against the truth</h2>")
+        items = [("models scored", m["models"]), ("backdoored", m["backdoored"]), ("clean", m["clean"]),
+                 ("ROC-AUC", m["roc_auc"]), ("cross-entropy (TrojAI)", m["cross_entropy"]), ("Brier score", m["brier"]),
+                 ("accuracy at score >= 1", m["accuracy"]), ("TPR at 5% FPR", m["tpr_at_5pct_fpr"]),
+                 ("right target (of flagged backdoored)",
+                  f'{m["right_target"]["right"]} of {m["right_target"]["flagged_backdoored"]}')]
+        body.append("<table>" + "".join(f'<tr><td class="label">{escape(k)}</td><td>{_fmt(v)}</td></tr>'
+                                        for k, v in items) + "</table>")
+        if summary.get("left_out"):
+            body.append('<p class="note">Left out of the metrics: ' + escape("; ".join(
+                f"{n} {why}" for why, n in summary["left_out"].items())) + ".</p>")
+        body.append(_image(roc_png, "ROC curve of the suspicion score"))
+        if summary.get("families"):
+            fam = ['<tr><th class="label">family</th><th>models</th><th>backdoored</th><th>flagged</th>'
+                   '<th>right target</th><th>mean score</th></tr>']
+            fam += [f'<tr><td class="label">{escape(k)}</td><td>{f["models"]}</td><td>{f["backdoored"]}</td>'
+                    f'<td>{f["flagged"]}</td><td>{f["right_target"]}</td><td>{_fmt(f["mean_score"])}</td></tr>'
+                    for k, f in summary["families"].items()]
+            body += ["<h3>By family</h3>", "<table>" + "".join(fam) + "</table>"]
+    t = summary["seconds_per_model"]
+    body.append("<h2>Time</h2>")
+    body.append(f'<p>Seconds per model: mean {_fmt(t["mean"], 4)}, worst {_fmt(t["worst"], 4)} '
+                f'({t["models_timed"]} scanned); wall {_fmt(summary.get("wall_seconds"), 4)} s.</p>')
+    body.append(_json_block("engine", summary.get("engine")))
+    return _write(path, _page(title, body))
