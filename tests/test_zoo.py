@@ -98,6 +98,21 @@ def test_read_zoo_manifests_json_and_csv(tmp_path):
     assert c.truth == {"poisoned": False, "family": "clean"} and c.problem is None
 
 
+def test_manifest_edge_cases_bom_set_names_and_reserved_names(tmp_path, monkeypatch):
+    tiny_cnn().save(tmp_path / "m.keras")
+    (tmp_path / "mnist").mkdir()  # a folder named like a set must not turn the set name into a path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "z.csv").write_bytes("\ufeffname,model,data,data_dir\nx,m.keras,mnist,/data\n".encode("utf-8"))
+    (x,) = read_zoo(tmp_path / "z.csv")
+    assert x.problem is None and x.data == "mnist" and x.data_dir == "/data"
+    (tmp_path / "bad.csv").write_bytes(b"name,model,data\n\xff\xfe,m.keras,d\n")
+    with pytest.raises(AegisError, match="cannot read manifest .* UTF-8 CSV"):
+        read_zoo(tmp_path / "bad.csv")
+    (tmp_path / "r.json").write_text('[{"name": "report.html", "model": "m.keras", "data": "mnist"}]')
+    with pytest.raises(AegisError, match="may not be named report.html"):
+        read_zoo(tmp_path / "r.json")
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "absent", "zoo not found"),
     (lambda p: (p / "empty").mkdir() or p / "empty", "lists no models"),
@@ -267,11 +282,12 @@ def test_local_engine_gives_one_result_per_model_and_a_summary(local_scan, capsy
     assert cli.main(["scan-zoo", str(root), "--out", str(out), "--quiet"] + FAST) == 0
     assert "4 already done, 0 to scan" in capsys.readouterr().out
     assert {n: (out / n / "result.json").read_bytes() for n in results} == before
-    # --fail-on-backdoor gates a registry pipeline on the zoo's verdicts.
+    # --fail-on-backdoor gates a registry pipeline: a model that could not be scanned is no pass.
     flagged = [r["name"] for r in summary["rows"] if r["verdict"] == "backdoored"]
     rc = cli.main(["scan-zoo", str(root), "--out", str(out), "--quiet", "--fail-on-backdoor"] + FAST)
-    assert rc == (1 if flagged else 0)
-    assert (f"--fail-on-backdoor: {len(flagged)} of 4 model(s) flagged" in capsys.readouterr().out) == bool(flagged)
+    printed = capsys.readouterr().out
+    assert rc == 1 and "2 not scanned: broken, no_config" in printed
+    assert f"{len(flagged) + 2} of 4 model(s) do not pass" in printed
 
 
 def test_a_worker_killed_mid_scan_is_retried_or_marked_failed(tmp_path, monkeypatch):
@@ -288,6 +304,10 @@ def test_a_worker_killed_mid_scan_is_retried_or_marked_failed(tmp_path, monkeypa
     always = json.loads((out / "always" / "result.json").read_text())
     assert always["status"] == "error" and always["attempts"] == 2
     assert "worker process died mid-scan (killed by SIGKILL), on each of 2 attempt(s)" in always["error"]
+    # The machine's failure, not the model's: a rerun scans it again (a broken file's error is kept).
+    assert always["transient"] is True
+    tasks, done = zoo_scan.plan(read_zoo(root), out, config=_fast_config(), method="aegis", seed=0, batch_size=256)
+    assert [t["entry"]["name"] for t in tasks] == ["always"] and sorted(done) == ["fine", "once"]
     assert json.loads((out / "fine" / "result.json").read_text())["status"] == "done"
     assert summary["counts"]["error"] == 1
 

@@ -49,7 +49,9 @@ def add(sub):
     flag(p, "--batch-size", type=int, default=256, help="inference batch size (default %(default)s)")
     flag(p, "--seed", type=int, default=0, help="random seed of every scan (default %(default)s)")
     p.add_argument("--fail-on-backdoor", action="store_true",
-                   help="exit with status 1 when any model is flagged (0 when all are clean, 2 on error)")
+                   help="a registry gate: exit with status 1 when any model is flagged or could not be scanned (an "
+                        "error result is no pass); 0 when every model is clean or inconclusive (no class named; a "
+                        "saturated signal, listed); 2 on bad input")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-model lines, summary only")
     p.set_defaults(run=run, needs_keras=False)  # the workers import Keras and seed each scan
     return p
@@ -64,8 +66,19 @@ def run(args):
                        workers=args.workers, threads=args.threads, address=args.address,
                        gpus_per_task=args.gpus_per_task, retries=args.retries, seed=args.seed,
                        batch_size=args.batch_size, retry_errors=args.retry_errors, quiet=args.quiet, echo=print)
-    flagged = [r["name"] for r in summary["rows"] if r["verdict"] == "backdoored"]
-    if args.fail_on_backdoor and flagged:
-        print(f"--fail-on-backdoor: {len(flagged)} of {summary['models']} model(s) flagged: {', '.join(flagged)}")
+    if not args.fail_on_backdoor:
+        return 0
+    rows = summary["rows"]
+    flagged = [r["name"] for r in rows if r["verdict"] == "backdoored"]
+    errors = [r["name"] for r in rows if r["verdict"] == "error"]
+    unsure = [r["name"] for r in rows if r["verdict"] == "inconclusive"]
+    if unsure:
+        print(f"--fail-on-backdoor: {len(unsure)} inconclusive model(s) pass (no class named; read with care): "
+              f"{', '.join(unsure)}")
+    if flagged or errors:
+        parts = ([f"{len(flagged)} flagged: {', '.join(flagged)}"] if flagged else []) + \
+                ([f"{len(errors)} not scanned: {', '.join(errors)}"] if errors else [])
+        print(f"--fail-on-backdoor: {len(flagged) + len(errors)} of {summary['models']} model(s) do not pass; "
+              + "; ".join(parts))
         return 1
     return 0

@@ -19,8 +19,9 @@ def limit_threads(n=1):
 
 
 # The environment variables that size the math thread pools of a process that has not
-# imported its numerical libraries yet: OpenMP/BLAS (numpy, scikit-learn), TensorFlow's
-# intra- and inter-op pools, and XLA's CPU backend (Keras on JAX).
+# imported its numerical libraries yet: OpenMP/BLAS (numpy, scikit-learn) and TensorFlow's
+# intra- and inter-op pools. XLA's CPU backend (Keras on JAX) has no such variable: under
+# JAX only the OpenMP/BLAS pools are capped.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                     "TF_NUM_INTEROP_THREADS")
 
@@ -37,7 +38,3 @@ def cap_process_threads(n):
         raise ValueError(f"n must be >= 1. Received: {n}")
     for name in THREAD_VARIABLES:
         os.environ[name] = str(n)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen=false "
-                                   f"intra_op_parallelism_threads={n}").strip()

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import urllib.parse
 from html import escape
 
 from aegis_tf.core.utils import atomic_path, to_jsonable, trigger_class
@@ -331,7 +332,7 @@ def write_zoo_html(summary, path, *, roc_png=None, root=None, title="aegis scan-
         name = escape(r["name"])
         page = r.get("page")
         if page and root is not None and os.path.isfile(os.path.join(root, page)):
-            name = f'<a href="{escape(page)}">{name}</a>'
+            name = f'<a href="{escape(urllib.parse.quote(page))}">{name}</a>'
         css = ' class="flagged"' if r["verdict"] == "backdoored" else ""
         classes = ", ".join(map(str, r.get("target_classes") or [])) or "-"
         right = {None: "-", True: "yes", False: "no"}[r.get("right_target")]

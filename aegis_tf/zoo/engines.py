@@ -43,6 +43,7 @@ def _worker_main(conn, threads):
     """A local worker: cap the math threads before anything numerical is imported, then scan
     the tasks the parent sends until it sends ``None`` or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    _die_with_parent()
     cap_process_threads(threads)
     while True:
         try:
@@ -59,7 +60,7 @@ def _child_environment(threads):
     """The thread caps in this process's environment while a worker is spawned: the child
     inherits them before it imports anything (NumPy included, which a spawned child may
     import while it re-imports the parent's main module)."""
-    names = THREAD_VARIABLES + ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
+    names = THREAD_VARIABLES + ("TF_CPP_MIN_LOG_LEVEL",)
     saved = {name: os.environ.get(name) for name in names}
     try:
         cap_process_threads(threads)
@@ -71,6 +72,20 @@ def _child_environment(threads):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _die_with_parent():
+    """Linux: have the kernel kill this worker when its parent dies (SIGKILL, a CI timeout), so
+    that no orphan goes on writing into a model's folder. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took hold
+        os._exit(1)
 
 
 class _Worker:
@@ -95,6 +110,13 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+
+def _poll(conn):
+    try:
+        return conn.poll()
+    except (OSError, ValueError):
+        return False
 
 
 def _death(process):
@@ -155,7 +177,8 @@ class LocalEngine:
                 ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=1.0))
                 for w in busy:
                     result = None
-                    if w.conn in ready:
+                    if w.conn in ready or (not w.process.is_alive() and _poll(w.conn)):
+                        # (a worker that sent its result and then died: the result still counts)
                         try:
                             result = w.conn.recv()
                         except (EOFError, OSError):
@@ -183,8 +206,8 @@ class LocalEngine:
         if attempts[name] <= self.retries:
             pending.appendleft({**task, "retry_reason": why})
         else:
-            on_result(error_result(task, f"{why}, on each of {attempts[name]} attempt(s)",
-                                   attempts=attempts[name]))
+            on_result({**error_result(task, f"{why}, on each of {attempts[name]} attempt(s)",
+                                      attempts=attempts[name]), "transient": True})
         worker.task = None
 
 
@@ -250,7 +273,16 @@ class RayEngine:
                 raise AegisError(f"cannot start or join {where}: {(str(e).splitlines() or [''])[0]}") from None
             started = True
         self.cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}
-        self.cluster["nodes"] = len([n for n in ray.nodes() if n.get("Alive")])
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        self.cluster["nodes"] = len(nodes)
+        most_cpu = max([r.get("CPU", 0) for r in nodes], default=0)
+        most_gpu = max([r.get("GPU", 0) for r in nodes], default=0)
+        if self.threads > most_cpu or self.gpus > most_gpu:
+            if started:
+                ray.shutdown()
+            raise AegisError(f"no node of the Ray cluster can run a task of --threads {self.threads} CPU(s) and "
+                             f"--gpus-per-task {self.gpus:g} GPU(s): its largest node has {most_cpu:g} CPU(s) and "
+                             f"{most_gpu:g} GPU(s)")
         remote = ray.remote(_ray_scan_task).options(
             num_cpus=self.threads, num_gpus=self.gpus, max_retries=self.retries, retry_exceptions=False,
             runtime_env={"env_vars": self._env()})
@@ -265,8 +297,11 @@ class RayEngine:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:
                         first = (str(e).strip().splitlines() or [""])[0]
-                        result = error_result(task, f"Ray task failed on each of {1 + self.retries} attempt(s) "
-                                                    f"({type(e).__name__}: {first})", attempts=1 + self.retries)
+                        died = isinstance(e, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
+                        why = (f"Ray worker died mid-scan, on each of {1 + self.retries} attempt(s)" if died
+                               else "Ray task failed")
+                        result = {**error_result(task, f"{why} ({type(e).__name__}: {first})",
+                                                 attempts=1 + self.retries if died else None), "transient": True}
                     on_result(result)
         except BaseException:
             for ref in refs:

@@ -32,11 +32,14 @@ import json
 import os
 from typing import Optional
 
+from aegis_tf.core.data import NAMED_SETS
 from aegis_tf.core.errors import AegisError
 
-__all__ = ["ZooModel", "read_zoo", "file_sha256", "CONFIG", "MODEL_SUFFIXES", "CSV_COLUMNS"]
+__all__ = ["ZooModel", "read_zoo", "file_sha256", "CONFIG", "MODEL_SUFFIXES", "CSV_COLUMNS", "RESERVED"]
 
 CONFIG = "config.json"
+# The files scan-zoo writes at the top of OUT: no model may take their names.
+RESERVED = ("summary.json", "summary.md", "report.html", "roc.png")
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 CSV_COLUMNS = ("name", "model", "data", "scale", "weights", "data_dir", "classes", "poisoned", "target", "sources",
                "family", "asr")
@@ -77,6 +80,8 @@ def _resolve(value, base):
     given (a named data set, or a path that does not exist, reported later) otherwise."""
     if value is None:
         return None
+    if value in NAMED_SETS:  # a set name, even if a file or folder of that name lies around
+        return value
     value = os.path.expanduser(str(value))
     for candidate in ((value,) if os.path.isabs(value) else (os.path.join(base, value), value)):
         if os.path.exists(candidate):
@@ -163,7 +168,7 @@ def _from_folder(zoo):
                                                        "naming its data)"))
             continue
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8-sig") as f:
                 raw = json.load(f)
         except (OSError, ValueError) as e:
             entries.append(ZooModel(name=name, problem=f"cannot read {path}: {e}"))
@@ -173,7 +178,15 @@ def _from_folder(zoo):
 
 
 def _csv_rows(path):
-    with open(path, newline="") as f:
+    try:
+        return _read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise AegisError(f"cannot read manifest {path} (expected a UTF-8 CSV with a header row): "
+                         f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 CSVs start with a BOM
         reader = csv.DictReader(f)
         missing = {"model", "data"} - set(reader.fieldnames or ())
         if missing:
@@ -222,7 +235,7 @@ def _from_manifest(path):
         rows = _csv_rows(path)
     else:
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8-sig") as f:
                 rows = json.load(f)
         except (OSError, ValueError) as e:
             raise AegisError(f"cannot read manifest {path}: {e}") from None
@@ -248,7 +261,10 @@ def read_zoo(zoo):
     name is a one-line :class:`AegisError`; a model that cannot be used keeps its ``problem``."""
     zoo = os.fspath(zoo)
     if os.path.isdir(zoo):
-        entries = _from_folder(zoo)
+        try:
+            entries = _from_folder(zoo)
+        except OSError as e:
+            raise AegisError(f"cannot read zoo folder {zoo}: {e.strerror or e}") from None
         what = f"zoo folder {zoo}"
     elif os.path.isfile(zoo):
         if not zoo.endswith((".json", ".csv")):
@@ -264,7 +280,11 @@ def read_zoo(zoo):
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise AegisError(f"{what} names {', '.join(twice)} more than once; each model needs its own name")
-    bad = [n for n in names if os.sep in n or n in (".", "..") or not n.strip()]
+    bad = [n for n in names if os.sep in n or n in (".", "..") or not n.strip() or n.startswith(".")]
     if bad:
         raise AegisError(f"{what}: model names must be usable as folder names. Received: {bad[0]!r}")
+    taken = [n for n in names if n in RESERVED]
+    if taken:
+        raise AegisError(f"{what}: a model may not be named {taken[0]} (the scan writes that file; names taken: "
+                         f"{', '.join(RESERVED)})")
     return entries

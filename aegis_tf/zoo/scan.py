@@ -12,9 +12,12 @@ zoo, one ``result.json`` each, then summarise.
    from the ``result.json`` files alone (:mod:`aegis_tf.zoo.summary`).
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 
 from aegis_tf.core.errors import AegisError
@@ -28,12 +31,25 @@ __all__ = ["scan_zoo", "RESULT", "settings_key", "plan"]
 RESULT = "result.json"
 
 
+def _stat(path):
+    """``[size, mtime_ns]`` of a file (a data set is too big to hash on every rerun), else None."""
+    try:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns] if os.path.isfile(path) else None
+    except (OSError, TypeError):
+        return None
+
+
 def settings_key(entry, config, method, seed, batch_size):
-    """What a model's result depends on besides its file: a hash of the scan's settings and the
-    model's data, scale and classes. A result with another key is scanned again."""
+    """What a model's result depends on besides its model file: a hash of the scan's settings,
+    aegis-tf's version, the weights file's bytes and the data's path, size and time, scale and
+    classes. A result with another key is scanned again."""
+    from aegis_tf import __version__
+
+    weights = file_sha256(entry.weights) if entry.weights and os.path.isfile(entry.weights) else entry.weights
     what = {"config": to_jsonable(config), "method": method, "seed": seed, "batch_size": batch_size,
-            "data": entry.data, "data_dir": entry.data_dir, "scale": entry.scale, "classes": entry.classes,
-            "weights": entry.weights}
+            "data": entry.data, "data_file": _stat(entry.data), "data_dir": entry.data_dir, "scale": entry.scale,
+            "classes": entry.classes, "weights": weights, "aegis_tf": __version__}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -57,8 +73,9 @@ def _previous(folder):
 
 def plan(entries, out_dir, *, config, method, seed, batch_size, retry_errors=False):
     """``(tasks, done)``: the models to scan (worker tasks) and the results kept from an earlier
-    run (same model hash and settings; an error result is kept too unless ``retry_errors``; a
-    changed truth is written into the kept result, not scanned for)."""
+    run (same model hash and settings; an error result is kept too unless ``retry_errors``, but
+    not one the machine caused, a worker that died: ``transient``; a changed truth is written
+    into the kept result, not scanned for)."""
     job = {"config": config.to_dict(), "method": method, "seed": seed, "batch_size": batch_size}
     tasks, done = [], {}
     for entry in entries:
@@ -67,15 +84,45 @@ def plan(entries, out_dir, *, config, method, seed, batch_size, retry_errors=Fal
         sha = _sha(entry)
         old = _previous(folder)
         if (old is not None and old.get("settings") == key and old.get("model_sha256") == sha
-                and (old.get("status") == "done" or not retry_errors)):
+                and (old.get("status") == "done" or not (retry_errors or old.get("transient")))):
             if old.get("truth") != entry.truth:  # the truth is not an input of the scan: updated, not rescanned
                 old = {**old, "truth": entry.truth}
                 write_json(os.path.join(folder, RESULT), old)
             done[entry.name] = old
             continue
+        _sweep(folder)
         tasks.append({"entry": entry.to_dict(), "model_sha256": sha, "settings_key": key, "job": job,
                       "folder": os.path.abspath(folder)})
     return tasks, done
+
+
+def _sweep(folder):
+    """Remove the temporary files a worker killed mid-write left in a folder about to be scanned again."""
+    for root, _, names in os.walk(folder):
+        for n in names:
+            if n.startswith(".tmp-"):
+                try:
+                    os.remove(os.path.join(root, n))
+                except OSError:
+                    pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a CI timeout, a service stop) ends the scan as Ctrl-C does: workers stopped, every
+    finished result kept. Only in the main thread, where Python can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def scan_zoo(zoo, out_dir, *, config=None, method="aegis", engine="local", workers=1, threads=None, address=None,
@@ -91,7 +138,14 @@ def scan_zoo(zoo, out_dir, *, config=None, method="aegis", engine="local", worke
     result and the scan goes on. ``config`` is the :class:`~aegis_tf.detect.config.DetectConfig`
     of every scan (default: the measured default).
     """
+    import multiprocessing
+
     from aegis_tf.detect.config import DetectConfig, check_method
+
+    if multiprocessing.parent_process() is not None:
+        raise AegisError("scan_zoo was called while a worker process started (its workers are spawned, and a spawned "
+                         "process runs the calling script again): put the call under "
+                         "`if __name__ == \"__main__\":`")
 
     config = DetectConfig() if config is None else config
     if not isinstance(config, DetectConfig):
@@ -102,16 +156,16 @@ def scan_zoo(zoo, out_dir, *, config=None, method="aegis", engine="local", worke
             raise AegisError(f"{name} must be an integer >= {low}. Received: {value!r}")
     runner = make_engine(engine, workers=workers, threads=threads, address=address, gpus=gpus_per_task,
                          retries=retries)
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, "--out")
     entries = read_zoo(zoo)
     names = [e.name for e in entries]
-    os.makedirs(out_dir, exist_ok=True)
     tasks, done = plan(entries, out_dir, config=config, method=method, seed=seed, batch_size=batch_size,
                        retry_errors=retry_errors)
     echo(f"scan-zoo: {len(entries)} model(s) in {zoo}; {len(done)} already done, {len(tasks)} to scan "
          f"({runner.name} engine)")
     start = time.perf_counter()
     bar = progress(total=len(entries), initial=len(done), desc="scan-zoo", unit="model", quiet=quiet)
+    line = bar.write if not bar.disable else echo  # a line per model above the bar, not through it
     finished = [len(done)]
 
     def on_result(result):
@@ -121,11 +175,12 @@ def scan_zoo(zoo, out_dir, *, config=None, method="aegis", engine="local", worke
         bar.update(1)
         if not quiet:
             what = result["error"] if result["status"] != "done" else result["verdict"]["line"]
-            echo(f"[{finished[0]}/{len(entries)}] {result['name']}: {what} ({result['seconds']:.0f} s)")
+            line(f"[{finished[0]}/{len(entries)}] {result['name']}: {what} ({result['seconds']:.0f} s)")
 
     try:
-        if tasks:
-            runner.run(tasks, on_result)
+        with _sigterm_as_interrupt():
+            if tasks:
+                runner.run(tasks, on_result)
     except KeyboardInterrupt:
         bar.close()
         echo(f"scan-zoo: interrupted; {len(done)} of {len(entries)} result(s) kept in {out_dir}; run again to "

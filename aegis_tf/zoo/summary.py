@@ -154,7 +154,7 @@ def markdown(s):
         classes = ", ".join(map(str, r["target_classes"] or [])) or "-"
         right = {None: "-", True: "yes", False: "**no**"}[r["right_target"]]
         truth = f"{r['truth']} ({r['family']})" if r["truth"] else "-"
-        lines.append(f"| {r['name']} | {r['verdict']} | {classes} | {_f(r['score'], '.2f')} | {truth} "
+        lines.append(f"| {r['name'].replace('|', chr(92) + '|')} | {r['verdict']} | {classes} | {_f(r['score'], '.2f')} | {truth} "
                      f"| {right} | {_f(r['seconds'], '.1f')} | {note} |")
     lines += [""] + [f"- {line}" for line in summary_lines(s)[len(s["rows"]):]]
     if s.get("families"):

@@ -134,6 +134,8 @@ def _scan(task):
                              seed=job["seed"], batch_size=job["batch_size"], quiet=True, resume=resume)
         saved = scanned.save(folder)
     scanned.clear_state()
+    del scanned, model
+    keras.backend.clear_session()  # a long-lived worker scans thousands of models: free each one's graphs
     v = saved["verdict"]
     robustness = saved.get("robustness")
     return {"verdict": {k: v.get(k) for k in ("backdoored", "target_classes", "backdoors", "inconclusive", "score",
