@@ -159,6 +159,7 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     clean0 = (curve.clean_acc[0] if curve is not None  # the curve measured B already
               else np.mean(predict_labels(model, xv, batch_size=batch_size) == yv))
     report["validation"] = {"clean_acc": float(clean0), "recovered_asr": None, "asr": None}
+    report["clean_images"] = int(len(xv))  # the clean data budget: the repair saw these images and no others
     report["asr_note"] = ("true ASR measured on the attacker's poisoned test set, which the repair never saw"
                           if bad_test is not None else NO_ASR)
     if curve is not None:
@@ -574,6 +575,8 @@ def format_table(report):
     if "trigger" in report:
         lines.append(f"repair from the recovered trigger(s): {'; '.join(report['trigger']['found'])}; "
                      f"strategy {','.join(report['strategy'])}")
+        if report.get("clean_images") is not None:
+            lines.append(f"clean data used: {report['clean_images']} images (--clean-valid), no poisoned data")
     val = report.get("validation") or {}
     clp = report.get("clp")
     if clp:

@@ -199,6 +199,10 @@ def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
     res = report["test"]["unlearned"]
     assert res["B"]["asr"] > 0.9 and res["B_prime"]["asr"] < res["B"]["asr"]  # true ASR, from the real bd_test.h5
     assert "B' unlearned" in printed and "repair never saw" in printed
+    from aegis_tf.core.data import load_h5
+
+    n_valid = len(load_h5(default_paths["valid"])[1])  # the clean budget: the validation set, all of it
+    assert report["clean_images"] == n_valid and f"clean data used: {n_valid} images" in printed
     assert {"B_prime_unlearned.keras", "goodnet_unlearned.keras", "report.html"} <= set(os.listdir(out))
 
 
