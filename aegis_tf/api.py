@@ -83,7 +83,7 @@ def scan(model, data, *, config=None, out_dir=None, method="aegis", classes=None
     from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.core.utils import check_out_dir
     from aegis_tf.detect.config import DetectConfig
-    from aegis_tf.detect.scan import check_jobs, check_method, examined_classes, scan_model
+    from aegis_tf.detect.scan import check_jobs, check_method, examined_classes, scan_info, scan_model
 
     config = DetectConfig() if config is None else config
     if not isinstance(config, DetectConfig):
@@ -105,7 +105,7 @@ def scan(model, data, *, config=None, out_dir=None, method="aegis", classes=None
     examined = examined_classes(net, y, classes, method, f"data {source}")
     name = name or (os.path.splitext(os.path.basename(path or weights))[0] if (path or weights)
                     else (net.name or "model"))
-    info = {"model": path or weights, "model_file": path, "weights_file": weights, "data": source, "scale": scale}
+    info = scan_info(path, weights, source, scale)
     result = scan_model(net, x, y, classes=examined, config=config, pixel_max=pixel_max_of(scale), method=method,
                         name=name, info=info, state_dir=out_dir, seed=seed, batch_size=batch_size, quiet=quiet,
                         plots=plots, n_jobs=n_jobs, resume=resume)

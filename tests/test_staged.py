@@ -283,3 +283,16 @@ def test_the_html_report_shows_both_stages(whole, tmp_path):
     assert ", ".join(map(str, report["stages"]["promoted"])) in stages
     table = page[page.index('id="stage1"'):]
     assert table[:table.index("</table>")].count('<tr class="suspect">') == len(report["stages"]["promoted"])
+
+
+def test_auto_resume_reads_back_its_own_state_and_clears_another_scans(tmp_path):
+    from aegis_tf.core.errors import AegisError
+
+    first = ScanState.open(str(tmp_path), "key-a", resume=False)
+    first.save_json("stage1", {"3": 1})
+    assert ScanState.open(str(tmp_path), "key-a", resume="auto").load_json("stage1") == {"3": 1}
+    with pytest.raises(AegisError, match="belongs to another scan"):
+        ScanState.open(str(tmp_path), "key-b", resume=True)
+    other = ScanState.open(str(tmp_path), "key-b", resume="auto")  # a zoo's rescan under new settings
+    assert other.load_json("stage1") is None
+    assert open(tmp_path / STATE_DIR / "fingerprint").read() == "key-b"

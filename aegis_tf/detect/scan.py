@@ -43,7 +43,7 @@ from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
-__all__ = ["ScanResult", "scan_model", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
+__all__ = ["ScanResult", "scan_model", "scan_into", "scan_info", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
            "aegis_evidence", "format_summary", "parse_classes", "blend_probe_on", "detect_targets"]
 
 
@@ -566,6 +566,27 @@ def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name=
     return ScanResult(name, result, found)
 
 
+def scan_info(model_file, weights_file, data, scale):
+    """What a result records of its inputs: the model and weights files, the data, the scale."""
+    return {"model": model_file or weights_file, "model_file": model_file, "weights_file": weights_file,
+            "data": data, "scale": scale}
+
+
+def scan_into(folder, model, x, y, *, keep=(), echo=None, **scan):
+    """:func:`scan_model` (``scan``: its keyword arguments) with its progress kept in ``folder``,
+    then the result saved there (:meth:`ScanResult.save`); returns what ``detect.json`` holds.
+    ``echo`` receives the console lines. An interruption (Ctrl-C included) leaves no half-made
+    report, only the scan state to resume from (and ``keep``, other files of the folder)."""
+    with no_partial_report(folder, keep=(STATE_DIR, *keep)):
+        scanned = scan_model(model, x, y, state_dir=folder, **scan)
+        if echo is not None:
+            for part in scanned._summary_parts():
+                echo(part)
+        saved = scanned.save(folder)
+    scanned.clear_state()  # saved: nothing left to resume
+    return saved
+
+
 def check_jobs(n_jobs):
     if not (n_jobs == -1 or (isinstance(n_jobs, int) and n_jobs >= 1)):
         raise AegisError(f"--jobs must be a positive integer or -1. Received: {n_jobs}")
@@ -621,15 +642,10 @@ def run_detect(*, config, bad_model=None, bad_model_weights=None, data=None, dat
     pm = pixel_max_of(scale)
     results = {}
     for name, (path, weights), model, x, examined, folder in loaded:
-        info = {"model": path or weights, "model_file": path, "weights_file": weights, "data": data, "scale": scale}
-        with no_partial_report(folder, keep=(STATE_DIR,)):  # Ctrl-C leaves no half-made report
-            scanned = scan_model(model, x, y, classes=examined, config=config, pixel_max=pm, method=method, name=name,
-                                 info=info, state_dir=folder, seed=seed, batch_size=batch_size, quiet=quiet,
-                                 plots=plots, n_jobs=n_jobs, resume=resume)
-            for part in scanned._summary_parts():
-                echo(part)
-            results[name] = scanned.save(folder)
-        scanned.clear_state()  # saved: nothing left to resume
+        results[name] = scan_into(folder, model, x, y, classes=examined, config=config, pixel_max=pm, method=method,
+                                  name=name, info=scan_info(path, weights, data, scale), seed=seed,
+                                  batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume,
+                                  echo=echo)
     echo(f"report: {out_dir}")
     for (name, *_, folder), result in zip(loaded, results.values()):  # where `repair --trigger-from` finds them
         if result.get("triggers"):

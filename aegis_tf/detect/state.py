@@ -57,7 +57,9 @@ class ScanState:
 
     ``ScanState.open(out_dir, key, resume=...)`` makes it: with ``resume``, an
     existing folder must carry ``key`` (else a one-line error) and its parts are
-    read back; without, any earlier folder is cleared. ``ScanState.off()`` saves
+    read back; with ``resume="auto"`` (a zoo's worker), an existing folder with
+    ``key`` is read back and any other is cleared; without, any earlier folder is
+    cleared. ``ScanState.off()`` saves
     nothing (a scan with no report folder).
     """
 
@@ -80,10 +82,18 @@ class ScanState:
                     saved = f.read().strip()
             except _READ_ERRORS:
                 state._damaged()
+            if saved != key and resume == "auto":
+                return cls._fresh(folder, key)
             if saved != key:
                 raise AegisError(f"--resume: {folder} belongs to another scan (other model, data, classes, seed, "
                                  "batch size or settings); delete it or use another --out-dir")
             return state
+        return cls._fresh(folder, key)
+
+    @classmethod
+    def _fresh(cls, folder, key):
+        """An empty state folder with ``key``, any earlier one cleared."""
+        state = cls(folder, key)
         state.clear()
         os.makedirs(folder)
         with atomic_path(os.path.join(folder, "fingerprint")) as tmp:

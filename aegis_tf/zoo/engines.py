@@ -39,12 +39,12 @@ def cores():
         return os.cpu_count() or 1
 
 
-def _worker_main(conn, threads):
-    """A local worker: cap the math threads before anything numerical is imported, then scan
-    the tasks the parent sends until it sends ``None`` or goes away."""
+def _worker_main(conn):
+    """A local worker (its math threads capped by the environment it was spawned with,
+    :func:`_child_environment`): scan the tasks the parent sends until it sends ``None`` or
+    goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     _die_with_parent()
-    cap_process_threads(threads)
     while True:
         try:
             task = conn.recv()
@@ -91,7 +91,7 @@ def _die_with_parent():
 class _Worker:
     def __init__(self, context, threads):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
         with _child_environment(threads):
             self.process.start()
         child.close()

@@ -108,10 +108,8 @@ def _scan(task):
     from aegis_tf.core.data import check_fits_model
     from aegis_tf.core.models import load_model
     from aegis_tf.core.settings import pixel_max_of
-    from aegis_tf.core.utils import no_partial_report
     from aegis_tf.detect.config import DetectConfig
-    from aegis_tf.detect.scan import examined_classes, scan_model
-    from aegis_tf.detect.state import STATE_DIR, fingerprint
+    from aegis_tf.detect.scan import examined_classes, scan_info, scan_into
 
     entry, job, folder = task["entry"], task["job"], task["folder"]
     config = DetectConfig(**job["config"])
@@ -121,20 +119,12 @@ def _scan(task):
     source = f"data {entry['data']}"
     x = check_fits_model(x, y, model, source)
     examined = examined_classes(model, y, entry.get("classes"), job["method"], source)
-    state_file = os.path.join(folder, STATE_DIR, "fingerprint")
-    resume = False
-    if os.path.isfile(state_file):  # an earlier attempt was cut short: go on from its translations
-        with open(state_file) as f:
-            resume = f.read().strip() == fingerprint(model, x, y, examined, config, job["seed"], job["batch_size"])
-    info = {"model": entry["model"], "model_file": entry["model"], "weights_file": entry.get("weights"),
-            "data": entry["data"], "scale": entry.get("scale", "raw")}
-    with no_partial_report(folder, keep=(STATE_DIR, "result.json")):
-        scanned = scan_model(model, x, y, classes=examined, config=config, pixel_max=pixel_max_of(entry["scale"]),
-                             method=job["method"], name=entry["name"], info=info, state_dir=folder,
-                             seed=job["seed"], batch_size=job["batch_size"], quiet=True, resume=resume)
-        saved = scanned.save(folder)
-    scanned.clear_state()
-    del scanned, model
+    # resume="auto": an earlier attempt cut short goes on from its translations; another scan's state is cleared
+    saved = scan_into(folder, model, x, y, keep=("result.json",), classes=examined, config=config,
+                      pixel_max=pixel_max_of(entry["scale"]), method=job["method"], name=entry["name"],
+                      info=scan_info(entry["model"], entry.get("weights"), entry["data"], entry.get("scale", "raw")),
+                      seed=job["seed"], batch_size=job["batch_size"], quiet=True, resume="auto")
+    del model
     keras.backend.clear_session()  # a long-lived worker scans thousands of models: free each one's graphs
     v = saved["verdict"]
     robustness = saved.get("robustness")
