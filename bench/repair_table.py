@@ -31,6 +31,8 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from aegis_tf.detect.config import DetectConfig
@@ -80,7 +82,8 @@ def run_model(model, work, args):
 
     os.makedirs(work, exist_ok=True)
     train, valid, test = model_data(model, work, args.n_valid)
-    common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True)
+    common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True,
+                  clean_images=args.clean_images)
     entry = {"model": model, "data": train, "valid": valid, "test": test, "rows": []}
     rows = entry["rows"]
 
@@ -120,6 +123,26 @@ def run_model(model, work, args):
     return entry
 
 
+def cover_accuracy(model_path, b_prime_path, test):
+    """For a source-specific backdoor (``MODEL.json`` names its sources): the accuracy of B and of
+    B' on the test images of the other classes (not sources, not the target) carrying the real
+    trigger, which the attack trained to keep their labels (the cover). None for other backdoors."""
+    from aegis_tf.attack.sidecar import read_trigger_config
+    from aegis_tf.attack.triggers import build_trigger
+    from aegis_tf.core.data import load_h5
+    from aegis_tf.core.models import load_model, predict_labels
+
+    config, poisoned = read_trigger_config(model_path)
+    if config is None or not poisoned or not config.source_classes or config.mapping != "all-to-one":
+        return None
+    x, y = load_h5(test)
+    keep = ~np.isin(y, list(config.source_classes) + [config.target_label])
+    fn, _ = build_trigger(config, pixel_max=255.0, x_sample=x)
+    xc, yc = fn(x[keep]), y[keep]
+    return {name: float(np.mean(predict_labels(load_model(path), xc) == yc))
+            for name, path in (("B", model_path), ("B_prime", b_prime_path))}
+
+
 def trigger_rows(model, det_dir, triggers, work, common, strategies):
     """The rows of the repairs from the recovered trigger(s) in ``det_dir``."""
     rows = []
@@ -135,7 +158,12 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies):
         rep = out["report"]
         for tag, res in rep["test"].items():
             if tag == "unlearned":
-                rows.append(_row(f"unlearning (epoch {rep['unlearned']['kept_epoch']} kept)", res, out["seconds"]))
+                cover = cover_accuracy(model, os.path.join(work, strategy, "B_prime_unlearned.keras"),
+                                       common["clean_test"])
+                note = (f"cover classes with the trigger: {100 * cover['B']:.2f}% right on B, "
+                        f"{100 * cover['B_prime']:.2f}% on B'" if cover else "")
+                rows.append(_row(f"unlearning (epoch {rep['unlearned']['kept_epoch']} kept)", res, out["seconds"],
+                                 note=note))
             else:
                 p = rep["pruned"][tag]
                 rows.append(_row(f"trigger-aware pruning -{tag}% ({p['channels_pruned']} ch)", res, out["seconds"],
@@ -147,7 +175,7 @@ def redo(entry, strategy, args):
     """Run one trigger strategy again for a model already in the table; its rows are replaced in place."""
     work = os.path.join(args.work, os.path.splitext(os.path.basename(entry["model"]))[0])
     common = dict(bad_model=entry["model"], clean_valid=entry["valid"], clean_test=entry["test"], threshold=4,
-                  quiet=True)
+                  quiet=True, clean_images=args.clean_images)
     prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune")}[strategy]
     new = trigger_rows(entry["model"], os.path.join(work, "detect"), entry["detect"]["triggers"], work, common,
                        (strategy,))
@@ -164,13 +192,18 @@ def render(results):
     lines = ["# Repair compared: lab pruning, fine-pruning, and repair from the trigger detect recovered", "",
              f"Commands, in order ({results['machine']}):", ""]
     lines += [f"    {c}" for c in results["commands"]] + [""]
+    budget = results.get("clean_images")
+    lines += [f"Clean data budget of every repair: {f'a random {budget} of the validation images' if budget else 'the whole validation set'} "
+              "(the embedded set's 359, or the first --n-valid images of an .npz test split; the rest are test images).", ""]
     if any("--redo" in c for c in results["commands"]):
         lines += ["A `--redo` command ran that repair again for the models it lists and replaced its rows.", ""]
     lines += [
              "True ASR: the attacker's real trigger on held-out test images, never given to a repair from a "
              "trigger. B' is the repaired model; GoodNet (G) answers class N when B and B' disagree; \"to N\" is "
              "the share of clean / poisoned test images G sends there. Recovered ASR: the recovered trigger on "
-             "the test images. Seconds: the job's wall time (fine-pruning includes its lab pruning run).", ""]
+             "the test images. Seconds: the job's wall time (fine-pruning includes its lab pruning run). "
+             "A source-specific backdoor's true ASR counts its source classes only, an all-to-all one's every "
+             "class (y -> y + 1), a model with two backdoors both test sets together.", ""]
     for e in results["models"]:
         lines += [f"## {e['model']}", "", f"detect ({e['detect']['seconds']:.0f} s): {e['detect']['line']}; "
                   f"triggers: {', '.join(e['detect']['triggers']) or 'none'}", "",
@@ -200,6 +233,8 @@ def main(argv=None):
     p.add_argument("--method", default="aegis", choices=("aegis", "neural-cleanse", "both"))
     p.add_argument("--finetune", type=int, default=5, help="fine-pruning epochs (default 5)")
     p.add_argument("--n-valid", type=int, default=5000, help="validation images from an .npz test split")
+    p.add_argument("--clean-images", type=int, default=None,
+                   help="every repair's clean data budget: a random N of the validation images (default: all)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--redo", choices=("trigger-prune", "unlearn"), default=None,
                    help="run this repair again for the listed models already in --out, replacing its rows")
@@ -207,7 +242,8 @@ def main(argv=None):
                    help="use a detect folder already in --work (its detect.json's stage times) instead of scanning again")
     args = p.parse_args(argv)
     command = "python bench/repair_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "commands": [command], "models": []}
+    results = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "commands": [command], "models": [],
+               "clean_images": args.clean_images}
     if (args.resume or args.redo) and os.path.isfile(args.out):
         with open(args.out) as f:
             old = json.load(f)

@@ -13,6 +13,7 @@ from repair.thresholds import check_threshold
 __all__ = ["RepairConfig", "STRATEGIES", "METHODS", "check_clp_u"]
 
 STRATEGIES = ("lab", "trigger-prune", "unlearn", "clp")
+MIN_CLEAN_IMAGES = 10  # unlearning holds a fifth of them out: fewer leave it nothing to check against
 METHODS = ("cached", "naive")
 
 
@@ -42,6 +43,10 @@ class RepairConfig(Settings):
     Without any data (``strategy`` ``clp``, alone): Channel Lipschitzness-based Pruning
     zeroes, in each convolution layer, the channels whose Lipschitz upper bound exceeds
     the layer's mean by more than ``clp_u`` standard deviations (:mod:`repair.clp`).
+
+    ``clean_images`` (default: all of them): the clean data budget, a random subset of that
+    many validation images (the same for a given seed); a set smaller than the budget is an
+    error before any work.
     """
 
     threshold: int = 4
@@ -53,8 +58,9 @@ class RepairConfig(Settings):
     stop_asr: float = 0.05
     unlearn_epochs: int = 20
     unlearn_lr: float = 1e-3
-    unlearn_share: float = 0.5
+    unlearn_share: float = 1.0
     clp_u: float = 3.0
+    clean_images: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "threshold", check_threshold(self.threshold))
@@ -68,6 +74,10 @@ class RepairConfig(Settings):
             if not value > 0:
                 raise AegisError(f"{name} must be a positive number. Received: {value}")
         check_clp_u(self.clp_u)
+        if self.clean_images is not None and (isinstance(self.clean_images, bool) or not isinstance(
+                self.clean_images, numbers.Integral) or self.clean_images < MIN_CLEAN_IMAGES):
+            raise AegisError(f"--clean-images must be a whole number of at least {MIN_CLEAN_IMAGES} images. "
+                             f"Received: {self.clean_images!r}")
         if self.strategy is not None:
             names = [s.strip() for s in self.strategy.split(",")]
             if not names or any(s not in STRATEGIES for s in names):

@@ -108,6 +108,7 @@ def run_repair(
     curve = curve_fn(model, xv, yv, xbv, ybv, layer=layer, thresholds=THRESHOLDS, batch_size=batch_size, quiet=quiet)
     _check_reached(curve, threshold)
     report = _report_head(curve, threshold, sources, strategy=["lab"])
+    report["clean_images"] = int(len(xv))  # the clean validation images the pruning saw
     report["validation"] = {"clean_acc": float(curve.clean_acc[0]), "asr": _maybe(curve.asr[0])}
     if bad_test is None:
         report["asr_note"] = (NO_ASR if bad_valid is None else
@@ -121,7 +122,7 @@ def run_repair(
 
 def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, strategies=("trigger-prune", "unlearn"),
                        threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
-                       unlearn_epochs=20, unlearn_lr=1e-3, unlearn_share=0.5, batch_size=256, seed=0, quiet=False,
+                       unlearn_epochs=20, unlearn_lr=1e-3, unlearn_share=1.0, batch_size=256, seed=0, quiet=False,
                        sources=None):
     """Repair from recovered triggers (:mod:`aegis_tf.detect.recovered`) with clean data only.
 
@@ -360,6 +361,19 @@ def _write_outputs(out_dir, model, curve, models_out, report):
     return report
 
 
+def _clean_budget(valid, n, path, seed):
+    """A seeded random ``n`` of the clean validation images (all of them when ``n`` is None);
+    a one-line error when the set holds fewer."""
+    x, y = valid
+    if n is None:
+        return valid
+    if n > len(x):
+        raise AegisError(f"--clean-images {n}: --clean-valid {path} holds only {len(x)} images; give a larger "
+                         "clean set or a smaller budget")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+    return x[keep], y[keep]
+
+
 def _load_set(path, default_key, model, scale, flag):
     from aegis_tf.core.data import check_fits_model, load_h5
     from aegis_tf.core.embedded import PATHS
@@ -393,7 +407,7 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
     from aegis_tf.core.settings import pixel_max_of
     from aegis_tf.attack.evaluation import backdoor_set
     from aegis_tf.attack.triggers import build_trigger
-    from aegis_tf.attack.sidecar import read_trigger_config, sidecar_path
+    from aegis_tf.attack.sidecar import read_trigger_config, read_trigger_configs, sidecar_path
 
     if path or embedded:
         return _load_set(path, default_key, model, scale, flag)
@@ -401,8 +415,16 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
     if config is None or not poisoned:
         return None, None
     x, y = clean
-    fn, _ = build_trigger(config, pixel_max=pixel_max_of(scale), x_sample=x)
-    return backdoor_set(x, y, fn, config.target_label), f"{clean_path} with the trigger of {sidecar_path(model_path)}"
+    xs, ys = [], []
+    for c in read_trigger_configs(model_path):  # each backdoor as it was trained: its sources, its mapping
+        fn, _ = build_trigger(c, pixel_max=pixel_max_of(scale), x_sample=x)
+        xb, yb = backdoor_set(x, y, fn, c.target_label, sources=c.source_classes, mapping=c.mapping,
+                              n_classes=int(model.output_shape[-1]))
+        xs.append(xb)
+        ys.append(yb)
+    what = "the trigger" if len(xs) == 1 else f"each of the {len(xs)} triggers"
+    return ((np.concatenate(xs), np.concatenate(ys)),
+            f"{clean_path} with {what} of {sidecar_path(model_path)}")
 
 
 def _recovered_triggers(trigger_from, trigger_file):
@@ -467,11 +489,13 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
                 for t in triggers]
     embedded = _is_embedded(model_path, weights)
     valid, pv = _load_set(clean_valid, "valid", model, scale, "--clean-valid")
+    available = len(valid[0])
+    valid = _clean_budget(valid, config.clean_images, pv, seed)
     test, pt = _load_set(clean_test, "test", model, scale, "--clean-test")
     common = dict(model=model, model_path=model_path or weights, embedded=embedded, scale=scale)
     btest, pbt = _poisoned_set(bad_test, "bd_test", test, pt, flag="--bad-test", **common)
     sources = {"bad_model": model_path, "bad_model_weights": weights, "clean_valid": pv, "clean_test": pt,
-               "bad_test": pbt, "scale": scale}
+               "bad_test": pbt, "scale": scale, "clean_budget": config.clean_images, "clean_valid_size": available}
     if triggers:
         sources.update(trigger_from=trigger_from, trigger_file=trigger_file)
         return run_trigger_repair(
@@ -493,6 +517,8 @@ def _clp_job(config, *, bad_model, bad_model_weights, clean_valid, bad_valid, cl
     from aegis_tf.core.models import load_model
     from repair.clp import conv_layers
 
+    if config.clean_images is not None:
+        raise AegisError("--strategy clp repairs without data, so --clean-images would not be used; drop it")
     for name, value in (("--clean-valid", clean_valid), ("--bad-valid", bad_valid)):
         if value:
             raise AegisError(f"--strategy clp repairs without data, so {name} would not be used; drop it "
@@ -576,7 +602,10 @@ def format_table(report):
         lines.append(f"repair from the recovered trigger(s): {'; '.join(report['trigger']['found'])}; "
                      f"strategy {','.join(report['strategy'])}")
         if report.get("clean_images") is not None:
-            lines.append(f"clean data used: {report['clean_images']} images (--clean-valid), no poisoned data")
+            src = report.get("sources") or {}
+            budget = (f"a random {report['clean_images']} of {src['clean_valid_size']} (--clean-images)"
+                      if src.get("clean_budget") is not None and src.get("clean_valid_size") else "--clean-valid")
+            lines.append(f"clean data used: {report['clean_images']} images ({budget}), no poisoned data")
     val = report.get("validation") or {}
     clp = report.get("clp")
     if clp:

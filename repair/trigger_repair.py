@@ -31,21 +31,36 @@ from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresh
 __all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn"]
 
 
-def triggered_set(triggers, x, y, *, groups=False):
+def _eligible(t, y):
+    """Which labels ``y`` the trigger ``t`` applies to: every class but its target, or only its
+    ``sources`` (a source-specific or all-to-all backdoor found by the per-pair view)."""
+    y = np.asarray(y)
+    keep = y != t.target
+    if t.sources is not None:
+        keep &= np.isin(y, list(t.sources))
+    return keep
+
+
+def triggered_set(triggers, x, y, *, groups=False, all_variants=False):
     """Clean images with the recovered triggers, labelled with each trigger's target.
 
-    Each trigger is applied to the images whose label is not its target; the
-    sets of several triggers are concatenated. Returns ``(x_triggered, targets)``,
-    and with ``groups`` also the index of the trigger of each image.
+    Each trigger is applied to the images of its source classes (every class but its target,
+    unless the trigger names ``sources``), one variant per image in turn, or every variant to
+    every image with ``all_variants``; the sets of several triggers are concatenated. Returns
+    ``(x_triggered, targets)``, and with ``groups`` also the index of the trigger of each image.
     """
     xs, ys, gs = [], [], []
+    x = np.asarray(x)
     for i, t in enumerate(triggers):
-        keep = np.asarray(y) != t.target
+        keep = _eligible(t, y)
         if not keep.any():
-            raise AegisError(f"no clean images outside class {t.target} to apply its recovered trigger to")
-        xs.append(t.apply(np.asarray(x)[keep]))
-        ys.append(np.full(int(keep.sum()), t.target, dtype="int64"))
-        gs.append(np.full(int(keep.sum()), i))
+            whose = f"of class(es) {', '.join(map(str, t.sources))} " if t.sources is not None else ""
+            raise AegisError(f"no clean images {whose}outside class {t.target} to apply its recovered trigger to")
+        offsets = range(t.n_variants) if all_variants else (0,)
+        for off in offsets:
+            xs.append(t.apply(x[keep], offset=off))
+            ys.append(np.full(int(keep.sum()), t.target, dtype="int64"))
+            gs.append(np.full(int(keep.sum()), i))
     if not xs:
         raise AegisError("no recovered trigger to apply")
     out = (np.concatenate(xs), np.concatenate(ys))
@@ -58,7 +73,7 @@ def trigger_channel_gap(model, triggers, x, y, *, layer=None, batch_size=256):
     pool = find_last_pooling_layer(model, layer)
     gaps = []
     for t in triggers:
-        keep = np.asarray(y) != t.target
+        keep = _eligible(t, y)
         clean = _channel_means(_activations(model, pool, np.asarray(x)[keep], batch_size))
         trig = _channel_means(_activations(model, pool, t.apply(np.asarray(x)[keep]), batch_size))
         gaps.append(trig - clean)
@@ -100,7 +115,7 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
     return curve
 
 
-def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.02):
+def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2):
     """One-line errors for unlearning settings out of range (checked before any work)."""
     for name, v, lo, hi in (("--unlearn-share", share, 0.0, 1.0), ("holdout", holdout, 0.05, 0.9),
                             ("max_drop", max_drop, 0.0, 1.0)):
@@ -108,43 +123,86 @@ def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.02):
             raise AegisError(f"{name} must lie in [{lo}, {hi}]. Received: {v}")
     if epochs < 1:
         raise AegisError(f"--unlearn-epochs must be at least 1. Received: {epochs}")
+    if shift < 0:
+        raise AegisError(f"the unlearning shift must be 0 or a positive number of pixels. Received: {shift}")
 
 
-def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=0.5, holdout=0.2, max_drop=0.02,
-            patience=5, batch_size=32, soft_targets=True, seed=0, quiet=False):
+def _shifted(x, rng, pad):
+    """``x`` with each image moved by up to ``pad`` pixels (zero-padded crop, no flip)."""
+    from aegis_tf.core.augment import apply_crop_flip, crop_flip_params
+
+    if not pad:
+        return x
+    oy, ox, _ = crop_flip_params(len(x), rng, pad=pad)
+    return apply_crop_flip(x, oy, ox, np.zeros(len(x), "int32"), pad=pad).astype("float32")
+
+
+def _with_triggers(triggers, x, applicable, rng):
+    """Each image of ``x`` with one of the triggers ``applicable`` to it (a random one, a random
+    variant)."""
+    choice = np.argmax(rng.random(applicable.shape) * applicable, axis=1)
+    out = np.array(x, copy=True)
+    for j, t in enumerate(triggers):
+        sel = np.nonzero(choice == j)[0]
+        if sel.size:
+            out[sel] = t.apply(x[sel], offset=int(rng.integers(t.n_variants)))
+    return out
+
+
+def _running_mean(avg, weights, n):
+    """The mean of ``n`` weight sets from the mean of the first ``n - 1`` (``avg``) and the ``n``-th."""
+    if avg is None:
+        return [np.array(w, copy=True) for w in weights]
+    return [a + (np.asarray(w, a.dtype) - a) / n if np.issubdtype(a.dtype, np.floating) else np.asarray(w)
+            for a, w in zip(avg, weights)]
+
+
+def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, holdout=0.2, max_drop=0.01,
+            average=True, shift=2, patience=5, batch_size=32, soft_targets=True, seed=0, quiet=False):
     """Fine-tune a copy of ``model`` to ignore the recovered triggers. Returns ``(model, history)``.
 
-    ``holdout`` of ``(x, y)`` is kept apart for early stopping; the rest is
-    trained on, with ``share`` of it added again carrying a trigger (in turn,
-    when there are several) and its true label. After each epoch the held-out
-    clean accuracy and recovered-trigger ASR are measured; the weights kept
-    are those of the epoch with the lowest ASR among the epochs whose
-    accuracy stayed within ``max_drop`` of the start, or within two held-out
-    images on a held-out set too small to resolve ``max_drop`` (the start
-    itself if none did). Training stops after ``patience`` epochs without a
-    better one.
+    ``holdout`` of ``(x, y)`` is kept apart to check the result; the rest is trained on.
+    Each epoch the training images are moved by up to ``shift`` pixels (a few hundred clean
+    images are otherwise learnt by heart), and ``share`` of those outside a trigger's target
+    are added again carrying one of the triggers (a trigger with ``sources`` too: the per-pair
+    view may have seen only some of a backdoor's sources). With ``soft_targets`` every image, triggered or not, is taught B's own
+    output on the clean image (B's clean behaviour moves as little as it can, and a trigger
+    is taught to change nothing); without, its true label.
+
+    With ``average``, the weights kept are the mean of the epochs after the first quarter
+    (stochastic weight averaging, Izmailov et al. 2018: single epochs on so few images swing
+    by points of accuracy and ASR, their mean does not), if its held-out clean accuracy stays
+    within ``max_drop`` of B's (within two held-out images on a held-out set too small to
+    resolve ``max_drop``). Otherwise, or without ``average``, the epoch with the lowest
+    held-out recovered-trigger ASR among those within that drop (B itself if none is), and
+    training stops after ``patience`` epochs without a better one. The held-out ASR applies
+    every variant of every trigger to every held-out image of its sources (:func:`triggered_set`).
     """
     import keras
 
-    check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop)
+    check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift)
+    average_from = epochs // 4 if average else None
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
     hold, train = idx[:n_hold], idx[n_hold:]
     xh, yh = np.asarray(x[hold], "float32"), np.asarray(y[hold])
-    xh_trig, yh_trig = triggered_set(triggers, xh, yh)
     xtr, ytr = np.asarray(x[train], "float32"), np.asarray(y[train])
-    pick = rng.choice(len(xtr), size=int(round(share * len(xtr))), replace=False)
-    parts_x, parts_y = [xtr], [ytr]
-    for j, t in enumerate(triggers):  # the picked images, split between the triggers
-        sel = pick[j::len(triggers)]
-        parts_x.append(t.apply(xtr[sel], offset=j))
-        parts_y.append(ytr[sel])
-    x_fit, y_fit = np.concatenate(parts_x), np.concatenate(parts_y)
+    if not len(xtr):
+        raise AegisError(f"unlearning needs clean images to train on besides the {n_hold} held out. Received: "
+                         f"{len(x)} image(s)")
+    # In training every trigger goes on every class but its target, sources or not: the per-pair view
+    # may have seen only some sources of a backdoor, and teaching a trigger to change nothing where it
+    # changed nothing costs nothing (the cover classes of a source-specific backdoor included).
+    applicable = np.stack([ytr != t.target for t in triggers], axis=1)
+    eligible = np.nonzero(applicable.any(axis=1))[0]
+    if not eligible.size:
+        raise AegisError("every clean training image belongs to the recovered trigger(s)' target class: no image "
+                         "to teach the trigger on")
+    xh_trig, yh_trig = triggered_set(triggers, xh, yh, all_variants=True)
     n_classes = int(model.output_shape[-1])
-    targets = np.eye(n_classes, dtype="float32")[y_fit]
-    if soft_targets:  # the clean images keep B's own outputs, so its clean behaviour moves as little as it can
-        targets[:len(xtr)] = np.asarray(model.predict(xtr, batch_size=256, verbose=0), "float32")
+    eye = np.eye(n_classes, dtype="float32")
+    n_pick = max(1, int(round(share * len(eligible))))
 
     def measure(m):
         return (float(np.mean(predict_labels(m, xh) == yh)), float(np.mean(predict_labels(m, xh_trig) == yh_trig)))
@@ -154,18 +212,38 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=0.5, 
     acc0, asr0 = measure(work)
     allowed = max(max_drop, 2.0 / n_hold) + 1e-12
     history = [{"epoch": 0, "holdout_clean_acc": acc0, "holdout_recovered_asr": asr0}]
-    best, best_key, kept, since = work.get_weights(), (asr0, -acc0), 0, 0
+    best, best_key, kept, since, avg, n_avg = work.get_weights(), (asr0, -acc0), 0, 0, None, 0
     for epoch in progress(range(1, epochs + 1), quiet=quiet, desc="unlearning"):
+        xs = _shifted(xtr, rng, shift)
+        targets = (np.asarray(model.predict(xs, batch_size=256, verbose=0), "float32") if soft_targets
+                   else eye[ytr])
+        pick = rng.choice(eligible, size=n_pick, replace=False) if share > 0 else eligible[:0]
+        x_fit = np.concatenate([xs, _with_triggers(triggers, xs[pick], applicable[pick], rng)])
+        y_fit = np.concatenate([targets, targets[pick]])
         order = rng.permutation(len(x_fit))
-        work.fit(x_fit[order], targets[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        work.fit(x_fit[order], y_fit[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         acc, asr = measure(work)
         history.append({"epoch": epoch, "holdout_clean_acc": acc, "holdout_recovered_asr": asr})
+        if average_from is not None and epoch > average_from:
+            n_avg += 1
+            avg = _running_mean(avg, work.get_weights(), n_avg)
         if acc >= acc0 - allowed and (asr, -acc) < best_key:
             best, best_key, kept, since = work.get_weights(), (asr, -acc), epoch, 0
         else:
             since += 1
-            if since >= patience:
+            if average_from is None and since >= patience:
                 break
+    out = {"epochs": history, "n_holdout": int(n_hold), "allowed_drop": allowed, "n_train": int(len(xtr)),
+           "n_triggered": int(n_pick), "shift": int(shift), "soft_targets": bool(soft_targets)}
+    if avg is not None:
+        work.set_weights(avg)
+        acc, asr = measure(work)
+        out["average"] = {"epochs": [average_from + 1, average_from + n_avg], "holdout_clean_acc": acc,
+                          "holdout_recovered_asr": asr}
+        if acc >= acc0 - allowed:
+            out["kept_epoch"] = "average"
+            return work, out
+        out["average"]["rejected"] = f"held-out clean accuracy fell by more than {100 * allowed:.1f} points"
     work.set_weights(best)
-    return work, {"epochs": history, "kept_epoch": kept, "n_holdout": int(n_hold), "allowed_drop": allowed,
-                  "n_train": int(len(xtr)), "n_triggered": int(len(pick))}
+    out["kept_epoch"] = kept
+    return work, out

@@ -176,6 +176,7 @@ def test_the_lab_default_path_is_unchanged(tmp_path, capsys):
     (["--bad-valid", "data/bd_valid.h5"], "--strategy clp repairs without data, so --bad-valid would not be used"),
     (["--clean-valid", "data/valid.h5"], "--strategy clp repairs without data, so --clean-valid would not be used"),
     (["--finetune", "2"], "--finetune fine-tunes on clean data"),
+    (["--clean-images", "100"], "--strategy clp repairs without data, so --clean-images would not be used"),
 ])
 def test_repair_clp_refuses_bad_input_before_any_work(tmp_path, capsys, extra, message):
     argv = ["repair", "--out-dir", str(tmp_path / "rep")]

@@ -106,14 +106,14 @@ def test_translation_reaches_targets_and_features_have_shapes(rng):
 
 
 def test_patches_are_the_most_changed_pixels_and_paste_exactly():
-    from aegis_tf.detect.patch_transfer import _patch_pixels, paste_patches
+    from aegis_tf.detect.patch_transfer import patch_pixels, paste_patches
 
     seed = np.zeros((2, 4, 4, 1), "float32")
     moved = seed.copy()
     moved[0, 3, 3] = 9.0  # image 0: one big change, one small
     moved[0, 0, 1] = 1.0
     moved[1, 1, 2] = 5.0
-    pixels = _patch_pixels(moved, seed, top_frac=1 / 16)
+    pixels = patch_pixels(moved, seed, top_frac=1 / 16)
     assert pixels.tolist() == [[15], [6]]
     probes = np.full((3, 4, 4, 1), 2.0, "float32")
     pasted = paste_patches(moved, pixels, probes)

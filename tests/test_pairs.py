@@ -4,6 +4,7 @@ reading, and signals that saturate and say so instead of naming a class."""
 import numpy as np
 import pytest
 
+from aegis_tf.core.models import predict_labels
 from aegis_tf.detect.patch_transfer import PairTransferDetector, pair_transfer_rates
 from aegis_tf.detect.translation import Translation
 from aegis_tf.detect.verdict import combine
@@ -65,6 +66,16 @@ def test_pair_rates_paste_each_patch_on_its_own_source_class():
     rates = pair_transfer_rates(model, x, y, tr, top_frac=1 / 64, n_probes=5)
     assert set(rates) == {(s, 7) for s in np.unique(y[seeds])}
     assert rates[(3, 7)].min() == 1.0 and all(rates[(s, 7)].max() == 0.0 for s in (0, 1, 2))
+    # The flagged pair's trigger: the lit corner, for source 3 only (the translations from its seeds).
+    from aegis_tf.detect.recovered import from_pair_transfer
+
+    det = PairTransferDetector(top_frac=1 / 64).fit_rates(rates, classes=[0, 1, 2, 3, 7])
+    assert det.flagged_pairs_ == [(3, 7)]
+    trig = from_pair_transfer(det, tr, y, 7, pixel_max=255.0)
+    assert trig.sources == (3,) and trig.source == "pair_transfer" and trig.n_variants == 3  # class 3's 3 seeds
+    assert trig.mask[:, 7, 7, 0].tolist() == [1.0] * 3 and trig.mask.sum() == 3 and trig.pattern[0, 7, 7, 0] == 255.0
+    assert trig.evidence["pair_scores"] == {"3->7": 1.0} and trig.evidence["variant_sources"] == [3, 3, 3]
+    assert np.all(predict_labels(model, trig.apply(x[y == 3])) == 7)
 
 
 def test_the_verdict_names_source_and_target():

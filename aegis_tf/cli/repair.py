@@ -69,7 +69,11 @@ def add(sub):
     flag(p, "--unlearn-lr", type=float, default=d.unlearn_lr,
          help=f"unlearn: Adam learning rate (default {shown(d.unlearn_lr)})")
     flag(p, "--unlearn-share", type=float, default=d.unlearn_share,
-         help="unlearn: share of the training images added again with the recovered trigger (default %(default)s)")
+         help="unlearn: share of the training images of the trigger's source classes added again with the "
+              "recovered trigger (default %(default)s)")
+    flag(p, "--clean-images", type=int, default=d.clean_images, metavar="N",
+         help="the clean data budget: repair with a random N of the --clean-valid images (default: all; an error "
+              "when the set holds fewer)")
     flag(p, "--clp-u", type=float, default=d.clp_u, metavar="U",
          help="clp: prune each convolution channel whose Lipschitz upper bound exceeds its layer's mean by more "
               "than U standard deviations (default %(default)s, the paper's)")

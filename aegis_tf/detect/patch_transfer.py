@@ -13,11 +13,11 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Detector, Interval
 
-__all__ = ["paste_patches", "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram",
+__all__ = ["patch_pixels", "paste_patches", "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram",
            "PatchTransferDetector", "pair_transfer_rates", "PairTransferDetector"]
 
 
-def _patch_pixels(x_translated, x_seed, top_frac):
+def patch_pixels(x_translated, x_seed, top_frac):
     """Flat pixel indices (n, k) of the ``top_frac`` most-changed pixels of each translation."""
     d = np.abs(np.asarray(x_translated, "float32") - np.asarray(x_seed, "float32")).sum(-1)
     d = d.reshape(len(d), -1)
@@ -52,7 +52,7 @@ def patch_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=2
         xt = tr.images
         pool = np.nonzero(y != c)[0]
         probe_idx = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
-        pixels = _patch_pixels(xt, tr.starts, top_frac)
+        pixels = patch_pixels(xt, tr.starts, top_frac)
         pasted = paste_patches(xt, pixels, x[probe_idx])
         pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
         out[c] = ((pred.reshape(len(xt), len(probe_idx)) == c).mean(axis=1), pixels, probe_idx)
@@ -183,7 +183,7 @@ def pair_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=10
     out = {}
     for c, tr in translations.items():
         src = y[tr.seeds]
-        pixels = _patch_pixels(tr.images, tr.starts, top_frac)
+        pixels = patch_pixels(tr.images, tr.starts, top_frac)
         for s in np.unique(src):
             idx = np.nonzero(src == s)[0]
             pasted = paste_patches(tr.images[idx], pixels[idx], x[probes[int(s)]])
@@ -201,7 +201,8 @@ class PairTransferDetector(PatchTransferDetector):
     ``min_score``, at least ``min_count`` translations transfer, and the share exceeds
     ``relative`` times the median share of all pairs (a model whose patches all
     transfer is not blamed on one pair). ``scores_`` holds each target's largest pair
-    score; ``pairs_`` every pair's; ``flagged_pairs_`` the flagged ones;
+    score; ``pairs_`` every pair's (``pair_rates_``: its translations' rates, in the order of
+    the target's translations from that source); ``flagged_pairs_`` the flagged ones;
     ``suspect_classes_`` the targets of flagged pairs. :meth:`mapping` reads them as
     backdoors: one target with its sources, or an all-to-all mapping.
     """
@@ -229,6 +230,7 @@ class PairTransferDetector(PatchTransferDetector):
         if not rates:
             raise AegisError("no pairs to examine")
         self.classes_ = sorted(classes if classes is not None else {c for _, c in rates})
+        self.pair_rates_ = {p: np.asarray(r) for p, r in rates.items()}
         self.transferring_pairs_ = {p: int(np.sum(np.asarray(r) >= self.flip_at)) for p, r in rates.items()}
         self.pairs_ = {p: self.transferring_pairs_[p] / max(1, len(r)) for p, r in rates.items()}
         median = float(np.median(list(self.pairs_.values())))

@@ -30,7 +30,7 @@ import numpy as np
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, read_json, trigger_class, write_json
 
-__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_whole_image", "from_blend_probe", "from_neural_cleanse",
+__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe", "from_neural_cleanse",
            "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
@@ -43,7 +43,9 @@ class RecoveredTrigger:
 
     ``mask`` has shape (variants, H, W, 1) in [0, 1]; ``pattern`` and
     ``delta`` have shape (variants, H, W, C) in pixel units of ``pixel_max``.
-    ``evidence`` is what the detector measured (kept in the JSON).
+    ``evidence`` is what the detector measured (kept in the JSON). ``sources``: the
+    classes whose images the trigger moves to ``target`` (a source-specific or all-to-all
+    backdoor, found by the per-pair view); None means every other class.
     """
 
     target: int
@@ -54,6 +56,7 @@ class RecoveredTrigger:
     pixel_max: float = 255.0
     evidence: dict = dataclasses.field(default_factory=dict)
     path: str = None
+    sources: tuple = None
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, "float32")
@@ -70,6 +73,15 @@ class RecoveredTrigger:
                              f"{self.mask.shape}. Received: {self.pattern.shape} and {self.delta.shape}")
         if not all(np.isfinite(a).all() for a in (self.mask, self.pattern, self.delta)):
             raise AegisError(f"{where}: mask, pattern and delta must be finite numbers (found NaN or inf)")
+        if self.sources is not None:
+            try:
+                self.sources = tuple(sorted({int(s) for s in self.sources}))
+            except (TypeError, ValueError):
+                raise AegisError(f"{where}: sources must be a list of class numbers. Received: {self.sources!r}") \
+                    from None
+            if not self.sources or self.target in self.sources or min(self.sources) < 0:
+                raise AegisError(f"{where}: sources must be non-negative classes other than the target "
+                                 f"{self.target}. Received: {list(self.sources)}")
 
     @property
     def image_shape(self):
@@ -93,6 +105,9 @@ class RecoveredTrigger:
         if not 0 <= self.target < num_classes:
             raise AegisError(f"{where}: the trigger's target class {self.target} is not one of the model's "
                              f"{num_classes} classes")
+        if self.sources is not None and max(self.sources) >= num_classes:
+            raise AegisError(f"{where}: the trigger's source class {max(self.sources)} is not one of the model's "
+                             f"{num_classes} classes")
         return self
 
     @staticmethod
@@ -108,8 +123,9 @@ class RecoveredTrigger:
 
     def describe(self):
         what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
-                "neural_cleanse": "Neural Cleanse mask"}
-        return f"class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
+                "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch"}
+        whose = f"{','.join(map(str, self.sources))} -> " if self.sources is not None else ""
+        return f"{whose}class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
     def save(self, folder):
         """Write the JSON and the three arrays into ``folder``; returns the JSON path."""
@@ -121,7 +137,8 @@ class RecoveredTrigger:
                 with open(tmp, "wb") as f:
                     np.save(f, getattr(self, name))
         path = os.path.join(folder, stem + ".json")
-        write_json(path, {"format": FORMAT, "target": self.target, "source": self.source, "apply": APPLY,
+        write_json(path, {"format": FORMAT, "target": self.target, "source": self.source,
+                          "sources": None if self.sources is None else list(self.sources), "apply": APPLY,
                           "pixel_max": self.pixel_max, "image_shape": list(self.image_shape),
                           "variants": self.n_variants, "files": files, "evidence": self.evidence})
         return path
@@ -145,7 +162,7 @@ def load_trigger(path):
         arrays = {k: _load_array(folder, meta["files"][k], path) for k in ("mask", "pattern", "delta")}
         return RecoveredTrigger(target=int(meta["target"]), source=str(meta["source"]),
                                 pixel_max=float(meta["pixel_max"]), evidence=meta.get("evidence", {}), path=path,
-                                **arrays)
+                                sources=meta.get("sources"), **arrays)
     except (KeyError, TypeError, ValueError) as e:
         raise AegisError(f"{path}: missing or bad field in the trigger file ({e})") from None
 
@@ -175,9 +192,7 @@ def triggers_from_detect_dir(folder):
     if not names:
         raise AegisError(f"--trigger-from {folder}: the scan flagged class(es) "
                          f"{', '.join(map(str, verdict.get('target_classes', [])))} but saved no trigger file: "
-                         "a backdoor found only by the per-pair view (source-specific or all-to-all) has no "
-                         "recovered trigger yet, nor has a --score clusters scan or a report from before trigger "
-                         "files")
+                         "a --score clusters scan recovers none, nor does a report from before trigger files")
     return [load_trigger(os.path.join(folder, n)) for n in names], report
 
 
@@ -206,6 +221,46 @@ def from_patch_transfer(transfer, translations, c, *, pixel_max, max_variants=8)
         delta=np.zeros((n, h, w, ch), "float32"), pixel_max=float(pixel_max),
         evidence={"transfer_score": float(transfer.scores_[c]), "probe_rates": [float(rates[i]) for i in chosen],
                   "pixels": [[int(p) for p in pixels[i]] for i in chosen]})
+
+
+def from_pair_transfer(pairs, translations, y, target, *, pixel_max, max_variants=8):
+    """The patches that moved the probes of each source class the per-pair view flagged for
+    ``target`` (the translations from that source's seeds, best first, the sources in turn, at
+    most ``max_variants``); the trigger applies to those ``sources`` only."""
+    from aegis_tf.detect.patch_transfer import patch_pixels
+
+    tr = translations[target]
+    src = np.asarray(y)[tr.seeds]
+    sources = sorted(s for s, t in pairs.flagged_pairs_ if t == target)
+    queues = []
+    for s in sources:
+        rates = pairs.pair_rates_[(s, target)]
+        idx = np.nonzero(src == s)[0]
+        order = np.argsort(-rates, kind="stable")
+        queues.append([(int(idx[i]), float(rates[i]), s) for i in order if rates[i] >= pairs.flip_at])
+    chosen = []
+    while len(chosen) < max_variants and any(queues):  # the sources in turn
+        for q in queues:
+            if q and len(chosen) < max_variants:
+                chosen.append(q.pop(0))
+    if not chosen:
+        raise AegisError(f"class {target}: the per-pair view flagged no pair toward it")
+    n, (h, w, ch) = len(chosen), tr.images.shape[1:]
+    mask = np.zeros((n, h * w, 1), "float32")
+    pattern = np.zeros((n, h * w, ch), "float32")
+    pixels = []
+    for j, (i, _, _) in enumerate(chosen):
+        px = patch_pixels(tr.images[i:i + 1], tr.starts[i:i + 1], pairs.top_frac)[0]
+        mask[j, px] = 1.0
+        pattern[j, px] = np.asarray(tr.images[i], "float32").reshape(h * w, ch)[px]
+        pixels.append([int(p) for p in px])
+    return RecoveredTrigger(
+        target=int(target), source="pair_transfer", mask=mask.reshape(n, h, w, 1),
+        pattern=pattern.reshape(n, h, w, ch), delta=np.zeros((n, h, w, ch), "float32"), pixel_max=float(pixel_max),
+        sources=sources,
+        evidence={"pair_scores": {f"{s}->{target}": float(pairs.pairs_[(s, target)]) for s in sources},
+                  "probe_rates": [r for _, r, _ in chosen], "variant_sources": [s for _, _, s in chosen],
+                  "pixels": pixels})
 
 
 def from_whole_image(whole, translations, c, *, pixel_max):

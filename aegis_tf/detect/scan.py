@@ -35,8 +35,8 @@ from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.detect.config import check_method  # noqa: F401 (the scan job's check, kept importable here)
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
-from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_patch_transfer, from_whole_image,
-                                       save_triggers)
+from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_pair_transfer, from_patch_transfer,
+                                       from_whole_image, save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
@@ -55,7 +55,9 @@ class Found:
     x: Any
     pixel_max: float
     translations: dict = None
+    y: Any = None
     transfer: Any = None
+    pairs: Any = None
     whole: Any = None
     blend: Any = None
     clusters: Any = None  # the fitted AegisDetector (the paper's score, or the embedding figure)
@@ -180,7 +182,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     blend probe runs in a full scan only.
     """
     times = {}
-    found = Found(x=x, pixel_max=pixel_max, translations=translations, plots=plots)
+    found = Found(x=x, y=y, pixel_max=pixel_max, translations=translations, plots=plots)
     clusters = config.score == "clusters"
     transfer = None
     if not clusters:
@@ -220,8 +222,8 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         times["features"] = time.perf_counter() - t
         det.fit_features(feats)
         times.update(det.seconds_)
-    found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters = (
-        transfer, whole, blend, det, clusters)
+    found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters, found.pairs = (
+        transfer, whole, blend, det, clusters, pairs)
     main = det if clusters else transfer
     report = main.report()
     report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
@@ -341,6 +343,8 @@ def _save_aegis_triggers(found, out_dir):
         out += [from_patch_transfer(found.transfer, tr, c, pixel_max=pm) for c in found.transfer.suspect_classes_]
     if found.whole is not None:
         out += [from_whole_image(found.whole, tr, c, pixel_max=pm) for c in found.whole.suspect_classes_]
+    if found.pairs is not None:  # the source-specific and all-to-all backdoors, with their sources
+        out += [from_pair_transfer(found.pairs, tr, found.y, c, pixel_max=pm) for c in found.pairs.suspect_classes_]
     if found.blend is not None:
         out += [from_blend_probe(found.blend, tr, c, pixel_max=pm) for c in found.blend.suspect_classes_]
     return save_triggers(out_dir, out)
