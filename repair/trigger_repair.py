@@ -165,9 +165,9 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
     Each epoch the training images are moved by up to ``shift`` pixels (a few hundred clean
     images are otherwise learnt by heart), and ``share`` of those outside a trigger's target
     are added again carrying one of the triggers (a trigger with ``sources`` too: the per-pair
-    view may have seen only some of a backdoor's sources). With ``soft_targets`` every image, triggered or not, is taught B's own
-    output on the clean image (B's clean behaviour moves as little as it can, and a trigger
-    is taught to change nothing); without, its true label.
+    view may have seen only some of a backdoor's sources). With ``soft_targets`` every image,
+    triggered or not, is taught B's own output on the clean image (B's clean behaviour moves
+    as little as it can, and a trigger is taught to change nothing); without, its true label.
 
     With ``average``, the weights kept are the mean of the epochs after the first quarter
     (stochastic weight averaging, Izmailov et al. 2018: single epochs on so few images swing
@@ -202,7 +202,7 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
     xh_trig, yh_trig = triggered_set(triggers, xh, yh, all_variants=True)
     n_classes = int(model.output_shape[-1])
     eye = np.eye(n_classes, dtype="float32")
-    n_pick = max(1, int(round(share * len(eligible))))
+    n_pick = max(1, int(round(share * len(eligible)))) if share > 0 else 0
 
     def measure(m):
         return (float(np.mean(predict_labels(m, xh) == yh)), float(np.mean(predict_labels(m, xh_trig) == yh_trig)))
@@ -217,7 +217,7 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
         xs = _shifted(xtr, rng, shift)
         targets = (np.asarray(model.predict(xs, batch_size=256, verbose=0), "float32") if soft_targets
                    else eye[ytr])
-        pick = rng.choice(eligible, size=n_pick, replace=False) if share > 0 else eligible[:0]
+        pick = rng.choice(eligible, size=n_pick, replace=False)
         x_fit = np.concatenate([xs, _with_triggers(triggers, xs[pick], applicable[pick], rng)])
         y_fit = np.concatenate([targets, targets[pick]])
         order = rng.permutation(len(x_fit))
