@@ -194,7 +194,8 @@ def render(results):
              f"Commands, in order ({results['machine']}):", ""]
     lines += [f"    {c}" for c in results["commands"]] + [""]
     budget = results.get("clean_images")
-    lines += [f"Clean data budget of every repair: {f'a random {budget} of the validation images' if budget else 'the whole validation set'} "
+    what = f"a random {budget} of the validation images" if budget else "the whole validation set"
+    lines += [f"Clean data budget of every repair: {what} "
               "(the embedded set's 359, or the first --n-valid images of an .npz test split; the rest are test images).", ""]
     if any("--redo" in c for c in results["commands"]):
         lines += ["A `--redo` command ran that repair again for the models it lists and replaced its rows.", ""]

@@ -213,10 +213,13 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
     allowed = max(max_drop, 2.0 / n_hold) + 1e-12
     history = [{"epoch": 0, "holdout_clean_acc": acc0, "holdout_recovered_asr": asr0}]
     best, best_key, kept, since, avg, n_avg = work.get_weights(), (asr0, -acc0), 0, 0, None, 0
+    def targets_for(xs):
+        return np.asarray(model.predict(xs, batch_size=256, verbose=0), "float32") if soft_targets else eye[ytr]
+
+    fixed = None if shift else targets_for(xtr)  # unshifted images: B's outputs are the same every epoch
     for epoch in progress(range(1, epochs + 1), quiet=quiet, desc="unlearning"):
         xs = _shifted(xtr, rng, shift)
-        targets = (np.asarray(model.predict(xs, batch_size=256, verbose=0), "float32") if soft_targets
-                   else eye[ytr])
+        targets = targets_for(xs) if fixed is None else fixed
         pick = rng.choice(eligible, size=n_pick, replace=False)
         x_fit = np.concatenate([xs, _with_triggers(triggers, xs[pick], applicable[pick], rng)])
         y_fit = np.concatenate([targets, targets[pick]])

@@ -69,7 +69,7 @@ def add(sub):
     flag(p, "--unlearn-lr", type=float, default=d.unlearn_lr,
          help=f"unlearn: Adam learning rate (default {shown(d.unlearn_lr)})")
     flag(p, "--unlearn-share", type=float, default=d.unlearn_share,
-         help="unlearn: share of the training images of the trigger's source classes added again with the "
+         help="unlearn: share of the training images outside the triggers' target classes added again with a "
               "recovered trigger (default %(default)s)")
     flag(p, "--clean-images", type=int, default=d.clean_images, metavar="N",
          help="the clean data budget: repair with a random N of the --clean-valid images (default: all; an error "

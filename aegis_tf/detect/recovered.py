@@ -30,8 +30,8 @@ import numpy as np
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, read_json, trigger_class, write_json
 
-__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe", "from_neural_cleanse",
-           "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
+__all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe",
+           "from_neural_cleanse", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
 APPLY = "x' = clip((1 - mask) * x + mask * pattern + delta, 0, pixel_max), one variant per image, in turn"
