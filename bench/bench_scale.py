@@ -56,11 +56,13 @@ def seed_images(path, n):
 
 
 def settings(pairs):
-    """``{field: value}`` from ``KEY=VALUE`` overrides of DetectConfig (numbers parsed)."""
+    """``{field: value}`` from ``KEY=VALUE`` overrides of DetectConfig (numbers, true and false parsed)."""
     out = {}
     for pair in pairs:
         key, value = pair.split("=", 1)
-        out[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+        booleans = {"true": True, "false": False}
+        out[key] = (json.loads(value) if value[:1].isdigit() or value[:1] == "-"
+                    else booleans.get(value.lower(), value))
     return out
 
 

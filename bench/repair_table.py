@@ -10,7 +10,8 @@ For each model, in this order, each as a user would run it:
 2. the lab's pruning (``repair``; the attacker's poisoned validation set,
    which the lab assumes), at 2/4/10% accuracy drop;
 3. fine-pruning (the same, plus ``--finetune`` epochs on clean validation data);
-4. trigger-aware pruning and 5. unlearning (``repair --trigger-from`` the
+4. the data-free defence (``repair --strategy clp``, no data; test images evaluate);
+5. trigger-aware pruning and 6. unlearning (``repair --trigger-from`` the
    detect folder, clean validation data only).
 
 The true ASR is measured on the test images with the attacker's real trigger
@@ -120,8 +121,21 @@ def run_model(model, work, args):
         res = ft["report"]["test"].get("4_finetuned")
         rows.append(_row(f"fine-pruning -4% + {args.finetune} epochs", res, ft["seconds"]))
 
+    rows.append(clp_row(model, test, work))
     rows += trigger_rows(model, det_dir, result["triggers"], work, common, ("trigger-prune", "unlearn"))
     return entry
+
+
+def clp_row(model, test, work):
+    """The data-free row: ``repair --strategy clp`` at its default u (no clean or poisoned data;
+    the test images only evaluate)."""
+    out = _timed(repair_job, out_dir=os.path.join(work, "clp"), bad_model=model, clean_test=test, strategy="clp",
+                 quiet=True)
+    if "error" in out:
+        return {"method": "data-free (CLP)", "error": out["error"], "seconds": out["seconds"]}
+    info = out["report"]["clp"]
+    return _row(f"data-free (CLP, u = {info['u']:g}, {info['channels_pruned']} of {info['n_channels']} ch)",
+                out["report"]["test"]["clp"], out["seconds"])
 
 
 def cover_accuracy(model_path, b_prime_path, test):
@@ -177,9 +191,13 @@ def redo(entry, strategy, args):
     work = os.path.join(args.work, os.path.splitext(os.path.basename(entry["model"]))[0])
     common = dict(bad_model=entry["model"], clean_valid=entry["valid"], clean_test=entry["test"], threshold=4,
                   quiet=True, clean_images=args.clean_images)
-    prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune")}[strategy]
-    new = trigger_rows(entry["model"], os.path.join(work, "detect"), entry["detect"]["triggers"], work, common,
-                       (strategy,))
+    prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune"),
+              "clp": ("data-free",)}[strategy]
+    if strategy == "clp":
+        new = [clp_row(entry["model"], entry["test"], work)]
+    else:
+        new = trigger_rows(entry["model"], os.path.join(work, "detect"), entry["detect"]["triggers"], work, common,
+                           (strategy,))
     keep = [r for r in entry["rows"] if not r["method"].startswith(prefix)]
     at = next((i for i, r in enumerate(entry["rows"]) if r["method"].startswith(prefix)), len(keep))
     entry["rows"] = keep[:at] + new + keep[at:]
@@ -240,7 +258,7 @@ def main(argv=None):
     p.add_argument("--clean-images", type=int, default=None,
                    help="every repair's clean data budget: a random N of the validation images (default: all)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--redo", choices=("trigger-prune", "unlearn"), default=None,
+    p.add_argument("--redo", choices=("trigger-prune", "unlearn", "clp"), default=None,
                    help="run this repair again for the listed models already in --out, replacing its rows")
     p.add_argument("--reuse-detect", action="store_true",
                    help="use a detect folder already in --work (its detect.json's stage times) instead of scanning again")

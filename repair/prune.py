@@ -2,7 +2,9 @@
 
 Channels of the last pooling layer are pruned one at a time, lowest mean clean
 activation first, by zeroing the kernel and bias of the convolution that feeds
-that layer. After each pruned channel the clean validation accuracy and the
+that layer (or, for a global pooling layer behind an addition, as in a ResNet,
+the channel's input row of the one Dense layer that reads it:
+:func:`aegis_tf.core.models.find_prune_site`). After each pruned channel the clean validation accuracy and the
 attack success rate (ASR) on the poisoned validation set are recorded.
 
 The channel order is fixed by the clean activations before pruning starts, so
@@ -24,7 +26,7 @@ import numpy as np
 
 from repair.thresholds import THRESHOLDS, check_threshold
 from aegis_tf.core.errors import AegisError
-from aegis_tf.core.models import copy_model, find_feeding_conv, find_last_pooling_layer, predict_labels
+from aegis_tf.core.models import copy_model, find_last_pooling_layer, find_prune_site, predict_labels
 from aegis_tf.core.utils import progress
 
 __all__ = ["THRESHOLDS", "check_threshold", "PruneCurve", "prune_curve", "prune_curve_naive", "prune_model", "finetune_pruned"]
@@ -39,6 +41,8 @@ class PruneCurve:
     are the validation metrics with the first ``k`` channels of ``order``
     pruned (``k = 0`` is the unpruned model). ``saved[t]`` is the smallest
     ``k`` whose accuracy drop reaches ``t`` percentage points, or None.
+    ``conv`` names the layer whose weights are zeroed: the Conv2D feeding
+    ``layer``, or the Dense layer reading it (:func:`aegis_tf.core.models.find_prune_site`).
     """
 
     layer: str
@@ -135,7 +139,7 @@ def prune_curve(
     """
     _check_thresholds(thresholds)
     pool = find_last_pooling_layer(model, layer)
-    conv = find_feeding_conv(model, pool)
+    conv = find_prune_site(model, pool)
     tail = _tail_model(model, pool)
     # One pass for both sets: Keras call overhead, not arithmetic, dominates small sets.
     n_clean = len(x_clean)
@@ -184,14 +188,19 @@ def _check_order(order, n):
     return order
 
 
-def _zero_channels(model, conv_name, channels):
-    conv = model.get_layer(conv_name)
-    weights = [w.copy() for w in conv.get_weights()]
+def _zero_channels(model, site_name, channels):
+    """Zero ``channels`` at the prune site: a Conv2D's output channels (kernel and
+    bias), or a Dense reader's input rows."""
+    site = model.get_layer(site_name)
+    weights = [w.copy() for w in site.get_weights()]
     channels = np.asarray(channels, dtype="int64")
-    weights[0][..., channels] = 0.0
-    if conv.use_bias:
-        weights[1][channels] = 0.0
-    conv.set_weights(weights)
+    if isinstance(site, keras.layers.Dense):
+        weights[0][channels, :] = 0.0
+    else:
+        weights[0][..., channels] = 0.0
+        if site.use_bias:
+            weights[1][channels] = 0.0
+    site.set_weights(weights)
 
 
 def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thresholds=THRESHOLDS, batch_size=256, quiet=False):
@@ -202,7 +211,7 @@ def prune_curve_naive(model, x_clean, y_clean, x_bad, y_bad, *, layer=None, thre
     """
     _check_thresholds(thresholds)
     pool = find_last_pooling_layer(model, layer)
-    conv = find_feeding_conv(model, pool)
+    conv = find_prune_site(model, pool)
     means = _channel_means(_activations(model, pool, x_clean, batch_size))
     order = np.argsort(means, kind="stable")
     n = means.shape[0]

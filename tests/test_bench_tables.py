@@ -1,5 +1,7 @@
 """Helpers of the benchmark tables (bench/ is on the test path, see conftest)."""
 
+import json
+
 from aegis_tf.detect.config import DetectConfig
 
 
@@ -343,3 +345,26 @@ def test_detect_table_records_the_verdicts_score_for_each_run():
                        "7": {"transfer_score": 0.3, "probes_moved_histogram": [1]}}}
     run = _run_entry(rep, 7, 2, {"score": "transfer"})
     assert run["score"] == 15.0 and run["suspects"] == [7]  # 0.3 / 0.02
+
+
+def test_repair_table_data_free_row_runs_clp_with_test_images_only(tmp_path):
+    from repair_table import clp_row
+
+    from aegis_tf.core.embedded import PATHS
+
+    row = clp_row(PATHS["bd_net"], PATHS["test"], str(tmp_path))
+    assert row["method"].startswith("data-free (CLP, u = 3, ") and " ch)" in row["method"]
+    assert 0.9 < row["clean_acc"] <= 1 and 0 <= row["asr"] <= 1 and row["g_clean_acc"] <= row["clean_acc"] + 1e-9
+    saved = json.load(open(tmp_path / "clp" / "repair.json"))
+    assert saved["strategy"] == ["clp"] and set(saved["sources"]) == {  # no data repaired it
+        "bad_model", "bad_model_weights", "clean_test", "bad_test", "scale"}
+    bad = clp_row(str(tmp_path / "missing.keras"), PATHS["test"], str(tmp_path / "x"))
+    assert "error" in bad and "not found" in bad["error"]
+
+
+def test_bench_scale_set_parses_numbers_and_booleans_for_the_config():
+    from bench_scale import settings
+
+    parsed = settings(["n_seeds=20", "eps=0.5", "wi_blend=false", "whole_image=True", "scan=staged"])
+    assert parsed == {"n_seeds": 20, "eps": 0.5, "wi_blend": False, "whole_image": True, "scan": "staged"}
+    assert DetectConfig().replace(**parsed).wi_blend is False  # accepted by the config, not the string "false"

@@ -84,8 +84,6 @@ def test_detect_blend_probe_joins_the_one_verdict_by_default_and_turns_off(tmp_p
     (["--jobs", "0"], "--jobs must be a positive integer or -1"),
     (["--bad_model", "missing.keras"], "model file not found"),
     (["--data", "data/bd_test.h5"], "has no images of class(es)"),
-    (["--blend-probe", "--scan", "staged"],
-     "--blend-probe works with the full scan only; add --scan full, or leave --blend-probe out"),
 ])
 def test_detect_bad_inputs(tmp_path, capsys, extra, message):
     argv = ["detect", "--out-dir", str(tmp_path / "o"), "--quiet", "--classes", "0,7"]
@@ -120,3 +118,45 @@ def test_detect_refuses_non_finite_data_and_non_image_models_without_a_report(tm
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1
         assert not (tmp_path / "o").exists()
+
+
+def test_a_scan_that_cannot_be_read_says_inconclusive_names_no_class_and_fails_the_gate(tmp_path, capsys):
+    # A 2-class model (no class can be told from "the others"), and a data set with 4 images of an
+    # examined class: INCONCLUSIVE with the reason, no trigger saved, and --fail-on-backdoor exits 1.
+    import keras
+    import numpy as np
+
+    from aegis_tf.core.data import load_h5, save_h5
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "two.keras")
+    save_h5(str(tmp_path / "two.h5"), rng.integers(0, 256, (40, 8, 8, 1)).astype("uint8"), np.arange(40) % 2)
+    rc = cli.main(["detect", "--bad_model", str(tmp_path / "two.keras"), "--data", str(tmp_path / "two.h5"),
+                   "--seeds", "5", "--steps", "3", "--out-dir", str(tmp_path / "o2"), "--quiet", "--fail-on-backdoor"])
+    printed = capsys.readouterr().out
+    assert rc == 1 and "two: INCONCLUSIVE: the model has 2 classes" in printed
+    assert "--fail-on-backdoor: 1 inconclusive: two" in printed
+    result = json.load(open(tmp_path / "o2" / "detect.json"))
+    assert result["verdict"]["target_classes"] == [] and result["triggers"] == []
+    assert result["verdict"]["limits"] == ["the model has 2 classes; every signal compares a class with at least "
+                                           "2 others"]
+    assert "<b>INCONCLUSIVE</b>" in open(tmp_path / "o2" / "report.html").read()
+
+    x, y = load_h5(PATHS["train"])
+    keep = np.concatenate([np.nonzero(y != 7)[0], np.nonzero(y == 7)[0][:4]])
+    save_h5(str(tmp_path / "few7.h5"), x[keep], y[keep])
+    rc = cli.main(["detect", "--bad_model", PATHS["robust_bd_net"], "--data", str(tmp_path / "few7.h5"),
+                   "--classes", "5,6,7", "--seeds", "15", "--steps", "10", "--out-dir", str(tmp_path / "o7"),
+                   "--quiet"])
+    assert rc == 0  # without --fail-on-backdoor, a scan that ran is a success
+    verdict = json.load(open(tmp_path / "o7" / "detect.json"))["verdict"]
+    assert verdict["limits"] == ["too few training images (class 7: 4; at least 10 per examined class expected)"]
+    assert not verdict["backdoored"] and verdict["line"].startswith("INCONCLUSIVE: too few training images")
+    rc = cli.main(["detect", "--bad_model", PATHS["robust_bd_net"], "--classes", "5,6,7", "--seeds", "15",
+                   "--steps", "2", "--eps", "0.01", "--out-dir", str(tmp_path / "oe"), "--quiet"])
+    verdict = json.load(open(tmp_path / "oe" / "detect.json"))["verdict"]
+    assert rc == 0 and verdict["line"].startswith("INCONCLUSIVE: the translations did not converge (on average ")
+    assert verdict["limits"][0].endswith("at least 50% expected); raise --eps or --steps")

@@ -79,3 +79,42 @@ def test_finetune_keeps_pruned_channels_zero(default_model, default_valid):
     kernel, bias = tuned.get_layer(c.conv).get_weights()
     assert np.all(kernel[..., c.channels_at(k)] == 0) and np.all(bias[c.channels_at(k)] == 0)
     assert not np.array_equal(tuned.get_layer("output").get_weights()[0], pruned.get_layer("output").get_weights()[0])
+
+
+def test_a_resnet_is_pruned_at_the_dense_layer_that_reads_its_global_pooling(rng):
+    # A ResNet's global pooling is fed by an addition, not by one convolution: the lab's
+    # channels are pruned by zeroing their input rows of the output layer, which must give
+    # the masked tail's curve exactly, keep the rows zero under fine-pruning, and leave
+    # every other weight alone.
+    from aegis_tf.core.models import build_model, find_prune_site
+
+    keras.utils.set_random_seed(5)
+    m = build_model("resnet18", input_shape=(12, 12, 3), num_classes=5, width=4)
+    assert find_prune_site(m, m.get_layer("penultimate")).name == "output"
+    x = rng.integers(0, 256, size=(40, 12, 12, 3)).astype("float32")
+    y = predict_labels(m, x)
+    fast = prune_curve(m, x, y, x[:10], y[:10], quiet=True)
+    slow = prune_curve_naive(m, x, y, x[:10], y[:10], quiet=True)
+    assert fast.layer == "penultimate" and fast.conv == "output" and fast.n_channels == 32
+    np.testing.assert_allclose(fast.clean_acc, slow.clean_acc)
+    k = fast.saved[10] or fast.n_channels // 2
+    pruned = prune_model(m, fast, k, x_check=x, y_check=y)  # checks the model against the curve
+    kernel, before = pruned.get_layer("output").get_weights()[0], m.get_layer("output").get_weights()[0]
+    gone = fast.channels_at(k)
+    assert k > 0 and np.all(kernel[gone] == 0)
+    np.testing.assert_array_equal(np.delete(kernel, gone, axis=0), np.delete(before, gone, axis=0))
+    tuned = finetune_pruned(pruned, fast, k, x, y, epochs=1, batch_size=8, quiet=True)
+    assert np.all(tuned.get_layer("output").get_weights()[0][gone] == 0)
+
+
+def test_a_pooling_layer_with_neither_a_feeding_conv_nor_one_dense_reader_is_refused():
+    from aegis_tf.core.models import find_prune_site
+
+    inp = keras.Input((8, 8, 2))
+    a = keras.layers.Conv2D(3, 3, padding="same")(inp)
+    b = keras.layers.Conv2D(3, 3, padding="same")(inp)
+    p = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Add()([a, b]))
+    out = keras.layers.Concatenate()([keras.layers.Dense(2)(p), keras.layers.Dense(2)(p)])  # two readers
+    m = keras.Model(inp, out)
+    with pytest.raises(AegisError, match="found Add .*nor is it a global pooling layer read by one Dense layer"):
+        find_prune_site(m, m.get_layer("gap"))

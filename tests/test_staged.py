@@ -49,6 +49,33 @@ def test_promote_all_is_the_union_of_both_signals():
     assert promote_all(stage1, config.replace(top_k=2, alarm_gap=4.0)) == [0, 7, 42]  # 42 by rank alone
 
 
+def test_promote_all_promotes_by_the_stage1_blend_gap_too():
+    stage1 = {"patch_transfer": {c: 0.0 for c in range(30)},
+              "whole_image": {c: 1.0 - c / 100 for c in range(30)},
+              "blend_probe": {c: (2.0 if c == 17 else 0.5) for c in range(30)}}
+    config = DetectConfig(top_k=2, alarm_transfer=0.1, alarm_gap=1.5)
+    assert promote_all(stage1, config) == [0, 1, 17]  # 17 by its blend gap alone (rank and alarm)
+    assert promote_all(stage1, config.replace(top_k=2, alarm_gap=3.0)) == [0, 1, 17]  # by rank alone
+    stage1["blend_probe"] = {c: 0.5 for c in range(30)}
+    assert promote_all(stage1, config) == [0, 1]  # ties: the two lowest classes
+
+
+def test_stage1_measures_a_chunk_again_when_its_saved_result_lacks_the_blend_weight(bd):
+    from aegis_tf.detect.staged import screen, score_screen
+
+    model, x, y = bd
+    cfg = FAST.replace(stage1_seeds=3, stage1_steps=2)
+    first = screen(model, x[:200], y[:200], [1, 4, 7], cfg, pixel_max=255.0, batch_size=16)
+    assert all(0 < r["blend_alpha"] <= 1 for r in first.values())
+    assert set(score_screen(first, cfg)) == {"patch_transfer", "whole_image", "blend_probe"}
+    old = {c: {k: v for k, v in r.items() if k != "blend_alpha"} for c, r in first.items()}  # an older scan's state
+    again = screen(model, x[:200], y[:200], [1, 4, 7], cfg, pixel_max=255.0, batch_size=16, done=old)
+    assert again == first  # measured again, with the same chunk seed
+    off = cfg.replace(wi_blend=False)
+    kept = screen(model, x[:200], y[:200], [1, 4, 7], off, pixel_max=255.0, batch_size=16, done=old)
+    assert kept == old and "blend_probe" not in score_screen(kept, off)  # without the probe, nothing is missing
+
+
 def test_auto_is_staged_only_above_the_class_count():
     auto = DetectConfig()
     assert scan_mode(auto, 10) == "full" and scan_mode(auto, STAGED_ABOVE) == "full"

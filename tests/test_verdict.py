@@ -119,3 +119,28 @@ def test_the_score_counts_deciding_signals_only_and_caps_an_unflagged_class_unde
     zero = combine({"nc": _ev({0: 0.0, 1: 4.0}, 2.0, [0], direction="below")})
     assert zero["score"] > 1e5 and zero["score"] < float("inf")  # a zero score is guarded
     assert combine({})["score"] == 0.0 and combine({})["probability"] == 0.0
+
+
+def test_scan_limits_name_each_reason_a_scan_cannot_be_read():
+    from aegis_tf.detect.verdict import MIN_CLASS_IMAGES, scan_limits
+
+    assert scan_limits(n_classes=10, class_counts={0: 500, 7: 10}, reached={"0": 0.9, "7": 0.2}) == []
+    two = scan_limits(n_classes=2, class_counts={0: 500, 1: 500})
+    assert two == ["the model has 2 classes; every signal compares a class with at least 2 others"]
+    few = scan_limits(n_classes=10, class_counts={3: MIN_CLASS_IMAGES - 1, 4: 2, 5: 400})
+    assert few == ["too few training images (class 3: 9, class 4: 2; at least 10 per examined class expected)"]
+    stuck = scan_limits(n_classes=10, class_counts={0: 50, 1: 50}, reached={"0": 0.5, "1": 0.3})
+    assert stuck == ["the translations did not converge (on average 40% reached their class, at least 50% "
+                     "expected); raise --eps or --steps"]
+    assert len(scan_limits(n_classes=1, class_counts={0: 3}, reached={"0": 0.0})) == 3
+
+
+def test_a_verdict_with_limits_names_no_class_whatever_the_signals_flag():
+    flagged = {"patch_transfer": _ev({0: 0.0, 5: 0.31}, 0.02, [5]), "whole_image": _ev({0: 0.1, 5: 9.0}, 2.0, [5])}
+    v = combine(flagged, ["the model has 2 classes; every signal compares a class with at least 2 others"])
+    assert not v["backdoored"] and v["target_classes"] == [] and v["backdoors"] == []
+    assert v["line"] == ("INCONCLUSIVE: the model has 2 classes; every signal compares a class with at least 2 "
+                         "others (patch share max 0.31 vs 0.02; whole-image gap max 9.00 vs 2)")
+    assert v["score"] < 1 and v["probability"] < 0.5 and v["evidence"] == flagged  # the evidence stays
+    plain = combine(flagged)
+    assert plain["limits"] == [] and plain["target_classes"] == [5] and plain["score"] >= 1

@@ -117,7 +117,7 @@ def test_the_blend_probe_flags_a_class_whose_mean_translation_carries_a_trigger(
     assert set(det.report()["classes"]["2"]) == {"blend_gap", "blend_alpha", "share_at_norm"}
 
 
-def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in_a_staged_one(rng):
+def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_stages_of_a_staged_one(rng):
     from aegis_tf.detect.scan import aegis_evidence, blend_probe_on, format_summary, run_aegis
     from aegis_tf.detect.verdict import combine
 
@@ -140,8 +140,17 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
                                           config=config.replace(wi_blend=False))
     staged = run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                        config=config.replace(scan="staged", top_k=2))
-    assert "blend_probe" not in staged and staged["stages"]["blend_probe"] == "not run (full scan only)"
-    assert "blend probe: not run (a staged scan skips it" in format_summary(staged, "m")
+    assert staged["stages"]["blend_probe"] == "on"
+    stage1 = staged["stages"]["stage1"]
+    assert sorted(stage1) == [str(c) for c in range(6)] and all("blend_gap" in v for v in stage1.values())
+    promoted = staged["stages"]["promoted"]
+    assert sorted(staged["blend_probe"]["classes"]) == [str(c) for c in promoted]
+    # stage 2's blend gaps compare the promoted classes; each carries its stage-1 gap, which must reach the alarm too
+    for c, entry in staged["blend_probe"]["classes"].items():
+        assert entry["stage1_gap"] == stage1[c]["blend_gap"]
+    evidence = aegis_evidence(staged)
+    assert list(evidence)[-1] == "blend_probe" and evidence["blend_probe"]["also"]["threshold"] == config.alarm_gap
+    assert "stage 1 highest blend gap: " in format_summary(staged, "m")
     from aegis_tf.detect.state import fingerprint
 
     key = fingerprint(_linear(2), x, y, range(6), config, 0)  # saved scan state does not depend on the probe
@@ -149,10 +158,8 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_skips_it_in
     assert key != fingerprint(_linear(2), x, y, range(6), config.replace(n_seeds=21), 0)
     off = run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                     config=config.replace(scan="staged", top_k=2, wi_blend=False))
-    assert off["stages"]["blend_probe"] == "off" and "blend probe" not in format_summary(off, "m")
-    with pytest.raises(AegisError, match="full scan only"):  # asked for by name, a staged scan refuses
-        run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
-                  config=config.replace(scan="staged", wi_blend=True))
+    assert off["stages"]["blend_probe"] == "off" and "blend" not in format_summary(off, "m")
+    assert "blend_probe" not in off and all("blend_gap" not in v for v in off["stages"]["stage1"].values())
 
 
 def test_a_blend_flag_draws_its_pattern_and_saves_a_trigger_that_repair_can_load(tmp_path, rng):

@@ -370,3 +370,25 @@ def test_make_zoo_lays_out_trained_models_with_their_truth(tmp_path):
     assert all(e.problem is None and e.data == data for e in entries.values())
     summary = summarize([_result(n, 2.0 if e.truth["poisoned"] else 0.1, e.truth) for n, e in entries.items()])
     assert summary["left_out"] == {"poisoned but not learned (ASR under 90%)": 1}  # the all-to-all at 50% ASR
+
+
+def test_the_zoo_gate_fails_a_model_that_could_not_be_read_and_passes_a_saturated_signal(monkeypatch, capsys):
+    import aegis_tf.api
+    from aegis_tf.zoo.summary import _row
+
+    def result(name, verdict):
+        return {"name": name, "status": "done", "verdict": verdict, "truth": None, "seconds": 1.0, "attempts": 1}
+
+    clean = {"backdoored": False, "target_classes": [], "inconclusive": {}, "limits": [], "score": 0.2}
+    saturated = {**clean, "inconclusive": {"whole_image": "saturated"}}
+    unread = {**clean, "limits": ["the model has 2 classes; every signal compares a class with at least 2 others"]}
+    rows = [_row(result("c", clean)), _row(result("s", saturated)), _row(result("u", unread))]
+    assert [r["verdict"] for r in rows] == ["clean", "inconclusive", "inconclusive"]
+    assert rows[2]["limits"] == unread["limits"] and rows[1]["limits"] == []
+    monkeypatch.setattr(aegis_tf.api, "scan_zoo", lambda *a, **k: {"rows": rows, "models": 3})
+    assert cli.main(["scan-zoo", "zoo", "--out", "o", "--quiet", "--fail-on-backdoor"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 inconclusive model(s) pass (no class named; read with care): s" in printed
+    assert "1 of 3 model(s) do not pass; 1 could not be read: u" in printed
+    rows.pop()
+    assert cli.main(["scan-zoo", "zoo", "--out", "o", "--quiet", "--fail-on-backdoor"]) == 0

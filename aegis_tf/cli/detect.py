@@ -86,8 +86,8 @@ def config_flags(p):
          help="the whole-image signal flags a class that needs this many times less norm than every other "
               f"(default {shown(d.wi_threshold)})")
     p.add_argument("--blend-probe", dest="wi_blend", action=argparse.BooleanOptionalAction, default=None,
-                   help="the whole-image signal's blend probe, for blended triggers (default: on in a full scan "
-                        "with the whole-image signal, skipped in a staged one; --blend-probe insists, "
+                   help="the whole-image signal's blend probe, for blended triggers (default: on with the "
+                        "whole-image signal, in both stages of a staged scan; --blend-probe insists, "
                         "--no-blend-probe turns it off)")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
@@ -104,8 +104,8 @@ def config_flags(p):
          help=f"staged scan: also promote any class whose stage-1 patch share reaches this "
               f"(default {shown(d.alarm_transfer)})")
     flag(p, "--alarm-gap", type=float, default=None,
-         help=f"staged scan: also promote any class whose stage-1 whole-image gap reaches this "
-              f"(default {shown(d.alarm_gap)})")
+         help=f"staged scan: also promote any class whose stage-1 whole-image or blend gap reaches this; "
+              f"stage 2 flags by a gap only where its stage-1 gap does (default {shown(d.alarm_gap)})")
     flag(p, "--robustness-images", type=int, default=None,
          help="training images on which to measure the model's robustness beside the verdict (untargeted L2 PGD "
               "at the radius robust models are trained at; AEGIS assumes a robust model); 0 skips it "
@@ -147,8 +147,9 @@ def add(sub):
          help="classes reduced and clustered at once, in threads (default %(default)s; -1: every core); same report")
     flag(p, "--out-dir", default=os.path.join("out", "detect"), help="report folder (default %(default)s)")
     flag(p, "--fail-on-backdoor", action="store_true",
-         help="exit with status 1 when any scanned model is flagged (0 when all are clean, 2 on error): "
-              "a gate for CI and model-registry pipelines")
+         help="exit with status 1 when any scanned model is flagged or its verdict is inconclusive (0 when all "
+              "are clean, 2 on error): a gate for CI and model-registry pipelines, which passes no model it "
+              "could not check")
     common_flags(p)
     p.set_defaults(run=run)
     return p
@@ -167,7 +168,10 @@ def run(args):
     if args.out:
         write_json(args.out, {"config": config, "models": results})
     flagged = [name for name, result in results.items() if result["verdict"]["backdoored"]]
-    if args.fail_on_backdoor and flagged:
-        print(f"--fail-on-backdoor: {len(flagged)} of {len(results)} model(s) flagged: {', '.join(flagged)}")
+    unsure = [name for name, result in results.items() if result["verdict"].get("limits")]
+    if args.fail_on_backdoor and (flagged or unsure):
+        said = [f"{len(flagged)} of {len(results)} model(s) flagged: {', '.join(flagged)}"] if flagged else []
+        said += [f"{len(unsure)} inconclusive: {', '.join(unsure)}"] if unsure else []
+        print(f"--fail-on-backdoor: {'; '.join(said)}")
         return 1
     return 0

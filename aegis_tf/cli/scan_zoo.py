@@ -49,9 +49,10 @@ def add(sub):
     flag(p, "--batch-size", type=int, default=256, help="inference batch size (default %(default)s)")
     flag(p, "--seed", type=int, default=0, help="random seed of every scan (default %(default)s)")
     p.add_argument("--fail-on-backdoor", action="store_true",
-                   help="a registry gate: exit with status 1 when any model is flagged or could not be scanned (an "
-                        "error result is no pass); 0 when every model is clean or inconclusive (no class named; a "
-                        "saturated signal, listed); 2 on bad input")
+                   help="a registry gate: exit with status 1 when any model is flagged, could not be scanned (an "
+                        "error result is no pass) or could not be read (an INCONCLUSIVE verdict: too few classes or "
+                        "images, translations that did not converge); 0 when every model is clean or only a signal "
+                        "saturated (no class named; listed); 2 on bad input")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-model lines, summary only")
     p.set_defaults(run=run, needs_keras=False)  # the workers import Keras and seed each scan
     return p
@@ -71,14 +72,16 @@ def run(args):
     rows = summary["rows"]
     flagged = [r["name"] for r in rows if r["verdict"] == "backdoored"]
     errors = [r["name"] for r in rows if r["verdict"] == "error"]
-    unsure = [r["name"] for r in rows if r["verdict"] == "inconclusive"]
+    unread = [r["name"] for r in rows if r["verdict"] == "inconclusive" and r.get("limits")]
+    unsure = [r["name"] for r in rows if r["verdict"] == "inconclusive" and not r.get("limits")]
     if unsure:
         print(f"--fail-on-backdoor: {len(unsure)} inconclusive model(s) pass (no class named; read with care): "
               f"{', '.join(unsure)}")
-    if flagged or errors:
+    if flagged or errors or unread:
         parts = ([f"{len(flagged)} flagged: {', '.join(flagged)}"] if flagged else []) + \
-                ([f"{len(errors)} not scanned: {', '.join(errors)}"] if errors else [])
-        print(f"--fail-on-backdoor: {len(flagged) + len(errors)} of {summary['models']} model(s) do not pass; "
-              + "; ".join(parts))
+                ([f"{len(errors)} not scanned: {', '.join(errors)}"] if errors else []) + \
+                ([f"{len(unread)} could not be read: {', '.join(unread)}"] if unread else [])
+        print(f"--fail-on-backdoor: {len(flagged) + len(errors) + len(unread)} of {summary['models']} model(s) "
+              "do not pass; " + "; ".join(parts))
         return 1
     return 0

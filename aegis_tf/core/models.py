@@ -29,6 +29,7 @@ __all__ = [
     "predict_labels",
     "find_last_pooling_layer",
     "find_feeding_conv",
+    "find_prune_site",
     "num_classes",
     "copy_model",
     "logits_model",
@@ -358,6 +359,28 @@ def _single_inbound_layer(layer):
     if len(parents) != 1:
         return None
     return parents[0].operation
+
+
+def _single_outbound_layer(layer):
+    nodes = getattr(layer, "_outbound_nodes", None) or []
+    return nodes[0].operation if len(nodes) == 1 else None
+
+
+def find_prune_site(model, layer):
+    """The layer whose weights prune ``layer``'s channels: the Conv2D that feeds it
+    (:func:`find_feeding_conv`; zeroing its kernel and bias zeroes the channel), or,
+    where a global pooling layer is not fed by a convolution alone (a ResNet's
+    addition and batch normalisation sit in between), the one Dense layer that
+    reads it (zeroing the channel's input row of its kernel is the same as zeroing
+    the pooled channel). Raises AegisError when neither holds."""
+    try:
+        return find_feeding_conv(model, layer)
+    except AegisError as conv_error:
+        reader = _single_outbound_layer(layer)
+        if (len(layer.output.shape) == 2 and isinstance(reader, layers.Dense)
+                and reader.kernel.shape[0] == layer.output.shape[-1]):
+            return reader
+        raise AegisError(f"{conv_error}; nor is it a global pooling layer read by one Dense layer") from None
 
 
 def find_feeding_conv(model, layer):

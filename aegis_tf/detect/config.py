@@ -37,15 +37,15 @@ class DetectConfig(Settings):
     than every other class) beside the transfer score, and with it the blend
     probe (:class:`aegis_tf.detect.whole_image.BlendProbeDetector`, for blended
     triggers): ``wi_blend="auto"`` (default) runs the probe wherever the
-    whole-image signal runs in a full scan and skips it in a staged one;
-    ``True`` asks for it (a staged scan then refuses); ``False`` turns it off.
+    whole-image signal runs (a staged scan screens with it too); ``True`` asks
+    for it; ``False`` turns it off.
     Measured in results/detect/detect_blend_probe*.md.
 
     ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
     every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
     then runs the full detector on the ``top_k`` classes of each stage-1 signal
     plus any class whose stage-1 patch share reaches ``alarm_transfer`` or whose
-    whole-image gap reaches ``alarm_gap`` (:mod:`aegis_tf.detect.staged`); ``"auto"``
+    whole-image or blend gap reaches ``alarm_gap`` (:mod:`aegis_tf.detect.staged`); ``"auto"``
     (default) is staged above :data:`aegis_tf.detect.staged.STAGED_ABOVE` classes.
     ``top_k`` is at least 2, so stage 2 always has two classes to compare.
 

@@ -38,9 +38,10 @@ from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDe
 from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_pair_transfer, from_patch_transfer,
                                        from_whole_image, save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
+from aegis_tf.detect.staged import blend_probe_on
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
-from aegis_tf.detect.verdict import combine
+from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
 __all__ = ["ScanResult", "scan_model", "scan_into", "scan_info", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
@@ -96,16 +97,13 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     stays until the caller has saved the result (``found.state.clear()``)."""
     mode = staged.scan_mode(config, len(classes))
     if mode == "staged":
-        if config.wi_blend is True:  # asked for by name; "auto" skips it here
-            raise AegisError("--blend-probe works with the full scan only; add --scan full, or leave "
-                             "--blend-probe out (a staged scan skips the probe)")
         if len(classes) < 3:
             raise AegisError(f"a staged scan needs at least 3 classes to compare; {len(classes)} examined "
                              "(use --scan full)")
     state = ScanState.off()
     if state_dir is not None and translations is None:
         state = ScanState.open(state_dir, fingerprint(model, x, y, classes, config, seed, batch_size), resume=resume)
-    times, stages, screen_gaps, examined = {}, None, None, list(classes)
+    times, stages, screen_gaps, examined = {}, None, {}, list(classes)
     t = time.perf_counter()
     if translations is not None:
         pass
@@ -124,7 +122,8 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     scoring = config.replace(scan="full") if stages is not None else config
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
-                                       n_jobs=n_jobs, screen_gaps=screen_gaps)
+                                       n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
+                                       screen_blend_gaps=screen_gaps.get("blend_probe"))
     report["seconds"] = {**times, **report["seconds"]}
     if stages is not None:
         report["config"] = config.to_dict()
@@ -147,7 +146,8 @@ def _saved_rows(state):
 def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch_size, state, quiet):
     """Stage 1 on every class, then stage 2's translations of the promoted ones
     (:mod:`aegis_tf.detect.staged`). Returns the translations, the promoted classes,
-    the report's ``stages`` entry, the stage-1 whole-image gaps and the seconds."""
+    the report's ``stages`` entry, the stage-1 gaps (``{"whole_image": {class: gap},
+    "blend_probe": ...}``, the signals that ran) and the seconds."""
     t = time.perf_counter()
     saved = state.load_json("stage1")
     done = {int(c): r for c, r in saved.items()} if saved else {}
@@ -168,18 +168,20 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
                                   "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
                                   "alarm_gap": config.alarm_gap},
               "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
-              "blend_probe": "not run (full scan only)" if blend_probe_on(config) else "off"}
+              "blend_probe": "on" if "blend_probe" in scores else "off"}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
-    return translations, promoted, stages, scores.get("whole_image"), times
+    gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
+    return translations, promoted, stages, gaps, times
 
 
 def score_translations(model, x, y, *, classes, config, translations, pixel_max, seed=0, batch_size=512, plots=False,
-                       n_jobs=1, screen_gaps=None):
+                       n_jobs=1, screen_gaps=None, screen_blend_gaps=None):
     """Every signal of the verdict on translations already made. Returns ``(report, found)``.
 
-    ``screen_gaps`` (a staged scan's stage-1 whole-image gaps, against every class) must
-    also reach ``config.alarm_gap`` for the whole-image signal to flag a class; the
-    blend probe runs in a full scan only.
+    ``screen_gaps`` and ``screen_blend_gaps`` (a staged scan's stage-1 whole-image and
+    blend gaps, against every class) must also reach ``config.alarm_gap`` for the
+    whole-image signal and the blend probe to flag a class. A staged scan without
+    stage-1 blend gaps runs no blend probe.
     """
     times = {}
     found = Found(x=x, y=y, pixel_max=pixel_max, translations=translations, plots=plots)
@@ -207,10 +209,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         pairs.fit(model, x, y, classes, translations=translations)
         times["pair_transfer"] = time.perf_counter() - t
     blend = None
-    if blend_probe_on(config) and len(classes) >= 3 and screen_gaps is None:
+    staged_scan = screen_gaps is not None
+    if blend_probe_on(config) and (screen_blend_gaps is not None and len(classes) >= 2
+                                   if staged_scan else len(classes) >= 3):
         t = time.perf_counter()
         blend = BlendProbeDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, random_state=seed,
-                                   batch_size=batch_size).fit(model, x, y, classes, translations=translations)
+                                   batch_size=batch_size).fit(model, x, y, classes, translations=translations,
+                                                              screen_gaps=screen_blend_gaps,
+                                                              screen_threshold=config.alarm_gap)
         times["blend_probe"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
@@ -282,12 +288,6 @@ def write_aegis_files(report, found, out_dir):
         files["embeddings"] = figures.plot_embeddings(found.clusters, os.path.join(out_dir, "embeddings.png"),
                                                       main.suspect_classes_, marked=marked, verdict=report["verdict"])
     return files
-
-
-def blend_probe_on(config):
-    """Whether a full scan runs the blend probe: ``wi_blend=True``, or the
-    default ``"auto"`` with the whole-image signal on (off in the paper preset)."""
-    return config.wi_blend is True or (config.wi_blend == "auto" and bool(config.whole_image))
 
 
 def run_neural_cleanse(model, x, *, classes, pixel_max, out_dir=None, seed=0, quiet=True, plots=True, **nc_kwargs):
@@ -390,15 +390,15 @@ def format_summary(report, name):
     if "stages" in report:
         st = report["stages"]
         stage1 = {k: {int(c): v[k] for c, v in st["stage1"].items() if k in v}
-                  for k in ("transfer_score", "whole_image_gap")}
+                  for k in ("transfer_score", "whole_image_gap", "blend_gap")}
         lines.append(f"    staged scan: stage 1 screened {st['classes']} classes "
                      f"({st['stage1_settings']['n_seeds']} seeds x {st['stage1_settings']['steps']} steps); "
                      f"stage 2 ran the full detector on {len(st['promoted'])}: {', '.join(map(str, st['promoted']))}")
         lines.append(f"    stage 1 highest patch share: {staged.top_line(stage1['transfer_score'])}")
         if stage1["whole_image_gap"]:
             lines.append(f"    stage 1 highest whole-image gap: {staged.top_line(stage1['whole_image_gap'])}")
-        if st.get("blend_probe", "off") != "off":
-            lines.append("    blend probe: not run (a staged scan skips it; --scan full runs it)")
+        if stage1["blend_gap"]:
+            lines.append(f"    stage 1 highest blend gap: {staged.top_line(stage1['blend_gap'])}")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
     lines.append(f"    time: {secs}")
     return "\n".join(lines)
@@ -565,9 +565,23 @@ def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name=
             baselines["neural_cleanse"] = {k: alone[k] for k in ("backdoored", "target_classes", "line", "score")}
             nc = {**nc, "decides": False}
         evidence["neural_cleanse"] = nc
-    result = {"verdict": combine(evidence), "baselines": baselines, **result, "robustness": robustness,
+    limits = model_limits(model, y, classes, result.get("aegis"))
+    result = {"verdict": combine(evidence, limits), "baselines": baselines, **result, "robustness": robustness,
               "triggers": []}
     return ScanResult(name, result, found)
+
+
+def model_limits(model, y, classes, aegis=None):
+    """:func:`aegis_tf.detect.verdict.scan_limits` of a scan: the model's classes, the training
+    images of each examined class (``y``: their labels; ``None``: not counted), and (``aegis``: its
+    report) how far the translations reached."""
+    import numpy as np
+
+    from aegis_tf.core.models import num_classes
+
+    counts = {} if y is None else {int(c): int(np.sum(np.asarray(y) == c)) for c in classes}
+    reached = (aegis or {}).get("translation_reached")
+    return scan_limits(n_classes=num_classes(model), class_counts=counts, reached=reached)
 
 
 def scan_info(model_file, weights_file, data, scale):

@@ -6,19 +6,18 @@ the full detector fixed:
 
 - **Stage 1** (:func:`screen`) translates ``stage1_seeds`` images toward every
   class with ``stage1_steps`` PGD steps, in chunks of classes, and measures
-  two signals of the default verdict on those short translations (the blend
-  probe does not run in a staged scan): the patch
-  share (:mod:`aegis_tf.detect.patch_transfer`, :data:`SCREEN_PROBES` probes) and the
-  whole-image gap (:mod:`aegis_tf.detect.whole_image`, :data:`SCREEN_WI_PROBES`
-  probes).
+  the signals of the default verdict on those short translations: the patch
+  share (:mod:`aegis_tf.detect.patch_transfer`, :data:`SCREEN_PROBES` probes), the
+  whole-image gap and, where :func:`blend_probe_on`, the blend gap
+  (:mod:`aegis_tf.detect.whole_image`, :data:`SCREEN_WI_PROBES` probes each).
 - **Promotion** (:func:`promote`, a pure function): the ``top_k`` classes of
   each signal (a patch share of 0 fills no place), plus every class at or above
-  that signal's alarm level.
+  that signal's alarm level (``alarm_gap`` for both gaps).
 - **Stage 2** runs the full detector (:func:`aegis_tf.detect.scan.run_aegis`
   with ``scan="full"``) on the promoted classes only; its verdict is the
-  scan's. Its whole-image gaps compare the promoted classes only, so a class is
-  flagged by that signal only if its stage-1 gap (against every class) also
-  reaches ``alarm_gap``.
+  scan's. Its whole-image and blend gaps compare the promoted classes only, so a
+  class is flagged by either only if its stage-1 gap of the same signal (against
+  every class) also reaches ``alarm_gap``.
 
 Stage 1 saves its per-class results after every chunk, and stage 2 its
 translations after every class, through :class:`aegis_tf.detect.state.ScanState`
@@ -33,9 +32,10 @@ from aegis_tf.detect.patch_transfer import (PatchTransferDetector, patch_transfe
                                      rates_from_histogram)
 from aegis_tf.detect.translation import translate, translation_attack
 from aegis_tf.core.utils import progress
-from aegis_tf.detect.whole_image import WholeImageDetector, flip_norms
+from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector, blend_alphas, flip_norms
 
-__all__ = ["STAGED_ABOVE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "promote", "promote_all", "screen",
+__all__ = ["STAGED_ABOVE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "blend_probe_on", "scan_mode", "promote",
+           "promote_all", "screen",
            "score_screen", "screen_config", "chunk_seed", "translate_promoted", "stage1_table", "top_line"]
 
 # "auto" runs the staged scan when more classes than this are examined. With the
@@ -45,6 +45,12 @@ __all__ = ["STAGED_ABOVE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "scan_mode", "pr
 STAGED_ABOVE = 20
 SCREEN_PROBES = 10  # clean probes per stage-1 patch (the full scan: n_probes, 20)
 SCREEN_WI_PROBES = 10  # clean probes per class for the stage-1 whole-image norm (full: wi_probes, 50)
+
+
+def blend_probe_on(config):
+    """Whether a scan runs the blend probe: ``wi_blend=True``, or the
+    default ``"auto"`` with the whole-image signal on (off in the paper preset)."""
+    return config.wi_blend is True or (config.wi_blend == "auto" and bool(config.whole_image))
 
 
 def scan_mode(config, n_classes):
@@ -67,7 +73,8 @@ def promote(scores, *, top_k, alarm):
 
 def promote_all(stage1, config):
     """The union of :func:`promote` over the stage-1 signals of :func:`score_screen`."""
-    alarms = {"patch_transfer": config.alarm_transfer, "whole_image": config.alarm_gap}
+    alarms = {"patch_transfer": config.alarm_transfer, "whole_image": config.alarm_gap,
+              "blend_probe": config.alarm_gap}
     found = set()
     for signal, alarm in alarms.items():
         if signal in stage1:
@@ -94,13 +101,16 @@ def screen(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, d
     """Stage 1: short translations toward every class of ``classes``, scored per class.
 
     Returns ``{class: result}`` (JSON-ready: ``reached``, ``probes_moved_histogram``,
-    ``flip_norm``, ``share_at_norm``). Classes go in chunks of about
-    ``batch_size`` translations; ``done`` holds results already measured (a
-    resumed scan), whose chunks are skipped; ``save(results)`` is called after
-    every chunk.
+    ``flip_norm``, ``share_at_norm`` and, where :func:`blend_probe_on`, ``blend_alpha``).
+    Classes go in chunks of about ``batch_size`` translations; ``done`` holds results
+    already measured (a resumed scan), whose chunks are skipped (a chunk saved without
+    the blend weight the scan needs is measured again); ``save(results)`` is called
+    after every chunk.
     """
     cfg = screen_config(config)
-    results = {int(c): r for c, r in (done or {}).items()}
+    blend = blend_probe_on(config)
+    needed = ("blend_alpha",) if blend else ()
+    results = {int(c): r for c, r in (done or {}).items() if all(k in r for k in needed)}
     size = max(3, batch_size // cfg.n_seeds)  # the whole-image bisection compares within a chunk: no 1-class chunks
     attack = translation_attack(model, cfg, pixel_max=pixel_max)
     chunks = _chunks(list(classes), size)
@@ -117,10 +127,13 @@ def screen(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, d
                                          batch_size=batch_size)
             norms = flip_norms(model, x, y, tr, n_probes=cfg.wi_probes, pixel_max=pixel_max, seed=s,
                                batch_size=batch_size)
+            alphas = (blend_alphas(model, x, y, tr, n_probes=cfg.wi_probes, seed=s, batch_size=batch_size)
+                      if blend else {})
             for c in part:
                 results[c] = {"reached": tr[c].reached,
                               "probes_moved_histogram": probes_moved_histogram(rates[c][0], len(rates[c][2])).tolist(),
-                              "flip_norm": norms[c][0], "share_at_norm": norms[c][1]}
+                              "flip_norm": norms[c][0], "share_at_norm": norms[c][1],
+                              **({"blend_alpha": alphas[c][0]} if blend else {})}
             if save is not None:
                 save(results)
             bar.update(len(part))
@@ -129,8 +142,8 @@ def screen(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, d
 
 def score_screen(results, config):
     """Each stage-1 signal's per-class score from :func:`screen`'s results:
-    ``{"patch_transfer": {class: share}, "whole_image": {class: gap}}`` (the
-    whole-image gap needs 3 classes or more)."""
+    ``{"patch_transfer": {class: share}, "whole_image": {class: gap}, "blend_probe": {class: gap}}``
+    (both gaps need 3 classes or more; the blend gap, results with ``blend_alpha``)."""
     transfer = PatchTransferDetector(flip_at=config.flip_at).fit_rates(
         {c: rates_from_histogram(r["probes_moved_histogram"]) for c, r in results.items()})
     scores = {"patch_transfer": transfer.scores_}
@@ -138,6 +151,10 @@ def score_screen(results, config):
         whole = WholeImageDetector(threshold=config.wi_threshold).fit_norms(
             {c: r["flip_norm"] for c, r in results.items()})
         scores["whole_image"] = whole.scores_
+        if all("blend_alpha" in r for r in results.values()):
+            blend = BlendProbeDetector(threshold=config.wi_threshold).fit_norms(
+                {c: r["blend_alpha"] for c, r in results.items()})
+            scores["blend_probe"] = blend.scores_
     return scores
 
 
@@ -166,9 +183,10 @@ def translate_promoted(model, x, y, promoted, config, *, pixel_max, seed=0, batc
 
 
 def stage1_table(results, scores, promoted):
-    """The report's ``stages.stage1``: per-class scores of both signals, and what was promoted."""
+    """The report's ``stages.stage1``: per-class scores of every signal, and what was promoted."""
     return {str(c): {"transfer_score": scores["patch_transfer"][c],
                      **({"whole_image_gap": scores["whole_image"][c]} if "whole_image" in scores else {}),
+                     **({"blend_gap": scores["blend_probe"][c]} if "blend_probe" in scores else {}),
                      "reached": results[c]["reached"], "flip_norm": results[c]["flip_norm"],
                      "promoted": c in promoted}
             for c in sorted(results)}

@@ -21,8 +21,8 @@ Cleanse's below-the-median rule) counts :data:`NOT_FLAGGED_MAX`, just under 1.
 
 import math
 
-__all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "NOT_FLAGGED_MAX",
-           "RATIO_MAX"]
+__all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "scan_limits",
+           "NOT_FLAGGED_MAX", "RATIO_MAX", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
 
 # A class that reaches its signal's threshold without being flagged counts this much: the largest
 # number below 1, so every ratio under 1 keeps its value and its order.
@@ -34,27 +34,66 @@ _TINY = 1e-12
 # How each signal is named on the console line.
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
           "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share"}
+# What a scan needs before any signal can be read (:func:`scan_limits`): classes in the model
+# (every signal compares a class with the others), training images of each examined class, and
+# the mean share of translations that reached their class.
+MIN_CLASSES = 3
+MIN_CLASS_IMAGES = 10
+MIN_REACHED = 0.5
 # A target whose flagged sources cover at least this share of the other examined classes is read as
 # "every source" (an all-to-one backdoor), not as a source-specific one.
 ALL_SOURCES_SHARE = 2 / 3
 
 
-def combine(evidence):
-    """``{"backdoored", "target_classes", "backdoors", "inconclusive", "evidence", "line", "score",
-    "probability"}`` from ``{signal: evidence}``: ``backdoors`` names each backdoor as
+def combine(evidence, limits=()):
+    """``{"backdoored", "target_classes", "backdoors", "inconclusive", "limits", "evidence", "line",
+    "score", "probability"}`` from ``{signal: evidence}``: ``backdoors`` names each backdoor as
     source -> target (:func:`backdoors`), ``inconclusive`` the signals whose measurement
     saturated (they name no class), ``score`` is :func:`suspicion_score` (>= 1 exactly when
-    backdoored), ``probability`` its :func:`probability`."""
-    targets = sorted({c for e in evidence.values() if e.get("decides", True) for c in e["flagged"]})
+    backdoored), ``probability`` its :func:`probability`.
+
+    ``limits`` (:func:`scan_limits`: why no signal of this scan can be read) make the whole
+    verdict inconclusive: no class is named, whatever the signals flagged (their evidence
+    stays), the line starts ``INCONCLUSIVE`` with the reasons, and the score stays under 1."""
+    limits = list(limits)
+    targets = [] if limits else sorted({c for e in evidence.values() if e.get("decides", True)
+                                        for c in e["flagged"]})
     verdict = {"backdoored": bool(targets), "target_classes": targets,
-               "backdoors": backdoors(evidence, targets),
+               "backdoors": backdoors(evidence, targets) if targets else [],
                "inconclusive": {k: e["inconclusive"] for k, e in evidence.items()
                                 if e.get("inconclusive") and e.get("decides", True)},
-               "evidence": evidence}
+               "limits": limits, "evidence": evidence}
     verdict["line"] = verdict_line(verdict)
     verdict["score"] = suspicion_score(evidence)
+    if limits:
+        verdict["score"] = min(verdict["score"], NOT_FLAGGED_MAX)
     verdict["probability"] = probability(verdict["score"])
     return verdict
+
+
+def scan_limits(*, n_classes, class_counts, reached=None):
+    """Why no signal of a scan can be read, as one-line reasons (empty: none).
+
+    ``n_classes``: the model's classes (every signal compares a class with the others, so
+    fewer than :data:`MIN_CLASSES` single out none); ``class_counts``: ``{class: training
+    images}`` of the examined classes (fewer than :data:`MIN_CLASS_IMAGES` of one are too few
+    probes and seeds to measure it); ``reached``: ``{class: share of its translations that
+    reached it}`` (a mean under :data:`MIN_REACHED`: the translations did not converge, so
+    their patches and directions carry nothing to read)."""
+    out = []
+    if n_classes < MIN_CLASSES:
+        out.append(f"the model has {n_classes} classes; every signal compares a class with at least "
+                   f"{MIN_CLASSES - 1} others")
+    few = {int(c): int(n) for c, n in class_counts.items() if n < MIN_CLASS_IMAGES}
+    if few:
+        listed = ", ".join(f"class {c}: {n}" for c, n in sorted(few.items()))
+        out.append(f"too few training images ({listed}; at least {MIN_CLASS_IMAGES} per examined class expected)")
+    if reached:
+        mean = sum(reached.values()) / len(reached)
+        if mean < MIN_REACHED:
+            out.append(f"the translations did not converge (on average {100 * mean:.0f}% reached their class, "
+                       f"at least {100 * MIN_REACHED:.0f}% expected); raise --eps or --steps")
+    return out
 
 
 def backdoors(evidence, targets=None):
@@ -159,6 +198,8 @@ def verdict_line(verdict):
                      + f" vs {also['threshold']:g})")
         parts.append(part)
     detail = f" ({'; '.join(parts)})" if parts else ""
+    if verdict.get("limits"):
+        return f"INCONCLUSIVE: {'; '.join(verdict['limits'])}" + detail
     if not targets:
         return "CLEAN" + detail
     noun = "class" if len(targets) == 1 else "classes"

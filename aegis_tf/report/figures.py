@@ -73,7 +73,7 @@ def plot_prune_curve(curve, path, *, title=""):
     for k, labels in at.items():
         ax.axvline(k / curve.n_channels, color="grey", linestyle=":", linewidth=1)
         ax.annotate(" " + ", ".join(labels), (k / curve.n_channels, 3), rotation=90, fontsize=8, color="grey")
-    ax.set_xlabel(f"fraction of {curve.layer} channels pruned (conv {curve.conv})")
+    ax.set_xlabel(f"fraction of {curve.layer} channels pruned (zeroed in {curve.conv})")
     ax.set_ylabel("percent")
     ax.set_ylim(0, 102)
     ax.set_title(title or "pruning curve")

@@ -106,10 +106,14 @@ def write_detect_html(result, path, *, title=None):
     model = str(result.get("model", "?"))
     body = []
 
-    word = "BACKDOORED" if bad else "CLEAN"
+    limits = verdict.get("limits") or []
+    word = "INCONCLUSIVE" if limits else "BACKDOORED" if bad else "CLEAN"
     cls = f" &mdash; target class{'es' if len(targets) > 1 else ''} {escape(', '.join(targets))}" if targets else ""
-    body.append(f'<div id="verdict" class="banner {"bad" if bad else "good"}"><b>{word}</b>{cls}'
+    body.append(f'<div id="verdict" class="banner {"bad" if bad or limits else "good"}"><b>{word}</b>{cls}'
                 f'<br><code>{escape(str(verdict.get("line", "")))}</code></div>')
+    if limits:
+        body.append('<p id="limits">No signal of this scan can be read, so no class is named: '
+                    + "; ".join(escape(str(w)) for w in limits) + ".</p>")
     body.append(f'<p>Model: <code id="model">{escape(model)}</code></p>')
     named = []
     for b in verdict.get("backdoors") or []:
@@ -220,16 +224,17 @@ def _stages_section(stages):
            f'({escape(str(st.get("n_seeds")))} per class, {escape(str(st.get("steps")))} PGD steps). Stage 2 ran '
            f'the full detector on {len(promoted)} promoted class{"es" if len(promoted) != 1 else ""}: '
            f'{escape(", ".join(promoted)) or "none"} (the top {escape(str(st.get("top_k")))} of each signal, '
-           f'and any class at patch share &ge; {_fmt(st.get("alarm_transfer"))} or whole-image gap &ge; '
+           f'and any class at patch share &ge; {_fmt(st.get("alarm_transfer"))} or whole-image or blend gap &ge; '
            f'{_fmt(st.get("alarm_gap"))}). The evidence table above is stage 2\'s.</p>']
     rows = []
     for c, v in sorted((stages.get("stage1") or {}).items(), key=lambda kv: _class_key(kv[0])):
         attr = ' class="suspect"' if v.get("promoted") else ""
         rows.append(f'<tr{attr}><td class="label">{escape(c)}</td><td>{_fmt(v.get("transfer_score"))}</td>'
-                    f'<td>{_fmt(v.get("whole_image_gap"))}</td><td>{_fmt(v.get("flip_norm"))}</td>'
+                    f'<td>{_fmt(v.get("whole_image_gap"))}</td><td>{_fmt(v.get("blend_gap"))}</td>'
+                    f'<td>{_fmt(v.get("flip_norm"))}</td>'
                     f'<td>{_pct(v.get("reached"))}</td><td>{"yes" if v.get("promoted") else ""}</td></tr>')
     table = ('<table id="stage1"><thead><tr><th class="label">class</th><th>patch share</th><th>whole-image gap</th>'
-             '<th>flip norm</th><th>reached</th><th>promoted</th></tr></thead><tbody>\n' + "\n".join(rows)
+             '<th>blend gap</th><th>flip norm</th><th>reached</th><th>promoted</th></tr></thead><tbody>\n' + "\n".join(rows)
              + "\n</tbody></table>")
     out.append(f"<details><summary>Stage 1 scores of all {len(rows)} classes (promoted rows marked)</summary>"
                f"{table}</details>")

@@ -55,6 +55,7 @@ def _row(r):
             "score": v.get("score") if done else None, "seconds": r.get("seconds"), "attempts": r.get("attempts"),
             "truth": truth_kind(r.get("truth")), "family": _family(r), "right_target": _right_target(r),
             "error": r.get("error"), "model_sha256": r.get("model_sha256"), "line": v.get("line"),
+            "limits": v.get("limits") or [],
             "page": os.path.join(r["name"], r["page"]) if r.get("page") else None}
 
 
@@ -64,7 +65,7 @@ def _word(r):
     v = r["verdict"]
     if v["backdoored"]:
         return "backdoored"
-    return "inconclusive" if v.get("inconclusive") else "clean"
+    return "inconclusive" if v.get("limits") or v.get("inconclusive") else "clean"
 
 
 def summarize(results, *, engine=None, seconds=None, zoo=None):
