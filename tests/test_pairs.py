@@ -148,3 +148,62 @@ def test_one_source_among_few_examined_classes_is_still_named():
                                            classes=[3, 7])
     ev = {"pair_transfer": det.evidence("x")}
     assert combine(ev)["backdoors"][0]["sources"] == [3]
+
+
+def _counts(transferring, n=20, classes=range(10)):
+    """``{(s, t): rates}`` with ``transferring[(s, t)]`` of the ``n`` translations transferring."""
+    return {(s, t): np.r_[np.ones(transferring.get((s, t), 0)), np.zeros(n - transferring.get((s, t), 0))]
+            for t in classes for s in classes if s != t}
+
+
+def test_a_target_that_many_sources_reach_a_little_is_broad_and_one_confusion_is_not():
+    # A standard model's all-to-one patch: 1 of 20 translations from each of 4 sources (no pair reaches 0.25);
+    # beside it a natural confusion, 4 of 20 from one source.
+    counts = {(0, 7): 1, (2, 7): 1, (3, 7): 1, (4, 7): 1, (1, 4): 4}
+    det = PairTransferDetector().fit_rates(_counts(counts), classes=list(range(10)))
+    assert det.flagged_pairs_ == [] and det.broad_targets_ == [7]
+    assert det.breadth_[7] == 4 and det.breadth_[4] == 1 and det.broad_sources_[7] == [0, 2, 3, 4]
+    assert det.breadth_scores_[7] == pytest.approx(4 / 9)
+    ev = det.breadth_evidence("x")
+    assert ev["flagged"] == [7] and ev["threshold"] == pytest.approx(1 / 3) and ev["sources"] == {"7": [0, 2, 3, 4]}
+    assert det.breadth_report()["classes"]["4"] == {"breadth": 1, "breadth_score": 1 / 9, "sources": [1]}
+    two = PairTransferDetector().fit_rates(_counts({(0, 7): 1, (2, 7): 1}), classes=list(range(10)))
+    assert two.broad_targets_ == []  # 2 sources: under min_sources
+    wide = _counts({(s, 7): 1 for s in (0, 2, 3, 4)}, classes=range(20))
+    assert PairTransferDetector().fit_rates(wide, classes=list(range(20))).broad_targets_ == []  # 4 of 19 sources
+    everywhere = _counts({(s, t): 1 for t in range(10) for s in range(10) if s != t})
+    assert PairTransferDetector().fit_rates(everywhere, classes=list(range(10))).broad_targets_ == []
+
+
+def test_the_verdict_names_a_broad_target_with_its_sources_or_as_all_to_one():
+    from aegis_tf.detect.verdict import backdoors
+
+    four = PairTransferDetector().fit_rates(_counts({(s, 7): 1 for s in (0, 2, 3, 4)}), classes=list(range(10)))
+    ev = {"pair_transfer": four.evidence("x"), "pair_breadth": four.breadth_evidence("y")}
+    v = combine(ev)
+    assert v["target_classes"] == [7] and "source breadth 0.44 vs 0.333" in v["line"]
+    assert v["backdoors"] == [{"target": 7, "sources": [0, 2, 3, 4], "signals": ["pair_breadth"],
+                               "score": pytest.approx((4 / 9) * 3)}]
+    seven = PairTransferDetector().fit_rates(_counts({(s, 7): 1 for s in range(7)}), classes=list(range(10)))
+    ev = {"pair_transfer": seven.evidence("x"), "pair_breadth": seven.breadth_evidence("y")}
+    assert backdoors(ev)[0]["sources"] == "all"  # 7 of 9 sources: an all-to-one backdoor
+
+
+def test_a_broad_target_saves_a_trigger_from_each_of_its_sources(rng):
+    from aegis_tf.detect.recovered import from_pair_transfer
+
+    y = np.repeat(np.arange(10), 4)
+    x = rng.uniform(0, 255, (40, 6, 6, 1)).astype("float32")
+    seeds = np.concatenate([np.nonzero(y == s)[0][:2] for s in (0, 1, 2, 3, 4, 5)])  # 2 per source, in order
+    images = x[seeds].copy()
+    images[:, 5, 5, 0] = 255.0 - x[seeds, 5, 5, 0]  # each translation changed one corner pixel most
+    tr = {7: Translation(images, seeds, 1.0, x[seeds])}
+    rates = {(s, 7): np.array([1.0 if s in (0, 2, 3, 4) else 0.0, 0.0]) for s in (0, 1, 2, 3, 4, 5)}
+    det = PairTransferDetector(top_frac=1 / 36).fit_rates(rates, classes=list(range(10)))
+    assert det.flagged_pairs_ == [] and det.broad_targets_ == [7] and det.broad_sources_[7] == [0, 2, 3, 4]
+    trig = from_pair_transfer(det, tr, y, 7, pixel_max=255.0, breadth=True)
+    assert trig.source == "pair_breadth" and trig.sources == (0, 2, 3, 4) and trig.n_variants == 4
+    assert trig.evidence["variant_sources"] == [0, 2, 3, 4] and trig.mask[:, 5, 5, 0].tolist() == [1.0] * 4
+    assert "0,2,3,4 -> class 7 patch from many sources" in trig.describe()
+    with pytest.raises(Exception, match="flagged no pair toward it"):
+        from_pair_transfer(det, tr, y, 7, pixel_max=255.0)  # the per-pair rule flagged none

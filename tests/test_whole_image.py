@@ -131,7 +131,7 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
     assert not blend_probe_on(config.replace(wi_blend=False))
     report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=None)
     evidence = aegis_evidence(report)
-    assert list(evidence) == ["patch_transfer", "pair_transfer", "whole_image", "blend_probe"]
+    assert list(evidence) == ["patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe"]
     assert evidence["blend_probe"]["threshold"] == 2.0 and len(evidence["blend_probe"]["scores"]) == 6
     assert "blend gap" in combine(evidence)["line"]
     summary = format_summary(report, "m")

@@ -205,15 +205,29 @@ class PairTransferDetector(PatchTransferDetector):
     the target's translations from that source); ``flagged_pairs_`` the flagged ones;
     ``suspect_classes_`` the targets of flagged pairs. :meth:`mapping` reads them as
     backdoors: one target with its sources, or an all-to-all mapping.
+
+    **Breadth** (:meth:`breadth_evidence`, a signal of its own in the verdict): a trigger
+    that sends every class to one target transfers from many sources, each a little on a
+    standard-trained model, while a natural confusion (a thin 1 pushed into a 7) transfers
+    from one. ``breadth_[t]`` counts the sources with at least one transferring translation
+    toward ``t``, ``breadth_scores_[t]`` is that count over the sources examined, and
+    ``broad_targets_`` the targets where it reaches ``source_share`` and at least
+    ``min_sources`` sources, and exceeds ``relative`` times the median breadth of the other
+    targets (``broad_sources_``: those sources).
     """
 
     score_name = "pair_transfer_score"
+    _parameter_constraints = {**PatchTransferDetector._parameter_constraints,
+                              "min_sources": [Interval(int, 1, None)],
+                              "source_share": [Interval(float, 0, 1, closed="right")]}
 
-    def __init__(self, *, flip_at=0.9, min_score=0.25, min_count=3, relative=3.0, top_frac=0.02, n_probes=10,
-                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+    def __init__(self, *, flip_at=0.9, min_score=0.25, min_count=3, relative=3.0, min_sources=3, source_share=1 / 3,
+                 top_frac=0.02, n_probes=10, translation=None, pixel_max=255.0, random_state=0, batch_size=512):
         super().__init__(flip_at=flip_at, min_score=min_score, min_count=min_count, relative=relative,
                          top_frac=top_frac, n_probes=n_probes, translation=translation, pixel_max=pixel_max,
                          random_state=random_state, batch_size=batch_size)
+        self.min_sources = min_sources
+        self.source_share = source_share
 
     def fit(self, model, x, y, classes, *, translations=None):
         from aegis_tf.detect.translation import translations_for
@@ -241,7 +255,35 @@ class PairTransferDetector(PatchTransferDetector):
                         for c in self.classes_}
         self.suspect_classes_ = sorted({t for _, t in self.flagged_pairs_})
         self.is_backdoored_ = bool(self.suspect_classes_)
+        examined = {c: sorted(s for (s, t) in self.pairs_ if t == c) for c in self.classes_}
+        self.broad_sources_ = {c: [s for s in examined[c] if self.transferring_pairs_[(s, c)] >= 1]
+                               for c in self.classes_}
+        self.breadth_ = {c: len(self.broad_sources_[c]) for c in self.classes_}
+        self.breadth_scores_ = {c: self.breadth_[c] / max(1, len(examined[c])) for c in self.classes_}
+        med = {c: float(np.median([self.breadth_[k] for k in self.classes_ if k != c] or [0]))
+               for c in self.classes_}  # as for pairs: a model whose patches transfer everywhere blames no target
+        self.broad_targets_ = [c for c in self.classes_ if self.breadth_[c] >= self.min_sources
+                               and self.breadth_scores_[c] >= self.source_share
+                               and self.breadth_[c] > self.relative * med[c]]
         return self
+
+    def breadth_evidence(self, description):
+        """The breadth rule's part of the verdict: per target the share of sources whose patches
+        moved their own probes (at least one translation each), flagged at ``source_share`` and
+        ``min_sources`` sources."""
+        return {"description": description, "scores": {str(c): self.breadth_scores_[c] for c in self.classes_},
+                "threshold": self.source_share, "direction": "above", "flagged": list(self.broad_targets_),
+                "sources": {str(c): self.broad_sources_[c] for c in self.broad_targets_},
+                "min_sources": self.min_sources}
+
+    def breadth_report(self):
+        """Per target: its breadth (sources that transferred), that share, and whether it is broad."""
+        return {"verdict": "backdoored" if self.broad_targets_ else "clean",
+                "suspect_classes": list(self.broad_targets_),
+                "classes": {str(c): {"breadth": self.breadth_[c], "breadth_score": self.breadth_scores_[c],
+                                     "sources": self.broad_sources_[c]} for c in self.classes_},
+                "params": {"min_sources": self.min_sources, "source_share": self.source_share,
+                           "flip_at": self.flip_at}}
 
     def mapping(self):
         """The flagged pairs read as backdoors: ``{"kind": "all-to-all", "pairs": [...]}`` when

@@ -123,7 +123,8 @@ class RecoveredTrigger:
 
     def describe(self):
         what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
-                "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch"}
+                "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch",
+                "pair_breadth": "patch from many sources"}
         whose = f"{','.join(map(str, self.sources))} -> " if self.sources is not None else ""
         return f"{whose}class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
@@ -223,15 +224,17 @@ def from_patch_transfer(transfer, translations, c, *, pixel_max, max_variants=8)
                   "pixels": [[int(p) for p in pixels[i]] for i in chosen]})
 
 
-def from_pair_transfer(pairs, translations, y, target, *, pixel_max, max_variants=8):
+def from_pair_transfer(pairs, translations, y, target, *, pixel_max, max_variants=8, breadth=False):
     """The patches that moved the probes of each source class the per-pair view flagged for
     ``target`` (the translations from that source's seeds, best first, the sources in turn, at
-    most ``max_variants``); the trigger applies to those ``sources`` only."""
+    most ``max_variants``); the trigger applies to those ``sources`` only. With ``breadth``:
+    the sources of the breadth rule (``pairs.broad_sources_``; saved as ``pair_breadth``)."""
     from aegis_tf.detect.patch_transfer import patch_pixels
 
     tr = translations[target]
     src = np.asarray(y)[tr.seeds]
-    sources = sorted(s for s, t in pairs.flagged_pairs_ if t == target)
+    sources = (list(pairs.broad_sources_[target]) if breadth
+               else sorted(s for s, t in pairs.flagged_pairs_ if t == target))
     queues = []
     for s in sources:
         rates = pairs.pair_rates_[(s, target)]
@@ -255,7 +258,7 @@ def from_pair_transfer(pairs, translations, y, target, *, pixel_max, max_variant
         pattern[j, px] = np.asarray(tr.images[i], "float32").reshape(h * w, ch)[px]
         pixels.append([int(p) for p in px])
     return RecoveredTrigger(
-        target=int(target), source="pair_transfer", mask=mask.reshape(n, h, w, 1),
+        target=int(target), source="pair_breadth" if breadth else "pair_transfer", mask=mask.reshape(n, h, w, 1),
         pattern=pattern.reshape(n, h, w, ch), delta=np.zeros((n, h, w, ch), "float32"), pixel_max=float(pixel_max),
         sources=sources,
         evidence={"pair_scores": {f"{s}->{target}": float(pairs.pairs_[(s, target)]) for s in sources},

@@ -253,6 +253,11 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             f"share of the translations from each source class whose top {100 * config.top_frac:g}% pixels move "
             f">= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source class; a target's "
             "score is its strongest source")
+        report["pair_breadth"] = pairs.breadth_report()
+        report["pair_breadth"]["evidence"] = pairs.breadth_evidence(
+            f"share of the source classes with at least one translation whose top {100 * config.top_frac:g}% "
+            f"pixels move >= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source "
+            f"(flagged with at least {pairs.min_sources} sources): a trigger from every class, not one confusion")
     if blend is not None:
         report["blend_probe"] = blend.report()
         report["blend_probe"]["evidence"] = blend.evidence(
@@ -328,7 +333,7 @@ def aegis_evidence(report):
     """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the
     whole-image signal and blend probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
     evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
-    for key in ("pair_transfer", "whole_image", "blend_probe"):
+    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe"):
         if key in report:
             evidence[key] = report[key]["evidence"]
     return evidence
@@ -345,6 +350,8 @@ def _save_aegis_triggers(found, out_dir):
         out += [from_whole_image(found.whole, tr, c, pixel_max=pm) for c in found.whole.suspect_classes_]
     if found.pairs is not None:  # the source-specific and all-to-all backdoors, with their sources
         out += [from_pair_transfer(found.pairs, tr, found.y, c, pixel_max=pm) for c in found.pairs.suspect_classes_]
+        out += [from_pair_transfer(found.pairs, tr, found.y, c, pixel_max=pm, breadth=True)
+                for c in found.pairs.broad_targets_]
     if found.blend is not None:
         out += [from_blend_probe(found.blend, tr, c, pixel_max=pm) for c in found.blend.suspect_classes_]
     return save_triggers(out_dir, out)
@@ -381,6 +388,14 @@ def format_summary(report, name):
                          key=lambda r: (-r[2], r[0], r[1]))[:5]
             lines.append("    highest pair shares (source->target): "
                          + ", ".join(f"{s}->{t}:{v:.2f}" for s, t, v in top))
+        if "pair_breadth" in report:
+            pb = report["pair_breadth"]
+            broad = pb["suspect_classes"]
+            lines.append("  aegis source breadth: " + ("backdoored, class(es) " + ", ".join(
+                f"{c} (from {len(pb['classes'][str(c)]['sources'])} sources)" for c in broad) if broad else "clean"))
+            widest = sorted(pb["classes"].items(), key=lambda kv: (-kv[1]["breadth"], int(kv[0])))[:3]
+            lines.append("    sources whose patches moved their own probes, per target: "
+                         + ", ".join(f"{c}:{v['breadth']}" for c, v in widest))
         low = [c for c, r in report["translation_reached"].items() if r < 0.9]
         if low:
             lines.append(f"    warning: translation reached fewer than 90% for class(es) {', '.join(low)}")

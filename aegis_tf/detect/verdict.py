@@ -33,7 +33,8 @@ _TINY = 1e-12
 
 # How each signal is named on the console line.
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
-          "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share"}
+          "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share",
+          "pair_breadth": "source breadth"}
 # What a scan needs before any signal can be read (:func:`scan_limits`): classes in the model
 # (every signal compares a class with the others), training images of each examined class, and
 # the mean share of translations that reached their class.
@@ -117,13 +118,16 @@ def backdoors(evidence, targets=None):
         targets = [t for t in targets if t not in mapped or any(
             t in e["flagged"] for k, e in deciding.items() if k != "pair_transfer")]
     per_target = {int(t): sorted(map(int, s)) for t, s in (mapping.get("backdoors") or {}).items()}
+    broad = {int(t): list(map(int, s)) for t, s in ((deciding.get("pair_breadth") or {}).get("sources") or {}).items()}
     for t in targets:
         signals = [k for k, e in deciding.items() if t in e["flagged"]]
         score = max([class_ratio(deciding[k], str(t)) for k in signals], default=0.0)
-        sources = per_target.get(int(t))
+        sources = sorted(set(per_target.get(int(t), [])) | set(broad.get(int(t), []))) or None
         n_others = (pair.get("n_sources") or len(examined)) - 1  # every possible source, examined or not
-        # A class-level signal moves probes of every class: its backdoor is all-to-one.
-        if not sources or signals != ["pair_transfer"] or len(sources) >= ALL_SOURCES_SHARE * n_others:
+        # A class-level signal moves probes of every class: its backdoor is all-to-one; so does a
+        # per-pair one whose sources cover most classes.
+        if (not sources or not set(signals) <= {"pair_transfer", "pair_breadth"}
+                or len(sources) >= ALL_SOURCES_SHARE * n_others):
             sources = "all"
         out.append({"target": int(t), "sources": sources, "signals": signals, "score": score})
     return out
@@ -191,7 +195,7 @@ def verdict_line(verdict):
             pick = max if e["direction"] == "above" else min
             shown_classes = [pick(scores, key=scores.get)]
             shown = f"{pick.__name__} {scores[shown_classes[0]]:.2f}"
-        part = f"{_SHORT.get(name, name)} {shown} vs {e['threshold']:g}"
+        part = f"{_SHORT.get(name, name)} {shown} vs {e['threshold']:.3g}"
         also = e.get("also")  # a second condition a flagged class must meet too
         if also and shown_classes:
             part += (f" ({also['name']} " + "/".join(f"{also['scores'][c]:.2f}" for c in shown_classes)
