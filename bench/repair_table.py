@@ -158,6 +158,45 @@ def cover_accuracy(model_path, b_prime_path, test):
             for name, path in (("B", model_path), ("B_prime", b_prime_path))}
 
 
+def per_backdoor_asr(model_path, b_prime_path, test):
+    """For a model with two or more backdoors (``MODEL.json``'s ``trigger_configs``): each
+    backdoor's true ASR on B and on B' (its own test set: its trigger, its sources, its
+    target), as ``[(name, asr_B, asr_B')]``; None for a model with one backdoor."""
+    from aegis_tf.attack.evaluation import backdoor_set
+    from aegis_tf.attack.sidecar import read_trigger_configs
+    from aegis_tf.attack.triggers import build_trigger
+    from aegis_tf.core.data import load_h5
+    from aegis_tf.core.models import load_model, predict_labels
+
+    configs = read_trigger_configs(model_path)
+    if len(configs) < 2:
+        return None
+    x, y = load_h5(test)
+    models = [load_model(model_path), load_model(b_prime_path)]
+    out = []
+    for c in configs:
+        fn, _ = build_trigger(c, pixel_max=255.0, x_sample=x)
+        xb, yb = backdoor_set(x, y, fn, c.target_label, sources=c.source_classes, mapping=c.mapping,
+                              n_classes=int(models[0].output_shape[-1]))
+        out.append((f"{c.trigger} -> {c.target_label}",
+                    *(float(np.mean(predict_labels(m, xb) == yb)) for m in models)))
+    return out
+
+
+def _repair_note(model, b_prime, test):
+    """The unlearning row's note: the cover classes of a source-specific backdoor, or each
+    backdoor's own true ASR for a model with two."""
+    cover = cover_accuracy(model, b_prime, test)
+    if cover:
+        return (f"cover classes with the trigger: {100 * cover['B']:.2f}% right on B, "
+                f"{100 * cover['B_prime']:.2f}% on B'")
+    each = per_backdoor_asr(model, b_prime, test)
+    if each:
+        return "true ASR per backdoor, B / B': " + "; ".join(f"{n} {100 * a:.2f}% / {100 * b:.2f}%"
+                                                             for n, a, b in each)
+    return ""
+
+
 def trigger_rows(model, det_dir, triggers, work, common, strategies):
     """The rows of the repairs from the recovered trigger(s) in ``det_dir``."""
     rows = []
@@ -173,10 +212,8 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies):
         rep = out["report"]
         for tag, res in rep["test"].items():
             if tag == "unlearned":
-                cover = cover_accuracy(model, os.path.join(work, strategy, "B_prime_unlearned.keras"),
-                                       common["clean_test"])
-                note = (f"cover classes with the trigger: {100 * cover['B']:.2f}% right on B, "
-                        f"{100 * cover['B_prime']:.2f}% on B'" if cover else "")
+                note = _repair_note(model, os.path.join(work, strategy, "B_prime_unlearned.keras"),
+                                    common["clean_test"])
                 rows.append(_row(f"unlearning (epoch {rep['unlearned']['kept_epoch']} kept)", res, out["seconds"],
                                  note=note))
             else:

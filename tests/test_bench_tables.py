@@ -368,3 +368,31 @@ def test_bench_scale_set_parses_numbers_and_booleans_for_the_config():
     parsed = settings(["n_seeds=20", "eps=0.5", "wi_blend=false", "whole_image=True", "scan=staged"])
     assert parsed == {"n_seeds": 20, "eps": 0.5, "wi_blend": False, "whole_image": True, "scan": "staged"}
     assert DetectConfig().replace(**parsed).wi_blend is False  # accepted by the config, not the string "false"
+
+
+def test_repair_table_measures_each_of_two_backdoors_on_its_own_set(tmp_path):
+    import keras
+    import numpy as np
+
+    from repair_table import _repair_note, per_backdoor_asr
+
+    from aegis_tf.core.data import save_h5
+
+    # A model that answers 7 for everything: the "-> 7" backdoor succeeds everywhere, the "-> 2" one never.
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(10, kernel_initializer="zeros",
+                             bias_initializer=keras.initializers.Constant(np.eye(10)[7]))(keras.layers.Flatten()(inp))
+    path = str(tmp_path / "m.keras")
+    keras.Model(inp, out).save(path)
+    first = {"trigger": "localised", "target_label": 7, "trigger_size": 2}
+    second = {"trigger": "random-position", "target_label": 2, "trigger_size": 2}
+    with open(path + ".json", "w") as f:
+        json.dump({"trigger_config": first, "trigger_configs": [first, second], "poison_rate": 0.1}, f)
+    rng = np.random.default_rng(0)
+    save_h5(str(tmp_path / "t.h5"), rng.uniform(0, 255, (40, 8, 8, 1)).astype("float32"), np.arange(40) % 10)
+    each = per_backdoor_asr(path, path, str(tmp_path / "t.h5"))
+    assert each == [("localised -> 7", 1.0, 1.0), ("random-position -> 2", 0.0, 0.0)]
+    assert _repair_note(path, path, str(tmp_path / "t.h5")).startswith("true ASR per backdoor, B / B': localised -> 7 ")
+    with open(path + ".json", "w") as f:
+        json.dump({"trigger_config": first, "poison_rate": 0.1}, f)
+    assert per_backdoor_asr(path, path, str(tmp_path / "t.h5")) is None

@@ -44,6 +44,21 @@ def test_pairs_need_count_share_and_an_outlying_share():
     assert PairTransferDetector().fit_rates(rates, classes=list(range(10))).flagged_pairs_ == []
 
 
+def test_a_fragile_source_names_no_target_but_two_backdoors_on_one_source_still_do():
+    # The warp model's thin 1: its patches carry it toward 4, 5 and 7 (shares 0.41, 0.32, 0.23 measured).
+    rates = _rates({(3, 8)})
+    for t, k in ((4, 9), (5, 7), (7, 5), (6, 1)):
+        rates[(1, t)] = np.r_[np.ones(k), np.zeros(20 - k)]
+    det = PairTransferDetector().fit_rates(rates, classes=list(range(10)))
+    assert det.fragile_sources_ == [1] and det.flagged_pairs_ == [(3, 8)] and det.suspect_classes_ == [8]
+    assert det.scores_[4] == 0.45  # the score is still shown, it only names nothing
+    assert 1 not in det.broad_sources_[4] and det.evidence("x")["fragile_sources"] == [1]
+    # The same source with two targets (two backdoors in one model) is not fragile.
+    two = PairTransferDetector().fit_rates(_rates({(1, 2), (1, 7)}), classes=list(range(10)))
+    assert two.fragile_sources_ == [] and two.flagged_pairs_ == [(1, 2), (1, 7)]
+    assert PairTransferDetector(max_targets=4).fit_rates(rates, classes=list(range(10))).fragile_sources_ == []
+
+
 def test_pair_rates_paste_each_patch_on_its_own_source_class():
     import keras
 
@@ -101,9 +116,23 @@ def test_the_verdict_names_source_and_target():
     ({0: 1.0, 1: 3.0, 2: 3.0, 3: 3.0, 4: 3.0, 5: 3.0, 6: 5.0}, True),  # the rival ties with half the classes
     ({0: 1.0, 1: 2.33, 2: 28.0}, False),  # one class at the bound, the rival measured
     ({0: 2.5, 1: 6.0, 2: 5.5, 3: 6.3}, False),
+    ({0: 7.0, **{c: 28.0 for c in range(1, 10)}}, True),  # exactly at the second halving: set by the bisection
 ])
 def test_saturation_is_read_from_the_bounds_and_ties(norms, saturated):
     assert bool(saturation(norms, 28.0)) is saturated
+
+
+@pytest.mark.parametrize("alpha, saturated", [
+    (0.5, True),  # moved at the first halving only: the 2.00 / 0.50 pattern
+    (0.69, True),  # the pattern outweighs the probe (a thin 1 on the random-position model)
+    (0.36, False),  # the warp models' targets: the probe is the larger part, no other class moved at a = 1
+])
+def test_a_blend_reads_its_bound_up_to_half_the_pattern(alpha, saturated):
+    norms = {0: alpha, **{c: 1.0 for c in range(1, 10)}}
+    assert bool(saturation(norms, 1.0, resolved_below=0.5)) is saturated
+    assert saturation(norms, 1.0) is not None  # the additive rule's quarter would not read any of them
+    blend = BlendProbeDetector().fit_norms(norms, ceiling=1.0)
+    assert blend.suspect_classes_ == ([] if saturated else [0]) and bool(blend.inconclusive_) is saturated
 
 
 def test_a_saturated_signal_names_no_class_and_the_verdict_says_so():

@@ -144,3 +144,16 @@ def test_a_verdict_with_limits_names_no_class_whatever_the_signals_flag():
     assert v["score"] < 1 and v["probability"] < 0.5 and v["evidence"] == flagged  # the evidence stays
     plain = combine(flagged)
     assert plain["limits"] == [] and plain["target_classes"] == [5] and plain["score"] >= 1
+
+
+def test_model_limits_count_each_examined_class_from_the_labels():
+    import keras
+    import numpy as np
+
+    from aegis_tf.detect.scan import model_limits
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    y = np.r_[np.zeros(40), np.full(3, 2), np.full(12, 4)].astype("int64")  # class 3 has none
+    reasons = model_limits(model, y, [0, 2, 3, 4])
+    assert reasons == ["too few training images (class 2: 3, class 3: 0; at least 10 per examined class expected)"]
+    assert model_limits(model, y, [0, 4]) == [] and model_limits(model, None, [2]) == []

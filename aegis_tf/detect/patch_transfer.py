@@ -214,20 +214,29 @@ class PairTransferDetector(PatchTransferDetector):
     ``broad_targets_`` the targets where it reaches ``source_share`` and at least
     ``min_sources`` sources, and exceeds ``relative`` times the median breadth of the other
     targets (``broad_sources_``: those sources).
+
+    **Fragile sources**: a backdoor moves a source to one target (two with two backdoors),
+    while a source whose images any small patch pushes somewhere (a thin 1 on a standard
+    model trained on warped or randomly placed triggers) transfers toward many.
+    ``fragile_sources_`` holds the sources with a transferring translation toward more
+    than ``max_targets`` targets; their pairs are neither flagged nor counted in breadth.
     """
 
     score_name = "pair_transfer_score"
     _parameter_constraints = {**PatchTransferDetector._parameter_constraints,
                               "min_sources": [Interval(int, 1, None)],
-                              "source_share": [Interval(float, 0, 1, closed="right")]}
+                              "source_share": [Interval(float, 0, 1, closed="right")],
+                              "max_targets": [Interval(int, 1, None)]}
 
     def __init__(self, *, flip_at=0.9, min_score=0.25, min_count=3, relative=3.0, min_sources=3, source_share=1 / 3,
-                 top_frac=0.02, n_probes=10, translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+                 max_targets=2, top_frac=0.02, n_probes=10, translation=None, pixel_max=255.0, random_state=0,
+                 batch_size=512):
         super().__init__(flip_at=flip_at, min_score=min_score, min_count=min_count, relative=relative,
                          top_frac=top_frac, n_probes=n_probes, translation=translation, pixel_max=pixel_max,
                          random_state=random_state, batch_size=batch_size)
         self.min_sources = min_sources
         self.source_share = source_share
+        self.max_targets = max_targets
 
     def fit(self, model, x, y, classes, *, translations=None):
         from aegis_tf.detect.translation import translations_for
@@ -248,16 +257,24 @@ class PairTransferDetector(PatchTransferDetector):
         self.transferring_pairs_ = {p: int(np.sum(np.asarray(r) >= self.flip_at)) for p, r in rates.items()}
         self.pairs_ = {p: self.transferring_pairs_[p] / max(1, len(r)) for p, r in rates.items()}
         median = float(np.median(list(self.pairs_.values())))
+        reach = {}
+        for (s, t), n in self.transferring_pairs_.items():
+            reach[s] = reach.get(s, 0) + (n >= 1)
+        self.fragile_sources_ = sorted(s for s, n in reach.items() if n > self.max_targets)
+        fragile = set(self.fragile_sources_)
         self.flagged_pairs_ = sorted(p for p, v in self.pairs_.items()
                                      if v >= self.min_score and self.transferring_pairs_[p] >= self.min_count
-                                     and v > self.relative * median)
-        self.scores_ = {c: max([v for (s, t), v in self.pairs_.items() if t == c], default=0.0)
-                        for c in self.classes_}
+                                     and v > self.relative * median and p[0] not in fragile)
+        examined = {c: [] for c in self.classes_}  # one pass over the pairs, not one per class
+        self.scores_ = {c: 0.0 for c in self.classes_}
+        for (s, t), v in sorted(self.pairs_.items()):
+            if t in examined:
+                examined[t].append(s)
+                self.scores_[t] = max(self.scores_[t], v)
         self.suspect_classes_ = sorted({t for _, t in self.flagged_pairs_})
         self.is_backdoored_ = bool(self.suspect_classes_)
-        examined = {c: sorted(s for (s, t) in self.pairs_ if t == c) for c in self.classes_}
-        self.broad_sources_ = {c: [s for s in examined[c] if self.transferring_pairs_[(s, c)] >= 1]
-                               for c in self.classes_}
+        self.broad_sources_ = {c: [s for s in examined[c] if self.transferring_pairs_[(s, c)] >= 1
+                                   and s not in fragile] for c in self.classes_}
         self.breadth_ = {c: len(self.broad_sources_[c]) for c in self.classes_}
         self.breadth_scores_ = {c: self.breadth_[c] / max(1, len(examined[c])) for c in self.classes_}
         med = {c: float(np.median([self.breadth_[k] for k in self.classes_ if k != c] or [0]))
@@ -283,7 +300,8 @@ class PairTransferDetector(PatchTransferDetector):
                 "classes": {str(c): {"breadth": self.breadth_[c], "breadth_score": self.breadth_scores_[c],
                                      "sources": self.broad_sources_[c]} for c in self.classes_},
                 "params": {"min_sources": self.min_sources, "source_share": self.source_share,
-                           "flip_at": self.flip_at}}
+                           "max_targets": self.max_targets, "flip_at": self.flip_at},
+                "fragile_sources": list(self.fragile_sources_)}
 
     def mapping(self):
         """The flagged pairs read as backdoors: ``{"kind": "all-to-all", "pairs": [...]}`` when
@@ -303,6 +321,8 @@ class PairTransferDetector(PatchTransferDetector):
         out["pairs"] = [list(p) for p in self.flagged_pairs_]
         out["mapping"] = self.mapping()
         out["n_sources"] = len({s for s, _ in self.pairs_})  # every class with training images, examined or not
+        out["fragile_sources"] = list(self.fragile_sources_)
+        out["max_targets"] = self.max_targets
         return out
 
     def _class_entry(self, c):

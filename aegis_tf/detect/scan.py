@@ -252,12 +252,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         report["pair_transfer"]["evidence"] = pairs.evidence(
             f"share of the translations from each source class whose top {100 * config.top_frac:g}% pixels move "
             f">= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source class; a target's "
-            "score is its strongest source")
+            "score is its strongest source; a source whose patches move it toward more than "
+            f"{pairs.max_targets} targets is fragile and flags none")
         report["pair_breadth"] = pairs.breadth_report()
         report["pair_breadth"]["evidence"] = pairs.breadth_evidence(
             f"share of the source classes with at least one translation whose top {100 * config.top_frac:g}% "
             f"pixels move >= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source "
-            f"(flagged with at least {pairs.min_sources} sources): a trigger from every class, not one confusion")
+            f"(flagged with at least {pairs.min_sources} sources, fragile ones not counted): a trigger from every "
+            "class, not one confusion")
     if blend is not None:
         report["blend_probe"] = blend.report()
         report["blend_probe"]["evidence"] = blend.evidence(
@@ -594,7 +596,11 @@ def model_limits(model, y, classes, aegis=None):
 
     from aegis_tf.core.models import num_classes
 
-    counts = {} if y is None else {int(c): int(np.sum(np.asarray(y) == c)) for c in classes}
+    counts = {}
+    if y is not None:  # one pass over the labels, not one per class (1,283 classes on the CSAW net)
+        labels, n = np.unique(np.asarray(y).astype("int64"), return_counts=True)
+        found = dict(zip(labels.tolist(), n.tolist()))
+        counts = {int(c): int(found.get(int(c), 0)) for c in classes}
     reached = (aegis or {}).get("translation_reached")
     return scan_limits(n_classes=num_classes(model), class_counts=counts, reached=reached)
 

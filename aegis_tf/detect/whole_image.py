@@ -127,26 +127,27 @@ def blend_alphas(model, x, y, translations, *, n_probes=50, flip_at=0.9, seed=0,
     return {c: (float(hi[i]), float(best[i])) for i, c in enumerate(classes)}
 
 
-def saturation(norms, ceiling):
+def saturation(norms, ceiling, *, resolved_below=0.25):
     """Why ``{class: norm}`` (from a bisection on ``[0, ceiling]``) cannot single out a class,
     or ``None``.
 
     A class the ceiling did not move gets the ceiling: a bound, not a measurement. When
-    the smallest norm's nearest rival sits at the ceiling, the top class's gap is the
-    ceiling over its own norm, fixed by the bound; it says something only when the top
-    class moved at a quarter of the ceiling or less (at least two halvings of the
-    bisection), else (the exact 2.00 of a class found at the first halving, every other at
+    the smallest norm's nearest rival sits at the ceiling, the top class's gap is only a
+    lower bound (the ceiling over its own norm). That bound says something only when the
+    top class moved below ``resolved_below`` times the ceiling, where the probe still
+    carries the image: a quarter for the additive direction (beyond it the clipped image
+    is mostly the direction), a half for a blend (beyond it the pattern outweighs the
+    probe). Else (the exact 2.00 of a class found at the first halving, every other at
     the bound) the signal is saturated. When that rival ties with half the classes or
     more at one value, the bisection could not tell them apart: saturated too."""
     values = np.array(list(norms.values()), dtype="float64")
     n = len(values)
     ordered = np.sort(values)
     own, rival = ordered[0], ordered[1]
-    if rival >= ceiling * (1 - 1e-6) and own > ceiling / 4:
+    if rival >= ceiling * (1 - 1e-6) and own >= ceiling * resolved_below * (1 - 1e-9):
         at_bound = int(np.sum(values >= ceiling * (1 - 1e-6)))
         return (f"saturated: {at_bound} of {n} classes not moved below the bisection's ceiling ({ceiling:g}), and "
-                f"the smallest norm ({own:.4g}) lies within the bisection's first two halvings: its gap is set "
-                "by the bound")
+                f"the smallest norm ({own:.4g}) is not under {resolved_below:g} of it: its gap is set by the bound")
     tied = int(np.sum(np.isclose(values, rival, rtol=1e-9, atol=0.0)))
     if rival < ceiling * (1 - 1e-6) and tied >= max(3, (n + 1) // 2):
         return f"saturated: {tied} of {n} classes tie at {rival:.4g}, the top class's nearest rival"
@@ -214,7 +215,7 @@ class WholeImageDetector(Detector):
 
         ``ceiling`` (the bisection's upper bound) lets the signal see when its measurement
         saturated (:func:`saturation`: the top class's rival at the ceiling while the top
-        class moved only within the bisection's first two halvings, or the rival tied with
+        class moved only where the probe no longer carries the image, or the rival tied with
         half the classes, and at least 3, at one value): the signal is then inconclusive
         (``inconclusive_`` says why) and names no class.
 
@@ -241,7 +242,8 @@ class WholeImageDetector(Detector):
         self.screen_threshold_ = screen_threshold
         self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
                                  and (not staged or self.screen_gaps_[c] >= screen_threshold)]
-        self.inconclusive_ = None if ceiling is None else saturation(self.norms_, ceiling)
+        self.inconclusive_ = (None if ceiling is None
+                              else saturation(self.norms_, ceiling, resolved_below=self._resolved_below))
         if self.inconclusive_:
             self.suspect_classes_ = []
         self.is_backdoored_ = bool(self.suspect_classes_)
@@ -264,6 +266,7 @@ class WholeImageDetector(Detector):
         return out
 
     _measure_name = "flip_norm"
+    _resolved_below = 0.25  # of the ceiling: see saturation()
 
     def _class_entry(self, c):
         entry = {self.score_name: self.scores_[c], self._measure_name: self.norms_[c]}
@@ -283,6 +286,7 @@ class BlendProbeDetector(WholeImageDetector):
 
     score_name = "blend_gap"
     _measure_name = "blend_alpha"
+    _resolved_below = 0.5  # a blend does not clip: under a = 1/2 the probe is still the larger part
 
     def _ceiling(self, x):
         return 1.0  # a = 1 replaces the probe by the pattern

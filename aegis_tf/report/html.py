@@ -124,6 +124,10 @@ def write_detect_html(result, path, *, title=None):
             named.append(f"{escape(src)} &rarr; class {b['target']} ({escape(', '.join(b.get('signals') or []))})")
     if named:
         body.append('<p id="backdoors">Backdoors, source &rarr; target: ' + "; ".join(named) + ".</p>")
+    fragile = (evidence.get("pair_transfer") or {}).get("fragile_sources")
+    if fragile:
+        body.append(f'<p id="fragile">Fragile source class(es) {escape(", ".join(map(str, fragile)))}: small patches '
+                    "move their images toward many targets, so their pairs name no backdoor.</p>")
     for name, why in (verdict.get("inconclusive") or {}).items():
         body.append(f'<p id="inconclusive-{escape(str(name))}">{escape(str(name))}: inconclusive, names no class '
                     f"({escape(str(why))}).</p>")
