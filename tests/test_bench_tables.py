@@ -396,3 +396,26 @@ def test_repair_table_measures_each_of_two_backdoors_on_its_own_set(tmp_path):
     with open(path + ".json", "w") as f:
         json.dump({"trigger_config": first, "poison_rate": 0.1}, f)
     assert per_backdoor_asr(path, path, str(tmp_path / "t.h5")) is None
+
+
+def test_noise_sink_prints_where_random_noise_goes(tmp_path, capsys):
+    import keras
+    import numpy as np
+
+    from noise_sink import main
+
+    from aegis_tf.core.data import save_h5
+
+    # Class 3 when the image is bright on average, else class 0: strong noise on black images lifts the mean.
+    inp = keras.Input((8, 8, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inp)
+    out = keras.layers.Dense(4, kernel_initializer=keras.initializers.Constant([[0.0, 0.0, 0.0, 1.0]]),
+                             bias_initializer=keras.initializers.Constant([20.0, 0.0, 0.0, 0.0]))(mean)
+    path = str(tmp_path / "m.keras")
+    keras.Model(inp, out).save(path)
+    save_h5(str(tmp_path / "d.h5"), np.zeros((50, 8, 8, 1), "float32"), np.zeros(50, "int64"))
+    assert main([path, str(tmp_path / "d.h5"), "--norm", "0.01", "--n-images", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("noise L2 0.005: 0:1.000") and len(lines) == 3
+    assert main([path, str(tmp_path / "d.h5"), "--norm", "8"]) == 0  # clipped noise of norm 8 on 8x8: mean ~ 50
+    assert capsys.readouterr().out.splitlines()[1].startswith("noise L2 8: 0:0.000, 1:0.000, 2:0.000, 3:1.000")

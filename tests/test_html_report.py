@@ -220,3 +220,14 @@ def test_detect_page_shows_the_score_the_baseline_and_the_robustness(tmp_path):
     del result["robustness"], result["baselines"], result["verdict"]["score"]
     text = write_detect_html(result, tmp_path / "plain.html").read_text(encoding="utf-8")
     assert 'id="robustness"' not in text and 'id="score"' not in text and "baseline" not in text
+
+
+def test_detect_page_names_fragile_sources_only_when_there_are_some(tmp_path):
+    result = _detect_result(tmp_path, backdoored=False)
+    pair = {"description": "pairs", "scores": {"4": 0.41, "7": 0.0}, "threshold": 0.25, "direction": "above",
+            "flagged": [], "fragile_sources": [1]}
+    result["verdict"]["evidence"]["pair_transfer"] = pair
+    page = Page(write_detect_html(result, tmp_path / "f.html").read_text(encoding="utf-8"))
+    assert "class(es) 1" in page.ids["fragile"] and "name no backdoor" in page.ids["fragile"]
+    pair["fragile_sources"] = []
+    assert "fragile" not in Page(write_detect_html(result, tmp_path / "g.html").read_text(encoding="utf-8")).ids

@@ -51,7 +51,8 @@ def test_a_fragile_source_names_no_target_but_two_backdoors_on_one_source_still_
         rates[(1, t)] = np.r_[np.ones(k), np.zeros(20 - k)]
     det = PairTransferDetector().fit_rates(rates, classes=list(range(10)))
     assert det.fragile_sources_ == [1] and det.flagged_pairs_ == [(3, 8)] and det.suspect_classes_ == [8]
-    assert det.scores_[4] == 0.45  # the score is still shown, it only names nothing
+    assert det.pairs_[(1, 4)] == 0.45 and det.scores_[4] == 0.0  # kept as a pair, but neither flags nor ranks
+    assert det.report()["classes"]["4"]["sources"]["1"] == 0.45
     assert 1 not in det.broad_sources_[4] and det.evidence("x")["fragile_sources"] == [1]
     # The same source with two targets (two backdoors in one model) is not fragile.
     two = PairTransferDetector().fit_rates(_rates({(1, 2), (1, 7)}), classes=list(range(10)))

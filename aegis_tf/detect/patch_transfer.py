@@ -219,7 +219,8 @@ class PairTransferDetector(PatchTransferDetector):
     while a source whose images any small patch pushes somewhere (a thin 1 on a standard
     model trained on warped or randomly placed triggers) transfers toward many.
     ``fragile_sources_`` holds the sources with a transferring translation toward more
-    than ``max_targets`` targets; their pairs are neither flagged nor counted in breadth.
+    than ``max_targets`` targets; their pairs are neither flagged, nor counted in breadth, nor in
+    ``scores_`` (so not in the model's suspicion score); ``pairs_`` still holds them.
     """
 
     score_name = "pair_transfer_score"
@@ -270,7 +271,8 @@ class PairTransferDetector(PatchTransferDetector):
         for (s, t), v in sorted(self.pairs_.items()):
             if t in examined:
                 examined[t].append(s)
-                self.scores_[t] = max(self.scores_[t], v)
+                if s not in fragile:  # set-aside evidence neither flags nor ranks (the model's score)
+                    self.scores_[t] = max(self.scores_[t], v)
         self.suspect_classes_ = sorted({t for _, t in self.flagged_pairs_})
         self.is_backdoored_ = bool(self.suspect_classes_)
         self.broad_sources_ = {c: [s for s in examined[c] if self.transferring_pairs_[(s, c)] >= 1
