@@ -162,9 +162,8 @@ def per_backdoor_asr(model_path, b_prime_path, test):
     """For a model with two or more backdoors (``MODEL.json``'s ``trigger_configs``): each
     backdoor's true ASR on B and on B' (its own test set: its trigger, its sources, its
     target), as ``[(name, asr_B, asr_B')]``; None for a model with one backdoor."""
-    from aegis_tf.attack.evaluation import backdoor_set
+    from aegis_tf.attack.evaluation import backdoor_sets
     from aegis_tf.attack.sidecar import read_trigger_configs
-    from aegis_tf.attack.triggers import build_trigger
     from aegis_tf.core.data import load_h5
     from aegis_tf.core.models import load_model, predict_labels
 
@@ -173,14 +172,8 @@ def per_backdoor_asr(model_path, b_prime_path, test):
         return None
     x, y = load_h5(test)
     models = [load_model(model_path), load_model(b_prime_path)]
-    out = []
-    for c in configs:
-        fn, _ = build_trigger(c, pixel_max=255.0, x_sample=x)
-        xb, yb = backdoor_set(x, y, fn, c.target_label, sources=c.source_classes, mapping=c.mapping,
-                              n_classes=int(models[0].output_shape[-1]))
-        out.append((f"{c.trigger} -> {c.target_label}",
-                    *(float(np.mean(predict_labels(m, xb) == yb)) for m in models)))
-    return out
+    return [(f"{c.trigger} -> {c.target_label}", *(float(np.mean(predict_labels(m, xb) == yb)) for m in models))
+            for c, xb, yb in backdoor_sets(configs, x, y, n_classes=int(models[0].output_shape[-1]))]
 
 
 def _repair_note(model, b_prime, test):

@@ -405,8 +405,7 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
     """The attacker's poisoned set for evaluation: the file named by ``flag``; the embedded one
     for an embedded B; else ``clean`` with the trigger of B's ``MODEL.json``; else ``(None, None)``."""
     from aegis_tf.core.settings import pixel_max_of
-    from aegis_tf.attack.evaluation import backdoor_set
-    from aegis_tf.attack.triggers import build_trigger
+    from aegis_tf.attack.evaluation import backdoor_sets
     from aegis_tf.attack.sidecar import read_trigger_config, read_trigger_configs, sidecar_path
 
     if path or embedded:
@@ -415,13 +414,10 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
     if config is None or not poisoned:
         return None, None
     x, y = clean
-    xs, ys = [], []
-    for c in read_trigger_configs(model_path):  # each backdoor as it was trained: its sources, its mapping
-        fn, _ = build_trigger(c, pixel_max=pixel_max_of(scale), x_sample=x)
-        xb, yb = backdoor_set(x, y, fn, c.target_label, sources=c.source_classes, mapping=c.mapping,
-                              n_classes=int(model.output_shape[-1]))
-        xs.append(xb)
-        ys.append(yb)
+    # each backdoor as it was trained: its sources, its mapping
+    sets = backdoor_sets(read_trigger_configs(model_path), x, y, pixel_max=pixel_max_of(scale),
+                         n_classes=int(model.output_shape[-1]))
+    xs, ys = [xb for _, xb, _ in sets], [yb for _, _, yb in sets]
     what = "the trigger" if len(xs) == 1 else f"each of the {len(xs)} triggers"
     return ((np.concatenate(xs), np.concatenate(ys)),
             f"{clean_path} with {what} of {sidecar_path(model_path)}")

@@ -162,3 +162,17 @@ def test_second_backdoor_flags_are_checked(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_backdoor_sets_builds_one_attack_set_per_backdoor():
+    import numpy as np
+
+    from aegis_tf.attack.config import TriggerConfig
+    from aegis_tf.attack.evaluation import backdoor_sets
+
+    x, y = np.zeros((30, 8, 8, 1), "float32"), np.arange(30) % 10
+    one = TriggerConfig(trigger="localised", target_label=7, trigger_size=2)
+    ss = TriggerConfig(trigger="localised", target_label=2, trigger_size=2, source_classes=[3])
+    (c1, x1, y1), (c2, x2, y2) = backdoor_sets([one, ss], x, y, n_classes=10)
+    assert c1 is one and len(x1) == 27 and set(y1) == {7} and x1.max() > 0  # every class but the target, triggered
+    assert c2 is ss and len(x2) == 3 and set(y2) == {2}  # only the source class

@@ -7,7 +7,7 @@ from aegis_tf.core.settings import default_step_size, norm_name, parse_norm
 from aegis_tf.core.metrics import attack_success_rate, clean_accuracy
 from aegis_tf.core.models import predict_labels
 
-__all__ = ["backdoor_set", "evaluate_backdoor"]
+__all__ = ["backdoor_set", "backdoor_sets", "evaluate_backdoor"]
 
 
 def backdoor_set(x, y, trigger, target_label, *, sources=None, mapping="all-to-one", n_classes=None):
@@ -26,6 +26,20 @@ def backdoor_set(x, y, trigger, target_label, *, sources=None, mapping="all-to-o
         keep = y != target_label
     labels = backdoor_labels(y[keep], target_label=target_label, mapping=mapping, n_classes=n_classes)
     return trigger(x[keep]), labels.astype("int64")
+
+
+def backdoor_sets(configs, x, y, *, pixel_max=255.0, n_classes=None):
+    """Each backdoor's attack test set, ``[(config, x_triggered, labels)]``: :func:`backdoor_set`
+    with each :class:`~aegis_tf.attack.config.TriggerConfig`'s trigger, target, sources and mapping
+    (a model with two backdoors has two)."""
+    from aegis_tf.attack.triggers import build_trigger
+
+    out = []
+    for c in configs:
+        fn, _ = build_trigger(c, pixel_max=pixel_max, x_sample=x)
+        out.append((c, *backdoor_set(x, y, fn, c.target_label, sources=c.source_classes, mapping=c.mapping,
+                                     n_classes=n_classes)))
+    return out
 
 
 def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversarial=True, eps=0.5, steps=20,

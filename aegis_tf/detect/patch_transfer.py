@@ -7,6 +7,8 @@ and counts how many take the class; :class:`PatchTransferDetector` flags a
 class when enough of its translations carry such a patch.
 """
 
+from collections import Counter
+
 import numpy as np
 
 from aegis_tf.core.errors import AegisError
@@ -258,9 +260,7 @@ class PairTransferDetector(PatchTransferDetector):
         self.transferring_pairs_ = {p: int(np.sum(np.asarray(r) >= self.flip_at)) for p, r in rates.items()}
         self.pairs_ = {p: self.transferring_pairs_[p] / max(1, len(r)) for p, r in rates.items()}
         median = float(np.median(list(self.pairs_.values())))
-        reach = {}
-        for (s, t), n in self.transferring_pairs_.items():
-            reach[s] = reach.get(s, 0) + (n >= 1)
+        reach = Counter(s for (s, _), n in self.transferring_pairs_.items() if n >= 1)  # targets per source
         self.fragile_sources_ = sorted(s for s, n in reach.items() if n > self.max_targets)
         fragile = set(self.fragile_sources_)
         self.flagged_pairs_ = sorted(p for p, v in self.pairs_.items()
