@@ -37,8 +37,9 @@ class RepairConfig(Settings):
     From a recovered trigger (``strategy``, a comma-separated list of :data:`STRATEGIES`;
     default ``lab`` without a trigger, ``trigger-prune,unlearn`` with one): trigger-aware
     pruning stops at a recovered-trigger ASR of ``stop_asr``; unlearning runs at most
-    ``unlearn_epochs`` (Adam, ``unlearn_lr``) with ``unlearn_share`` of the images added
-    again with the trigger and their true labels.
+    ``unlearn_epochs`` (Adam, ``unlearn_lr``; None: 1e-3, or 1e-4 for a model with batch
+    normalisation, whose statistics stay frozen) with ``unlearn_share`` of the images added
+    again with the trigger.
 
     Without any data (``strategy`` ``clp``, alone): Channel Lipschitzness-based Pruning
     zeroes, in each convolution layer, the channels whose Lipschitz upper bound exceeds
@@ -57,7 +58,7 @@ class RepairConfig(Settings):
     strategy: Optional[str] = None
     stop_asr: float = 0.05
     unlearn_epochs: int = 20
-    unlearn_lr: float = 1e-3
+    unlearn_lr: Optional[float] = None
     unlearn_share: float = 1.0
     clp_u: float = 3.0
     clean_images: Optional[int] = None
@@ -71,7 +72,7 @@ class RepairConfig(Settings):
         if not 0.0 <= self.stop_asr < 1.0:
             raise AegisError(f"--stop-asr must lie in [0, 1). Received: {self.stop_asr}")
         for name, value in (("--finetune-lr", self.finetune_lr), ("--unlearn-lr", self.unlearn_lr)):
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise AegisError(f"{name} must be a positive number. Received: {value}")
         check_clp_u(self.clp_u)
         if self.clean_images is not None and (isinstance(self.clean_images, bool) or not isinstance(

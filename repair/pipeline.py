@@ -122,7 +122,7 @@ def run_repair(
 
 def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, strategies=("trigger-prune", "unlearn"),
                        threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
-                       unlearn_epochs=20, unlearn_lr=1e-3, unlearn_share=1.0, batch_size=256, seed=0, quiet=False,
+                       unlearn_epochs=20, unlearn_lr=None, unlearn_share=1.0, batch_size=256, seed=0, quiet=False,
                        sources=None):
     """Repair from recovered triggers (:mod:`aegis_tf.detect.recovered`) with clean data only.
 

@@ -28,7 +28,8 @@ from aegis_tf.core.models import copy_model, find_last_pooling_layer, predict_la
 from aegis_tf.core.utils import progress
 from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
 
-__all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn"]
+__all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn",
+           "default_unlearn_lr", "batch_norm_layers"]
 
 
 def _eligible(t, y):
@@ -157,9 +158,38 @@ def _running_mean(avg, weights, n):
             for a, w in zip(avg, weights)]
 
 
-def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, holdout=0.2, max_drop=0.01,
-            average=True, shift=2, patience=5, batch_size=32, soft_targets=True, seed=0, quiet=False):
+def batch_norm_layers(model):
+    """The BatchNormalization layers of ``model`` (nested models included)."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(batch_norm_layers(layer))
+    return found
+
+
+UNLEARN_LR, UNLEARN_LR_BN = 1e-3, 1e-4
+
+
+def default_unlearn_lr(model):
+    """Unlearning's Adam learning rate when none is given: 1e-3, or 1e-4 for a model with batch
+    normalisation, whose statistics stay frozen (docs/repair.md, CIFAR-10 section: trained
+    BatchNormalization at 1e-3 lost 4-5 points on the standard ResNet-18s)."""
+    return UNLEARN_LR_BN if batch_norm_layers(model) else UNLEARN_LR
+
+
+def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, holdout=0.2, max_drop=0.01,
+            average=True, shift=2, patience=5, batch_size=32, soft_targets=True, freeze_bn=True, seed=0,
+            quiet=False):
     """Fine-tune a copy of ``model`` to ignore the recovered triggers. Returns ``(model, history)``.
+
+    ``learning_rate`` (Adam) defaults to :func:`default_unlearn_lr`. With ``freeze_bn`` the copy's
+    BatchNormalization layers are frozen (Keras then runs them in inference mode): a few hundred
+    images, a third of them triggered, would otherwise rewrite statistics B learnt on the whole
+    training set. A model without batch normalisation is not affected.
 
     ``holdout`` of ``(x, y)`` is kept apart to check the result; the rest is trained on.
     Each epoch the training images are moved by up to ``shift`` pixels (a few hundred clean
@@ -181,6 +211,10 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
     import keras
 
     check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift)
+    if learning_rate is None:
+        learning_rate = default_unlearn_lr(model)
+    if not learning_rate > 0:
+        raise AegisError(f"--unlearn-lr must be a positive number. Received: {learning_rate}")
     average_from = epochs // 4 if average else None
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
@@ -208,6 +242,9 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
         return (float(np.mean(predict_labels(m, xh) == yh)), float(np.mean(predict_labels(m, xh_trig) == yh_trig)))
 
     work = copy_model(model)
+    frozen = batch_norm_layers(work) if freeze_bn else []
+    for layer in frozen:
+        layer.trainable = False
     work.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
     acc0, asr0 = measure(work)
     allowed = max(max_drop, 2.0 / n_hold) + 1e-12
@@ -237,7 +274,8 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
             if average_from is None and since >= patience:
                 break
     out = {"epochs": history, "n_holdout": int(n_hold), "allowed_drop": allowed, "n_train": int(len(xtr)),
-           "n_triggered": int(n_pick), "shift": int(shift), "soft_targets": bool(soft_targets)}
+           "n_triggered": int(n_pick), "shift": int(shift), "soft_targets": bool(soft_targets),
+           "learning_rate": float(learning_rate), "frozen_batch_norm_layers": len(frozen)}
     if avg is not None:
         work.set_weights(avg)
         acc, asr = measure(work)
@@ -245,8 +283,15 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=1e-3, share=1.0, 
                           "holdout_recovered_asr": asr}
         if acc >= acc0 - allowed:
             out["kept_epoch"] = "average"
-            return work, out
+            return _thawed(work, frozen), out
         out["average"]["rejected"] = f"held-out clean accuracy fell by more than {100 * allowed:.1f} points"
     work.set_weights(best)
     out["kept_epoch"] = kept
-    return work, out
+    return _thawed(work, frozen), out
+
+
+def _thawed(model, layers):
+    """``model`` with ``layers`` trainable again, so that B' saves as B was (its weights unchanged)."""
+    for layer in layers:
+        layer.trainable = True
+    return model

@@ -198,6 +198,52 @@ def test_unlearning_keeps_b_when_every_epoch_breaks_it(default_model, default_pa
     assert single["epochs"][single["kept_epoch"]]["holdout_recovered_asr"] < single["epochs"][0]["holdout_recovered_asr"]
 
 
+def _bn_model(seed=0):
+    """conv -> BatchNormalization -> pool -> dense on 8x8x1 images, 3 classes."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.MaxPooling2D(2, name="pool")(keras.layers.ReLU()(h))
+    out = keras.layers.Dense(3, activation="softmax", name="output")(keras.layers.Flatten()(h))
+    return keras.Model(inp, out)
+
+
+def test_unlearning_freezes_batch_normalisation(planted):
+    # A model with batch normalisation unlearns with its BN statistics and scale frozen and, by default, a
+    # tenth of the step (1e-4); the conv and dense weights still move; B' comes back with its BN layer
+    # trainable again. A model without BN keeps 1e-3. freeze_bn=False lets the statistics move.
+    _, x, y, trig = planted
+    model = _bn_model()
+    bn_before = [np.array(w) for w in model.get_layer("bn").get_weights()]
+    conv_before = np.array(model.get_layer("conv").get_weights()[0])
+    tuned, history = unlearn(model, [trig], x, y, epochs=2, quiet=True)
+    assert history["learning_rate"] == 1e-4 and history["frozen_batch_norm_layers"] == 1
+    for a, b in zip(bn_before, tuned.get_layer("bn").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert tuned.get_layer("bn").trainable and model.get_layer("bn").trainable
+    if history["kept_epoch"] != 0:
+        assert not np.allclose(conv_before, tuned.get_layer("conv").get_weights()[0])
+    _, moved = unlearn(model, [trig], x, y, epochs=2, average=False, freeze_bn=False, learning_rate=0.05,
+                       quiet=True)
+    assert moved["frozen_batch_norm_layers"] == 0 and moved["learning_rate"] == 0.05
+    _, plain = unlearn(planted[0], [trig], x, y, epochs=1, quiet=True)
+    assert plain["learning_rate"] == 1e-3 and plain["frozen_batch_norm_layers"] == 0
+    with pytest.raises(AegisError, match="--unlearn-lr must be a positive number"):
+        unlearn(model, [trig], x, y, epochs=1, learning_rate=0.0, quiet=True)
+
+
+def test_unfrozen_batch_normalisation_moves_its_statistics(planted):
+    # The control of the test above: trained normally, the same BN layer's moving statistics change.
+    _, x, y, trig = planted
+    model = _bn_model()
+    before = [np.array(w) for w in model.get_layer("bn").get_weights()]
+    work, history = unlearn(model, [trig], x, y, epochs=3, average=True, freeze_bn=False, learning_rate=1e-3,
+                            max_drop=1.0, quiet=True)
+    assert history["kept_epoch"] == "average"
+    assert any(not np.allclose(a, b) for a, b in zip(before, work.get_layer("bn").get_weights()))
+
+
 def test_a_trigger_with_sources_moves_only_its_sources(planted, tmp_path):
     # A source-specific trigger (recovered by the per-pair view) applies to its source classes only;
     # with all_variants every variant goes on every such image. It survives a save and a load.

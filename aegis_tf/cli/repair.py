@@ -67,7 +67,8 @@ def add(sub):
               "(default %(default)s), or when the threshold's accuracy drop comes first")
     flag(p, "--unlearn-epochs", type=int, default=d.unlearn_epochs, help="unlearn: at most this many epochs (default %(default)s)")
     flag(p, "--unlearn-lr", type=float, default=d.unlearn_lr,
-         help=f"unlearn: Adam learning rate (default {shown(d.unlearn_lr)})")
+         help="unlearn: Adam learning rate (default 1e-3, or 1e-4 for a model with batch normalisation, whose "
+              "statistics stay frozen while it unlearns)")
     flag(p, "--unlearn-share", type=float, default=d.unlearn_share,
          help="unlearn: share of the training images outside the triggers' target classes added again with a "
               "recovered trigger (default %(default)s)")
