@@ -419,3 +419,79 @@ def test_noise_sink_prints_where_random_noise_goes(tmp_path, capsys):
     assert lines[0].startswith("noise L2 0.005: 0:1.000") and len(lines) == 3
     assert main([path, str(tmp_path / "d.h5"), "--norm", "8"]) == 0  # clipped noise of norm 8 on 8x8: mean ~ 50
     assert capsys.readouterr().out.splitlines()[1].startswith("noise L2 8: 0:0.000, 1:0.000, 2:0.000, 3:1.000")
+
+
+# bench/zoo_runs.py: several scans of one zoo, the same verdict each run?
+
+def _zoo_summary(folder, rows, auc):
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump({"rows": rows, "metrics": {"roc_auc": auc}}, f)
+
+
+def _zoo_row(name, verdict, classes, truth, right):
+    return {"name": name, "status": "done", "verdict": verdict, "target_classes": classes, "score": 1.0,
+            "truth": truth, "family": name.split("_")[0], "right_target": right}
+
+
+def test_zoo_runs_counts_agreement_right_targets_and_clean_flags(tmp_path, capsys):
+    import pytest
+
+    from zoo_runs import main
+
+    scans = []
+    for i in range(5):
+        bd = _zoo_row("localised_s0", "backdoored", [7], "backdoored", True) if i != 2 else \
+            _zoo_row("localised_s0", "backdoored", [3], "backdoored", False)  # one run names a wrong class
+        cl = _zoo_row("clean_s0", "backdoored" if i == 4 else "clean", [9] if i == 4 else [], "clean", None)
+        ss = _zoo_row("ss_s0", "inconclusive" if i < 2 else "backdoored", [] if i < 2 else [5], "backdoored",
+                      None if i < 2 else True)
+        folder = str(tmp_path / f"scan{i}")
+        _zoo_summary(folder, [bd, cl, ss], 0.5 + i / 10)
+        if i >= 2:  # the model's result.json: the sources named (the true one is 3; run 3 names 4 only)
+            (tmp_path / f"scan{i}" / "ss_s0").mkdir()
+            named = [{"target": 5, "sources": [4] if i == 3 else [3, 4], "signals": ["pair_transfer"], "score": 2.0}]
+            json.dump({"truth": {"family": "source-specific", "target": [5], "sources": [3]},
+                       "verdict": {"backdoors": named}}, open(tmp_path / f"scan{i}" / "ss_s0" / "result.json", "w"))
+        scans.append(folder)
+    out = str(tmp_path / "runs.json")
+    assert main(scans + ["--out", out]) == 0
+    result = json.load(open(out))
+    by = {m["name"]: m for m in result["models"]}
+    assert by["localised_s0"]["calls"] == ["B:7", "B:7", "B:3", "B:7", "B:7"] and by["localised_s0"]["agree"] == 4
+    assert by["localised_s0"]["right_target_runs"] == 4 and by["ss_s0"]["agree"] == 3
+    t = result["totals"]
+    assert (t["stable"], t["models"], t["right_target_every_run"], t["learned_backdoors"]) == (2, 3, 0, 2)
+    assert (t["clean_flagged_any_run"], t["clean_models"]) == (1, 1)
+    assert t["roc_auc"] == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
+    md = open(str(tmp_path / "runs.md")).read()
+    assert ("| ss_s0 | backdoored | inconclusive | inconclusive | B:5 (sources 3,4, right) | B:5 (sources 4) | "
+            "B:5 (sources 3,4, right) | 3 of 5 | 3 of 5 |") in md
+    assert "the same verdict in at least 4 of 5 runs: 2 of 3 models" in md
+    capsys.readouterr()
+    # refused: a folder with no finished scan, scans of different zoos, --agree out of range
+    assert main([scans[0], str(tmp_path / "none"), "--out", out]) == 2
+    assert "summary.json not found" in capsys.readouterr().err
+    _zoo_summary(str(tmp_path / "other"), [_zoo_row("x", "clean", [], "clean", None)], None)
+    assert main([scans[0], str(tmp_path / "other"), "--out", str(tmp_path / "o.json")]) == 2
+    assert "do not cover the same models" in capsys.readouterr().err
+    assert main(scans[:2] + ["--agree", "3", "--out", str(tmp_path / "o.json")]) == 2
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.md").exists()
+
+
+def test_zoo_runs_reads_an_all_to_all_verdict_as_one_call_and_counts_its_true_pairs(tmp_path):
+    from zoo_runs import _call, _detail, _result
+
+    (tmp_path / "a2a").mkdir()
+    mapping = [[0, 1], [1, 2], [2, 0], [3, 0]]  # 4 classes: 0->1, 1->2, 3->0 right; 2->0 wrong (2->3 is true)
+    json.dump({"truth": {"family": "all-to-all", "target": [0, 1, 2, 3], "sources": "all"},
+               "verdict": {"backdoors": [{"kind": "all-to-all", "mapping": mapping}, {"target": 2, "sources": "all"}]}},
+              open(tmp_path / "a2a" / "result.json", "w"))
+    row = {"name": "a2a", "status": "done", "verdict": "backdoored", "target_classes": [0, 1, 2, 3]}
+    result = _result(str(tmp_path), row)
+    assert _detail(result) == "3 of 4 pairs" and _call(row, result) == "B:all-to-all,2"
+    assert _call(row) == "B:0,1,2,3"  # without its result.json: the classes of the summary
+    assert _result(str(tmp_path), dict(row, status="error")) is None and _call(dict(row, status="error")) == "error"
+    assert _result(str(tmp_path), dict(row, name="absent")) is None and _detail(None) is None
