@@ -55,6 +55,13 @@ def truth(report):
     return family, out, learned
 
 
+def true_pairs_found(found, n_classes):
+    """How many of an all-to-all backdoor's true pairs (y -> y + 1) the verdict's all-to-all
+    mappings ``found`` (its ``backdoors``) name."""
+    pairs = {tuple(p) for f in found if f.get("kind") == "all-to-all" for p in f["mapping"]}
+    return sum((s, (s + 1) % n_classes) in pairs for s in range(n_classes))
+
+
 def judge(verdict, backdoors, n_classes):
     """Whether a verdict finds every true backdoor (or, for a clean model, flags nothing)."""
     if not backdoors:
@@ -63,10 +70,8 @@ def judge(verdict, backdoors, n_classes):
     flagged = set(verdict["target_classes"])
     for b in backdoors:
         if b["kind"] == "all-to-all":
-            true = {(s, (s + 1) % n_classes) for s in range(n_classes)}
             a2a = [f for f in found if f.get("kind") == "all-to-all"]
-            pairs = {tuple(p) for f in a2a for p in f["mapping"]}
-            if not a2a and len(true & pairs) * 2 < len(true):
+            if not a2a and true_pairs_found(found, n_classes) * 2 < n_classes:
                 return False
         elif b["target"] not in flagged:
             return False

@@ -23,6 +23,7 @@ from collections import Counter
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, write_json
+from family_table import true_pairs_found
 
 
 def read_runs(folders):
@@ -73,8 +74,7 @@ def _detail(result):
     truth, backdoors = result.get("truth") or {}, result["verdict"].get("backdoors") or []
     if truth.get("family") == "all-to-all":
         n = len(truth["target"])
-        pairs = {tuple(p) for b in backdoors if b.get("kind") == "all-to-all" for p in b["mapping"]}
-        return f"{sum((src, (src + 1) % n) in pairs for src in range(n))} of {n} pairs"
+        return f"{true_pairs_found(backdoors, n)} of {n} pairs"
     if truth.get("family") == "source-specific":
         named = set()
         for b in backdoors:
@@ -86,18 +86,17 @@ def _detail(result):
 
 
 def compare(runs, agree=4, folders=None):
-    """Per-model rows and totals of several scans of one zoo."""
-    by_name, details, calls = {}, {}, {}
+    """Per-model rows and totals of several scans of one zoo (``folders``: where each scan's
+    model results are, for the calls and details they refine)."""
+    by_name = {}  # name -> [(summary row, call, detail)], one per run
     for i, run in enumerate(runs):
         for row in run["rows"]:
             result = _result(folders[i], row) if folders else None
-            by_name.setdefault(row["name"], []).append(row)
-            details.setdefault(row["name"], []).append(_detail(result))
-            calls.setdefault(row["name"], []).append(_call(row, result))
+            by_name.setdefault(row["name"], []).append((row, _call(row, result), _detail(result)))
     models, learned_always, learned, clean_flagged, clean, stable = [], 0, 0, 0, 0, 0
     for name in sorted(by_name):
-        rows = by_name[name]
-        top, n_top = Counter(calls[name]).most_common(1)[0]
+        rows, calls, details = (list(c) for c in zip(*by_name[name]))
+        top, n_top = Counter(calls).most_common(1)[0]
         right = [r.get("right_target") for r in rows]
         truth = rows[0].get("truth")
         stable += n_top >= agree
@@ -107,20 +106,20 @@ def compare(runs, agree=4, folders=None):
         if truth == "clean":
             clean += 1
             clean_flagged += any(r["verdict"] == "backdoored" for r in rows)
-        models.append({"name": name, "family": rows[0].get("family"), "truth": truth, "calls": calls[name],
+        models.append({"name": name, "family": rows[0].get("family"), "truth": truth, "calls": calls,
                        "most_common": top, "agree": n_top, "right_target_runs": sum(x is True for x in right),
-                       "scores": [r.get("score") for r in rows], "details": details[name]})
+                       "scores": [r.get("score") for r in rows], "details": details})
     totals = {"runs": len(runs), "models": len(models), "agree_at_least": agree, "stable": stable,
               "learned_backdoors": learned, "right_target_every_run": learned_always,
               "clean_models": clean, "clean_flagged_any_run": clean_flagged,
               "roc_auc": [run.get("metrics", {}).get("roc_auc") for run in runs]}
-    return {"models": models, "totals": totals}
+    return {"models": models, "totals": totals, "scans": list(folders or [])}
 
 
-def markdown(result, folders):
+def markdown(result):
     t = result["totals"]
     runs = t["runs"]
-    lines = ["# One zoo, several scans", "", "Scans: " + ", ".join(f"`{f}`" for f in folders) + ".", "",
+    lines = ["# One zoo, several scans", "", "Scans: " + ", ".join(f"`{f}`" for f in result["scans"]) + ".", "",
              "A cell per run: B:classes (backdoored; B:all-to-all for a verdict that read an all-to-all mapping, "
              "its true pairs in brackets), clean, inconclusive or error. Agree: runs with the most common cell "
              "(what is in brackets aside). Right target: runs that named a learned backdoor's target.", "",
@@ -128,7 +127,7 @@ def markdown(result, folders):
              "|---|---|" + "---|" * runs + "---|---|"]
     for m in result["models"]:
         right = f"{m['right_target_runs']} of {runs}" if m["truth"] == "backdoored" else "-"
-        cells = [c if d is None else f"{c} ({d})" for c, d in zip(m["calls"], m.get("details") or [None] * runs)]
+        cells = [c if d is None else f"{c} ({d})" for c, d in zip(m["calls"], m["details"])]
         lines.append(f"| {m['name']} | {m['truth']} | " + " | ".join(cells) + f" | {m['agree']} of {runs} | {right} |")
     auc = ", ".join("-" if a is None else f"{a:.3f}" for a in t["roc_auc"])
     lines += ["", f"- the same verdict in at least {t['agree_at_least']} of {runs} runs: {t['stable']} of {t['models']} models",
@@ -155,9 +154,8 @@ def main(argv=None):
     except AegisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result["scans"] = list(args.scans)
     write_json(args.out, result)
-    md = markdown(result, args.scans)
+    md = markdown(result)
     with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp:
         with open(tmp, "w") as f:
             f.write(md)

@@ -116,8 +116,11 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
     return curve
 
 
-def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2):
-    """One-line errors for unlearning settings out of range (checked before any work)."""
+def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2, learning_rate=None):
+    """One-line errors for unlearning settings out of range (checked before any work);
+    ``learning_rate`` None stands for :func:`default_unlearn_lr`."""
+    if learning_rate is not None and not learning_rate > 0:
+        raise AegisError(f"--unlearn-lr must be a positive number. Received: {learning_rate}")
     for name, v, lo, hi in (("--unlearn-share", share, 0.0, 1.0), ("holdout", holdout, 0.05, 0.9),
                             ("max_drop", max_drop, 0.0, 1.0)):
         if not lo <= v <= hi:
@@ -210,11 +213,10 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, 
     """
     import keras
 
-    check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift)
+    check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift,
+                           learning_rate=learning_rate)
     if learning_rate is None:
         learning_rate = default_unlearn_lr(model)
-    if not learning_rate > 0:
-        raise AegisError(f"--unlearn-lr must be a positive number. Received: {learning_rate}")
     average_from = epochs // 4 if average else None
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
