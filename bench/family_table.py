@@ -55,6 +55,21 @@ def truth(report):
     return family, out, learned
 
 
+def model_case(path, data_dir=None, train_images=0):
+    """A trained model's report (``PATH.json``), its :func:`truth` and its first ``train_images``
+    training images (0: all), the data file looked up in ``data_dir`` when its path is gone."""
+    from aegis_tf.core.data import load_split
+
+    report = json.load(open(path + ".json"))
+    data = report["data"]
+    if data_dir and not os.path.exists(data):
+        data = os.path.join(data_dir, os.path.basename(data))
+    x, y = load_split(data, split="train")
+    if train_images:
+        x, y = x[:train_images], y[:train_images]
+    return report, truth(report), (x, y)
+
+
 def true_pairs_found(found, n_classes):
     """How many of an all-to-all backdoor's true pairs (y -> y + 1) the verdict's all-to-all
     mappings ``found`` (its ``backdoors``) name."""
@@ -103,18 +118,10 @@ def main():
         return write(rows, args.out, command, commands)
 
     import aegis_tf
-    from aegis_tf.core.data import load_split
 
     rows = []
     for path in args.models:
-        report = json.load(open(path + ".json"))
-        family, backdoors, learned = truth(report)
-        data = report["data"]
-        if args.data_dir and not os.path.exists(data):
-            data = os.path.join(args.data_dir, os.path.basename(data))
-        x, y = load_split(data, split="train")
-        if args.train_images:
-            x, y = x[:args.train_images], y[:args.train_images]
+        report, (family, backdoors, learned), (x, y) = model_case(path, args.data_dir, args.train_images)
         runs = []
         for r in range(args.runs):
             t = time.perf_counter()

@@ -495,3 +495,24 @@ def test_zoo_runs_reads_an_all_to_all_verdict_as_one_call_and_counts_its_true_pa
     assert _call(row) == "B:0,1,2,3"  # without its result.json: the classes of the summary
     assert _result(str(tmp_path), dict(row, status="error")) is None and _call(dict(row, status="error")) == "error"
     assert _result(str(tmp_path), dict(row, name="absent")) is None and _detail(None) is None
+
+
+def test_scoring_ab_takes_only_scoring_settings_and_counts_each_side():
+    import pytest
+
+    from aegis_tf.core.errors import AegisError
+    from scoring_ab import parse_settings, side_totals
+
+    assert parse_settings(["pair_confirm_probes=0"]) == {"pair_confirm_probes": 0}
+    with pytest.raises(AegisError, match="KEY one of"):
+        parse_settings(["n_seeds=5"])  # changes the translations: the two sides would not share them
+    with pytest.raises(AegisError):
+        parse_settings(["pair_min_score=2"])  # refused by the config
+    run = lambda a, b, sa=0.5, sb=0.5: {"A": {"right": a, "score": sa}, "B": {"right": b, "score": sb}}
+    rows = [{"family": "clean", "learned": True, "runs": [run(True, False, 0.5, 1.2), run(True, True)]},
+            {"family": "localised", "learned": True, "runs": [run(True, True, 3.0, 3.0), run(False, True, 0.9, 2.0)]},
+            {"family": "warp", "learned": False, "runs": [run(False, False)]}]
+    a, b = side_totals(rows, "A"), side_totals(rows, "B")
+    assert (a["learned_found"], a["learned"], a["clean_flagged"], a["clean"]) == (0, 1, 0, 1)
+    assert (b["learned_found"], b["clean_flagged"]) == (1, 1)
+    assert a["roc_auc"] == 1.0 and b["roc_auc"] == 1.0  # medians 1.95 vs 0.5, and 2.5 vs 0.85

@@ -94,6 +94,40 @@ def test_pair_rates_paste_each_patch_on_its_own_source_class():
     assert np.all(predict_labels(model, trig.apply(x[y == 3])) == 7)
 
 
+def test_confirmation_drops_a_patch_that_moved_its_first_probes_by_chance():
+    import keras
+
+    # Class 7 needs the corner (7, 7) lit and one of two features: every class-2 image has
+    # feature (0, 2); three in four class-3 images have feature (0, 1). The corner is a
+    # trigger for source 2 and a partial confusion for source 3.
+    x = np.zeros((400, 8, 8, 1), "float32")
+    y = np.arange(400) % 4
+    x[y == 2, 0, 2, 0] = 255.0
+    threes = np.nonzero(y == 3)[0]
+    x[threes[:75], 0, 1, 0] = 255.0
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Dense(8)(keras.layers.Flatten()(inp)))
+    w, b = np.zeros((64, 8), "float32"), np.zeros(8, "float32")
+    w[63, 7] = w[1, 7] = w[2, 7] = 1.0
+    b[7] = -1.5 * 255.0
+    model.set_weights([w, b])
+    seeds = np.concatenate([np.nonzero(y == 2)[0][:6], threes[:6]])
+    images = x[seeds].copy()
+    images[:, 7, 7, 0] = 255.0
+    tr = {7: Translation(images, seeds, 1.0, x[seeds])}
+    for seed in range(50):  # a draw whose first 10 class-3 probes nearly all carry the feature
+        first = pair_transfer_rates(model, x, y, tr, top_frac=1 / 64, n_probes=10, seed=seed)
+        if first[(3, 7)].min() >= 0.9:
+            break
+    assert first[(3, 7)].min() >= 0.9 and first[(2, 7)].min() == 1.0
+    confirmed = pair_transfer_rates(model, x, y, tr, top_frac=1 / 64, n_probes=10, seed=seed, confirm_probes=60)
+    assert np.array_equal(confirmed[(2, 7)], np.ones(6))  # the trigger moves the fresh probes too
+    assert confirmed[(3, 7)].max() < 0.9 and confirmed[(3, 7)].min() > 0.6  # pooled over 70 probes
+    # Translations under flip_at are not re-tested, and no confirmation means the first rates.
+    assert np.array_equal(pair_transfer_rates(model, x, y, tr, top_frac=1 / 64, n_probes=10, seed=seed,
+                                              confirm_probes=0)[(3, 7)], first[(3, 7)])
+
+
 def test_the_verdict_names_source_and_target():
     ev = {"patch_transfer": {"scores": {str(c): 0.0 for c in range(10)}, "threshold": 0.02, "direction": "above",
                              "flagged": []},

@@ -41,6 +41,11 @@ class DetectConfig(Settings):
     for it; ``False`` turns it off.
     Measured in results/detect/detect_blend_probe*.md.
 
+    ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
+    each translation's patch on ``pair_probes`` images of its own source class, a pair flagged
+    at a share of ``pair_min_score``; a translation that clears ``flip_at`` there is re-tested
+    on ``pair_confirm_probes`` fresh images of the source (0 skips that).
+
     ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
     every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
     then runs the full detector on the ``top_k`` classes of each stage-1 signal
@@ -78,6 +83,7 @@ class DetectConfig(Settings):
     wi_blend: Union[bool, str] = "auto"
     pairs: bool = True
     pair_probes: int = 10
+    pair_confirm_probes: int = 30
     pair_min_score: float = 0.25
     scan: str = "auto"
     stage1_seeds: int = 10
@@ -97,7 +103,8 @@ class DetectConfig(Settings):
         "runs": POS_INT, "min_cluster_frac": [Interval(float, 0, 1)],
         "whole_image": [Options(True, False)], "wi_probes": POS_INT, "wi_threshold": [Interval(float, 1, None)],
         "wi_blend": [Options("auto", True, False)],
-        "pairs": [Options(True, False)], "pair_probes": POS_INT, "pair_min_score": UNIT,
+        "pairs": [Options(True, False)], "pair_probes": POS_INT, "pair_confirm_probes": [Interval(int, 0, None)],
+        "pair_min_score": UNIT,
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
         "robustness_images": [Interval(int, 0, None)],

@@ -170,28 +170,53 @@ class PatchTransferDetector(Detector):
                 "mean_probe_rate": self.mean_rates_[c]}
 
 
-def pair_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=10, seed=0, batch_size=512):
+def pair_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=10, seed=0, batch_size=512,
+                        confirm_probes=0, flip_at=0.9):
     """The per-pair view of :func:`patch_transfer_rates`: each translation's patch is pasted
     onto ``n_probes`` training images of its own seed's class (the source), not of every
     other class, so a trigger that moves only its source classes (a source-specific or an
     all-to-all backdoor) still transfers. Returns ``{(source, target): rates}``, one rate
-    per translation from that source toward that target."""
+    per translation from that source toward that target.
+
+    **Confirmation** (``confirm_probes`` > 0): a translation whose patch moves at least
+    ``flip_at`` of the first probes is pasted onto ``confirm_probes`` fresh images of its
+    source, and its rate becomes the share over all ``n_probes + confirm_probes``. Chosen
+    because it cleared ``flip_at`` on a few probes, its first rate is biased upwards; the
+    fresh probes measure it without that bias (a trigger keeps moving nearly all of them,
+    a natural confusion slips back). Translations under ``flip_at`` keep their first rate.
+    """
     rng = np.random.default_rng(seed + 3)
     y = np.asarray(y)
-    probes = {}
+    probes, fresh = {}, {}
     for s in np.unique(y):
         pool = np.nonzero(y == s)[0]
         probes[int(s)] = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
+    if confirm_probes:
+        rng_confirm = np.random.default_rng(seed + 4)  # its own stream: the first probes stay as they were
+        for s, first in probes.items():
+            rest = np.setdiff1d(np.nonzero(y == s)[0], first)
+            fresh[s] = rng_confirm.choice(rest, size=min(confirm_probes, len(rest)), replace=False)
     out = {}
     for c, tr in translations.items():
         src = y[tr.seeds]
         pixels = patch_pixels(tr.images, tr.starts, top_frac)
         for s in np.unique(src):
             idx = np.nonzero(src == s)[0]
-            pasted = paste_patches(tr.images[idx], pixels[idx], x[probes[int(s)]])
-            pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
-            out[(int(s), int(c))] = (pred.reshape(len(idx), -1) == c).mean(axis=1)
+            rates = _moved_to(model, tr.images[idx], pixels[idx], x[probes[int(s)]], c, batch_size)
+            again = np.nonzero(rates >= flip_at)[0] if confirm_probes else ()
+            if len(again) and len(fresh[int(s)]):
+                k, m = len(probes[int(s)]), len(fresh[int(s)])
+                more = _moved_to(model, tr.images[idx][again], pixels[idx][again], x[fresh[int(s)]], c, batch_size)
+                rates[again] = (np.rint(rates[again] * k) + np.rint(more * m)) / (k + m)
+            out[(int(s), int(c))] = rates
     return out
+
+
+def _moved_to(model, images, pixels, probes, target, batch_size):
+    """Per translation: the share of ``probes`` that its patch moves to ``target``."""
+    pasted = paste_patches(images, pixels, probes)
+    pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
+    return (pred.reshape(len(images), -1) == target).mean(axis=1)
 
 
 class PairTransferDetector(PatchTransferDetector):
@@ -223,23 +248,32 @@ class PairTransferDetector(PatchTransferDetector):
     ``fragile_sources_`` holds the sources with a transferring translation toward more
     than ``max_targets`` targets; their pairs are neither flagged, nor counted in breadth, nor in
     ``scores_`` (so not in the model's suspicion score); ``pairs_`` still holds them.
+
+    **Confirmation**: ``fit`` re-tests each translation that cleared ``flip_at`` on the first
+    ``n_probes`` on ``confirm_probes`` fresh images of its source (:func:`pair_transfer_rates`);
+    it transfers only if its patch moves ``flip_at`` of all of them. On robust clean models a
+    natural confusion (a sneaker patch that makes a bag) cleared 9 of 10 probes by chance in
+    a quarter to two fifths of its translations and flagged the pair
+    (``results/detect/pair_confirm.md``). ``0`` skips it.
     """
 
     score_name = "pair_transfer_score"
     _parameter_constraints = {**PatchTransferDetector._parameter_constraints,
                               "min_sources": [Interval(int, 1, None)],
                               "source_share": [Interval(float, 0, 1, closed="right")],
-                              "max_targets": [Interval(int, 1, None)]}
+                              "max_targets": [Interval(int, 1, None)],
+                              "confirm_probes": [Interval(int, 0, None)]}
 
     def __init__(self, *, flip_at=0.9, min_score=0.25, min_count=3, relative=3.0, min_sources=3, source_share=1 / 3,
-                 max_targets=2, top_frac=0.02, n_probes=10, translation=None, pixel_max=255.0, random_state=0,
-                 batch_size=512):
+                 max_targets=2, top_frac=0.02, n_probes=10, confirm_probes=30, translation=None, pixel_max=255.0,
+                 random_state=0, batch_size=512):
         super().__init__(flip_at=flip_at, min_score=min_score, min_count=min_count, relative=relative,
                          top_frac=top_frac, n_probes=n_probes, translation=translation, pixel_max=pixel_max,
                          random_state=random_state, batch_size=batch_size)
         self.min_sources = min_sources
         self.source_share = source_share
         self.max_targets = max_targets
+        self.confirm_probes = confirm_probes
 
     def fit(self, model, x, y, classes, *, translations=None):
         from aegis_tf.detect.translation import translations_for
@@ -247,7 +281,8 @@ class PairTransferDetector(PatchTransferDetector):
         self._validate_params()
         translations = translations_for(self, model, x, y, classes, translations)
         rates = pair_transfer_rates(model, x, y, translations, top_frac=self.top_frac, n_probes=self.n_probes,
-                                    seed=self.random_state, batch_size=self.batch_size)
+                                    seed=self.random_state, batch_size=self.batch_size,
+                                    confirm_probes=self.confirm_probes, flip_at=self.flip_at)
         return self.fit_rates(rates, classes=classes)
 
     def fit_rates(self, rates, *, classes=None):

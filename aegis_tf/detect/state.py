@@ -31,7 +31,8 @@ __all__ = ["STATE_DIR", "ScanState", "fingerprint"]
 STATE_DIR = "scan_state"
 
 # Settings that read the saved translations and change nothing they hold: a resumed scan may change them.
-SCORING_ONLY = frozenset({"wi_blend", "pairs", "pair_probes", "pair_min_score", "robustness_images"})
+SCORING_ONLY = frozenset({"wi_blend", "pairs", "pair_probes", "pair_confirm_probes", "pair_min_score",
+                          "robustness_images"})
 
 # What reading a damaged or foreign state part raises.
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
