@@ -276,6 +276,13 @@ def test_local_engine_gives_one_result_per_model_and_a_summary(local_scan, capsy
     index = (out / "report.html").read_text()
     assert 'href="a/report.html"' in index and "not a .keras archive" in index
     assert "| broken | error |" in (out / "summary.md").read_text()
+    # A scan that could not be read (its verdict's limits) is inconclusive in the summary, never clean.
+    for row in summary["rows"][:2]:
+        limits = results[row["name"]]["verdict"]["limits"]
+        assert row["limits"] == limits
+        assert row["verdict"] == ("backdoored" if results[row["name"]]["verdict"]["backdoored"] else
+                                  "inconclusive" if limits or results[row["name"]]["verdict"]["inconclusive"]
+                                  else "clean")
     # The rerun scans nothing and changes no result.
     before = {n: (out / n / "result.json").read_bytes() for n in results}
     capsys.readouterr()

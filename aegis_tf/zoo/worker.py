@@ -128,8 +128,8 @@ def _scan(task):
     keras.backend.clear_session()  # a long-lived worker scans thousands of models: free each one's graphs
     v = saved["verdict"]
     robustness = saved.get("robustness")
-    return {"verdict": {k: v.get(k) for k in ("backdoored", "target_classes", "backdoors", "inconclusive", "score",
-                                                "probability", "line")},
+    return {"verdict": {k: v.get(k) for k in ("backdoored", "target_classes", "backdoors", "inconclusive", "limits",
+                                                "score", "probability", "line")},
             "baselines": saved.get("baselines") or {},
             "robustness": None if not robustness else {k: robustness.get(k) for k in ("pgd_acc", "clean_acc", "eps",
                                                                                    "n_images", "robust")},
