@@ -47,8 +47,9 @@ def parse_settings(pairs):
     return out
 
 
-def verdicts(model, x, y, settings, seed):
-    """The default verdict and the verdict with ``settings``, on one set of translations."""
+def verdicts(model, x, y, overrides, seed):
+    """The default verdict and the verdict with ``overrides``, on one set of translations (raw
+    pixels, 0-255, as the models ``cli.py train`` writes take them)."""
     from aegis_tf.core.models import num_classes
     from aegis_tf.detect.config import DetectConfig
     from aegis_tf.detect.scan import aegis_evidence, model_limits, score_translations
@@ -59,7 +60,7 @@ def verdicts(model, x, y, settings, seed):
     base = DetectConfig()
     tr = translate(model, x, y, classes, base, pixel_max=255.0, seed=seed, batch_size=256)
     out = {}
-    for side, config in (("B", base), ("A", base.replace(**settings))):
+    for side, config in (("B", base), ("A", base.replace(**overrides))):
         report, _ = score_translations(model, x, y, classes=classes, config=config, translations=tr,
                                        pixel_max=255.0, seed=seed, batch_size=256)
         out[side] = combine(aegis_evidence(report), model_limits(model, y, classes, report))
@@ -77,7 +78,7 @@ def main():
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:
-        settings = parse_settings(args.settings)
+        overrides = parse_settings(args.settings)
         missing = [m for m in args.models if not os.path.isfile(m) or not os.path.isfile(m + ".json")]
         if missing:
             raise AegisError(f"{missing[0]}: expected a .keras model with its training report (.keras.json)")
@@ -94,7 +95,7 @@ def main():
         runs = []
         for r in range(args.runs):
             t = time.perf_counter()
-            both = verdicts(model, x, y, settings, r)
+            both = verdicts(model, x, y, overrides, r)
             n_classes = len(both["B"]["evidence"]["patch_transfer"]["scores"])
             runs.append({side: {"line": v["line"], "targets": v["target_classes"], "score": v["score"],
                                 "right": judge(v, backdoors, n_classes)} for side, v in both.items()})
@@ -102,8 +103,8 @@ def main():
             print(f"{os.path.basename(path)} run {r}: B {both['B']['line']}\n    A {both['A']['line']}", flush=True)
         rows.append({"model": os.path.relpath(path), "family": family, "learned": learned,
                      "robust": report.get("config", {}).get("robust"), "runs": runs})
-        write_json(args.out, {"command": command, "settings": settings, "rows": rows})
-    write(rows, settings, args.out, command)
+        write_json(args.out, {"command": command, "settings": overrides, "rows": rows})
+    write(rows, overrides, args.out, command)
 
 
 def side_totals(rows, side):
@@ -121,11 +122,11 @@ def side_totals(rows, side):
             "roc_auc": auc}
 
 
-def write(rows, settings, out_path, command):
+def write(rows, overrides, out_path, command):
     totals = {side: side_totals(rows, side) for side in ("A", "B")}
-    write_json(out_path, {"command": command, "settings": settings, "rows": rows, "totals": totals})
+    write_json(out_path, {"command": command, "settings": overrides, "rows": rows, "totals": totals})
     changed = [(r, i, run) for r in rows for i, run in enumerate(r["runs"]) if run["A"]["line"] != run["B"]["line"]]
-    a = ", ".join(f"{k}={v}" for k, v in settings.items())
+    a = ", ".join(f"{k}={v}" for k, v in overrides.items())
     lines = ["# One scoring rule, with and without", "", f"`{command}`", "",
              f"B: the default scoring. A: the same translations scored with {a}.", "",
              f"{len(changed)} of {sum(len(r['runs']) for r in rows)} verdicts changed.", ""]
