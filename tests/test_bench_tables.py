@@ -516,3 +516,17 @@ def test_scoring_ab_takes_only_scoring_settings_and_counts_each_side():
     assert (a["learned_found"], a["learned"], a["clean_flagged"], a["clean"]) == (0, 1, 0, 1)
     assert (b["learned_found"], b["clean_flagged"]) == (1, 1)
     assert a["roc_auc"] == 1.0 and b["roc_auc"] == 1.0  # medians 1.95 vs 0.5, and 2.5 vs 0.85
+
+
+def test_pair_fresh_probes_refuses_a_model_without_its_report_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+    from pair_fresh_probes import main
+
+    (tmp_path / "m.keras").write_bytes(b"x")  # no m.keras.json beside it
+    monkeypatch.setattr(sys, "argv", ["pair_fresh_probes.py", f"{tmp_path / 'm.keras'}@3", "--out",
+                                      str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit, match="training report"):
+        main()
+    assert not (tmp_path / "o.json").exists()

@@ -55,9 +55,7 @@ def patch_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=2
         pool = np.nonzero(y != c)[0]
         probe_idx = rng.choice(pool, size=min(n_probes, len(pool)), replace=False)
         pixels = patch_pixels(xt, tr.starts, top_frac)
-        pasted = paste_patches(xt, pixels, x[probe_idx])
-        pred = predict_labels(model, pasted.reshape((-1,) + pasted.shape[2:]), batch_size=batch_size)
-        out[c] = ((pred.reshape(len(xt), len(probe_idx)) == c).mean(axis=1), pixels, probe_idx)
+        out[c] = (_moved_to(model, xt, pixels, x[probe_idx], c, batch_size), pixels, probe_idx)
     return out
 
 
@@ -205,8 +203,8 @@ def pair_transfer_rates(model, x, y, translations, *, top_frac=0.02, n_probes=10
             rates = _moved_to(model, tr.images[idx], pixels[idx], x[probes[int(s)]], c, batch_size)
             again = np.nonzero(rates >= flip_at)[0] if confirm_probes else ()
             if len(again) and len(fresh[int(s)]):
-                k, m = len(probes[int(s)]), len(fresh[int(s)])
-                more = _moved_to(model, tr.images[idx][again], pixels[idx][again], x[fresh[int(s)]], c, batch_size)
+                k, m, sel = len(probes[int(s)]), len(fresh[int(s)]), idx[again]
+                more = _moved_to(model, tr.images[sel], pixels[sel], x[fresh[int(s)]], c, batch_size)
                 rates[again] = (np.rint(rates[again] * k) + np.rint(more * m)) / (k + m)
             out[(int(s), int(c))] = rates
     return out
