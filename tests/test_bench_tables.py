@@ -530,3 +530,39 @@ def test_pair_fresh_probes_refuses_a_model_without_its_report_before_any_work(tm
     with pytest.raises(SystemExit, match="training report"):
         main()
     assert not (tmp_path / "o.json").exists()
+
+
+def test_nonrobust_rule_gives_both_verdicts_from_one_scan_and_judges_them(tmp_path, capsys):
+    from nonrobust_rule import both_verdicts, main
+
+    from aegis_tf.detect.verdict import combine
+
+    def result(robust, gap, saturated=False):
+        wi = {"description": "d", "scores": {"7": 0.4, "8": 0.5, "9": gap}, "threshold": 4.0, "direction": "above",
+              "flagged": []}
+        if saturated:
+            wi["inconclusive"] = "saturated: ..."
+        pt = {"description": "p", "scores": {"7": 0.0, "8": 0.0, "9": 0.0}, "threshold": 0.02, "direction": "above",
+              "flagged": []}
+        return {"verdict": combine({"patch_transfer": pt, "whole_image": wi}),
+                "aegis": {"config": {"wi_threshold": 2.0, "wi_nonrobust_factor": 2.0}},
+                "robustness": {"robust": robust, "pgd_acc": 0.04 if not robust else 0.9, "clean_acc": 0.84}}
+
+    off, on, info = both_verdicts(result(False, 2.55))  # the clean CIFAR-10 ResNet-18's class 9
+    assert off["target_classes"] == [9] and on["target_classes"] == [] and on["line"].startswith("CLEAN")
+    assert info["threshold_on"] == 4.0 and info["whole_image_top"] == 9 and info["whole_image_gap"] == 2.55
+    off, on, _ = both_verdicts(result(False, 5.69))  # a backdoor's gap clears both
+    assert off["target_classes"] == on["target_classes"] == [9]
+    off, on, info = both_verdicts(result(True, 2.55))  # robust: the rule changes nothing
+    assert off["target_classes"] == on["target_classes"] == [9] and info["threshold_on"] == 2.0
+    off, on, info = both_verdicts(result(False, 9.0, saturated=True))  # saturated: no class either way
+    assert off["target_classes"] == on["target_classes"] == [] and info["whole_image_saturated"]
+    for name, r in {"clean": result(False, 2.55), "bd": result(False, 5.69)}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = tmp_path / "t.json"
+    main([f"--detect={tmp_path / 'clean.json'}=clean", f"--detect={tmp_path / 'bd.json'}=9", "--out", str(out)])
+    md = (tmp_path / "t.md").read_text()
+    assert "| clean | clean | no (4% / 84%) | 9 (2.55) | 9: false positive | **clean: clean, right** |" in md
+    assert "| bd | backdoor -> 9 | no (4% / 84%) | 9 (5.69) | 9: right | 9: right |" in md
+    assert "clean models flagged: rule off 1 of 1, rule on 0 of 1" in md
+    assert json.loads(out.read_text())["rows"][0]["changed"] is True

@@ -109,3 +109,30 @@ def test_a_scan_shows_its_robustness_on_the_console_and_in_the_report_and_0_skip
     (result,) = results.values()
     assert result["robustness"] is None and not any("robustness:" in line for line in lines)
     assert 'id="robustness"' not in open(tmp_path / "b" / "report.html").read()
+
+
+@pytest.mark.parametrize("robust", [True, False])
+def test_the_scan_measures_robustness_first_and_raises_the_whole_image_threshold_on_a_model_that_is_not(
+        robust, monkeypatch, tmp_path):
+    from aegis_tf.detect import scan
+    from aegis_tf.report.html import write_detect_html
+
+    order = []
+    measured = {"clean_acc": 0.9, "pgd_acc": 0.8 if robust else 0.05, "eps": 0.5, "steps": 10, "n_images": 300,
+                "robust": robust, "note": "n"}
+    monkeypatch.setattr(scan, "measure_robustness", lambda *a, **k: order.append("robustness") or dict(measured))
+    real = scan.aegis_scan
+    monkeypatch.setattr(scan, "aegis_scan", lambda *a, **k: order.append(("aegis", k["robust"])) or real(*a, **k))
+    x, y = load_h5(PATHS["train"])
+    result = scan.scan_model(load_model(PATHS["robust_bd_net"]), x, y, classes=[5, 6, 7], pixel_max=255.0,
+                             config=DetectConfig(n_seeds=10, steps=5, wi_probes=20)).to_dict()
+    assert order == ["robustness", ("aegis", robust)]
+    expected = 2.0 if robust else 4.0
+    assert result["robustness"]["whole_image_threshold"] == expected
+    assert result["verdict"]["evidence"]["whole_image"]["threshold"] == expected
+    assert result["verdict"]["evidence"]["blend_probe"]["threshold"] == 2.0
+    assert (f"vs {expected:g}" in result["verdict"]["line"].split("whole-image gap")[1].split(";")[0]
+            or "whole-image gap inconclusive" in result["verdict"]["line"])
+    assert ("the whole-image signal needs a gap of 4 here" in robustness_line(result["robustness"])) is not robust
+    page = open(write_detect_html(result, str(tmp_path / "r.html"))).read()
+    assert ('id="robustness-threshold"' in page) is not robust

@@ -184,3 +184,38 @@ def test_a_blend_flag_draws_its_pattern_and_saves_a_trigger_that_repair_can_load
     page = write_detect_html({"model": "m", "verdict": combine(aegis_evidence(report)), "aegis": report},
                              str(tmp_path / "report.html"))
     assert 'alt="class 2: recovered blend pattern"' in open(page).read()
+
+
+def test_on_a_model_measured_not_robust_the_whole_image_signal_needs_a_larger_gap(rng):
+    """robust=False multiplies the whole-image threshold by wi_nonrobust_factor (the blend probe keeps its own):
+    a planted direction whose gap sits between the two thresholds is flagged on a robust model only."""
+    from aegis_tf.detect.scan import aegis_evidence, score_translations, whole_image_threshold
+    from aegis_tf.detect.translation import translate
+
+    x = rng.random((300, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 6, 300)
+    model = _linear(2)
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40)
+    translations = translate(model, x, y, list(range(6)), config, pixel_max=1.0)
+
+    def scored(robust, factor):
+        report, _ = score_translations(model, x, y, classes=list(range(6)), translations=translations, pixel_max=1.0,
+                                       config=config.replace(wi_nonrobust_factor=factor), robust=robust)
+        return report, aegis_evidence(report)
+
+    report, evidence = scored(None, 2.0)
+    gap = evidence["whole_image"]["scores"]["2"]
+    assert evidence["whole_image"]["flagged"] == [2] and evidence["whole_image"]["threshold"] == 2.0
+    assert "threshold_note" not in report["whole_image"]
+    factor = 1.01 * gap / 2.0  # the raised threshold lands just above the planted class's gap
+    for robust in (None, True):  # not measured, or robust: the threshold stays
+        assert scored(robust, factor)[1]["whole_image"]["flagged"] == [2]
+    report, evidence = scored(False, factor)
+    assert evidence["whole_image"]["flagged"] == [] and evidence["whole_image"]["threshold"] == pytest.approx(1.01 * gap)
+    assert evidence["whole_image"]["scores"]["2"] == pytest.approx(gap)  # the measurement itself is unchanged
+    assert "not robust" in report["whole_image"]["threshold_note"]
+    assert evidence["blend_probe"]["threshold"] == 2.0
+    assert scored(False, 1.0)[1]["whole_image"]["flagged"] == [2]  # factor 1: the same threshold
+    assert whole_image_threshold(DetectConfig(), False) == 4.0 and whole_image_threshold(DetectConfig(), True) == 2.0
+    with pytest.raises(AegisError, match="wi_nonrobust_factor"):
+        DetectConfig(wi_nonrobust_factor=0.5).replace()

@@ -110,6 +110,9 @@ def config_flags(p):
          help="training images on which to measure the model's robustness beside the verdict (untargeted L2 PGD "
               "at the radius robust models are trained at; AEGIS assumes a robust model); 0 skips it "
               f"(default {d.robustness_images})")
+    flag(p, "--wi-nonrobust-factor", type=float, default=None,
+         help="on a model the robustness check measures as not robust, the whole-image signal needs this many "
+              f"times its --wi-threshold (default {shown(d.wi_nonrobust_factor)}; 1: the same)")
 
 
 def detect_config(args):

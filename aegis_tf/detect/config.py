@@ -34,7 +34,8 @@ class DetectConfig(Settings):
     ``whole_image`` adds the signal for triggers spread over the image
     (:class:`aegis_tf.detect.whole_image.WholeImageDetector`: ``wi_probes`` clean
     probes; a class is flagged when it needs ``wi_threshold`` times less norm
-    than every other class) beside the transfer score, and with it the blend
+    than every other class; ``wi_nonrobust_factor`` times that on a model the
+    robustness check measures as not robust, see below) beside the transfer score, and with it the blend
     probe (:class:`aegis_tf.detect.whole_image.BlendProbeDetector`, for blended
     triggers): ``wi_blend="auto"`` (default) runs the probe wherever the
     whole-image signal runs (a staged scan screens with it too); ``True`` asks
@@ -57,7 +58,12 @@ class DetectConfig(Settings):
     ``robustness_images``: training images on which the scan measures the model's
     robustness beside its verdict (untargeted L2 PGD at
     :data:`aegis_tf.detect.robustness.ROBUST_EPS`; 0 skips it). It does not touch the
-    translations, so the scan state's fingerprint leaves it out.
+    translations, so the scan state's fingerprint leaves it out. On a model it measures
+    as not robust, the whole-image signal's threshold is ``wi_threshold *
+    wi_nonrobust_factor`` (1: unchanged): the signal probes with an additive direction,
+    and a model that falls at L2 0.5 has cheap universal additive perturbations toward
+    some class without any backdoor (docs/detection.md, "The whole-image signal on a
+    model that is not robust"). The blend probe keeps ``wi_threshold``.
     """
 
     n_seeds: int = 200
@@ -92,6 +98,7 @@ class DetectConfig(Settings):
     alarm_transfer: float = 0.1
     alarm_gap: float = 1.5
     robustness_images: int = 300
+    wi_nonrobust_factor: float = 2.0
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -107,7 +114,7 @@ class DetectConfig(Settings):
         "pair_min_score": UNIT,
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
-        "robustness_images": [Interval(int, 0, None)],
+        "robustness_images": [Interval(int, 0, None)], "wi_nonrobust_factor": [Interval(float, 1, None)],
     }
 
     @classmethod

@@ -20,7 +20,10 @@ most of its accuracy at L2 0.5 too (the embedded standard BadNet ``bd_net.h5``:
 CNN: 88%), so the check passes it; it catches models that collapse at this
 radius, as standard-trained models on natural images (CIFAR-10) do, and does not
 prove that a model was adversarially trained (docs/detection.md, "Robustness
-check"). It does not change the verdict; it says how much to trust it.
+check"). It says how much to trust the verdict, and changes one thing in it: on a
+model measured as not robust, the whole-image signal needs a larger gap
+(:func:`aegis_tf.detect.scan.whole_image_threshold`, recorded here as
+``whole_image_threshold``).
 """
 
 import numpy as np
@@ -78,5 +81,8 @@ def measure_robustness(model, x, y, *, eps=ROBUST_EPS, pixel_max=255.0, n_images
 
 def robustness_line(r):
     """``PGD accuracy 12.3% at L2 eps 0.5 (clean 98.0%, 300 images): standard-trained; ...``."""
-    return (f"PGD accuracy {100 * r['pgd_acc']:.1f}% at L2 eps {r['eps']:g} (clean {100 * r['clean_acc']:.1f}%, "
+    line = (f"PGD accuracy {100 * r['pgd_acc']:.1f}% at L2 eps {r['eps']:g} (clean {100 * r['clean_acc']:.1f}%, "
             f"{r['n_images']} images): {r['note']}")
+    if not r["robust"] and r.get("whole_image_threshold") is not None:
+        line += f"; the whole-image signal needs a gap of {r['whole_image_threshold']:g} here"
+    return line

@@ -45,7 +45,8 @@ from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
 __all__ = ["ScanResult", "scan_model", "scan_into", "scan_info", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
-           "aegis_evidence", "format_summary", "parse_classes", "blend_probe_on", "detect_targets"]
+           "aegis_evidence", "format_summary", "parse_classes", "blend_probe_on", "detect_targets",
+           "whole_image_threshold"]
 
 
 @dataclasses.dataclass
@@ -91,10 +92,11 @@ def run_aegis(model, x, y, *, classes, config, pixel_max, out_dir=None, seed=0, 
 
 
 def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=0, batch_size=512, quiet=True,
-               plots=False, n_jobs=1, resume=False, translations=None):
+               plots=False, n_jobs=1, resume=False, translations=None, robust=None):
     """Translate (full or staged, resumable in ``state_dir``), then score every signal.
     Returns ``(report, found)``; nothing is drawn or written but the scan state, which
-    stays until the caller has saved the result (``found.state.clear()``)."""
+    stays until the caller has saved the result (``found.state.clear()``). ``robust``: what
+    the robustness check measured (``None``: not measured; see :func:`score_translations`)."""
     mode = staged.scan_mode(config, len(classes))
     if mode == "staged":
         if len(classes) < 3:
@@ -123,7 +125,7 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
                                        n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
-                                       screen_blend_gaps=screen_gaps.get("blend_probe"))
+                                       screen_blend_gaps=screen_gaps.get("blend_probe"), robust=robust)
     report["seconds"] = {**times, **report["seconds"]}
     if stages is not None:
         report["config"] = config.to_dict()
@@ -175,8 +177,12 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
 
 
 def score_translations(model, x, y, *, classes, config, translations, pixel_max, seed=0, batch_size=512, plots=False,
-                       n_jobs=1, screen_gaps=None, screen_blend_gaps=None):
+                       n_jobs=1, screen_gaps=None, screen_blend_gaps=None, robust=None):
     """Every signal of the verdict on translations already made. Returns ``(report, found)``.
+
+    ``robust=False`` (the robustness check measured the model as not robust) raises the
+    whole-image signal's threshold to :func:`whole_image_threshold`; ``None`` (not
+    measured) and ``True`` keep ``config.wi_threshold``.
 
     ``screen_gaps`` and ``screen_blend_gaps`` (a staged scan's stage-1 whole-image and
     blend gaps, against every class) must also reach ``config.alarm_gap`` for the
@@ -196,7 +202,8 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     whole = None
     if config.whole_image and len(classes) >= (2 if screen_gaps is not None else 3):
         t = time.perf_counter()
-        whole = WholeImageDetector(n_probes=config.wi_probes, threshold=config.wi_threshold, pixel_max=pixel_max,
+        whole = WholeImageDetector(n_probes=config.wi_probes, threshold=whole_image_threshold(config, robust),
+                                   pixel_max=pixel_max,
                                    random_state=seed, batch_size=batch_size)
         whole.fit(model, x, y, classes, translations=translations, screen_gaps=screen_gaps,
                   screen_threshold=config.alarm_gap)
@@ -245,6 +252,9 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
                 entry["clusters"] = det.counts_[int(c)]
     if whole is not None:
         report["whole_image"] = whole.report()
+        if whole.threshold != config.wi_threshold:
+            report["whole_image"]["threshold_note"] = _NONROBUST_NOTE.format(
+                factor=config.wi_nonrobust_factor, threshold=config.wi_threshold)
         report["whole_image"]["evidence"] = whole.evidence(
             "the smallest other class's L2 norm over this class's, where a norm is how far the class's mean "
             f"translation direction must go to move >= {100 * whole.flip_at:g}% of {config.wi_probes} clean probes")
@@ -273,6 +283,24 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     report["seconds"] = times
     return report, found
+
+
+_NONROBUST_NOTE = ("{factor:g} times {threshold:g}: the robustness check measured the model as not robust, and "
+                   "such a model has cheap universal additive perturbations toward some class without a backdoor")
+
+
+def whole_image_threshold(config, robust):
+    """The whole-image signal's threshold: ``config.wi_threshold``, times
+    ``config.wi_nonrobust_factor`` on a model measured as not robust (``robust is False``).
+
+    The signal moves clean probes along a class's mean translation direction, an additive
+    perturbation. A model that loses most of its accuracy at L2 0.5 (a standard-trained
+    CIFAR-10 net) has, for some class, a universal additive perturbation of small norm
+    without any backdoor: on the standard ResNet-18s of the matrix, the mean direction toward
+    truck moved 90% of the probes at 2.11-2.55 times less norm than any other class's
+    (docs/detection.md). The blend probe mixes images rather than adding to them and keeps
+    its threshold."""
+    return float(config.wi_threshold) * (float(config.wi_nonrobust_factor) if robust is False else 1.0)
 
 
 def write_aegis_files(report, found, out_dir):
@@ -563,19 +591,24 @@ def scan_model(model, x, y, *, classes, config, pixel_max, method="aegis", name=
     marked ``"decides": False``, and its own verdict goes to ``baselines["neural_cleanse"]``.
     With ``aegis`` or ``both``, ``config.robustness_images`` training images (0: none) measure
     the model's robustness at L2 radius ``robustness_eps`` (units of [0, 1]; see
-    :mod:`aegis_tf.detect.robustness`) into ``robustness`` (``None`` when not measured).
+    :mod:`aegis_tf.detect.robustness`) into ``robustness`` (``None`` when not measured),
+    before the scan: on a model measured as not robust the whole-image signal needs
+    :func:`whole_image_threshold` (recorded as ``robustness["whole_image_threshold"]``).
     """
     result, found, evidence, baselines, robustness = dict(info or {}), {}, {}, {}, None
     if method in ("aegis", "both"):
-        result["aegis"], found["aegis"] = aegis_scan(
-            model, x, y, classes=classes, config=config, pixel_max=pixel_max, state_dir=state_dir, seed=seed,
-            batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume)
-        evidence.update(aegis_evidence(result["aegis"]))
-        if config.robustness_images > 0:
+        if config.robustness_images > 0:  # first: on a model that is not robust, the whole-image signal needs more
             t = time.perf_counter()
             robustness = measure_robustness(model, x, y, eps=robustness_eps, pixel_max=pixel_max,
                                             n_images=config.robustness_images, seed=seed, batch_size=batch_size)
             robustness["seconds"] = time.perf_counter() - t
+            if config.whole_image:
+                robustness["whole_image_threshold"] = whole_image_threshold(config, robustness["robust"])
+        result["aegis"], found["aegis"] = aegis_scan(
+            model, x, y, classes=classes, config=config, pixel_max=pixel_max, state_dir=state_dir, seed=seed,
+            batch_size=batch_size, quiet=quiet, plots=plots, n_jobs=n_jobs, resume=resume,
+            robust=None if robustness is None else robustness["robust"])
+        evidence.update(aegis_evidence(result["aegis"]))
     if method in ("neural-cleanse", "both"):
         result["neural_cleanse"], found["neural_cleanse"] = neural_cleanse_scan(
             model, x, classes=classes, pixel_max=pixel_max, seed=seed, quiet=quiet)

@@ -215,8 +215,13 @@ def _robustness_section(r):
             f'<p id="robustness"{tone}>PGD accuracy {_pct(r.get("pgd_acc"))} at L2 eps '
             f'{_fmt(r.get("eps"))} ({escape(str(r.get("steps")))} steps; clean {_pct(r.get("clean_acc"))}, '
             f'{escape(str(r.get("n_images")))} training images): {escape(str(r.get("note", "")))}</p>\n'
-            '<p class="note">AEGIS assumes an adversarially robust model. The rule (robust when the PGD accuracy is '
-            'at least half the clean accuracy) is a heuristic; it does not change the verdict.</p>')
+            + (f'<p id="robustness-threshold" class="note">On this model the whole-image signal needs a gap of '
+               f'{_fmt(r["whole_image_threshold"])}: a model that is not robust has cheap universal additive '
+               'perturbations toward some class without a backdoor.</p>\n'
+               if not r.get("robust") and r.get("whole_image_threshold") is not None else '')
+            + '<p class="note">AEGIS assumes an adversarially robust model. The rule (robust when the PGD accuracy is '
+            'at least half the clean accuracy) is a heuristic; on a model it measures as not robust the whole-image '
+            'signal needs a larger gap, and nothing else changes.</p>')
 
 
 def _stages_section(stages):
