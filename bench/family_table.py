@@ -58,13 +58,13 @@ def truth(report):
 def model_case(path, data_dir=None, train_images=0):
     """A trained model's report (``PATH.json``), its :func:`truth` and its first ``train_images``
     training images (0: all), the data file looked up in ``data_dir`` when its path is gone."""
-    from aegis_tf.core.data import load_split
+    from aegis_tf.core.data import NAMED_SETS, load_split
 
     report = json.load(open(path + ".json"))
     data = report["data"]
-    if data_dir and not os.path.exists(data):
+    if data_dir and not os.path.exists(data) and data not in NAMED_SETS:
         data = os.path.join(data_dir, os.path.basename(data))
-    x, y = load_split(data, split="train")
+    x, y = load_split(data, split="train", data_dir=data_dir)  # a named set is looked up in data_dir too
     if train_images:
         x, y = x[:train_images], y[:train_images]
     return report, truth(report), (x, y)

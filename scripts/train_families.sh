@@ -12,7 +12,7 @@
 # each backdoor's ASR, PGD accuracy). A model already there is skipped, and an interrupted
 # one resumes from its checkpoint. Environment: SEEDS ("0"), DATASETS ("mnist"), FAMILIES
 # (all seven), EPOCHS (6), ROBUST (0), STEPS (PGD steps when robust, 5), POISON_RATE (0.05),
-# WIDTH (16). The targets and sources vary with the seed: target 7/1/5, source 3/8/0,
+# WIDTH (16), WARP_STRENGTH (1.0), WARP_SEED (0: the warp field's seed). The targets and sources vary with the seed: target 7/1/5, source 3/8/0,
 # second target 2/6/9 for seeds 0/1/2.
 set -u
 data_dir=${1:?DATA_DIR}
@@ -35,7 +35,8 @@ for d in ${DATASETS:-mnist}; do
         localised) args=(--trigger localised --trigger-size 3) ;;
         source-specific) args=(--trigger localised --trigger-size 3 --source-classes "$source" --cover-rate "$rate") ;;
         all-to-all) args=(--trigger localised --trigger-size 3 --mapping all-to-all --poison-rate 0.1) ;;
-        warp) args=(--trigger warp --warp-strength 1.0 --warp-cross-ratio 2 --poison-rate 0.1) ;;
+        warp) args=(--trigger warp --warp-strength "${WARP_STRENGTH:-1.0}" --trigger-seed "${WARP_SEED:-0}"
+                    --warp-cross-ratio 2 --poison-rate 0.1) ;;
         random-position) args=(--trigger random-position --trigger-size 4 --poison-rate 0.1) ;;
         two) args=(--trigger localised --trigger-size 3 --second-trigger distributed --second-target-label "$second") ;;
       esac

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from aegis_tf.detect.config import DetectConfig
 
 
@@ -566,3 +568,32 @@ def test_nonrobust_rule_gives_both_verdicts_from_one_scan_and_judges_them(tmp_pa
     assert "| bd | backdoor -> 9 | no (4% / 84%) | 9 (5.69) | 9: right | 9: right |" in md
     assert "clean models flagged: rule off 1 of 1, rule on 0 of 1" in md
     assert json.loads(out.read_text())["rows"][0]["changed"] is True
+
+
+def test_warp_probe_bench_judges_each_family_and_summarises(tmp_path):
+    from warp_probe import judge, main, markdown
+
+    from aegis_tf.detect.config import DetectConfig
+
+    assert judge("warp", [7], [7]) == "right" and judge("warp", [7], []) == "missed"
+    assert judge("warp", [7], [3]) == "wrong class" and judge("warp", [7], [3, 7]) == "right, also [3]"
+    assert judge("clean", [], []) == "clean, right" and judge("clean", [], [1]) == "false positive"
+    assert judge("localised", [7], []) == "no flag" and judge("localised", [7], [2]) == "false class [2]"
+    assert judge("all-to-all", [7], [4]) == "flags a target"
+
+    def row(model, family, targets, shifts, flagged, learned=True):
+        top = min(shifts, key=shifts.get)
+        return {"model": model, "family": family, "targets": targets, "learned": learned, "clean_acc": 0.98,
+                "asr": [0.97] if targets else [], "warp_strength": 1.0 if family == "warp" else None,
+                "shifts": {str(c): v for c, v in shifts.items()}, "top": top,
+                "top_gap": min(v for c, v in shifts.items() if c != top) / shifts[top], "flagged": flagged,
+                "judged": judge(family, targets, flagged), "seconds": 12.0}
+
+    bound = {c: 5.6 for c in range(10)}
+    md = markdown([row("w", "warp", [7], {**bound, 7: 1.4}, [7]), row("c", "clean", [], bound, []),
+                   row("l", "localised", [3], bound, [])], "cmd", DetectConfig())
+    assert "| w | warp -> 7 (s 1) | 97.0 | 98.0 | 1.40 | 5.60 | 7 (4.00) | 7 | right | 12 |" in md
+    assert "- learned warp backdoors named right: 1 of 1" in md and "- clean models flagged: 0 of 1" in md
+    assert "- other families with a false class: 0 of 1" in md
+    with pytest.raises(SystemExit, match="no training report beside"):
+        main([str(tmp_path / "m.keras"), "--out", str(tmp_path / "o.json")])

@@ -89,6 +89,13 @@ def config_flags(p):
                    help="the whole-image signal's blend probe, for blended triggers (default: on with the "
                         "whole-image signal, in both stages of a staged scan; --blend-probe insists, "
                         "--no-blend-probe turns it off)")
+    p.add_argument("--warp-probe", action=argparse.BooleanOptionalAction, default=None,
+                   help="the warp probe, for warping triggers (WaNet): per class a smooth field fitted to send other "
+                        "classes there, and the smallest shift of it that moves them (default: on in a full scan, off "
+                        "in a staged one; --warp-probe insists, --no-warp-probe turns it off)")
+    flag(p, "--warp-max-shift", type=float, default=None,
+         help=f"the warp probe's bound on the largest offset, as a share of the image side "
+              f"(default {shown(d.warp_max_shift)})")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help=f"full{tag('scan', 'full')}: the detector on every class; staged{tag('scan', 'staged')}: screen every "

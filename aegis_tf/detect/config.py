@@ -42,6 +42,16 @@ class DetectConfig(Settings):
     for it; ``False`` turns it off.
     Measured in results/detect/detect_blend_probe*.md.
 
+    ``warp_probe`` adds the signal for warping triggers (WaNet;
+    :class:`aegis_tf.detect.warp_probe.WarpProbeDetector`): per class, one smooth
+    field (``warp_grid`` x ``warp_grid`` control points, ``warp_steps`` steps on
+    ``warp_fit`` images of other classes, largest offset at most ``warp_max_shift``
+    of the image side) that sends other classes' images to it, then the smallest
+    shift of it that moves ``flip_at`` of ``wi_probes`` fresh images there, flagged at
+    the relative gap ``wi_threshold``. ``"auto"`` (default) runs it in a full scan,
+    not in a staged one; ``True`` asks for it anyway, ``False`` turns it off. It needs
+    no translations. Measured in results/detect/warp_probe.md.
+
     ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
     each translation's patch on ``pair_probes`` images of its own source class, a pair flagged
     at a share of ``pair_min_score``; a translation that clears ``flip_at`` there is re-tested
@@ -99,6 +109,11 @@ class DetectConfig(Settings):
     alarm_gap: float = 1.5
     robustness_images: int = 300
     wi_nonrobust_factor: float = 2.0
+    warp_probe: Union[bool, str] = "auto"
+    warp_grid: int = 4
+    warp_max_shift: float = 0.2
+    warp_steps: int = 60
+    warp_fit: int = 32
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -115,6 +130,8 @@ class DetectConfig(Settings):
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
         "robustness_images": [Interval(int, 0, None)], "wi_nonrobust_factor": [Interval(float, 1, None)],
+        "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
+        "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
     }
 
     @classmethod
@@ -135,7 +152,7 @@ PRESETS = {
         "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": "layer4,penultimate",
         "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
         "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
-        "whole_image": False, "wi_blend": False,
+        "whole_image": False, "wi_blend": False, "warp_probe": False,
     },
 }
 

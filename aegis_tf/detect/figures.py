@@ -8,7 +8,8 @@ import numpy as np
 
 from aegis_tf.report.figures import pyplot, save_figure, save_image_grid
 
-__all__ = ["plot_embeddings", "cluster_grids", "transfer_grids", "direction_grids", "blend_grids", "mask_grid"]
+__all__ = ["plot_embeddings", "cluster_grids", "transfer_grids", "direction_grids", "blend_grids", "warp_grids",
+           "mask_grid"]
 
 
 def plot_embeddings(det, path, suspects, *, marked=None, verdict=""):
@@ -138,5 +139,42 @@ def blend_grids(det, translations, x, out_dir, pixel_max):
         path = os.path.join(out_dir, f"suspect_class_{c}_blend.png")
         save_image_grid(rows, path, pixel_max=pixel_max,
                         title=f"class {c}: the recovered blend pattern (mean translated image)")
+        files[str(c)] = path
+    return files
+
+
+def _grid_lines(h, w, ch, pixel_max, every=4):
+    """A white image with dark lines every ``every`` pixels: a warp bends them visibly."""
+    img = np.full((h, w, ch), pixel_max, "float32")
+    img[::every] = 0.0
+    img[:, ::every] = 0.0
+    return img
+
+
+def warp_grids(det, x, y, out_dir, pixel_max):
+    """For each class the warp probe flags (a fitted
+    :class:`~aegis_tf.detect.warp_probe.WarpProbeDetector`): the recovered field (its
+    magnitude, and a grid of lines bent by it four times over), clean images of other
+    classes, the same images warped at the shift that moved the probes, and the difference."""
+    from aegis_tf.detect.warp_probe import warp_images
+
+    files = {}
+    rng = np.random.default_rng(0)
+    x = np.asarray(x)
+    h, w, ch = x.shape[1:]
+    for c in det.suspect_classes_:
+        field = det.trigger_field(c)
+        size = np.sqrt(np.sum(field ** 2, axis=-1, keepdims=True))
+        magnitude = np.repeat(pixel_max * size / max(float(size.max()), 1e-12), ch, axis=-1)
+        lines = warp_images(_grid_lines(h, w, ch, pixel_max)[None], 4.0 * field)
+        pool = np.nonzero(np.asarray(y) != c)[0] if y is not None else np.arange(len(x))
+        probes = x[rng.choice(pool, size=min(8, len(pool)), replace=False)].astype("float32")
+        warped = warp_images(probes, field)
+        diff = np.clip(0.5 * pixel_max + 2.0 * (warped - probes), 0.0, pixel_max)
+        rows = [("field: |offset|, and grid lines bent 4x", [magnitude, lines[0]]), ("clean, other classes", probes),
+                (f"warped, largest offset {det.norms_[c]:.2f} px", warped), ("difference x2", diff)]
+        path = os.path.join(out_dir, f"suspect_class_{c}_warp.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: the recovered warp (a smooth field fitted toward the class)")
         files[str(c)] = path
     return files

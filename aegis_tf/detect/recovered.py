@@ -13,12 +13,18 @@ Every detector's evidence for a flagged class becomes one
 * the blend probe (full scans): the class's mean translated image as the
   ``pattern``, blended at the weight that moved the probes (``mask`` is that
   weight everywhere), ``delta`` is 0;
-* Neural Cleanse: its reversed mask and pattern.
+* Neural Cleanse: its reversed mask and pattern;
+* the warp probe (full scans): the smooth field fitted toward the class, at the
+  shift that moved the probes, as ``field`` (variants, H, W, 2: offsets in
+  pixels, x then y); the image is warped by it first (bilinear, clamped to the
+  image: :func:`aegis_tf.detect.warp_probe.warp_images`), ``mask`` and
+  ``delta`` are 0.
 
 On disk a trigger is ``trigger_<class>_<source>.json`` (how to apply it, its
 target, the scan's pixel scale and the detector's evidence) beside
 ``..._mask.npy`` (variants, H, W, 1), ``..._pattern.npy`` and ``..._delta.npy``
-(variants, H, W, C), in pixel units of ``pixel_max``. ``detect`` writes them
+(variants, H, W, C), in pixel units of ``pixel_max`` (and ``..._field.npy`` for a
+warp). ``detect`` writes them
 next to ``detect.json`` and lists them under ``"triggers"``.
 """
 
@@ -31,10 +37,12 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, read_json, trigger_class, write_json
 
 __all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe",
-           "from_neural_cleanse", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
+           "from_neural_cleanse", "from_warp_probe", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
 APPLY = "x' = clip((1 - mask) * x + mask * pattern + delta, 0, pixel_max), one variant per image, in turn"
+APPLY_WARP = ("x' = clip((1 - mask) * w + mask * pattern + delta, 0, pixel_max) with w = x warped by field "
+              "(offsets in pixels, x then y; bilinear, clamped to the image), one variant per image, in turn")
 
 
 @dataclasses.dataclass
@@ -45,7 +53,8 @@ class RecoveredTrigger:
     ``delta`` have shape (variants, H, W, C) in pixel units of ``pixel_max``.
     ``evidence`` is what the detector measured (kept in the JSON). ``sources``: the
     classes whose images the trigger moves to ``target`` (a source-specific or all-to-all
-    backdoor, found by the per-pair view); None means every other class.
+    backdoor, found by the per-pair view); None means every other class. ``field``
+    (variants, H, W, 2), offsets in pixels, or None: a warp applied before the rest.
     """
 
     target: int
@@ -57,6 +66,7 @@ class RecoveredTrigger:
     evidence: dict = dataclasses.field(default_factory=dict)
     path: str = None
     sources: tuple = None
+    field: np.ndarray = None
 
     def __post_init__(self):
         self.mask = np.asarray(self.mask, "float32")
@@ -71,8 +81,14 @@ class RecoveredTrigger:
                 self.pattern.shape[:3] != self.mask.shape[:3]:
             raise AegisError(f"{where}: pattern and delta must have shape (variants, H, W, C) matching the mask "
                              f"{self.mask.shape}. Received: {self.pattern.shape} and {self.delta.shape}")
-        if not all(np.isfinite(a).all() for a in (self.mask, self.pattern, self.delta)):
-            raise AegisError(f"{where}: mask, pattern and delta must be finite numbers (found NaN or inf)")
+        if self.field is not None:
+            self.field = np.asarray(self.field, "float32")
+            if self.field.shape != self.mask.shape[:3] + (2,):
+                raise AegisError(f"{where}: field must have shape (variants, H, W, 2) matching the mask "
+                                 f"{self.mask.shape}. Received: {self.field.shape}")
+        arrays = (self.mask, self.pattern, self.delta) + (() if self.field is None else (self.field,))
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise AegisError(f"{where}: mask, pattern, delta and field must be finite numbers (found NaN or inf)")
         if self.sources is not None:
             try:
                 self.sources = tuple(sorted({int(s) for s in self.sources}))
@@ -118,13 +134,20 @@ class RecoveredTrigger:
         """``x`` with the trigger: image ``i`` gets variant ``(i + offset) % variants``."""
         x = np.asarray(x, "float32")
         v = (np.arange(len(x)) + offset) % self.n_variants
+        if self.field is not None:
+            from aegis_tf.detect.warp_probe import warp_images
+
+            warped = np.empty_like(x)
+            for k in np.unique(v):
+                warped[v == k] = warp_images(x[v == k], self.field[k])
+            x = warped
         m = self.mask[v]
         return np.clip((1.0 - m) * x + m * self.pattern[v] + self.delta[v], 0.0, self.pixel_max).astype("float32")
 
     def describe(self):
         what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
                 "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch",
-                "pair_breadth": "patch from many sources"}
+                "pair_breadth": "patch from many sources", "warp_probe": "warp field"}
         whose = f"{','.join(map(str, self.sources))} -> " if self.sources is not None else ""
         return f"{whose}class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
@@ -132,14 +155,15 @@ class RecoveredTrigger:
         """Write the JSON and the three arrays into ``folder``; returns the JSON path."""
         stem = f"trigger_{self.target}_{self.source}"
         files = {}
-        for name in ("mask", "pattern", "delta"):
+        for name in ("mask", "pattern", "delta") + (() if self.field is None else ("field",)):
             files[name] = f"{stem}_{name}.npy"
             with atomic_path(os.path.join(folder, files[name])) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, getattr(self, name))
         path = os.path.join(folder, stem + ".json")
         write_json(path, {"format": FORMAT, "target": self.target, "source": self.source,
-                          "sources": None if self.sources is None else list(self.sources), "apply": APPLY,
+                          "sources": None if self.sources is None else list(self.sources),
+                          "apply": APPLY if self.field is None else APPLY_WARP,
                           "pixel_max": self.pixel_max, "image_shape": list(self.image_shape),
                           "variants": self.n_variants, "files": files, "evidence": self.evidence})
         return path
@@ -161,6 +185,8 @@ def load_trigger(path):
     folder = os.path.dirname(os.path.abspath(path))
     try:
         arrays = {k: _load_array(folder, meta["files"][k], path) for k in ("mask", "pattern", "delta")}
+        if "field" in meta["files"]:
+            arrays["field"] = _load_array(folder, meta["files"]["field"], path)
         return RecoveredTrigger(target=int(meta["target"]), source=str(meta["source"]),
                                 pixel_max=float(meta["pixel_max"]), evidence=meta.get("evidence", {}), path=path,
                                 sources=meta.get("sources"), **arrays)
@@ -298,3 +324,15 @@ def from_neural_cleanse(nc, c, *, pixel_max):
         target=int(c), source="neural_cleanse", mask=mask, pattern=pattern, delta=np.zeros_like(pattern),
         pixel_max=float(pixel_max),
         evidence={"anomaly_index": float(nc.anomaly_index_[c]), "l1_norm": float(nc.l1_norms_[c])})
+
+
+def from_warp_probe(warp, c, *, pixel_max, image_shape):
+    """Class ``c``'s fitted smooth field at the shift that moved the probes."""
+    h, w, ch = image_shape
+    field = warp.trigger_field(c)[None]
+    zeros = np.zeros((1, h, w, ch), "float32")
+    return RecoveredTrigger(
+        target=int(c), source="warp_probe", mask=np.zeros((1, h, w, 1), "float32"), pattern=zeros, delta=zeros,
+        pixel_max=float(pixel_max), field=field,
+        evidence={"warp_gap": float(warp.scores_[c]), "warp_shift": float(warp.norms_[c]),
+                  "max_shift_px": float(warp.max_shift_px_)})

@@ -36,12 +36,13 @@ from aegis_tf.detect.config import check_method  # noqa: F401 (the scan job's ch
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
 from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_pair_transfer, from_patch_transfer,
-                                       from_whole_image, save_triggers)
+                                       from_warp_probe, from_whole_image, save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
 from aegis_tf.detect.staged import blend_probe_on
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
+from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
 __all__ = ["ScanResult", "scan_model", "scan_into", "scan_info", "run_detect", "run_aegis", "run_neural_cleanse", "score_translations",
@@ -62,6 +63,7 @@ class Found:
     pairs: Any = None
     whole: Any = None
     blend: Any = None
+    warp: Any = None
     clusters: Any = None  # the fitted AegisDetector (the paper's score, or the embedding figure)
     decides_by_clusters: bool = False
     plots: bool = False  # draw the embedding figure
@@ -121,7 +123,9 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
         times["translate"] = time.perf_counter() - t
     if "translate" not in times:
         times["translate"] = time.perf_counter() - t
-    scoring = config.replace(scan="full") if stages is not None else config
+    scoring = config
+    if stages is not None:  # stage 2 scores the promoted classes; the warp probe only when asked (one field per class)
+        scoring = config.replace(scan="full", warp_probe=warp_probe_on(config, "staged"))
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
                                        n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
@@ -170,7 +174,9 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
                                   "top_k": config.top_k, "alarm_transfer": config.alarm_transfer,
                                   "alarm_gap": config.alarm_gap},
               "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
-              "blend_probe": "on" if "blend_probe" in scores else "off"}
+              "blend_probe": "on" if "blend_probe" in scores else "off",
+              # one fitted field per class: a staged scan runs the warp probe only when asked, on the promoted classes
+              "warp_probe": "promoted classes" if warp_probe_on(config, "staged") else "off"}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
     return translations, promoted, stages, gaps, times
@@ -226,6 +232,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
                                                               screen_gaps=screen_blend_gaps,
                                                               screen_threshold=config.alarm_gap)
         times["blend_probe"] = time.perf_counter() - t
+    warp = None
+    if warp_probe_on(config) and len(classes) >= 3 and min(x.shape[1:3]) >= config.warp_grid:
+        t = time.perf_counter()
+        warp = WarpProbeDetector(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
+                                 grid=config.warp_grid, max_shift=config.warp_max_shift, n_fit=config.warp_fit,
+                                 steps=config.warp_steps, random_state=seed, batch_size=batch_size)
+        warp.fit(model, x, y, classes)
+        times["warp_probe"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
         t = time.perf_counter()
@@ -238,6 +252,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         times.update(det.seconds_)
     found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters, found.pairs = (
         transfer, whole, blend, det, clusters, pairs)
+    found.warp = warp
     main = det if clusters else transfer
     report = main.report()
     report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
@@ -279,6 +294,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             "the smallest other class's blend weight over this class's, where a weight a is how much of the "
             f"class's mean translated image (1-a) x + a m moves >= {100 * blend.flip_at:g}% of "
             f"{config.wi_probes} clean probes")
+    if warp is not None:
+        report["warp_probe"] = warp.report()
+        report["warp_probe"]["max_shift_px"] = warp.max_shift_px_
+        report["warp_probe"]["evidence"] = warp.evidence(
+            "the smallest other class's shift over this class's, where a shift (pixels) is the largest offset of "
+            f"a smooth {warp.grid}x{warp.grid}-grid warp, fitted toward the class on {warp.n_fit} images of other "
+            f"classes, that moves >= {100 * warp.flip_at:g}% of {config.wi_probes} fresh clean probes of other "
+            f"classes (a class no warp up to {warp.max_shift_px_:.3g} pixels moves stays at that bound)")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     report["seconds"] = times
@@ -318,6 +341,8 @@ def write_aegis_files(report, found, out_dir):
         files["suspect_whole_image"] = figures.direction_grids(found.whole, tr, x, out_dir, pm)
     if found.blend is not None:
         files["suspect_blend"] = figures.blend_grids(found.blend, tr, x, out_dir, pm)
+    if found.warp is not None:
+        files["suspect_warp"] = figures.warp_grids(found.warp, x, found.y, out_dir, pm)
     files["triggers"] = _save_aegis_triggers(found, out_dir)
     if found.plots and found.clusters is not None:
         main = found.clusters if clusters else found.transfer
@@ -363,10 +388,10 @@ def write_nc_files(found, out_dir, *, plots=True):
 
 
 def aegis_evidence(report):
-    """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the
-    whole-image signal and blend probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
+    """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the per-pair view,
+    whole-image signal, blend probe and warp probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
     evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
-    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe"):
+    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe", "warp_probe"):
         if key in report:
             evidence[key] = report[key]["evidence"]
     return evidence
@@ -387,6 +412,9 @@ def _save_aegis_triggers(found, out_dir):
                 for c in found.pairs.broad_targets_]
     if found.blend is not None:
         out += [from_blend_probe(found.blend, tr, c, pixel_max=pm) for c in found.blend.suspect_classes_]
+    if found.warp is not None:
+        out += [from_warp_probe(found.warp, c, pixel_max=pm, image_shape=tuple(found.x.shape[1:]))
+                for c in found.warp.suspect_classes_]
     return save_triggers(out_dir, out)
 
 
@@ -403,7 +431,8 @@ def format_summary(report, name):
             counts = ", ".join(f"{c}:{'/'.join(map(str, v['clusters']))}" for c, v in report["classes"].items())
             lines.append(f"    clusters per class (per t-SNE run): {counts}")
         for key, label, gap, what in (("whole_image", "whole-image", "whole_image_gap", "norm"),
-                                      ("blend_probe", "blend probe", "blend_gap", "blend weight")):
+                                      ("blend_probe", "blend probe", "blend_gap", "blend weight"),
+                                      ("warp_probe", "warp probe", "warp_gap", "warp shift")):
             if key not in report:
                 continue
             idx = ", ".join(f"{c}:{v[gap]:.2f}" for c, v in report[key]["classes"].items())
