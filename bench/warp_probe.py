@@ -30,13 +30,6 @@ from aegis_tf.detect.config import DetectConfig
 from aegis_tf.detect.warp_probe import WarpProbeDetector
 
 
-def probe(config, seed=0):
-    """The warp probe as a full scan runs it with ``config``."""
-    return WarpProbeDetector(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
-                             grid=config.warp_grid, max_shift=config.warp_max_shift, n_fit=config.warp_fit,
-                             steps=config.warp_steps, random_state=seed)
-
-
 def judge(family, targets, flagged):
     """The probe's flags against the model's truth."""
     if family == "clean":
@@ -59,7 +52,7 @@ def row(path, data_dir, train_images, config):
     model = load_model(path)
     classes = sorted(int(c) for c in np.unique(y))
     t = time.perf_counter()
-    det = probe(config).fit(model, x, y, classes)
+    det = WarpProbeDetector.from_config(config, random_state=0).fit(model, x, y, classes)
     seconds = time.perf_counter() - t
     top = max(det.scores_, key=det.scores_.get)
     targets = sorted({int(b["target"]) for b in truths})

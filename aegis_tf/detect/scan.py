@@ -235,9 +235,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     warp = None
     if warp_probe_on(config) and len(classes) >= 3 and min(x.shape[1:3]) >= config.warp_grid:
         t = time.perf_counter()
-        warp = WarpProbeDetector(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
-                                 grid=config.warp_grid, max_shift=config.warp_max_shift, n_fit=config.warp_fit,
-                                 steps=config.warp_steps, random_state=seed, batch_size=batch_size)
+        warp = WarpProbeDetector.from_config(config, random_state=seed, batch_size=batch_size)
         warp.fit(model, x, y, classes)
         times["warp_probe"] = time.perf_counter() - t
     det = None

@@ -186,6 +186,13 @@ class WarpProbeDetector(WholeImageDetector):
         self.n_fit = n_fit
         self.steps = steps
 
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """The probe as a scan runs it with a :class:`~aegis_tf.detect.config.DetectConfig`."""
+        return cls(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
+                   grid=config.warp_grid, max_shift=config.warp_max_shift, n_fit=config.warp_fit,
+                   steps=config.warp_steps, **kwargs)
+
     def _ceiling(self, x):
         return float(self.max_shift) * float(min(np.shape(x)[1:3]))
 
@@ -202,7 +209,7 @@ class WarpProbeDetector(WholeImageDetector):
                                              steps=self.steps, seed=self.random_state, batch_size=self.batch_size)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
         self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
-                       screen_threshold=screen_threshold, ceiling=self._ceiling(x))
+                       screen_threshold=screen_threshold, ceiling=self.max_shift_px_)
         given = {c: s for c, s in self.unwarped_.items() if s >= self.flip_at}
         if given:  # a class the model gives other classes' images without any warp: nothing to measure
             c, share = max(given.items(), key=lambda kv: kv[1])
