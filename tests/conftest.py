@@ -37,6 +37,31 @@ def default_valid():
     return load_h5(PATHS["valid"]), load_h5(PATHS["bd_valid"])
 
 
+def embedded_backdoor_twins(spec, rate, *, epochs):
+    """A standard-trained compact CNN (width 8) on the embedded digits poisoned at ``rate`` with the
+    trigger of ``spec`` (a TriggerConfig), and its clean twin. Returns ``(x, y, {"bad": ..., "clean":
+    ...})``, each ``(model, test accuracy, share of triggered test images of other classes sent to the
+    target)``."""
+    from aegis_tf.attack.config import TrainConfig
+    from aegis_tf.attack.training import train
+    from aegis_tf.attack.triggers import build_trigger, poison_backdoor
+    from aegis_tf.core.models import build_compact_cnn, predict_labels
+
+    x, y = load_h5(PATHS["train"])
+    xt, yt = load_h5(PATHS["test"])
+    fn, _ = build_trigger(spec, pixel_max=255.0, x_sample=x[:10])
+    out = {}
+    for name, r in (("bad", rate), ("clean", 0.0)):
+        xp, yp, _ = poison_backdoor(x, y, spec, trigger=fn, poison_rate=r, n_classes=10, seed=0)
+        keras.utils.set_random_seed(0)
+        m = build_compact_cnn(input_shape=(28, 28, 1), num_classes=10, width=8)
+        train(m, xp, yp, config=TrainConfig(epochs=epochs, batch_size=64, learning_rate=0.02, robust=False), quiet=True)
+        keep = yt != spec.target_label
+        out[name] = (m, float(np.mean(predict_labels(m, xt) == yt)),
+                     float(np.mean(predict_labels(m, fn(xt[keep])) == spec.target_label)))
+    return x, y, out
+
+
 def tiny_cnn(seed=0, input_shape=(8, 8, 1), num_classes=3):
     """A random conv-pool-dense net, small enough to build in milliseconds."""
     keras.utils.set_random_seed(seed)

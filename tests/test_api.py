@@ -54,7 +54,7 @@ def test_scan_result_is_frozen_and_the_same_from_a_path_a_model_or_arrays(tmp_pa
     assert 99 not in by_path.target_classes and 99 not in by_path.to_dict()["verdict"]["target_classes"]
     json.dumps(d)  # JSON-ready
     assert set(by_path.evidence) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe",
-                                    "warp_probe"}
+                                    "warp_probe", "mask_probe"}
     assert by_path.summary().splitlines()[0] == f"robust_bd_net: {by_path.line}"
     x, y = load_h5(PATHS["train"])
     model = load_model(PATHS["robust_bd_net"])

@@ -597,3 +597,44 @@ def test_warp_probe_bench_judges_each_family_and_summarises(tmp_path):
     assert "- other families with a false class: 0 of 1" in md
     with pytest.raises(SystemExit, match="no training report beside"):
         main([str(tmp_path / "m.keras"), "--out", str(tmp_path / "o.json")])
+
+
+def test_the_probe_bench_judges_the_mask_probe_on_every_patch_family(tmp_path):
+    from warp_probe import AIMED, judge, main, markdown
+
+    from aegis_tf.detect.config import DetectConfig
+
+    aimed = AIMED["mask"]
+    assert judge("localised", [7], [7], aimed) == "right" and judge("localised", [7], [], aimed) == "missed"
+    assert judge("random-position", [1], [3], aimed) == "wrong class"
+    assert judge("warp", [1], [1, 8], aimed) == "right, also [8]" and judge("all-to-all", [7], [], aimed) == "no flag"
+
+    def row(model, family, targets, norms, flagged, robust):
+        top = min(norms, key=norms.get)
+        return {"model": model, "family": family, "targets": targets, "learned": True, "clean_acc": 0.98,
+                "asr": [0.97] if targets else [], "warp_strength": None, "probe": "mask",
+                "shifts": {str(c): v for c, v in norms.items()}, "top": top,
+                "top_gap": min(v for c, v in norms.items() if c != top) / norms[top], "flagged": flagged,
+                "judged": judge(family, targets, flagged, aimed), "seconds": 30.0,
+                "robust": {"robust": robust, "clean_acc": 0.98, "pgd_acc": 0.9 if robust else 0.3}}
+
+    base = {c: 60.0 + c for c in range(10)}
+    md = markdown([row("l", "localised", [7], {**base, 7: 20.0}, [7], True),
+                   row("c", "clean", [], base, [], False), row("s", "source-specific", [1], base, [], False)],
+                  "cmd", DetectConfig(), "mask")
+    assert "# The mask probe on trained models" in md
+    assert "| l | localised -> 7 | 97.0 | 98.0 | 20.00 | 60.00 | 7 (3.00) | 7 | right | yes (90% / 98%) | 30 |" in md
+    assert "- learned non-all-to-all backdoors named right: 1 of 2" in md and "- clean models flagged: 0 of 1" in md
+    assert "- named right, per family: localised 1 of 1, source-specific 0 of 1" in md
+    assert "- on the 2 models measured not robust: 0 of 1 learned backdoors right, 0 of 1 clean models flagged" in md
+    done = tmp_path / "m.json"  # --render writes the table again from the JSON rows, running nothing
+    done.write_text(json.dumps({"command": "cmd", "config": DetectConfig().to_dict(),
+                                "rows": [row("c", "clean", [], base, [], False)]}))
+    main(["--render", "--out", str(done)])
+    assert "| c | clean | - | 98.0 | - | 60.00 |" in (tmp_path / "m.md").read_text()
+    two = row("t", "two", [2, 7], {**base, 2: 10.0, 7: 11.0}, [], True)  # scored before the pair gap: missed
+    done.write_text(json.dumps({"command": "cmd", "config": DetectConfig().to_dict(), "rows": [{**two, "ceiling": 784.0}]}))
+    main(["--render", "--rescore", "--out", str(done)])
+    back = json.loads(done.read_text())
+    assert back["rows"][0]["flagged"] == [2, 7] and back["rows"][0]["judged"] == "right" and "rescore" in back["rescored"]
+    assert "(run); rescored by `" in (tmp_path / "m.md").read_text()

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from conftest import embedded_backdoor_twins
+
 from aegis_tf.attack.triggers import warp, warp_field
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
@@ -110,29 +112,11 @@ def test_a_warp_trigger_saves_loads_and_applies(tmp_path, rng):
 def warp_models():
     """A compact CNN trained on the embedded digits with a warp backdoor (all -> 7; a strong warp, no
     noise mode, so that 1,078 images teach it in seconds), and its clean twin."""
-    import keras
+    from aegis_tf.attack.config import TriggerConfig
 
-    from aegis_tf.attack.config import TrainConfig, TriggerConfig
-    from aegis_tf.attack.training import train
-    from aegis_tf.attack.triggers import build_trigger, poison_backdoor
-    from aegis_tf.core.data import load_h5
-    from aegis_tf.core.embedded import PATHS
-    from aegis_tf.core.models import build_compact_cnn, predict_labels
-
-    x, y = load_h5(PATHS["train"])
-    xt, yt = load_h5(PATHS["test"])
-    spec = TriggerConfig(trigger="warp", target_label=7, warp_strength=1.5)
-    fn, _ = build_trigger(spec, pixel_max=255.0, x_sample=x[:10])
-    out = {}
-    for name, rate in (("warp", 0.3), ("clean", 0.0)):
-        xp, yp, _ = poison_backdoor(x, y, spec, trigger=fn, poison_rate=rate, n_classes=10, seed=0)
-        keras.utils.set_random_seed(0)
-        m = build_compact_cnn(input_shape=(28, 28, 1), num_classes=10, width=8)
-        train(m, xp, yp, config=TrainConfig(epochs=20, batch_size=64, learning_rate=0.02, robust=False), quiet=True)
-        keep = yt != 7
-        out[name] = (m, float(np.mean(predict_labels(m, xt) == yt)),
-                     float(np.mean(predict_labels(m, fn(xt[keep])) == 7)))
-    return x, y, out
+    x, y, out = embedded_backdoor_twins(TriggerConfig(trigger="warp", target_label=7, warp_strength=1.5), 0.3,
+                                        epochs=20)
+    return x, y, {"warp": out["bad"], "clean": out["clean"]}
 
 
 def test_a_learned_warp_backdoor_is_found_and_its_clean_twin_passes(warp_models, tmp_path):

@@ -132,7 +132,7 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
     report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=None)
     evidence = aegis_evidence(report)
     assert list(evidence) == ["patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe",
-                              "warp_probe"]
+                              "warp_probe", "mask_probe"]
     assert evidence["blend_probe"]["threshold"] == 2.0 and len(evidence["blend_probe"]["scores"]) == 6
     assert "blend gap" in combine(evidence)["line"]
     summary = format_summary(report, "m")
@@ -143,6 +143,7 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
                        config=config.replace(scan="staged", top_k=2))
     assert staged["stages"]["blend_probe"] == "on"
     assert staged["stages"]["warp_probe"] == "off" and "warp_probe" not in staged  # one field per class: not staged
+    assert staged["stages"]["mask_probe"] == "off" and "mask_probe" not in staged  # one trigger per class: neither
     stage1 = staged["stages"]["stage1"]
     assert sorted(stage1) == [str(c) for c in range(6)] and all("blend_gap" in v for v in stage1.values())
     promoted = staged["stages"]["promoted"]

@@ -96,6 +96,10 @@ def config_flags(p):
     flag(p, "--warp-max-shift", type=float, default=None,
          help=f"the warp probe's bound on the largest offset, as a share of the image side "
               f"(default {shown(d.warp_max_shift)})")
+    p.add_argument("--mask-probe", action=argparse.BooleanOptionalAction, default=None,
+                   help="the mask probe, for small patches on standard-trained models: Neural Cleanse's smallest "
+                        "mask per class, flagged by the relative gap (default: on in a full scan, off in a staged "
+                        "one; --mask-probe insists, --no-mask-probe turns it off)")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help=f"full{tag('scan', 'full')}: the detector on every class; staged{tag('scan', 'staged')}: screen every "

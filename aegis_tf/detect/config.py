@@ -52,6 +52,16 @@ class DetectConfig(Settings):
     not in a staged one; ``True`` asks for it anyway, ``False`` turns it off. It needs
     no translations. Measured in results/detect/warp_probe.md.
 
+    ``mask_probe`` adds Neural Cleanse's reverse engineering, read by the same relative
+    gap (:class:`aegis_tf.detect.mask_probe.MaskProbeDetector`): per class the smallest
+    mask and pattern (``mask_epochs`` of 20 steps on ``mask_fit`` training images) that
+    send images there, tried on ``wi_probes`` fresh images of other classes (it must move
+    ``flip_at`` of them), flagged when its L1 norm is ``wi_threshold`` times smaller than
+    every other class's. ``"auto"`` (default) runs it in a full scan, not in a staged one;
+    ``True`` asks for it anyway, ``False`` turns it off. It needs no translations, and it
+    finds the small patches that a standard-trained model's translations do not carry.
+    Measured in results/detect/mask_probe.md.
+
     ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
     each translation's patch on ``pair_probes`` images of its own source class, a pair flagged
     at a share of ``pair_min_score``; a translation that clears ``flip_at`` there is re-tested
@@ -114,6 +124,9 @@ class DetectConfig(Settings):
     warp_max_shift: float = 0.2
     warp_steps: int = 60
     warp_fit: int = 32
+    mask_probe: Union[bool, str] = "auto"
+    mask_fit: int = 1000
+    mask_epochs: int = 10
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -132,6 +145,7 @@ class DetectConfig(Settings):
         "robustness_images": [Interval(int, 0, None)], "wi_nonrobust_factor": [Interval(float, 1, None)],
         "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
+        "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
     }
 
     @classmethod
@@ -152,7 +166,7 @@ PRESETS = {
         "n_seeds": 500, "steps": 75, "eps": 100.0, "step_size": 0.25, "layer": "layer4,penultimate",
         "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
         "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
-        "whole_image": False, "wi_blend": False, "warp_probe": False,
+        "whole_image": False, "wi_blend": False, "warp_probe": False, "mask_probe": False,
     },
 }
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from aegis_tf.report.figures import pyplot, save_figure, save_image_grid
 
-__all__ = ["plot_embeddings", "cluster_grids", "transfer_grids", "direction_grids", "blend_grids", "warp_grids",
+__all__ = ["plot_embeddings", "cluster_grids", "transfer_grids", "direction_grids", "blend_grids", "warp_grids", "mask_grids",
            "mask_grid"]
 
 
@@ -176,5 +176,31 @@ def warp_grids(det, x, y, out_dir, pixel_max):
         path = os.path.join(out_dir, f"suspect_class_{c}_warp.png")
         save_image_grid(rows, path, pixel_max=pixel_max,
                         title=f"class {c}: the recovered warp (a smooth field fitted toward the class)")
+        files[str(c)] = path
+    return files
+
+
+def mask_grids(det, x, y, out_dir, pixel_max):
+    """For each class the mask probe flags (a fitted
+    :class:`~aegis_tf.detect.mask_probe.MaskProbeDetector`): the reversed mask and the
+    trigger it carries (mask x pattern), clean images of other classes, and the same images
+    with the trigger stamped on."""
+    from aegis_tf.detect.mask_probe import apply_mask
+
+    files = {}
+    rng = np.random.default_rng(0)
+    x = np.asarray(x)
+    for c in det.suspect_classes_:
+        mask, pattern = det.masks_[c], det.patterns_[c]
+        pool = np.nonzero(np.asarray(y) != c)[0] if y is not None else np.arange(len(x))
+        probes = x[rng.choice(pool, size=min(8, len(pool)), replace=False)].astype("float32")
+        rows = [("mask, and mask x pattern", [np.repeat(pixel_max * mask[..., None], x.shape[-1], axis=-1),
+                                              mask[..., None] * pattern]),
+                ("clean, other classes", probes),
+                (f"with the trigger (mask L1 {det.l1_norms_[c]:.1f}, gap {det.scores_[c]:.2f})",
+                 apply_mask(probes, mask, pattern))]
+        path = os.path.join(out_dir, f"suspect_class_{c}_mask.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: the smallest trigger (Neural Cleanse's reverse engineering)")
         files[str(c)] = path
     return files

@@ -13,7 +13,8 @@ Every detector's evidence for a flagged class becomes one
 * the blend probe (full scans): the class's mean translated image as the
   ``pattern``, blended at the weight that moved the probes (``mask`` is that
   weight everywhere), ``delta`` is 0;
-* Neural Cleanse: its reversed mask and pattern;
+* Neural Cleanse, and the mask probe (its reverse engineering read by the gap): the
+  reversed mask and pattern;
 * the warp probe (full scans): the smooth field fitted toward the class, at the
   shift that moved the probes, as ``field`` (variants, H, W, 2: offsets in
   pixels, x then y); the image is warped by it first (bilinear, clamped to the
@@ -37,7 +38,7 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, read_json, trigger_class, write_json
 
 __all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe",
-           "from_neural_cleanse", "from_warp_probe", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
+           "from_neural_cleanse", "from_mask_probe", "from_warp_probe", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
 APPLY = "x' = clip((1 - mask) * x + mask * pattern + delta, 0, pixel_max), one variant per image, in turn"
@@ -147,7 +148,8 @@ class RecoveredTrigger:
     def describe(self):
         what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
                 "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch",
-                "pair_breadth": "patch from many sources", "warp_probe": "warp field"}
+                "pair_breadth": "patch from many sources", "warp_probe": "warp field",
+                "mask_probe": "reversed mask"}
         whose = f"{','.join(map(str, self.sources))} -> " if self.sources is not None else ""
         return f"{whose}class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
@@ -324,6 +326,16 @@ def from_neural_cleanse(nc, c, *, pixel_max):
         target=int(c), source="neural_cleanse", mask=mask, pattern=pattern, delta=np.zeros_like(pattern),
         pixel_max=float(pixel_max),
         evidence={"anomaly_index": float(nc.anomaly_index_[c]), "l1_norm": float(nc.l1_norms_[c])})
+
+
+def from_mask_probe(det, c, *, pixel_max):
+    """The mask probe's reversed mask and pattern for class ``c``."""
+    return RecoveredTrigger(
+        target=int(c), source="mask_probe", mask=np.asarray(det.masks_[c], "float32")[None, ..., None],
+        pattern=np.asarray(det.patterns_[c], "float32")[None],
+        delta=np.zeros((1, *np.shape(det.patterns_[c])), "float32"), pixel_max=float(pixel_max),
+        evidence={"mask_gap": float(det.scores_[c]), "mask_l1": float(det.l1_norms_[c]),
+                  "fresh_share": float(det.fresh_[c])})
 
 
 def from_warp_probe(warp, c, *, pixel_max, image_shape):

@@ -35,13 +35,14 @@ from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.detect.config import check_method  # noqa: F401 (the scan job's check, kept importable here)
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
-from aegis_tf.detect.recovered import (from_blend_probe, from_neural_cleanse, from_pair_transfer, from_patch_transfer,
-                                       from_warp_probe, from_whole_image, save_triggers)
+from aegis_tf.detect.recovered import (from_blend_probe, from_mask_probe, from_neural_cleanse, from_pair_transfer,
+                                       from_patch_transfer, from_warp_probe, from_whole_image, save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
 from aegis_tf.detect.staged import blend_probe_on
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
+from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
@@ -64,6 +65,7 @@ class Found:
     whole: Any = None
     blend: Any = None
     warp: Any = None
+    mask: Any = None
     clusters: Any = None  # the fitted AegisDetector (the paper's score, or the embedding figure)
     decides_by_clusters: bool = False
     plots: bool = False  # draw the embedding figure
@@ -125,7 +127,8 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
         times["translate"] = time.perf_counter() - t
     scoring = config
     if stages is not None:  # stage 2 scores the promoted classes; the warp probe only when asked (one field per class)
-        scoring = config.replace(scan="full", warp_probe=warp_probe_on(config, "staged"))
+        scoring = config.replace(scan="full", warp_probe=warp_probe_on(config, "staged"),
+                                 mask_probe=mask_probe_on(config, "staged"))
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
                                        n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
@@ -176,7 +179,8 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
               "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
               "blend_probe": "on" if "blend_probe" in scores else "off",
               # one fitted field per class: a staged scan runs the warp probe only when asked, on the promoted classes
-              "warp_probe": "promoted classes" if warp_probe_on(config, "staged") else "off"}
+              "warp_probe": "promoted classes" if warp_probe_on(config, "staged") else "off",
+              "mask_probe": "promoted classes" if mask_probe_on(config, "staged") else "off"}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
     return translations, promoted, stages, gaps, times
@@ -238,6 +242,12 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         warp = WarpProbeDetector.from_config(config, random_state=seed, batch_size=batch_size)
         warp.fit(model, x, y, classes)
         times["warp_probe"] = time.perf_counter() - t
+    mask = None
+    if mask_probe_on(config) and len(classes) >= 3:
+        t = time.perf_counter()
+        mask = MaskProbeDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
+        mask.fit(model, x, y, classes)
+        times["mask_probe"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
         t = time.perf_counter()
@@ -250,7 +260,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         times.update(det.seconds_)
     found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters, found.pairs = (
         transfer, whole, blend, det, clusters, pairs)
-    found.warp = warp
+    found.warp, found.mask = warp, mask
     main = det if clusters else transfer
     report = main.report()
     report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
@@ -300,6 +310,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             f"a smooth {warp.grid}x{warp.grid}-grid warp, fitted toward the class on {warp.n_fit} images of other "
             f"classes, that moves >= {100 * warp.flip_at:g}% of {config.wi_probes} fresh clean probes of other "
             f"classes (a class no warp up to {warp.max_shift_px_:.3g} pixels moves stays at that bound)")
+    if mask is not None:
+        report["mask_probe"] = mask.report()
+        report["mask_probe"]["evidence"] = mask.evidence(
+            "the smallest other class's mask norm over this class's (for the two smallest, the third smallest norm "
+            "over the second when that is larger: two backdoors), where a norm is the L1 norm of Neural Cleanse's "
+            f"smallest mask toward the class ({mask.epochs} x {mask.steps_per_epoch} steps on {mask.n_fit} images), "
+            f"counted only when its trigger moves >= {100 * mask.flip_at:g}% of {mask.n_probes} fresh clean probes "
+            f"of other classes (else the whole image, {mask.ceiling_:g} pixels)")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     report["seconds"] = times
@@ -341,6 +359,8 @@ def write_aegis_files(report, found, out_dir):
         files["suspect_blend"] = figures.blend_grids(found.blend, tr, x, out_dir, pm)
     if found.warp is not None:
         files["suspect_warp"] = figures.warp_grids(found.warp, x, found.y, out_dir, pm)
+    if found.mask is not None:
+        files["suspect_mask"] = figures.mask_grids(found.mask, x, found.y, out_dir, pm)
     files["triggers"] = _save_aegis_triggers(found, out_dir)
     if found.plots and found.clusters is not None:
         main = found.clusters if clusters else found.transfer
@@ -389,7 +409,7 @@ def aegis_evidence(report):
     """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the per-pair view,
     whole-image signal, blend probe and warp probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
     evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
-    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe", "warp_probe"):
+    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe", "warp_probe", "mask_probe"):
         if key in report:
             evidence[key] = report[key]["evidence"]
     return evidence
@@ -413,6 +433,8 @@ def _save_aegis_triggers(found, out_dir):
     if found.warp is not None:
         out += [from_warp_probe(found.warp, c, pixel_max=pm, image_shape=tuple(found.x.shape[1:]))
                 for c in found.warp.suspect_classes_]
+    if found.mask is not None:
+        out += [from_mask_probe(found.mask, c, pixel_max=pm) for c in found.mask.suspect_classes_]
     return save_triggers(out_dir, out)
 
 
@@ -430,7 +452,8 @@ def format_summary(report, name):
             lines.append(f"    clusters per class (per t-SNE run): {counts}")
         for key, label, gap, what in (("whole_image", "whole-image", "whole_image_gap", "norm"),
                                       ("blend_probe", "blend probe", "blend_gap", "blend weight"),
-                                      ("warp_probe", "warp probe", "warp_gap", "warp shift")):
+                                      ("warp_probe", "warp probe", "warp_gap", "warp shift"),
+                                      ("mask_probe", "mask probe", "mask_gap", "mask norm")):
             if key not in report:
                 continue
             idx = ", ".join(f"{c}:{v[gap]:.2f}" for c, v in report[key]["classes"].items())

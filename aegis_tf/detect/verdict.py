@@ -34,7 +34,8 @@ _TINY = 1e-12
 # How each signal is named on the console line.
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
           "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share",
-          "pair_breadth": "source breadth", "warp_probe": "warp gap"}
+          "pair_breadth": "source breadth", "warp_probe": "warp gap",
+          "mask_probe": "mask gap"}
 # What a scan needs before any signal can be read (:func:`scan_limits`): classes in the model
 # (every signal compares a class with the others), training images of each examined class, and
 # the mean share of translations that reached their class.

@@ -181,14 +181,17 @@ def write_detect_html(result, path, *, title=None):
     directions = files.get("suspect_whole_image") or {}
     blends = files.get("suspect_blend") or {}
     warps = files.get("suspect_warp") or {}
+    masks = files.get("suspect_mask") or {}
     suspects = list(dict.fromkeys(targets + [str(c) for c in aegis.get("suspect_classes") or []]
-                                  + list(patches) + list(directions) + list(blends) + list(warps) + list(triggers)
+                                  + list(patches) + list(directions) + list(blends) + list(warps) + list(masks)
+                                  + list(triggers)
                                   + list(clusters)))
     for c in sorted(suspects, key=_class_key):
         figs = [_image(patches.get(c), f"class {c}: top patches")]
         figs.append(_image(directions.get(c), f"class {c}: recovered whole-image trigger"))
         figs.append(_image(blends.get(c), f"class {c}: recovered blend pattern"))
         figs.append(_image(warps.get(c), f"class {c}: recovered warp"))
+        figs.append(_image(masks.get(c), f"class {c}: recovered mask"))
         figs.append(_image(clusters.get(c), f"class {c}: clusters"))
         if triggers.get(c):
             figs.append("<p>Recovered trigger files (for <code>aegis repair --trigger-from</code>): "

@@ -1,0 +1,172 @@
+"""The mask probe: Neural Cleanse's smallest trigger per class, read by the relative gap.
+
+AEGIS reads a backdoor from translations toward each class, which on a robust
+model carry the trigger's features. A standard-trained model is another matter:
+its translations are small adversarial perturbations, spread over the image,
+and a small patch backdoor can hide among them (the standard MNIST localised,
+source-specific and random-position models of the held-out scans). Neural
+Cleanse (Wang et al. 2019; :mod:`aegis_tf.detect.neural_cleanse`) asks a
+question that does not need robustness: per class, the smallest mask (L1 norm)
+and pattern that send clean images there. This probe keeps that reverse
+engineering and changes how it is read, in the manner of the whole-image
+signal:
+
+* each class's mask is fitted on ``n_fit`` training images (every class, as
+  Neural Cleanse does), then tried on ``n_probes`` *fresh* images of other
+  classes; a class whose mask moves fewer than ``flip_at`` of them found no
+  trigger, and its norm is set to the ceiling (the whole image: ``H * W``);
+* a class's *gap* is the smallest other norm over its own, flagged at
+  ``threshold`` (the scan's ``wi_threshold``, 2), not Neural Cleanse's median
+  absolute deviation (which flags a class with a slightly small norm when the
+  others agree closely: it named Fashion-MNIST's class 8 on clean models);
+  two backdoors in one model give two small norms, each the other's nearest
+  rival, so the two smallest classes also get the *pair gap* (the third
+  smallest norm over the second) when that is larger: both are flagged when
+  they stand together at ``threshold`` times below every other class
+  (:data:`GROUP`: at most two);
+* it names no class when the measurement cannot single one out
+  (``inconclusive_``): no class's mask moved the fresh probes, the smallest
+  norm is no smaller than a quarter of the image (:func:`~aegis_tf.detect.whole_image.saturation`),
+  or the model gives one class ``flip_at`` of the probes with no trigger at all
+  (a collapsed model).
+
+A full scan runs it by default, on standard and robust models alike (the
+robustness check at L2 0.5 reads standard MNIST models as robust, so it cannot
+tell where the probe is needed); a staged scan leaves it out unless asked
+(:func:`mask_probe_on`). The gradients come from the input gradient (:func:`aegis_tf.core.backend.input_gradient`),
+so nothing here is backend-specific.
+"""
+
+import numpy as np
+
+from aegis_tf.core.models import predict_labels
+from aegis_tf.core.params import Interval
+from aegis_tf.detect.neural_cleanse import reverse_engineer_trigger
+from aegis_tf.detect.whole_image import WholeImageDetector
+
+__all__ = ["mask_probe_on", "apply_mask", "MaskProbeDetector", "GROUP"]
+
+# How many classes may stand together below the rest (two backdoors in one model): the pair gap.
+GROUP = 2
+
+
+def mask_probe_on(config, mode="full"):
+    """Whether a scan runs the mask probe: ``mask_probe=True``, or ``"auto"`` in a full scan
+    (a staged scan leaves it out: one reverse engineering per class)."""
+    return config.mask_probe is True or (config.mask_probe == "auto" and mode == "full")
+
+
+def apply_mask(x, mask, pattern):
+    """``(1 - mask) x + mask pattern``: ``mask`` (H, W) in [0, 1], ``pattern`` (H, W, C)."""
+    m = np.asarray(mask, "float32")[..., None]
+    return (1.0 - m) * np.asarray(x, "float32") + m * np.asarray(pattern, "float32")
+
+
+class MaskProbeDetector(WholeImageDetector):
+    """Neural Cleanse's reverse engineering per class, scored by the relative gap (see the
+    module docstring): ``l1_norms_`` each class's fitted mask norm, ``fresh_`` the share of
+    fresh other-class probes its trigger moves, ``norms_`` the norm the gap uses (the
+    ceiling where the trigger did not move ``flip_at`` of the probes), ``scores_`` the gap,
+    ``masks_`` and ``patterns_`` the fitted triggers, ``plain_`` the share of each class's
+    probes the model already gives it with no trigger, ``ceiling_`` the whole image's norm."""
+
+    _parameter_constraints = {
+        **WholeImageDetector._parameter_constraints,
+        "n_fit": [Interval(int, 1, None)],
+        "epochs": [Interval(int, 1, None)],
+        "steps_per_epoch": [Interval(int, 1, None)],
+    }
+    score_name = "mask_gap"
+    _measure_name = "mask_norm"
+
+    def __init__(self, *, n_probes=50, flip_at=0.9, threshold=2.0, n_fit=1000, epochs=10, steps_per_epoch=20,
+                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+        super().__init__(n_probes=n_probes, flip_at=flip_at, threshold=threshold, translation=translation,
+                         pixel_max=pixel_max, random_state=random_state, batch_size=batch_size)
+        self.n_fit = n_fit
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """The probe as a scan runs it with a :class:`~aegis_tf.detect.config.DetectConfig`."""
+        return cls(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
+                   n_fit=config.mask_fit, epochs=config.mask_epochs, **kwargs)
+
+    def _ceiling(self, x):
+        return float(np.prod(np.shape(x)[1:3]))  # a mask over the whole image
+
+    def fit(self, model, x, y, classes, *, translations=None, screen_gaps=None, screen_threshold=None):
+        """Reverse-engineer a trigger per class of ``classes`` and score them (no translations needed)."""
+        self._validate_params()
+        classes = list(classes)
+        x, y = np.asarray(x), np.asarray(y)
+        rng = np.random.default_rng(self.random_state + 23)
+        order = rng.permutation(len(x))
+        fit_idx, rest = order[:min(self.n_fit, max(len(x) // 2, 1))], order[min(self.n_fit, max(len(x) // 2, 1)):]
+        pool = np.asarray(x[fit_idx], "float32")
+        ceiling = self.ceiling_ = self._ceiling(x)
+        self.masks_, self.patterns_, self.success_, self.l1_norms_, self.fresh_, self.plain_ = {}, {}, {}, {}, {}, {}
+        norms = {}
+        for c in classes:
+            r = reverse_engineer_trigger(model, pool, c, pixel_max=self.pixel_max, epochs=self.epochs,
+                                         steps_per_epoch=self.steps_per_epoch, seed=self.random_state + int(c))
+            self.masks_[c], self.patterns_[c], self.success_[c], self.l1_norms_[c] = (
+                r["mask"], r["pattern"], r["success"], float(r["l1"]))
+            others = rest[y[rest] != c]
+            probes = np.asarray(x[rng.choice(others, size=min(self.n_probes, len(others)), replace=False)], "float32")
+            if len(probes) == 0:
+                self.fresh_[c], self.plain_[c] = 0.0, 0.0
+            else:
+                moved = predict_labels(model, apply_mask(probes, r["mask"], r["pattern"]), batch_size=self.batch_size)
+                plain = predict_labels(model, probes, batch_size=self.batch_size)
+                self.fresh_[c] = float(np.mean(moved == c))
+                self.plain_[c] = float(np.mean(plain == c))
+            norms[c] = self.l1_norms_[c] if self.fresh_[c] >= self.flip_at else ceiling
+        self.shares_ = dict(self.fresh_)
+        self.fit_norms(norms, screen_gaps=screen_gaps, screen_threshold=screen_threshold, ceiling=ceiling)
+        why = None
+        if all(n >= ceiling for n in norms.values()):
+            why = (f"no class's reverse-engineered mask moved {100 * self.flip_at:g}% of {self.n_probes} fresh probes "
+                   "of other classes: there is no norm to compare")
+        given = {c: s for c, s in self.plain_.items() if s >= self.flip_at}
+        if given:
+            c, share = max(given.items(), key=lambda kv: kv[1])
+            why = (f"class {c} takes {100 * share:.0f}% of other classes' probes with no trigger at all: the model "
+                   "gives it nearly every image, so no mask norm can be read")
+        if why:
+            self.inconclusive_, self.suspect_classes_, self.is_backdoored_ = why, [], False
+        return self
+
+    def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None, ceiling=None):
+        """Score ``{class: norm}`` as the whole-image signal does, then give the :data:`GROUP`
+        smallest classes their pair gap (the next norm over the larger of theirs) where it is
+        larger than their own gap, when the classes number more than twice :data:`GROUP`.
+        Returns ``self``."""
+        super().fit_norms(norms, screen_gaps=screen_gaps, screen_threshold=screen_threshold, ceiling=ceiling)
+        self.pair_gap_ = None
+        order = sorted(self.classes_, key=lambda c: self.norms_[c])
+        if self.inconclusive_ or len(order) <= 2 * GROUP:
+            return self  # a group is a minority: with few classes, two small norms are one large one
+        inner, outer = self.norms_[order[GROUP - 1]], self.norms_[order[GROUP]]
+        if ceiling is not None and outer >= ceiling * (1 - 1e-6) and inner >= ceiling * self._resolved_below:
+            return self  # the rest at the bound and the pair not well under it: the bound sets the gap
+        self.pair_gap_ = float(outer / max(inner, 1e-12))
+        for c in order[:GROUP]:
+            self.scores_[c] = max(self.scores_[c], self.pair_gap_)
+        staged = self.screen_gaps_ is not None
+        self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
+                                 and (not staged or self.screen_gaps_[c] >= self.screen_threshold_)]
+        self.is_backdoored_ = bool(self.suspect_classes_)
+        return self
+
+    def report(self):
+        out = super().report()
+        out["pair_gap"] = getattr(self, "pair_gap_", None)
+        return out
+
+    def _class_entry(self, c):
+        entry = super()._class_entry(c)
+        if hasattr(self, "l1_norms_"):  # fitted, not only scored from norms
+            entry.update(mask_l1=self.l1_norms_[c], attack_success=self.success_[c])
+        return entry

@@ -1,0 +1,131 @@
+"""The mask probe (aegis_tf.detect.mask_probe): Neural Cleanse's smallest trigger per class, tried
+on fresh probes and read by the relative gap."""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import embedded_backdoor_twins
+
+from aegis_tf.core.errors import AegisError
+from aegis_tf.detect.config import DetectConfig
+from aegis_tf.detect.mask_probe import MaskProbeDetector, apply_mask, mask_probe_on
+from aegis_tf.detect.recovered import load_trigger
+
+
+def test_the_gap_flags_an_outlying_small_mask_and_a_bound_is_no_measurement():
+    det = MaskProbeDetector()
+    ceiling = 784.0
+    clean = det.fit_norms({c: 60.0 + c for c in range(10)}, ceiling=ceiling)
+    assert clean.suspect_classes_ == [] and clean.inconclusive_ is None
+    planted = det.fit_norms({**{c: 60.0 + c for c in range(10)}, 7: 20.0}, ceiling=ceiling)
+    assert planted.suspect_classes_ == [7] and planted.scores_[7] == pytest.approx(3.0)
+    # every other class at the whole image and the top class only a third of it: the gap is set by the bound
+    loose = det.fit_norms({**{c: ceiling for c in range(10)}, 7: 300.0}, ceiling=ceiling)
+    assert loose.suspect_classes_ == [] and "saturated" in loose.inconclusive_
+
+
+def test_two_small_masks_together_are_two_backdoors_and_one_natural_runner_up_is_not():
+    det = MaskProbeDetector()
+    rest = {c: 60.0 + c for c in range(10)}
+    two = det.fit_norms({**rest, 2: 10.0, 7: 11.0}, ceiling=784.0)  # each the other's nearest rival
+    assert two.suspect_classes_ == [2, 7] and two.pair_gap_ == pytest.approx(60.0 / 11.0)
+    assert two.scores_[2] == pytest.approx(60.0 / 11.0)  # the pair gap beats its own gap (1.1)
+    one = det.fit_norms({**rest, 7: 20.0, 8: 40.0}, ceiling=784.0)  # a backdoor and a natural runner-up
+    assert one.suspect_classes_ == [7] and one.pair_gap_ == pytest.approx(60.0 / 40.0)
+    natural = det.fit_norms({**rest, 8: 33.0}, ceiling=784.0)  # one class a little easier: under the gap
+    assert natural.suspect_classes_ == [] and natural.report()["pair_gap"] == pytest.approx(61.0 / 60.0)
+    few = det.fit_norms({0: 10.0, 1: 11.0, 2: 60.0, 3: 61.0}, ceiling=784.0)  # two of four: one hard pair instead
+    assert few.suspect_classes_ == [] and few.pair_gap_ is None
+
+
+def test_the_probe_runs_where_asked_and_checks_its_settings():
+    d = DetectConfig()
+    assert d.mask_probe == "auto"
+    assert mask_probe_on(d) and not mask_probe_on(d, "staged")
+    assert mask_probe_on(DetectConfig(mask_probe=True), "staged")
+    assert not mask_probe_on(DetectConfig(mask_probe=False))
+    assert not mask_probe_on(DetectConfig.from_preset("paper"))
+    with pytest.raises(AegisError, match="mask_fit"):
+        DetectConfig(mask_fit=0)
+    with pytest.raises(AegisError, match="mask_probe"):
+        DetectConfig(mask_probe="always")
+
+
+def test_apply_mask_blends_pattern_where_the_mask_is_one(rng):
+    x = rng.uniform(0, 255, (3, 6, 6, 2)).astype("float32")
+    mask = np.zeros((6, 6), "float32")
+    mask[:2, :2] = 1.0
+    pattern = np.full((6, 6, 2), 200.0, "float32")
+    out = apply_mask(x, mask, pattern)
+    np.testing.assert_allclose(out[:, :2, :2], 200.0)
+    np.testing.assert_allclose(out[:, 2:], x[:, 2:])
+
+
+def test_a_model_that_gives_one_class_everything_is_inconclusive(rng):
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, out)
+    model.layers[-1].set_weights([np.zeros((64, 3), "float32"), np.array([0.0, 10.0, 0.0], "float32")])
+    x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
+    det = MaskProbeDetector(epochs=2, steps_per_epoch=3, n_fit=20, n_probes=20).fit(model, x, np.arange(60) % 3,
+                                                                                   [0, 1, 2])
+    assert det.plain_[1] == 1.0 and det.suspect_classes_ == [] and not det.is_backdoored_
+    assert "class 1 takes 100% of other classes' probes with no trigger" in det.inconclusive_
+    assert det.report()["verdict"] == "inconclusive"
+
+
+def test_no_mask_that_moves_the_fresh_probes_is_inconclusive(rng):
+    import keras
+
+    inp = keras.Input((8, 8, 1))  # a constant model, all to class 3 (not examined): no trigger moves anything
+    out = keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, out)
+    model.layers[-1].set_weights([np.zeros((64, 4), "float32"), np.array([0.0, 0.0, 0.0, 10.0], "float32")])
+    x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
+    det = MaskProbeDetector(epochs=2, steps_per_epoch=3, n_fit=20, n_probes=20).fit(model, x, np.arange(60) % 3,
+                                                                                   [0, 1, 2])
+    assert det.suspect_classes_ == [] and "no class's reverse-engineered mask moved" in det.inconclusive_
+
+
+@pytest.fixture(scope="module")
+def patch_models():
+    """A standard-trained compact CNN on the embedded digits with a 3x3 patch backdoor (all -> 7),
+    and its clean twin."""
+    from aegis_tf.attack.config import TriggerConfig
+
+    x, y, out = embedded_backdoor_twins(TriggerConfig(trigger="localised", target_label=7, trigger_size=3), 0.1,
+                                        epochs=15)
+    return x, y, {"patch": out["bad"], "clean": out["clean"]}
+
+
+def test_a_learned_patch_backdoor_is_found_and_its_clean_twin_passes(patch_models, tmp_path):
+    from aegis_tf.detect.scan import aegis_evidence, run_aegis
+    from aegis_tf.detect.verdict import combine
+    from aegis_tf.report.html import write_detect_html
+
+    x, y, models = patch_models
+    (bad, acc, asr), (clean, clean_acc, leak) = models["patch"], models["clean"]
+    assert acc > 0.9 and asr > 0.9 and clean_acc > 0.9 and leak < 0.1  # the fixture learned what it should
+    cfg = DetectConfig(n_seeds=10, steps=10, whole_image=False, pairs=False, warp_probe=False, mask_fit=400,
+                       mask_epochs=6, wi_probes=40)
+    report = run_aegis(bad, x, y, classes=list(range(10)), config=cfg, pixel_max=255.0, out_dir=str(tmp_path))
+    mp = report["mask_probe"]
+    assert mp["suspect_classes"] == [7] and mp["evidence"]["flagged"] == [7]
+    assert mp["classes"]["7"]["mask_gap"] >= 2 and mp["classes"]["7"]["share_at_norm"] >= 0.9
+    verdict = combine(aegis_evidence(report))
+    assert 7 in verdict["target_classes"] and "mask gap" in verdict["line"]
+    assert os.path.getsize(report["files"]["suspect_mask"]["7"]) > 5_000
+    saved = load_trigger(str(tmp_path / "trigger_7_mask_probe.json"))
+    moved = np.mean(np.argmax(bad.predict(saved.apply(x[y != 7][:200]), verbose=0), axis=1) == 7)
+    assert moved >= 0.8 and "reversed mask" in saved.describe()  # the recovered mask is a working trigger
+    page = open(write_detect_html({"model": "m", "verdict": verdict, "aegis": report},
+                                  str(tmp_path / "report.html"))).read()
+    assert 'alt="class 7: recovered mask"' in page
+    clean_report = run_aegis(clean, x, y, classes=list(range(10)), config=cfg, pixel_max=255.0)
+    assert clean_report["mask_probe"]["suspect_classes"] == []
+    assert not clean_report["mask_probe"].get("inconclusive")
+    off = run_aegis(bad, x, y, classes=list(range(10)), config=cfg.replace(mask_probe=False), pixel_max=255.0)
+    assert "mask_probe" not in off
