@@ -16,8 +16,7 @@ for a clean model clean / false positive, for any other family whether it named 
 that is no target (a false class) or none.
 
 ``--probe mask`` runs :class:`aegis_tf.detect.mask_probe.MaskProbeDetector` instead (``mask_fit``,
-``mask_epochs``, ``wi_probes``, ``wi_threshold``), which a full scan runs on a model its
-robustness check measures as not robust; the table then shows mask norms (L1, pixels; the
+``mask_epochs``, ``wi_probes``, ``wi_threshold``), as every full scan runs it; the table then shows mask norms (L1, pixels; the
 whole image where the mask did not move the fresh probes), every backdoor family but
 all-to-all is judged right / missed / wrong class, beside the model's measured robustness
 (the scan's check: L2 PGD accuracy at its eps over clean accuracy, on 300 training images).
@@ -96,12 +95,13 @@ def row(path, data_dir, train_images, config, probe="warp"):
             "seconds": seconds}
 
 
-def rescore(r):
-    """Row ``r`` scored again from its stored norms (``shifts``) by today's rule of its probe."""
+def rescore(r, config):
+    """Row ``r`` scored again from its stored norms (``shifts``) by today's rule of its probe, with the
+    run's settings ``config``."""
     if r.get("inconclusive") and "saturated" not in r["inconclusive"]:
-        return r  # a collapsed model or no trigger at all: the norms do not say so, the row stays
-    det = PROBES[r.get("probe", "warp")]().fit_norms({int(c): v for c, v in r["shifts"].items()},
-                                                     ceiling=r.get("ceiling", r.get("max_shift_px")))
+        return r  # a collapsed model: the norms do not say so, the row stays
+    det = PROBES[r.get("probe", "warp")].from_config(config).fit_norms(
+        {int(c): v for c, v in r["shifts"].items()}, ceiling=r.get("ceiling", r.get("max_shift_px")))
     top = max(det.scores_, key=det.scores_.get)
     flagged = list(det.suspect_classes_)
     return {**r, "top": int(top), "top_gap": det.scores_[top], "flagged": flagged, "inconclusive": det.inconclusive_,
@@ -139,9 +139,9 @@ def markdown(rows, command, config, probe="warp"):
             truth += f" (s {r['warp_strength']:g})"
         rob = ""
         if probe == "mask":
-            rb = r.get("robust") or {}
-            rob = (f" {'yes' if rb.get('robust') else 'no'} ({100 * rb.get('pgd_acc', 0):.0f}% / "
-                   f"{100 * rb.get('clean_acc', 0):.0f}%) |")
+            rb = r.get("robust")
+            rob = (f" {'yes' if rb['robust'] else 'no'} ({100 * rb['pgd_acc']:.0f}% / {100 * rb['clean_acc']:.0f}%) |"
+                   if rb else " - |")
         lines.append(f"| {r['model']} | {truth}{'' if r['learned'] else ' (not learned)'} | {asr} | "
                      f"{100 * (r['clean_acc'] or 0):.1f} | {', '.join(own) or '-'} | "
                      f"{min(others):.2f} | {r['top']} ({r['top_gap']:.2f}) | "
@@ -166,7 +166,7 @@ def markdown(rows, command, config, probe="warp"):
         lines += [f"- wrong class or a false class beside the right one: "
                   f"{sum('wrong class' in r['judged'] or 'also' in r['judged'] for r in aimed)} of {len(aimed)}",
                   f"- all-to-all models with a flag: {sum(bool(r['flagged']) for r in other)} of {len(other)}"]
-        weak = [r for r in rows if not (r.get("robust") or {}).get("robust", True)]
+        weak = [r for r in rows if r.get("robust") and not r["robust"]["robust"]]
         weak_aimed = [r for r in weak if r in aimed]
         lines.append(f"- on the {len(weak)} models measured not robust: "
                      f"{sum(r['judged'].startswith('right') for r in weak_aimed)} of {len(weak_aimed)} learned "
@@ -196,8 +196,10 @@ def main(argv=None):
             if not os.path.isfile(args.out):
                 raise AegisError(f"--render needs the JSON written by an earlier run at {args.out}")
             done = json.load(open(args.out))
+            if not done.get("rows"):
+                raise AegisError(f"{args.out} holds no rows to render")
             if args.rescore:
-                done["rows"] = [rescore(r) for r in done["rows"]]
+                done["rows"] = [rescore(r, DetectConfig(**done["config"])) for r in done["rows"]]
                 done["rescored"] = "python bench/warp_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
                 write_json(args.out, done)
             with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as f:

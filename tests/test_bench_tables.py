@@ -636,5 +636,10 @@ def test_the_probe_bench_judges_the_mask_probe_on_every_patch_family(tmp_path):
     done.write_text(json.dumps({"command": "cmd", "config": DetectConfig().to_dict(), "rows": [{**two, "ceiling": 784.0}]}))
     main(["--render", "--rescore", "--out", str(done)])
     back = json.loads(done.read_text())
-    assert back["rows"][0]["flagged"] == [2, 7] and back["rows"][0]["judged"] == "right" and "rescore" in back["rescored"]
+    assert back["rows"][0]["flagged"] == [2, 7] and back["rows"][0]["judged"] == "right"
+    assert back["rescored"] == f"python bench/warp_probe.py --render --rescore --out {done}"
+    kept = {**row("k", "clean", [], base, [], True), "ceiling": 784.0, "inconclusive": "class 1 takes 100% ..."}
+    done.write_text(json.dumps({"command": "cmd", "config": DetectConfig().to_dict(), "rows": [kept]}))
+    main(["--render", "--rescore", "--out", str(done)])  # a collapsed model: its norms do not say so, it stays
+    assert json.loads(done.read_text())["rows"][0]["inconclusive"] == "class 1 takes 100% ..."
     assert "(run); rescored by `" in (tmp_path / "m.md").read_text()

@@ -37,6 +37,11 @@ def test_two_small_masks_together_are_two_backdoors_and_one_natural_runner_up_is
     assert natural.suspect_classes_ == [] and natural.report()["pair_gap"] == pytest.approx(61.0 / 60.0)
     few = det.fit_norms({0: 10.0, 1: 11.0, 2: 60.0, 3: 61.0}, ceiling=784.0)  # two of four: one hard pair instead
     assert few.suspect_classes_ == [] and few.pair_gap_ is None
+    # the rest at the bound and the pair not well under it: the bound, not the pair, sets that gap
+    bound = det.fit_norms({**{c: 784.0 for c in range(10)}, 2: 250.0, 7: 260.0}, ceiling=784.0)
+    assert bound.pair_gap_ is None and bound.suspect_classes_ == []
+    under = det.fit_norms({**{c: 784.0 for c in range(10)}, 2: 20.0, 7: 22.0}, ceiling=784.0)
+    assert under.suspect_classes_ == [2, 7] and under.pair_gap_ == pytest.approx(784.0 / 22.0)
 
 
 def test_the_probe_runs_where_asked_and_checks_its_settings():
@@ -77,7 +82,7 @@ def test_a_model_that_gives_one_class_everything_is_inconclusive(rng):
     assert det.report()["verdict"] == "inconclusive"
 
 
-def test_no_mask_that_moves_the_fresh_probes_is_inconclusive(rng):
+def test_no_trigger_toward_any_class_is_the_clean_answer_not_a_saturation(rng):
     import keras
 
     inp = keras.Input((8, 8, 1))  # a constant model, all to class 3 (not examined): no trigger moves anything
@@ -87,7 +92,8 @@ def test_no_mask_that_moves_the_fresh_probes_is_inconclusive(rng):
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
     det = MaskProbeDetector(epochs=2, steps_per_epoch=3, n_fit=20, n_probes=20).fit(model, x, np.arange(60) % 3,
                                                                                    [0, 1, 2])
-    assert det.suspect_classes_ == [] and "no class's reverse-engineered mask moved" in det.inconclusive_
+    assert all(det.fresh_[c] == 0.0 and det.norms_[c] == det.ceiling_ == 64.0 for c in range(3))
+    assert det.suspect_classes_ == [] and det.inconclusive_ is None and det.report()["verdict"] == "clean"
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,12 @@ signal:
   smallest norm over the second) when that is larger: both are flagged when
   they stand together at ``threshold`` times below every other class
   (:data:`GROUP`: at most two);
-* it names no class when the measurement cannot single one out
-  (``inconclusive_``): no class's mask moved the fresh probes, the smallest
-  norm is no smaller than a quarter of the image (:func:`~aegis_tf.detect.whole_image.saturation`),
-  or the model gives one class ``flip_at`` of the probes with no trigger at all
-  (a collapsed model).
+* every class at the bound (no trigger moved the fresh probes toward any class) is
+  the clean answer, as for the warp probe; it names no class when it cannot read the
+  norms (``inconclusive_``): the smallest norm is no smaller than a quarter of the
+  image while its rival sits at the bound (:func:`~aegis_tf.detect.whole_image.saturation`),
+  or the model gives one class ``flip_at`` of the probes with no trigger at all (a
+  collapsed model).
 
 A full scan runs it by default, on standard and robust models alike (the
 robustness check at L2 0.5 reads standard MNIST models as robust, so it cannot
@@ -126,9 +127,6 @@ class MaskProbeDetector(WholeImageDetector):
         self.shares_ = dict(self.fresh_)
         self.fit_norms(norms, screen_gaps=screen_gaps, screen_threshold=screen_threshold, ceiling=ceiling)
         why = None
-        if all(n >= ceiling for n in norms.values()):
-            why = (f"no class's reverse-engineered mask moved {100 * self.flip_at:g}% of {self.n_probes} fresh probes "
-                   "of other classes: there is no norm to compare")
         given = {c: s for c, s in self.plain_.items() if s >= self.flip_at}
         if given:
             c, share = max(given.items(), key=lambda kv: kv[1])
@@ -145,6 +143,9 @@ class MaskProbeDetector(WholeImageDetector):
         Returns ``self``."""
         super().fit_norms(norms, screen_gaps=screen_gaps, screen_threshold=screen_threshold, ceiling=ceiling)
         self.pair_gap_ = None
+        if ceiling is not None and all(n >= ceiling * (1 - 1e-6) for n in self.norms_.values()):
+            self.inconclusive_ = None  # no small trigger toward any class: the clean answer, not a saturation
+            return self
         order = sorted(self.classes_, key=lambda c: self.norms_[c])
         if self.inconclusive_ or len(order) <= 2 * GROUP:
             return self  # a group is a minority: with few classes, two small norms are one large one
