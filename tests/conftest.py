@@ -62,6 +62,17 @@ def embedded_backdoor_twins(spec, rate, *, epochs):
     return x, y, out
 
 
+def constant_model(to, num_classes=3, input_shape=(8, 8, 1)):
+    """A model that ignores its input and gives every image class ``to``."""
+    inp = keras.Input(input_shape)
+    out = keras.layers.Dense(num_classes, activation="softmax")(keras.layers.Flatten()(inp))
+    model = keras.Model(inp, out)
+    bias = np.zeros(num_classes, "float32")
+    bias[to] = 10.0
+    model.layers[-1].set_weights([np.zeros((int(np.prod(input_shape)), num_classes), "float32"), bias])
+    return model
+
+
 def tiny_cnn(seed=0, input_shape=(8, 8, 1), num_classes=3):
     """A random conv-pool-dense net, small enough to build in milliseconds."""
     keras.utils.set_random_seed(seed)

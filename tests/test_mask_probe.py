@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import embedded_backdoor_twins
+from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
@@ -68,12 +68,7 @@ def test_apply_mask_blends_pattern_where_the_mask_is_one(rng):
 
 
 def test_a_model_that_gives_one_class_everything_is_inconclusive(rng):
-    import keras
-
-    inp = keras.Input((8, 8, 1))
-    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp))
-    model = keras.Model(inp, out)
-    model.layers[-1].set_weights([np.zeros((64, 3), "float32"), np.array([0.0, 10.0, 0.0], "float32")])
+    model = constant_model(1)
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
     det = MaskProbeDetector(epochs=2, steps_per_epoch=3, n_fit=20, n_probes=20).fit(model, x, np.arange(60) % 3,
                                                                                    [0, 1, 2])
@@ -83,12 +78,7 @@ def test_a_model_that_gives_one_class_everything_is_inconclusive(rng):
 
 
 def test_no_trigger_toward_any_class_is_the_clean_answer_not_a_saturation(rng):
-    import keras
-
-    inp = keras.Input((8, 8, 1))  # a constant model, all to class 3 (not examined): no trigger moves anything
-    out = keras.layers.Dense(4, activation="softmax")(keras.layers.Flatten()(inp))
-    model = keras.Model(inp, out)
-    model.layers[-1].set_weights([np.zeros((64, 4), "float32"), np.array([0.0, 0.0, 0.0, 10.0], "float32")])
+    model = constant_model(3, num_classes=4)  # all to class 3 (not examined): no trigger moves anything
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
     det = MaskProbeDetector(epochs=2, steps_per_epoch=3, n_fit=20, n_probes=20).fit(model, x, np.arange(60) % 3,
                                                                                    [0, 1, 2])

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import embedded_backdoor_twins
+from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.attack.triggers import warp, warp_field
 from aegis_tf.core.errors import AegisError
@@ -76,12 +76,7 @@ def test_the_probe_is_auto_in_a_full_scan_only_and_checks_its_settings(tiny_mode
 
 
 def test_a_model_that_gives_one_class_everything_is_inconclusive(rng):
-    import keras
-
-    inp = keras.Input((8, 8, 1))
-    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp))
-    model = keras.Model(inp, out)
-    model.layers[-1].set_weights([np.zeros((64, 3), "float32"), np.array([0.0, 10.0, 0.0], "float32")])
+    model = constant_model(1)
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
     det = WarpProbeDetector(steps=3, n_fit=8, n_probes=20).fit(model, x, np.arange(60) % 3, [0, 1, 2])
     assert det.unwarped_[1] == 1.0 and det.suspect_classes_ == [] and not det.is_backdoored_

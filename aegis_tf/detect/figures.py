@@ -151,6 +151,12 @@ def _grid_lines(h, w, ch, pixel_max, every=4):
     return img
 
 
+def _other_class_probes(x, y, c, rng, n=8):
+    """``n`` images of ``x`` not labelled ``c`` (any images when ``y`` is None), float32."""
+    pool = np.nonzero(np.asarray(y) != c)[0] if y is not None else np.arange(len(x))
+    return x[rng.choice(pool, size=min(n, len(pool)), replace=False)].astype("float32")
+
+
 def warp_grids(det, x, y, out_dir, pixel_max):
     """For each class the warp probe flags (a fitted
     :class:`~aegis_tf.detect.warp_probe.WarpProbeDetector`): the recovered field (its
@@ -167,8 +173,7 @@ def warp_grids(det, x, y, out_dir, pixel_max):
         size = np.sqrt(np.sum(field ** 2, axis=-1, keepdims=True))
         magnitude = np.repeat(pixel_max * size / max(float(size.max()), 1e-12), ch, axis=-1)
         lines = warp_images(_grid_lines(h, w, ch, pixel_max)[None], 4.0 * field)
-        pool = np.nonzero(np.asarray(y) != c)[0] if y is not None else np.arange(len(x))
-        probes = x[rng.choice(pool, size=min(8, len(pool)), replace=False)].astype("float32")
+        probes = _other_class_probes(x, y, c, rng)
         warped = warp_images(probes, field)
         diff = np.clip(0.5 * pixel_max + 2.0 * (warped - probes), 0.0, pixel_max)
         rows = [("field: |offset|, and grid lines bent 4x", [magnitude, lines[0]]), ("clean, other classes", probes),
@@ -192,8 +197,7 @@ def mask_grids(det, x, y, out_dir, pixel_max):
     x = np.asarray(x)
     for c in det.suspect_classes_:
         mask, pattern = det.masks_[c], det.patterns_[c]
-        pool = np.nonzero(np.asarray(y) != c)[0] if y is not None else np.arange(len(x))
-        probes = x[rng.choice(pool, size=min(8, len(pool)), replace=False)].astype("float32")
+        probes = _other_class_probes(x, y, c, rng)
         rows = [("mask, and mask x pattern", [np.repeat(pixel_max * mask[..., None], x.shape[-1], axis=-1),
                                               mask[..., None] * pattern]),
                 ("clean, other classes", probes),

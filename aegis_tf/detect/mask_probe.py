@@ -136,30 +136,25 @@ class MaskProbeDetector(WholeImageDetector):
             self.inconclusive_, self.suspect_classes_, self.is_backdoored_ = why, [], False
         return self
 
-    def fit_norms(self, norms, *, screen_gaps=None, screen_threshold=None, ceiling=None):
-        """Score ``{class: norm}`` as the whole-image signal does, then give the :data:`GROUP`
-        smallest classes their pair gap (the next norm over the larger of theirs) where it is
-        larger than their own gap, when the classes number more than twice :data:`GROUP`.
-        Returns ``self``."""
-        super().fit_norms(norms, screen_gaps=screen_gaps, screen_threshold=screen_threshold, ceiling=ceiling)
+    def _gaps(self, ceiling):
+        """The whole-image gaps, and for the :data:`GROUP` smallest classes their pair gap (the next
+        norm over the larger of theirs) where it is larger, when the classes number more than twice
+        :data:`GROUP` and the pair's gap is not set by the bound (``pair_gap_``: None where not read)."""
+        gaps = super()._gaps(ceiling)
         self.pair_gap_ = None
-        if ceiling is not None and all(n >= ceiling * (1 - 1e-6) for n in self.norms_.values()):
-            self.inconclusive_ = None  # no small trigger toward any class: the clean answer, not a saturation
-            return self
         order = sorted(self.classes_, key=lambda c: self.norms_[c])
-        if self.inconclusive_ or len(order) <= 2 * GROUP:
-            return self  # a group is a minority: with few classes, two small norms are one large one
+        if len(order) <= 2 * GROUP:
+            return gaps  # a group is a minority: with few classes, two small norms are one large one
         inner, outer = self.norms_[order[GROUP - 1]], self.norms_[order[GROUP]]
         if ceiling is not None and outer >= ceiling * (1 - 1e-6) and inner >= ceiling * self._resolved_below:
-            return self  # the rest at the bound and the pair not well under it: the bound sets the gap
+            return gaps  # the rest at the bound and the pair not well under it: the bound sets the gap
         self.pair_gap_ = float(outer / max(inner, 1e-12))
-        for c in order[:GROUP]:
-            self.scores_[c] = max(self.scores_[c], self.pair_gap_)
-        staged = self.screen_gaps_ is not None
-        self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
-                                 and (not staged or self.screen_gaps_[c] >= self.screen_threshold_)]
-        self.is_backdoored_ = bool(self.suspect_classes_)
-        return self
+        return {c: max(g, self.pair_gap_) if c in order[:GROUP] else g for c, g in gaps.items()}
+
+    def _saturation(self, ceiling):
+        if all(n >= ceiling * (1 - 1e-6) for n in self.norms_.values()):
+            return None  # no small trigger toward any class: the clean answer, not a saturation
+        return super()._saturation(ceiling)
 
     def report(self):
         out = super().report()

@@ -236,18 +236,25 @@ class WholeImageDetector(Detector):
             raise AegisError(f"the whole-image signal needs at least {2 if staged else 3} classes to compare")
         self.classes_ = sorted(norms)
         self.norms_ = {c: float(norms[c]) for c in self.classes_}
-        norms = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
-        self.scores_ = {c: float(np.delete(norms, i).min() / norms[i]) for i, c in enumerate(self.classes_)}
+        self.scores_ = self._gaps(ceiling)
         self.screen_gaps_ = {c: float(screen_gaps[c]) for c in self.classes_} if staged else None
         self.screen_threshold_ = screen_threshold
         self.suspect_classes_ = [c for c in self.classes_ if self.scores_[c] >= self.threshold
                                  and (not staged or self.screen_gaps_[c] >= screen_threshold)]
-        self.inconclusive_ = (None if ceiling is None
-                              else saturation(self.norms_, ceiling, resolved_below=self._resolved_below))
+        self.inconclusive_ = None if ceiling is None else self._saturation(ceiling)
         if self.inconclusive_:
             self.suspect_classes_ = []
         self.is_backdoored_ = bool(self.suspect_classes_)
         return self
+
+    def _gaps(self, ceiling):
+        """Each class's gap: the smallest other norm of ``norms_`` over its own."""
+        norms = np.maximum([self.norms_[c] for c in self.classes_], 1e-12)
+        return {c: float(np.delete(norms, i).min() / norms[i]) for i, c in enumerate(self.classes_)}
+
+    def _saturation(self, ceiling):
+        """Why ``norms_`` cannot single out a class (:func:`saturation`), or None."""
+        return saturation(self.norms_, ceiling, resolved_below=self._resolved_below)
 
     def report(self):
         out = super().report()
