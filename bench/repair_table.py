@@ -5,7 +5,7 @@
 
 For each model, in this order, each as a user would run it:
 
-1. ``aegis detect`` (default settings, ``--method``, ``--n-seeds``) on the model's training
+1. ``aegis detect`` (default settings, ``--method``, ``--n-seeds``, ``--pair-mask``) on the model's training
    data; its out-dir holds the recovered trigger(s);
 2. the lab's pruning (``repair``; the attacker's poisoned validation set,
    which the lab assumes), at 2/4/10% accuracy drop;
@@ -96,7 +96,8 @@ def run_model(model, work, args):
         seconds = sum(v for k in ("aegis", "neural_cleanse") if k in result for v in result[k]["seconds"].values()
                       if isinstance(v, (int, float)))
     else:
-        config = DetectConfig() if args.n_seeds is None else DetectConfig(n_seeds=args.n_seeds)
+        config = DetectConfig(pair_mask=args.pair_mask)
+        config = config if args.n_seeds is None else config.replace(n_seeds=args.n_seeds)
         scan = run_detect(config=config, bad_model=model, data=train, method=args.method, out_dir=det_dir,
                           echo=lambda *a: None)
         result = next(iter(scan.values()))
@@ -283,6 +284,8 @@ def main(argv=None):
     p.add_argument("--method", default="aegis", choices=("aegis", "neural-cleanse", "both"))
     p.add_argument("--n-seeds", type=int, default=None,
                    help="detect's --n-seeds (default: detect's own default)")
+    p.add_argument("--pair-mask", action="store_true",
+                   help="detect's --pair-mask (the pair mask probe, off by default)")
     p.add_argument("--finetune", type=int, default=5, help="fine-pruning epochs (default 5)")
     p.add_argument("--n-valid", type=int, default=5000, help="validation images from an .npz test split")
     p.add_argument("--clean-images", type=int, default=None,

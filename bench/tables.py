@@ -165,6 +165,20 @@ def read_table(path):
     return table
 
 
+def stored_rows(path):
+    """The JSON an earlier probe bench run wrote at ``path`` (``{"command", "config", "rows"}``), for
+    ``--render``; raises AegisError when there is none or it holds no rows."""
+    from aegis_tf.core.errors import AegisError
+
+    if not os.path.isfile(path):
+        raise AegisError(f"--render needs the JSON written by an earlier run at {path}")
+    with open(path) as f:
+        done = json.load(f)
+    if not done.get("rows"):
+        raise AegisError(f"{path} holds no rows to render")
+    return done
+
+
 def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

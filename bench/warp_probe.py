@@ -23,13 +23,13 @@ all-to-all is judged right / missed / wrong class, beside the model's measured r
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 from family_table import model_case
+from tables import stored_rows
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import load_model
@@ -193,11 +193,7 @@ def main(argv=None):
     config = DetectConfig()
     try:
         if args.render:
-            if not os.path.isfile(args.out):
-                raise AegisError(f"--render needs the JSON written by an earlier run at {args.out}")
-            done = json.load(open(args.out))
-            if not done.get("rows"):
-                raise AegisError(f"{args.out} holds no rows to render")
+            done = stored_rows(args.out)
             if args.rescore:
                 done["rows"] = [rescore(r, DetectConfig(**done["config"])) for r in done["rows"]]
                 done["rescored"] = "python bench/warp_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)

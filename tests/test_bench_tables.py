@@ -643,3 +643,36 @@ def test_the_probe_bench_judges_the_mask_probe_on_every_patch_family(tmp_path):
     main(["--render", "--rescore", "--out", str(done)])  # a collapsed model: its norms do not say so, it stays
     assert json.loads(done.read_text())["rows"][0]["inconclusive"] == "class 1 takes 100% ..."
     assert "(run); rescored by `" in (tmp_path / "m.md").read_text()
+
+
+def test_the_pair_mask_bench_judges_pairs_against_each_family_and_summarises(tmp_path):
+    from pair_mask import judge, main, markdown
+
+    ss = [{"kind": "source-specific", "trigger": "localised", "target": 7, "sources": [3]}]
+    assert judge("source-specific", ss, [(3, 7)], 10) == "right"
+    assert judge("source-specific", ss, [(3, 7), (1, 4)], 10) == "right, also 1->4"
+    assert judge("source-specific", ss, [(5, 7)], 10) == "missed"
+    assert judge("clean", [], [], 10) == "clean, right" and judge("clean", [], [(1, 4)], 10) == "false positive"
+    assert judge("all-to-all", [], [(s, s + 1) for s in range(5)], 10) == "right (5 of 10 pairs)"
+    assert judge("all-to-all", [], [(0, 1), (1, 2), (3, 9)], 10) == "missed (2 of 10 pairs)"
+    one = [{"kind": "all-to-one", "trigger": "localised", "target": 7, "sources": None}]
+    assert judge("localised", one, [(1, 7)], 10) == "no false target"
+    assert judge("warp", one, [(9, 4), (1, 7)], 10) == "false target 9->4"
+
+    def row(model, family, truths, true_pairs, top, flagged):
+        return {"model": model, "family": family, "truths": truths, "learned": True, "clean_acc": 0.99,
+                "asr": [0.99] if truths else [], "true_pairs": true_pairs, "top": top, "flagged": flagged,
+                "judged": judge(family, truths, [tuple(p) for p in flagged], 10), "seconds": 40.0}
+
+    md = markdown([row("s", "source-specific", ss, [[3, 7, 3.5, 6.0]], [[3, 7, 3.5, 6.0], [1, 4, 1.2, 20.0]],
+                       [[3, 7]]),
+                   row("c", "clean", [], [], [[9, 4, 1.7, 19.0]], [])], "cmd", DetectConfig())
+    assert "| s | source-specific 3 -> 7 | 99.0 | 99.0 | 3->7 (3.50, 6.0) | 3->7 (3.50, 6.0), 1->4 (1.20, 20.0) | " \
+           "3->7 | right | 40 |" in md
+    assert "- learned source-specific backdoors named with their source: 1 of 1" in md
+    assert "- clean models with a flagged pair: 0 of 1" in md
+    assert "- margin: smallest true source-specific pair gap 3.50; largest pair gap on a clean model 1.70" in md
+    with pytest.raises(SystemExit, match="no training report beside"):
+        main([str(tmp_path / "m.keras"), "--out", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit, match="needs the JSON written by an earlier run"):
+        main(["--render", "--out", str(tmp_path / "none.json")])

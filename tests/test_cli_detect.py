@@ -167,3 +167,15 @@ def test_a_scan_that_cannot_be_read_says_inconclusive_names_no_class_and_fails_t
     verdict = json.load(open(tmp_path / "oe" / "detect.json"))["verdict"]
     assert rc == 0 and verdict["line"].startswith("INCONCLUSIVE: the translations did not converge (on average ")
     assert verdict["limits"][0].endswith("at least 50% expected); raise --eps or --steps")
+
+
+def test_the_pair_mask_probe_is_off_by_default_and_pair_mask_runs_it(tmp_path, capsys):
+    out, printed = _run(tmp_path, "pm", ["--pair-mask", "--no-warp-probe", "--no-mask-probe", "--no-blend-probe"],
+                        capsys)
+    result = json.load(open(out / "detect.json"))
+    pm = result["aegis"]["pair_mask"]
+    assert result["aegis"]["config"]["pair_mask"] is True and "pair_mask" in result["verdict"]["evidence"]
+    assert len(pm["pairs"]) == 6 and all(v["norm"] > 0 for v in pm["pairs"].values())  # 3 classes: 6 pairs
+    assert "pair mask gap" in printed.splitlines()[0] and "aegis pair mask:" in printed
+    default = json.load(open(_run(tmp_path, "nopm", ["--no-warp-probe", "--no-mask-probe"], capsys)[0] / "detect.json"))
+    assert default["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in default["aegis"]

@@ -100,6 +100,13 @@ def config_flags(p):
                    help="the mask probe, for small patches on standard-trained models: Neural Cleanse's smallest "
                         "mask per class, flagged by the relative gap (default: on in a full scan, off in a staged "
                         "one; --mask-probe insists, --no-mask-probe turns it off)")
+    p.add_argument("--pair-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="the pair mask probe, for source-specific and all-to-all backdoors: the smallest mask per "
+                        "(source, target) pair, flagged when it is small against its source's other targets and "
+                        "its target's other sources (default: off; it flagged 1 of 4 held-out clean models, see "
+                        "docs/detection.md; --pair-mask runs it, about a minute per 10-class MNIST model)")
+    flag(p, "--pair-mask-restarts", type=int, default=None,
+         help=f"the pair mask probe's random starts per pair (default {d.pair_mask_restarts})")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help=f"full{tag('scan', 'full')}: the detector on every class; staged{tag('scan', 'staged')}: screen every "

@@ -62,6 +62,22 @@ class DetectConfig(Settings):
     finds the small patches that a standard-trained model's translations do not carry.
     Measured in results/detect/mask_probe.md.
 
+    ``pair_mask`` asks the mask probe's question per (source, target) pair
+    (:class:`aegis_tf.detect.pair_probe.PairMaskDetector`): the smallest mask sending
+    images of one source class to one target (``pair_mask_epochs`` of 20 steps, the best
+    of ``pair_mask_restarts`` random starts), tried on ``wi_probes`` fresh images of the
+    source; a pair is flagged when its norm is ``wi_threshold`` times smaller than every
+    other pair of its row (the source toward other targets) and of its column (other
+    sources toward the target). It names source-specific and all-to-all backdoors, whose
+    trigger moves only some classes. Off by default (``False``): on held-out standard models
+    it named 3 of 4 source-specific and 2 of 2 all-to-all backdoors, and a natural pair
+    (MNIST ``1 -> 4``, gap 2.06) on 1 of 4 clean ones, where the default verdict flagged
+    none (results/detect/zoo_pair_holdout.md). ``True`` runs it in every scan whatever it
+    costs; ``"auto"`` in a full scan only, when its fit, timed on its third step, would take at
+    most ``pair_mask_budget`` seconds (it fits 90 pairs x 3 starts on a 10-class model: about a
+    minute for a compact MNIST net on 2 cores, many times that for a CIFAR-10 ResNet-18, which
+    then says "not run"). Measured in results/detect/pair_mask.md.
+
     ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
     each translation's patch on ``pair_probes`` images of its own source class, a pair flagged
     at a share of ``pair_min_score``; a translation that clears ``flip_at`` there is re-tested
@@ -127,6 +143,10 @@ class DetectConfig(Settings):
     mask_probe: Union[bool, str] = "auto"
     mask_fit: int = 1000
     mask_epochs: int = 10
+    pair_mask: Union[bool, str] = False
+    pair_mask_epochs: int = 16
+    pair_mask_restarts: int = 3
+    pair_mask_budget: float = 300.0
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -146,6 +166,8 @@ class DetectConfig(Settings):
         "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
         "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
+        "pair_mask": [Options("auto", True, False)], "pair_mask_epochs": POS_INT, "pair_mask_restarts": POS_INT,
+        "pair_mask_budget": POS,
     }
 
     @classmethod
@@ -167,6 +189,7 @@ PRESETS = {
         "reducer": "tsne", "clusterer": "meanshift", "bandwidth": 35.0, "population": "both",
         "criterion": "absolute", "runs": 1, "min_cluster_frac": 0.0, "score": "clusters", "start_noise": 0.0,
         "whole_image": False, "wi_blend": False, "warp_probe": False, "mask_probe": False,
+        "pair_mask": False,
     },
 }
 

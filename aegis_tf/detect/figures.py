@@ -208,3 +208,31 @@ def mask_grids(det, x, y, out_dir, pixel_max):
                         title=f"class {c}: the smallest trigger (Neural Cleanse's reverse engineering)")
         files[str(c)] = path
     return files
+
+
+def pair_mask_grids(det, x, y, out_dir, pixel_max):
+    """For each class the pair mask probe flags (a fitted
+    :class:`~aegis_tf.detect.pair_probe.PairMaskDetector`), one row group per flagged source:
+    the reversed mask and the trigger it carries, clean images of the source, and the same
+    images with the trigger stamped on."""
+    from aegis_tf.detect.mask_probe import apply_mask
+
+    files = {}
+    rng = np.random.default_rng(0)
+    x, y = np.asarray(x), np.asarray(y)
+    for c in det.suspect_classes_:
+        rows = []
+        for s in sorted(s for s, t in det.flagged_pairs_ if t == c):
+            mask, pattern = det.masks_[(s, c)], det.patterns_[(s, c)]
+            idx = np.flatnonzero(y == s)
+            probes = x[rng.choice(idx, size=min(8, len(idx)), replace=False)]
+            rows += [(f"{s} -> {c}: mask, and mask x pattern",
+                      [np.repeat(pixel_max * mask[..., None], x.shape[-1], axis=-1), mask[..., None] * pattern]),
+                     (f"clean, class {s}", probes),
+                     (f"with the trigger (mask L1 {det.pair_norms_[(s, c)]:.1f}, gap {det.pair_gaps_[(s, c)]:.2f})",
+                      apply_mask(probes, mask, pattern))]
+        path = os.path.join(out_dir, f"suspect_class_{c}_pair_mask.png")
+        save_image_grid(rows, path, pixel_max=pixel_max,
+                        title=f"class {c}: the smallest trigger from each flagged source")
+        files[str(c)] = path
+    return files

@@ -16,7 +16,7 @@ from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Detector, Interval
 
 __all__ = ["patch_pixels", "paste_patches", "patch_transfer_rates", "probes_moved_histogram", "rates_from_histogram",
-           "PatchTransferDetector", "pair_transfer_rates", "PairTransferDetector"]
+           "PatchTransferDetector", "pair_transfer_rates", "PairTransferDetector", "pair_mapping"]
 
 
 def patch_pixels(x_translated, x_seed, top_frac):
@@ -339,17 +339,8 @@ class PairTransferDetector(PatchTransferDetector):
                 "fragile_sources": list(self.fragile_sources_)}
 
     def mapping(self):
-        """The flagged pairs read as backdoors: ``{"kind": "all-to-all", "pairs": [...]}`` when
-        they map at least 3 sources to distinct targets, each target from at most 2 sources
-        (a permutation, not many classes to one); else ``{"kind": "per-target",
-        "backdoors": {target: [sources]}}``."""
-        by_target = {}
-        for s, t in self.flagged_pairs_:
-            by_target.setdefault(t, []).append(s)
-        sources = {s for s, _ in self.flagged_pairs_}
-        if len(by_target) >= 3 and len(sources) >= 3 and all(len(v) <= 2 for v in by_target.values()):
-            return {"kind": "all-to-all", "pairs": [list(p) for p in self.flagged_pairs_]}
-        return {"kind": "per-target", "backdoors": {t: sorted(v) for t, v in sorted(by_target.items())}}
+        """The flagged pairs read as backdoors (:func:`pair_mapping`)."""
+        return pair_mapping(self.flagged_pairs_)
 
     def evidence(self, description):
         out = super().evidence(description)
@@ -363,3 +354,17 @@ class PairTransferDetector(PatchTransferDetector):
     def _class_entry(self, c):
         return {self.score_name: self.scores_[c],
                 "sources": {str(s): v for (s, t), v in sorted(self.pairs_.items()) if t == c}}
+
+
+def pair_mapping(flagged_pairs):
+    """Flagged ``(source, target)`` pairs read as backdoors: ``{"kind": "all-to-all", "pairs": [...]}``
+    when they map at least 3 sources to distinct targets, each target from at most 2 sources
+    (a permutation, not many classes to one); else ``{"kind": "per-target",
+    "backdoors": {target: [sources]}}``."""
+    by_target = {}
+    for s, t in flagged_pairs:
+        by_target.setdefault(t, []).append(s)
+    sources = {s for s, _ in flagged_pairs}
+    if len(by_target) >= 3 and len(sources) >= 3 and all(len(v) <= 2 for v in by_target.values()):
+        return {"kind": "all-to-all", "pairs": [list(p) for p in flagged_pairs]}
+    return {"kind": "per-target", "backdoors": {t: sorted(v) for t, v in sorted(by_target.items())}}

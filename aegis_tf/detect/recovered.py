@@ -38,7 +38,8 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, read_json, trigger_class, write_json
 
 __all__ = ["RecoveredTrigger", "from_patch_transfer", "from_pair_transfer", "from_whole_image", "from_blend_probe",
-           "from_neural_cleanse", "from_mask_probe", "from_warp_probe", "save_triggers", "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
+           "from_neural_cleanse", "from_mask_probe", "from_pair_mask", "from_warp_probe", "save_triggers",
+           "load_trigger", "triggers_from_detect_dir", "trigger_class", "FORMAT"]
 
 FORMAT = "aegis-tf recovered trigger 1"
 APPLY = "x' = clip((1 - mask) * x + mask * pattern + delta, 0, pixel_max), one variant per image, in turn"
@@ -149,7 +150,7 @@ class RecoveredTrigger:
         what = {"patch_transfer": "patch", "whole_image": "whole-image direction", "blend_probe": "blend pattern",
                 "neural_cleanse": "Neural Cleanse mask", "pair_transfer": "pair patch",
                 "pair_breadth": "patch from many sources", "warp_probe": "warp field",
-                "mask_probe": "reversed mask"}
+                "mask_probe": "reversed mask", "pair_mask": "reversed mask per source"}
         whose = f"{','.join(map(str, self.sources))} -> " if self.sources is not None else ""
         return f"{whose}class {self.target} {what.get(self.source, self.source)} ({self.n_variants} variant(s))"
 
@@ -336,6 +337,20 @@ def from_mask_probe(det, c, *, pixel_max):
         delta=np.zeros((1, *np.shape(det.patterns_[c])), "float32"), pixel_max=float(pixel_max),
         evidence={"mask_gap": float(det.scores_[c]), "mask_l1": float(det.l1_norms_[c]),
                   "fresh_share": float(det.fresh_[c])})
+
+
+def from_pair_mask(det, c, *, pixel_max):
+    """The pair mask probe's reversed masks toward class ``c``: one variant per flagged source
+    (its pair's mask and pattern), applying to those sources only."""
+    sources = sorted(s for s, t in det.flagged_pairs_ if t == c)
+    return RecoveredTrigger(
+        target=int(c), source="pair_mask", sources=sources,
+        mask=np.stack([np.asarray(det.masks_[(s, c)], "float32")[..., None] for s in sources]),
+        pattern=np.stack([np.asarray(det.patterns_[(s, c)], "float32") for s in sources]),
+        delta=np.zeros((len(sources), *np.shape(det.patterns_[(sources[0], c)])), "float32"),
+        pixel_max=float(pixel_max),
+        evidence={"pair_gaps": {f"{s}->{c}": float(det.pair_gaps_[(s, c)]) for s in sources},
+                  "pair_norms": {f"{s}->{c}": float(det.pair_norms_[(s, c)]) for s in sources}})
 
 
 def from_warp_probe(warp, c, *, pixel_max, image_shape):

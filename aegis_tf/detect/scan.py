@@ -35,14 +35,16 @@ from aegis_tf.detect.clustering import AegisDetector, class_features
 from aegis_tf.detect.config import check_method  # noqa: F401 (the scan job's check, kept importable here)
 from aegis_tf.detect.neural_cleanse import NeuralCleanse
 from aegis_tf.detect.patch_transfer import PairTransferDetector, PatchTransferDetector, probes_moved_histogram
-from aegis_tf.detect.recovered import (from_blend_probe, from_mask_probe, from_neural_cleanse, from_pair_transfer,
-                                       from_patch_transfer, from_warp_probe, from_whole_image, save_triggers)
+from aegis_tf.detect.recovered import (from_blend_probe, from_mask_probe, from_neural_cleanse, from_pair_mask,
+                                       from_pair_transfer, from_patch_transfer, from_warp_probe, from_whole_image,
+                                       save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
 from aegis_tf.detect.staged import blend_probe_on
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
+from aegis_tf.detect.pair_probe import PairMaskDetector, pair_mask_on
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
@@ -66,6 +68,7 @@ class Found:
     blend: Any = None
     warp: Any = None
     mask: Any = None
+    pair_mask: Any = None
     clusters: Any = None  # the fitted AegisDetector (the paper's score, or the embedding figure)
     decides_by_clusters: bool = False
     plots: bool = False  # draw the embedding figure
@@ -128,7 +131,8 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     scoring = config
     if stages is not None:  # stage 2 scores the promoted classes; the warp probe only when asked (one field per class)
         scoring = config.replace(scan="full", warp_probe=warp_probe_on(config, "staged"),
-                                 mask_probe=mask_probe_on(config, "staged"))
+                                 mask_probe=mask_probe_on(config, "staged"),
+                                 pair_mask=pair_mask_on(config, "staged"))
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
                                        n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
@@ -180,7 +184,8 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
               "blend_probe": "on" if "blend_probe" in scores else "off",
               # one fitted field per class: a staged scan runs the warp probe only when asked, on the promoted classes
               "warp_probe": "promoted classes" if warp_probe_on(config, "staged") else "off",
-              "mask_probe": "promoted classes" if mask_probe_on(config, "staged") else "off"}
+              "mask_probe": "promoted classes" if mask_probe_on(config, "staged") else "off",
+              "pair_mask": "promoted classes" if pair_mask_on(config, "staged") else "off"}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
     return translations, promoted, stages, gaps, times
@@ -248,6 +253,12 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         mask = MaskProbeDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
         mask.fit(model, x, y, classes)
         times["mask_probe"] = time.perf_counter() - t
+    pair_mask = None
+    if pair_mask_on(config) and len(classes) >= 3:
+        t = time.perf_counter()
+        pair_mask = PairMaskDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
+        pair_mask.fit(model, x, y, classes)
+        times["pair_mask"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
         t = time.perf_counter()
@@ -260,7 +271,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         times.update(det.seconds_)
     found.transfer, found.whole, found.blend, found.clusters, found.decides_by_clusters, found.pairs = (
         transfer, whole, blend, det, clusters, pairs)
-    found.warp, found.mask = warp, mask
+    found.warp, found.mask, found.pair_mask = warp, mask, pair_mask
     main = det if clusters else transfer
     report = main.report()
     report["evidence"] = (main.evidence("translated images form more clusters than a clean class shows")
@@ -318,6 +329,16 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             f"smallest mask toward the class ({mask.epochs} x {mask.steps_per_epoch} steps on {mask.n_fit} images), "
             f"counted only when its trigger moves >= {100 * mask.flip_at:g}% of {mask.n_probes} fresh clean probes "
             f"of other classes (else the whole image, {mask.ceiling_:g} pixels)")
+    if pair_mask is not None:
+        report["pair_mask"] = pair_mask.report()
+        report["pair_mask"]["evidence"] = pair_mask.evidence(
+            "per (source, target) pair, the L1 norm of the smallest mask sending the source's images to the target "
+            f"(best of {pair_mask.restarts} starts, {pair_mask.epochs} x {pair_mask.steps_per_epoch} steps on "
+            f"{pair_mask.n_fit} images of the source), counted only when its trigger moves >= "
+            f"{100 * pair_mask.flip_at:g}% of {pair_mask.n_probes} fresh images of the source (else the whole image, "
+            f"{pair_mask.ceiling_:g} pixels); a pair's gap is the smallest other norm of its source's row and its "
+            "target's column over its own (two sources of one target: the third smallest of the column over the "
+            "second); a target's score is its largest pair gap")
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     report["seconds"] = times
@@ -361,6 +382,8 @@ def write_aegis_files(report, found, out_dir):
         files["suspect_warp"] = figures.warp_grids(found.warp, x, found.y, out_dir, pm)
     if found.mask is not None:
         files["suspect_mask"] = figures.mask_grids(found.mask, x, found.y, out_dir, pm)
+    if found.pair_mask is not None:
+        files["suspect_pair_mask"] = figures.pair_mask_grids(found.pair_mask, x, found.y, out_dir, pm)
     files["triggers"] = _save_aegis_triggers(found, out_dir)
     if found.plots and found.clusters is not None:
         main = found.clusters if clusters else found.transfer
@@ -409,7 +432,8 @@ def aegis_evidence(report):
     """``{signal: evidence}`` of an AEGIS scan's report: its main score, and the per-pair view,
     whole-image signal, blend probe and warp probe where they ran (see :func:`aegis_tf.detect.verdict.combine`)."""
     evidence = {"clusters" if report["score"] == "clusters" else "patch_transfer": report["evidence"]}
-    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe", "warp_probe", "mask_probe"):
+    for key in ("pair_transfer", "pair_breadth", "whole_image", "blend_probe", "warp_probe", "mask_probe",
+                "pair_mask"):
         if key in report:
             evidence[key] = report[key]["evidence"]
     return evidence
@@ -435,6 +459,8 @@ def _save_aegis_triggers(found, out_dir):
                 for c in found.warp.suspect_classes_]
     if found.mask is not None:
         out += [from_mask_probe(found.mask, c, pixel_max=pm) for c in found.mask.suspect_classes_]
+    if found.pair_mask is not None:
+        out += [from_pair_mask(found.pair_mask, c, pixel_max=pm) for c in found.pair_mask.suspect_classes_]
     return save_triggers(out_dir, out)
 
 
@@ -471,6 +497,17 @@ def format_summary(report, name):
                          key=lambda r: (-r[2], r[0], r[1]))[:5]
             lines.append("    highest pair shares (source->target): "
                          + ", ".join(f"{s}->{t}:{v:.2f}" for s, t, v in top))
+        if "pair_mask" in report:
+            pm_ = report["pair_mask"]
+            state = ("not run: " + pm_["skipped"] if pm_.get("skipped") else
+                     "inconclusive: " + pm_["inconclusive"] if pm_.get("inconclusive") else
+                     "backdoored, pairs (source, target) " + ", ".join(f"{s}->{t}" for s, t in pm_["flagged_pairs"])
+                     if pm_["flagged_pairs"] else "clean")
+            lines.append(f"  aegis pair mask: {state}")
+            top = sorted(pm_["pairs"].items(), key=lambda kv: -kv[1]["gap"])[:5]
+            if top:
+                lines.append("    highest pair gaps (source->target: gap, norm): "
+                             + ", ".join(f"{k}: {v['gap']:.2f}, {v['norm']:.1f}" for k, v in top))
         if "pair_breadth" in report:
             pb = report["pair_breadth"]
             broad = pb["suspect_classes"]

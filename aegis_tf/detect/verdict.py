@@ -22,7 +22,7 @@ Cleanse's below-the-median rule) counts :data:`NOT_FLAGGED_MAX`, just under 1.
 import math
 
 __all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "scan_limits",
-           "NOT_FLAGGED_MAX", "RATIO_MAX", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
+           "NOT_FLAGGED_MAX", "RATIO_MAX", "PAIR_SIGNALS", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
 
 # A class that reaches its signal's threshold without being flagged counts this much: the largest
 # number below 1, so every ratio under 1 keeps its value and its order.
@@ -35,7 +35,7 @@ _TINY = 1e-12
 _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_cleanse": "NC index",
           "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share",
           "pair_breadth": "source breadth", "warp_probe": "warp gap",
-          "mask_probe": "mask gap"}
+          "mask_probe": "mask gap", "pair_mask": "pair mask gap"}
 # What a scan needs before any signal can be read (:func:`scan_limits`): classes in the model
 # (every signal compares a class with the others), training images of each examined class, and
 # the mean share of translations that reached their class.
@@ -45,6 +45,8 @@ MIN_REACHED = 0.5
 # A target whose flagged sources cover at least this share of the other examined classes is read as
 # "every source" (an all-to-one backdoor), not as a source-specific one.
 ALL_SOURCES_SHARE = 2 / 3
+# The signals that flag (source, target) pairs and read them as backdoors (their evidence's ``mapping``).
+PAIR_SIGNALS = ("pair_transfer", "pair_mask")
 
 
 def combine(evidence, limits=()):
@@ -101,33 +103,38 @@ def scan_limits(*, n_classes, class_counts, reached=None):
 def backdoors(evidence, targets=None):
     """Each backdoor the deciding signals found, source -> target:
     ``[{"target", "sources", "signals", "score"}]`` (``sources`` is ``"all"`` for an all-to-one
-    backdoor, else the source classes the per-pair view flagged), or one
-    ``{"kind": "all-to-all", "mapping": [[source, target], ...], "signals", "score"}`` when the
-    per-pair view found a mapping of several sources to distinct targets."""
+    backdoor, else the source classes the per-pair signals flagged), or one
+    ``{"kind": "all-to-all", "mapping": [[source, target], ...], "signals", "score"}`` when a
+    per-pair signal (:data:`PAIR_SIGNALS`) found a mapping of several sources to distinct targets."""
     deciding = {k: e for k, e in evidence.items() if e.get("decides", True)}
     if targets is None:
         targets = sorted({c for e in deciding.values() for c in e["flagged"]})
-    pair = deciding.get("pair_transfer") or {}
-    mapping = pair.get("mapping") or {}
+    per_pair = {k: deciding[k] for k in PAIR_SIGNALS if k in deciding and "mapping" in deciding[k]}
     examined = sorted({int(c) for e in deciding.values() for c in (e.get("scores") or {})})
     out = []
-    if mapping.get("kind") == "all-to-all":
-        mapped = {int(t) for _, t in mapping["pairs"]}
-        score = max([class_ratio(pair, str(t)) for t in mapped], default=0.0)
-        out.append({"kind": "all-to-all", "mapping": [list(map(int, p)) for p in mapping["pairs"]],
-                    "signals": ["pair_transfer"], "score": score})
+    a2a = {k: e for k, e in per_pair.items() if e["mapping"].get("kind") == "all-to-all"}
+    if a2a:
+        pairs = sorted({tuple(map(int, p)) for e in a2a.values() for p in e["mapping"]["pairs"]})
+        mapped = {t for _, t in pairs}
+        score = max([class_ratio(e, str(t)) for e in a2a.values() for t in mapped], default=0.0)
+        out.append({"kind": "all-to-all", "mapping": [list(p) for p in pairs], "signals": sorted(a2a),
+                    "score": score})
         targets = [t for t in targets if t not in mapped or any(
-            t in e["flagged"] for k, e in deciding.items() if k != "pair_transfer")]
-    per_target = {int(t): sorted(map(int, s)) for t, s in (mapping.get("backdoors") or {}).items()}
+            t in e["flagged"] for k, e in deciding.items() if k not in a2a)]
+    per_target = {}
+    for e in per_pair.values():
+        for t, s in (e["mapping"].get("backdoors") or {}).items():
+            per_target.setdefault(int(t), set()).update(map(int, s))
     broad = {int(t): list(map(int, s)) for t, s in ((deciding.get("pair_breadth") or {}).get("sources") or {}).items()}
+    n_sources = max([e.get("n_sources") or 0 for e in per_pair.values()], default=0)
     for t in targets:
         signals = [k for k, e in deciding.items() if t in e["flagged"]]
         score = max([class_ratio(deciding[k], str(t)) for k in signals], default=0.0)
-        sources = sorted(set(per_target.get(int(t), [])) | set(broad.get(int(t), []))) or None
-        n_others = (pair.get("n_sources") or len(examined)) - 1  # every possible source, examined or not
+        sources = sorted(per_target.get(int(t), set()) | set(broad.get(int(t), []))) or None
+        n_others = (n_sources or len(examined)) - 1  # every possible source, examined or not
         # A class-level signal moves probes of every class: its backdoor is all-to-one; so does a
         # per-pair one whose sources cover most classes.
-        if (not sources or not set(signals) <= {"pair_transfer", "pair_breadth"}
+        if (not sources or not set(signals) <= {*PAIR_SIGNALS, "pair_breadth"}
                 or len(sources) >= ALL_SOURCES_SHARE * n_others):
             sources = "all"
         out.append({"target": int(t), "sources": sources, "signals": signals, "score": score})
@@ -185,8 +192,11 @@ def verdict_line(verdict):
     for name, e in verdict["evidence"].items():
         if not e.get("decides", True):
             continue
+        if e.get("skipped"):
+            parts.append(f"{_SHORT.get(name, name)} not run")
+            continue
         if e.get("inconclusive"):
-            parts.append(f"{_SHORT.get(name, name)} inconclusive (saturated)")
+            parts.append(f"{_SHORT.get(name, name)} inconclusive ({_why_short(e['inconclusive'])})")
             continue
         scores = e["scores"]
         if targets:
@@ -211,6 +221,15 @@ def verdict_line(verdict):
     named = [_named(b) for b in verdict.get("backdoors") or [] if b.get("kind") == "all-to-all"
              or b.get("sources") not in (None, "all")]
     return f"BACKDOORED: {noun} {', '.join(map(str, targets))}{detail}" + (f": {'; '.join(named)}" if named else "")
+
+
+def _why_short(reason):
+    """A few words for the console line on why a signal was inconclusive (the report has the sentence)."""
+    if reason.startswith("saturated"):
+        return "saturated"
+    if "no trigger at all" in reason or "no warp at all" in reason:
+        return "one class takes every image"
+    return "see the report"
 
 
 def _named(b):

@@ -182,8 +182,10 @@ def write_detect_html(result, path, *, title=None):
     blends = files.get("suspect_blend") or {}
     warps = files.get("suspect_warp") or {}
     masks = files.get("suspect_mask") or {}
+    pair_masks = files.get("suspect_pair_mask") or {}
     suspects = list(dict.fromkeys(targets + [str(c) for c in aegis.get("suspect_classes") or []]
                                   + list(patches) + list(directions) + list(blends) + list(warps) + list(masks)
+                                  + list(pair_masks)
                                   + list(triggers)
                                   + list(clusters)))
     for c in sorted(suspects, key=_class_key):
@@ -192,6 +194,7 @@ def write_detect_html(result, path, *, title=None):
         figs.append(_image(blends.get(c), f"class {c}: recovered blend pattern"))
         figs.append(_image(warps.get(c), f"class {c}: recovered warp"))
         figs.append(_image(masks.get(c), f"class {c}: recovered mask"))
+        figs.append(_image(pair_masks.get(c), f"class {c}: recovered mask per source"))
         figs.append(_image(clusters.get(c), f"class {c}: clusters"))
         if triggers.get(c):
             figs.append("<p>Recovered trigger files (for <code>aegis repair --trigger-from</code>): "
