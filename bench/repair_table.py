@@ -208,7 +208,10 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies):
             if tag == "unlearned":
                 note = _repair_note(model, os.path.join(work, strategy, "B_prime_unlearned.keras"),
                                     common["clean_test"])
-                rows.append(_row(f"unlearning (epoch {rep['unlearned']['kept_epoch']} kept)", res, out["seconds"],
+                u = rep["unlearned"]
+                kept = ", ".join(str(r["kept_epoch"]) for r in u.get("rounds", [u]))
+                label = f"{len(u['rounds'])} rounds, epoch {kept} kept" if "rounds" in u else f"epoch {kept} kept"
+                rows.append(_row(f"unlearning ({label})", res, out["seconds"],
                                  note=note))
             else:
                 p = rep["pruned"][tag]

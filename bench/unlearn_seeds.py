@@ -30,6 +30,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("detect_dir", help="a `detect --out-dir` folder of the embedded bd_net.h5")
     p.add_argument("--seeds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="unlearning rounds (default 1: the committed table predates rounds; repair's default is 2)")
     p.add_argument("--out", default="results/repair/unlearn_seeds.json")
     args = p.parse_args(argv)
     model = load_model(PATHS["bd_net"])
@@ -46,7 +48,8 @@ def main(argv=None):
     for average in (True, False):
         for seed in range(args.seeds):
             t = time.perf_counter()
-            tuned, hist = unlearn(model, triggers, xv, yv, seed=seed, average=average, quiet=True)
+            tuned, hist = unlearn(model, triggers, xv, yv, seed=seed, average=average, rounds=args.rounds,
+                                  quiet=True)
             acc, asr = measure(tuned)
             rows.append({"average": average, "seed": seed, "kept": hist["kept_epoch"], "clean_acc": acc, "asr": asr,
                          "seconds": time.perf_counter() - t})

@@ -39,7 +39,7 @@ class RepairConfig(Settings):
     pruning stops at a recovered-trigger ASR of ``stop_asr``; unlearning runs at most
     ``unlearn_epochs`` (Adam, ``unlearn_lr``; None: 1e-3, or 1e-4 for a model with batch
     normalisation, whose statistics stay frozen) with ``unlearn_share`` of the images added
-    again with the trigger.
+    again with the trigger, ``unlearn_rounds`` times (each round from the weights the last kept).
 
     Without any data (``strategy`` ``clp``, alone): Channel Lipschitzness-based Pruning
     zeroes, in each convolution layer, the channels whose Lipschitz upper bound exceeds
@@ -60,6 +60,7 @@ class RepairConfig(Settings):
     unlearn_epochs: int = 20
     unlearn_lr: Optional[float] = None
     unlearn_share: float = 1.0
+    unlearn_rounds: int = 2
     clp_u: float = 3.0
     clean_images: Optional[int] = None
 

@@ -122,8 +122,8 @@ def run_repair(
 
 def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, strategies=("trigger-prune", "unlearn"),
                        threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
-                       unlearn_epochs=20, unlearn_lr=None, unlearn_share=1.0, batch_size=256, seed=0, quiet=False,
-                       sources=None):
+                       unlearn_epochs=20, unlearn_lr=None, unlearn_share=1.0, unlearn_rounds=2, batch_size=256, seed=0,
+                       quiet=False, sources=None):
     """Repair from recovered triggers (:mod:`aegis_tf.detect.recovered`) with clean data only.
 
     ``strategies``: ``trigger-prune`` (:func:`repair.trigger_repair.trigger_prune_curve`,
@@ -176,7 +176,7 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     if "unlearn" in strategies:
         t0 = time.perf_counter()
         tuned, history = unlearn(model, triggers, xv, yv, epochs=unlearn_epochs, learning_rate=unlearn_lr,
-                                 share=unlearn_share, seed=seed, quiet=quiet)
+                                 share=unlearn_share, rounds=unlearn_rounds, seed=seed, quiet=quiet)
         history["seconds"] = time.perf_counter() - t0
         report["unlearned"] = history
         models_out["unlearned"] = tuned
@@ -469,7 +469,7 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     if "unlearn" in strategies:
         from repair.trigger_repair import check_unlearn_settings
 
-        check_unlearn_settings(epochs=config.unlearn_epochs, share=config.unlearn_share)
+        check_unlearn_settings(epochs=config.unlearn_epochs, share=config.unlearn_share, rounds=config.unlearn_rounds)
     if scan and scan.get("scale", scale) != scale:
         raise AegisError(f"--trigger-from {trigger_from}: the scan read its data with --scale {scan.get('scale')}; "
                          f"repair with the same --scale (received {scale})")
@@ -498,7 +498,7 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
             model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
             layer=layer, stop_asr=config.stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,
             unlearn_epochs=config.unlearn_epochs, unlearn_lr=config.unlearn_lr, unlearn_share=config.unlearn_share,
-            batch_size=batch_size, seed=seed, quiet=quiet, sources=sources)
+            unlearn_rounds=config.unlearn_rounds, batch_size=batch_size, seed=seed, quiet=quiet, sources=sources)
     bvalid, pbv = _poisoned_set(bad_valid, "bd_valid", valid, pv, flag="--bad-valid", **common)
     sources["bad_valid"] = pbv
     return run_repair(
@@ -642,6 +642,11 @@ def format_table(report):
             lines.append(f"threshold {t}%: accuracy never dropped that far; no B' saved")
         elif p.get("stop_reason"):
             lines.append(f"threshold {t}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}")
+    u = report.get("unlearned")
+    if u:
+        rounds = u.get("rounds", [u])
+        lines.append(f"unlearning: {len(rounds)} round(s) on {u['n_train']} clean images ({u['n_holdout']} held out "
+                     f"to check), kept per round: {', '.join(str(r['kept_epoch']) for r in rounds)}")
     lines += list(report.get("notes") or [])
     if report.get("asr_note"):
         lines.append(report["asr_note"])

@@ -116,7 +116,7 @@ def trigger_prune_curve(model, triggers, x, y, *, layer=None, thresholds=THRESHO
     return curve
 
 
-def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2, learning_rate=None):
+def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2, learning_rate=None, rounds=1):
     """One-line errors for unlearning settings out of range (checked before any work);
     ``learning_rate`` None stands for :func:`default_unlearn_lr`."""
     if learning_rate is not None and not learning_rate > 0:
@@ -127,6 +127,8 @@ def check_unlearn_settings(*, epochs, share, holdout=0.2, max_drop=0.01, shift=2
             raise AegisError(f"{name} must lie in [{lo}, {hi}]. Received: {v}")
     if epochs < 1:
         raise AegisError(f"--unlearn-epochs must be at least 1. Received: {epochs}")
+    if not isinstance(rounds, (int, np.integer)) or isinstance(rounds, bool) or rounds < 1:
+        raise AegisError(f"--unlearn-rounds must be a whole number, at least 1. Received: {rounds}")
     if shift < 0:
         raise AegisError(f"the unlearning shift must be 0 or a positive number of pixels. Received: {shift}")
 
@@ -184,9 +186,9 @@ def default_unlearn_lr(model):
     return UNLEARN_LR_BN if batch_norm_layers(model) else UNLEARN_LR
 
 
-def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, holdout=0.2, max_drop=0.01,
-            average=True, shift=2, patience=5, batch_size=32, soft_targets=True, freeze_bn=True, seed=0,
-            quiet=False):
+def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, share=1.0, holdout=0.2,
+            max_drop=0.01, average=True, shift=2, patience=5, batch_size=32, soft_targets=True, freeze_bn=True,
+            seed=0, quiet=False, teacher="last"):
     """Fine-tune a copy of ``model`` to ignore the recovered triggers. Returns ``(model, history)``.
 
     ``learning_rate`` (Adam) defaults to :func:`default_unlearn_lr`. With ``freeze_bn`` the copy's
@@ -210,14 +212,19 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, 
     held-out recovered-trigger ASR among those within that drop (B itself if none is), and
     training stops after ``patience`` epochs without a better one. The held-out ASR applies
     every variant of every trigger to every held-out image of its sources (:func:`triggered_set`).
+
+    ``rounds`` repeats all of that from the weights the previous round kept, with a fresh
+    optimiser, the same held-out images and the same check against B's accuracy; with
+    ``teacher="last"`` a later round's soft targets are the outputs of the model the last round
+    kept, not B's (``"B"``: B's in every round). Measured in docs/repair.md ("Unlearning in
+    rounds"). ``history`` is the last round's, with every round's in ``history["rounds"]``.
     """
     import keras
 
     check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift,
-                           learning_rate=learning_rate)
+                           learning_rate=learning_rate, rounds=rounds)
     if learning_rate is None:
         learning_rate = default_unlearn_lr(model)
-    average_from = epochs // 4 if average else None
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
@@ -238,27 +245,62 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, 
     xh_trig, yh_trig = triggered_set(triggers, xh, yh, all_variants=True)
     n_classes = int(model.output_shape[-1])
     eye = np.eye(n_classes, dtype="float32")
-    n_pick = max(1, int(round(share * len(eligible)))) if share > 0 else 0
 
     def measure(m):
         return (float(np.mean(predict_labels(m, xh) == yh)), float(np.mean(predict_labels(m, xh_trig) == yh_trig)))
+
+    if teacher not in ("last", "B"):
+        raise AegisError(f"the unlearning teacher must be 'last' or 'B'. Received: {teacher!r}")
+    teachers = [model]  # the first round learns from B's clean outputs
+
+    def targets_for(xs):
+        return np.asarray(teachers[-1].predict(xs, batch_size=256, verbose=0), "float32") if soft_targets \
+            else eye[ytr]
 
     work = copy_model(model)
     frozen = batch_norm_layers(work) if freeze_bn else []
     for layer in frozen:
         layer.trainable = False
-    work.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
-    acc0, asr0 = measure(work)
+    acc0, _ = measure(work)
     allowed = max(max_drop, 2.0 / n_hold) + 1e-12
-    history = [{"epoch": 0, "holdout_clean_acc": acc0, "holdout_recovered_asr": asr0}]
-    best, best_key, kept, since, avg, n_avg = work.get_weights(), (asr0, -acc0), 0, 0, None, 0
-    def targets_for(xs):
-        return np.asarray(model.predict(xs, batch_size=256, verbose=0), "float32") if soft_targets else eye[ytr]
-
     fixed = None if shift else targets_for(xtr)  # unshifted images: B's outputs are the same every epoch
-    for epoch in progress(range(1, epochs + 1), quiet=quiet, desc="unlearning"):
+    data = dict(xtr=xtr, eligible=eligible, applicable=applicable, n_pick=(
+        max(1, int(round(share * len(eligible)))) if share > 0 else 0), fixed=fixed)
+    rounds_out = []
+    for r in range(rounds):
+        if r and teacher == "last":  # later rounds learn from the outputs of the model the last round kept
+            teachers.append(copy_model(work))
+            if data["fixed"] is not None:
+                data["fixed"] = targets_for(xtr)
+        work.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
+        out = _unlearn_round(work, triggers, data, rng, measure=measure, targets_for=targets_for, acc0=acc0,
+                             allowed=allowed, epochs=epochs, average=average, shift=shift, patience=patience,
+                             batch_size=batch_size, quiet=quiet, desc=f"unlearning{f' {r + 1}/{rounds}' if rounds > 1 else ''}")
+        rounds_out.append(out)
+    out = dict(rounds_out[-1])
+    out.update({"n_holdout": int(n_hold), "allowed_drop": allowed, "n_train": int(len(xtr)),
+                "n_triggered": int(data["n_pick"]), "shift": int(shift), "soft_targets": bool(soft_targets),
+                "learning_rate": float(learning_rate), "frozen_batch_norm_layers": len(frozen),
+                "holdout_clean_acc_B": acc0})
+    if rounds > 1:
+        out["rounds"] = rounds_out
+    return _thawed(work, frozen), out
+
+
+def _unlearn_round(work, triggers, data, rng, *, measure, targets_for, acc0, allowed, epochs, average, shift,
+                   patience, batch_size, quiet, desc):
+    """One round of :func:`unlearn` on ``work`` (compiled), from its current weights; leaves the kept
+    weights in ``work`` and returns the round's history. Epoch 0 is the round's start, which stays
+    kept unless an epoch or the epochs' mean is better within ``allowed`` of B's accuracy ``acc0``."""
+    xtr, eligible, applicable, n_pick = data["xtr"], data["eligible"], data["applicable"], data["n_pick"]
+    average_from = epochs // 4 if average else None
+    start_acc, start_asr = measure(work)
+    history = [{"epoch": 0, "holdout_clean_acc": start_acc, "holdout_recovered_asr": start_asr}]
+    best, kept, since, avg, n_avg = work.get_weights(), 0, 0, None, 0
+    best_key = (start_asr, -start_acc) if start_acc >= acc0 - allowed else (np.inf, 0.0)
+    for epoch in progress(range(1, epochs + 1), quiet=quiet, desc=desc):
         xs = _shifted(xtr, rng, shift)
-        targets = targets_for(xs) if fixed is None else fixed
+        targets = targets_for(xs) if data["fixed"] is None else data["fixed"]
         pick = rng.choice(eligible, size=n_pick, replace=False)
         x_fit = np.concatenate([xs, _with_triggers(triggers, xs[pick], applicable[pick], rng)])
         y_fit = np.concatenate([targets, targets[pick]])
@@ -275,9 +317,7 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, 
             since += 1
             if average_from is None and since >= patience:
                 break
-    out = {"epochs": history, "n_holdout": int(n_hold), "allowed_drop": allowed, "n_train": int(len(xtr)),
-           "n_triggered": int(n_pick), "shift": int(shift), "soft_targets": bool(soft_targets),
-           "learning_rate": float(learning_rate), "frozen_batch_norm_layers": len(frozen)}
+    out = {"epochs": history}
     if avg is not None:
         work.set_weights(avg)
         acc, asr = measure(work)
@@ -285,11 +325,11 @@ def unlearn(model, triggers, x, y, *, epochs=20, learning_rate=None, share=1.0, 
                           "holdout_recovered_asr": asr}
         if acc >= acc0 - allowed:
             out["kept_epoch"] = "average"
-            return _thawed(work, frozen), out
+            return out
         out["average"]["rejected"] = f"held-out clean accuracy fell by more than {100 * allowed:.1f} points"
     work.set_weights(best)
     out["kept_epoch"] = kept
-    return _thawed(work, frozen), out
+    return out
 
 
 def _thawed(model, layers):

@@ -676,3 +676,21 @@ def test_the_pair_mask_bench_judges_pairs_against_each_family_and_summarises(tmp
         main([str(tmp_path / "m.keras"), "--out", str(tmp_path / "o.json")])
     with pytest.raises(SystemExit, match="needs the JSON written by an earlier run"):
         main(["--render", "--out", str(tmp_path / "none.json")])
+
+
+def test_unlearn_rounds_counts_the_target_per_setting_against_each_models_b():
+    from unlearn_rounds import markdown
+
+    def row(seed, setting, acc, asr):
+        return {"seed": seed, "setting": setting, "clean_acc": acc, "asr": asr, "seconds": 10.0}
+
+    result = {"command": "python bench/unlearn_rounds.py w --clean-images 600", "settings": [(1, "last"), (2, "last")],
+              "models": [{"model": "out/a.keras", "clean_images": 600, "B": [0.99, 0.999],
+                          "rows": [row(0, "1 round", 0.985, 0.05), row(0, "2 rounds", 0.982, 0.015),
+                                   row(1, "1 round", 0.985, 0.019), row(1, "2 rounds", 0.975, 0.01)]}]}
+    text = markdown(result)
+    # 2 rounds, seed 1: ASR 1% but 1.5 points of clean accuracy lost, so the target is not met there.
+    assert "| a.keras | 600 | 99.00 / 99.90 | 98.50 / 5.00; 98.50 / 1.90 (target met 1 of 2) | " \
+           "98.20 / 1.50; 97.50 / 1.00 (target met 1 of 2) |" in text
+    assert "- 1 round: target met on 1 of 2 runs; true ASR 1.90-5.00%, clean accuracy lost 0.50-0.50 points" in text
+    assert "- 2 rounds: target met on 1 of 2 runs; true ASR 1.00-1.50%, clean accuracy lost 0.80-1.50 points" in text

@@ -172,16 +172,36 @@ def test_unlearning_removes_the_embedded_backdoor(default_model, default_paths):
     trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
     asr_before = np.mean(predict_labels(default_model, xb) == yb)
     acc_before = np.mean(predict_labels(default_model, xt) == yt)
-    tuned, history = unlearn(default_model, [trig], xv, yv, epochs=8, quiet=True)
+    tuned, history = unlearn(default_model, [trig], xv, yv, epochs=8, rounds=1, quiet=True)
     asr_after = np.mean(predict_labels(tuned, xb) == yb)
     acc_after = np.mean(predict_labels(tuned, xt) == yt)
     assert asr_before > 0.9 and asr_after <= 0.02 and acc_after >= acc_before - 0.01
-    assert history["kept_epoch"] == "average" and history["average"]["epochs"] == [3, 8]
+    assert history["kept_epoch"] == "average" and history["average"]["epochs"] == [3, 8] and "rounds" not in history
     assert len(history["epochs"]) == 9 and history["n_triggered"] == history["n_train"] - np.sum(
         yv[np.random.default_rng(0).permutation(len(xv))[72:]] == 7)  # every image outside the target, once
     assert history["average"]["holdout_recovered_asr"] < history["epochs"][0]["holdout_recovered_asr"]
     # The caller's model is untouched.
     assert np.mean(predict_labels(default_model, xb) == yb) == asr_before
+
+
+def test_a_second_round_starts_where_the_first_left_off(planted):
+    # rounds=2: the second round trains from the weights the first kept, with a fresh optimiser, and is
+    # checked on the same held-out images against B's own accuracy.
+    model, x, y, trig = planted
+    tuned, history = unlearn(model, [trig], x, y, epochs=4, rounds=2, max_drop=1.0, learning_rate=1e-2, quiet=True)
+    first, second = history["rounds"]
+    assert history["epochs"] == second["epochs"] and history["kept_epoch"] == second["kept_epoch"]
+    kept = first["average"] if first["kept_epoch"] == "average" else first["epochs"][first["kept_epoch"]]
+    assert second["epochs"][0]["holdout_clean_acc"] == kept["holdout_clean_acc"]
+    assert second["epochs"][0]["holdout_recovered_asr"] == kept["holdout_recovered_asr"]
+    assert first["epochs"][0]["holdout_clean_acc"] == history["holdout_clean_acc_B"]
+    assert first["epochs"][0]["holdout_recovered_asr"] > 0.9  # B answers the trigger; the rounds then work on it
+    assert second["epochs"][0]["holdout_recovered_asr"] < first["epochs"][0]["holdout_recovered_asr"]
+    # One round gives the first round of two (the same draws), and nothing about rounds.
+    _, one = unlearn(model, [trig], x, y, epochs=4, rounds=1, max_drop=1.0, learning_rate=1e-2, quiet=True)
+    assert "rounds" not in one and one["epochs"] == first["epochs"]
+    with pytest.raises(AegisError, match="the unlearning teacher must be 'last' or 'B'"):
+        unlearn(model, [trig], x, y, epochs=1, teacher="C", quiet=True)
 
 
 def test_unlearning_keeps_b_when_every_epoch_breaks_it(default_model, default_paths):
@@ -191,10 +211,11 @@ def test_unlearning_keeps_b_when_every_epoch_breaks_it(default_model, default_pa
     trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
     tuned, history = unlearn(default_model, [trig], xv, yv, epochs=4, learning_rate=5.0, quiet=True)
     assert "rejected" in history["average"] and history["kept_epoch"] == 0
+    assert [r["kept_epoch"] for r in history["rounds"]] == [0, 0]
     np.testing.assert_array_equal(predict_labels(tuned, xv), predict_labels(default_model, xv))
     # Without averaging: the best single epoch, with early stopping.
-    _, single = unlearn(default_model, [trig], xv, yv, epochs=3, average=False, quiet=True)
-    assert "average" not in single and single["kept_epoch"] in (1, 2, 3)
+    _, single = unlearn(default_model, [trig], xv, yv, epochs=3, rounds=1, average=False, quiet=True)
+    assert "average" not in single and "rounds" not in single and single["kept_epoch"] in (1, 2, 3)
     assert single["epochs"][single["kept_epoch"]]["holdout_recovered_asr"] < single["epochs"][0]["holdout_recovered_asr"]
 
 
@@ -285,6 +306,9 @@ def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
     res = report["test"]["unlearned"]
     assert res["B"]["asr"] > 0.9 and res["B_prime"]["asr"] < res["B"]["asr"]  # true ASR, from the real bd_test.h5
     assert "B' unlearned" in printed and "repair never saw" in printed
+    assert len(report["unlearned"]["rounds"]) == 2  # the default; said in the summary
+    n_train, n_hold = report["unlearned"]["n_train"], report["unlearned"]["n_holdout"]
+    assert f"unlearning: 2 round(s) on {n_train} clean images ({n_hold} held out to check), kept per round: " in printed
     from aegis_tf.core.data import load_h5
 
     n_valid = len(load_h5(default_paths["valid"])[1])  # the clean budget: the validation set, all of it
@@ -292,12 +316,13 @@ def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
     assert {"B_prime_unlearned.keras", "goodnet_unlearned.keras", "report.html"} <= set(os.listdir(out))
     # A budget: a seeded random 40 of them, said so.
     rc, printed, _ = _run(["repair", "--bad_model", default_paths["bd_net"], "--trigger-file", path,
-                           "--strategy", "unlearn", "--unlearn-epochs", "1", "--clean-images", "40",
-                           "--out-dir", str(tmp_path / "rep40")], capsys)
+                           "--strategy", "unlearn", "--unlearn-epochs", "1", "--unlearn-rounds", "1",
+                           "--clean-images", "40", "--out-dir", str(tmp_path / "rep40")], capsys)
     report = json.load(open(tmp_path / "rep40" / "repair.json"))
     assert rc == 0 and report["clean_images"] == 40 and report["unlearned"]["n_holdout"] == 8
     assert report["sources"]["clean_budget"] == 40 and report["sources"]["clean_valid_size"] == n_valid
     assert f"clean data used: 40 images (a random 40 of {n_valid} (--clean-images))" in printed
+    assert "rounds" not in report["unlearned"] and "unlearning: 1 round(s) on 32 clean images" in printed
 
 
 @pytest.mark.parametrize("method", ["cached", "naive"])
@@ -341,6 +366,7 @@ def test_repair_from_a_detect_folder_repairs_the_scanned_model(tmp_path, capsys,
     (["--bad-valid", "x.h5"], "--bad-valid is attacker data"),
     (["--strategy", "magic"], "--strategy must be a comma-separated list of lab, trigger-prune, unlearn"),
     (["--unlearn-share", "1.5"], "--unlearn-share must lie in [0.0, 1.0]"),
+    (["--unlearn-rounds", "0"], "--unlearn-rounds must be a whole number, at least 1"),
     (["--stop-asr", "1"], "--stop-asr must lie in [0, 1)"),
     (["--clean-images", "100000"], "--clean-images 100000: --clean-valid"),
     (["--clean-images", "3"], "--clean-images must be a whole number of at least 10 images"),

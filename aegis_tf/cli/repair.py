@@ -66,6 +66,9 @@ def add(sub):
          help="trigger-prune: stop when the recovered trigger's ASR on the validation images is at most this "
               "(default %(default)s), or when the threshold's accuracy drop comes first")
     flag(p, "--unlearn-epochs", type=int, default=d.unlearn_epochs, help="unlearn: at most this many epochs (default %(default)s)")
+    flag(p, "--unlearn-rounds", type=int, default=d.unlearn_rounds,
+         help="unlearn: run it this many times, each from the weights the last kept, with a fresh optimiser "
+              "(default %(default)s; 1 is the single round of before 2026-12-04)")
     flag(p, "--unlearn-lr", type=float, default=d.unlearn_lr,
          help="unlearn: Adam learning rate (default 1e-3, or 1e-4 for a model with batch normalisation, whose "
               "statistics stay frozen while it unlearns)")
