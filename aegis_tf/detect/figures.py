@@ -190,19 +190,14 @@ def mask_grids(det, x, y, out_dir, pixel_max):
     :class:`~aegis_tf.detect.mask_probe.MaskProbeDetector`): the reversed mask and the
     trigger it carries (mask x pattern), clean images of other classes, and the same images
     with the trigger stamped on."""
-    from aegis_tf.detect.mask_probe import apply_mask
-
     files = {}
     rng = np.random.default_rng(0)
     x = np.asarray(x)
     for c in det.suspect_classes_:
         mask, pattern = det.masks_[c], det.patterns_[c]
         probes = _other_class_probes(x, y, c, rng)
-        rows = [("mask, and mask x pattern", [np.repeat(pixel_max * mask[..., None], x.shape[-1], axis=-1),
-                                              mask[..., None] * pattern]),
-                ("clean, other classes", probes),
-                (f"with the trigger (mask L1 {det.l1_norms_[c]:.1f}, gap {det.scores_[c]:.2f})",
-                 apply_mask(probes, mask, pattern))]
+        rows = _mask_rows("mask, and mask x pattern", "clean, other classes", mask, pattern, probes,
+                          f"mask L1 {det.l1_norms_[c]:.1f}, gap {det.scores_[c]:.2f}", pixel_max)
         path = os.path.join(out_dir, f"suspect_class_{c}_mask.png")
         save_image_grid(rows, path, pixel_max=pixel_max,
                         title=f"class {c}: the smallest trigger (Neural Cleanse's reverse engineering)")
@@ -210,13 +205,21 @@ def mask_grids(det, x, y, out_dir, pixel_max):
     return files
 
 
+def _mask_rows(mask_label, clean_label, mask, pattern, probes, measured, pixel_max):
+    """Three grid rows of a reversed mask: the mask and mask x pattern, the clean ``probes``, and the
+    probes with the trigger stamped on (captioned with what was ``measured``)."""
+    from aegis_tf.detect.mask_probe import apply_mask
+
+    return [(mask_label, [np.repeat(pixel_max * mask[..., None], probes.shape[-1], axis=-1), mask[..., None] * pattern]),
+            (clean_label, probes),
+            (f"with the trigger ({measured})", apply_mask(probes, mask, pattern))]
+
+
 def pair_mask_grids(det, x, y, out_dir, pixel_max):
     """For each class the pair mask probe flags (a fitted
     :class:`~aegis_tf.detect.pair_probe.PairMaskDetector`), one row group per flagged source:
     the reversed mask and the trigger it carries, clean images of the source, and the same
     images with the trigger stamped on."""
-    from aegis_tf.detect.mask_probe import apply_mask
-
     files = {}
     rng = np.random.default_rng(0)
     x, y = np.asarray(x), np.asarray(y)
@@ -226,11 +229,8 @@ def pair_mask_grids(det, x, y, out_dir, pixel_max):
             mask, pattern = det.masks_[(s, c)], det.patterns_[(s, c)]
             idx = np.flatnonzero(y == s)
             probes = x[rng.choice(idx, size=min(8, len(idx)), replace=False)]
-            rows += [(f"{s} -> {c}: mask, and mask x pattern",
-                      [np.repeat(pixel_max * mask[..., None], x.shape[-1], axis=-1), mask[..., None] * pattern]),
-                     (f"clean, class {s}", probes),
-                     (f"with the trigger (mask L1 {det.pair_norms_[(s, c)]:.1f}, gap {det.pair_gaps_[(s, c)]:.2f})",
-                      apply_mask(probes, mask, pattern))]
+            rows += _mask_rows(f"{s} -> {c}: mask, and mask x pattern", f"clean, class {s}", mask, pattern, probes,
+                               f"mask L1 {det.pair_norms_[(s, c)]:.1f}, gap {det.pair_gaps_[(s, c)]:.2f}", pixel_max)
         path = os.path.join(out_dir, f"suspect_class_{c}_pair_mask.png")
         save_image_grid(rows, path, pixel_max=pixel_max,
                         title=f"class {c}: the smallest trigger from each flagged source")
