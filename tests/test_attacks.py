@@ -104,3 +104,13 @@ def test_compiled_random_starts_stay_inside_and_spread(images):
             np.testing.assert_allclose(size, step.eps * uniform.reshape(len(images), -1)[:, 0], rtol=1e-4)
     clipped = np.asarray(L2Step(eps=50.0, step_size=0.1, clip_min=0, clip_max=1).start_from_noise(images, normal, uniform))
     assert clipped.min() >= 0 and clipped.max() <= 1
+
+
+def test_input_gradient_can_return_the_logits_of_its_forward_pass(model, images):
+    logits = logits_model(model)
+    y = np.zeros(len(images), "int64")
+    grad, loss = backend.input_gradient(logits, images, y)
+    grad2, loss2, out = backend.input_gradient(logits, images, y, with_logits=True)
+    np.testing.assert_allclose(np.asarray(grad2), np.asarray(grad), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(loss2), np.asarray(loss), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(logits.predict_on_batch(images)), rtol=1e-4, atol=1e-5)

@@ -37,3 +37,23 @@ def test_neural_cleanse_checks_its_parameters_at_fit(tiny_model, rng):
         NeuralCleanse(epochs=1).fit(tiny_model, x, None, [0, 1])
     nc = NeuralCleanse(epochs=1, steps_per_epoch=1, batch_size=4).fit(tiny_model, x)  # classes default to all outputs
     assert nc.classes_ == [0, 1, 2] and set(nc.scores_) == {0, 1, 2}
+
+
+def test_triggers_fitted_together_equal_triggers_fitted_one_by_one(default_model, default_valid):
+    """Batching the classes into one model call keeps each class's own random stream, Adam
+    state and cost schedule: the same masks as one fit per class."""
+    from aegis_tf.detect.neural_cleanse import reverse_engineer_trigger, reverse_engineer_triggers
+
+    (x, _), _ = default_valid
+    kw = dict(epochs=3, steps_per_epoch=5, batch_size=16)
+    together = reverse_engineer_triggers(default_model, x[:100], [7, 2, 5], seeds=[3, 4, 5], **kw)
+    # max_batch 16: one target per call, the other grouping.
+    apart = reverse_engineer_triggers(default_model, x[:100], [7, 2, 5], seeds=[3, 4, 5], max_batch=16, **kw)
+    alone = [reverse_engineer_trigger(default_model, x[:100], t, seed=s, **kw) for t, s in [(7, 3), (2, 4), (5, 5)]]
+    for a, b, c in zip(together, apart, alone):
+        assert a["l1"] == pytest.approx(c["l1"], rel=1e-3) and b["l1"] == pytest.approx(c["l1"], rel=1e-3)
+        assert a["success"] == pytest.approx(c["success"]) and b["success"] == pytest.approx(c["success"])
+        np.testing.assert_allclose(a["mask"], c["mask"], atol=1e-3)
+    assert len({round(r["l1"], 3) for r in together}) == 3  # three different fits, not one copied
+    with pytest.raises(ValueError, match="3 targets but 2 seeds"):
+        reverse_engineer_triggers(default_model, x[:100], [7, 2, 5], seeds=[3, 4], **kw)

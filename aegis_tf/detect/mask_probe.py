@@ -42,7 +42,7 @@ import numpy as np
 
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Interval
-from aegis_tf.detect.neural_cleanse import reverse_engineer_trigger
+from aegis_tf.detect.neural_cleanse import reverse_engineer_triggers
 from aegis_tf.detect.whole_image import WholeImageDetector
 
 __all__ = ["mask_probe_on", "apply_mask", "MaskProbeDetector", "GROUP"]
@@ -109,9 +109,10 @@ class MaskProbeDetector(WholeImageDetector):
         ceiling = self.ceiling_ = self._ceiling(x)
         self.masks_, self.patterns_, self.success_, self.l1_norms_, self.fresh_, self.plain_ = {}, {}, {}, {}, {}, {}
         norms = {}
-        for c in classes:
-            r = reverse_engineer_trigger(model, pool, c, pixel_max=self.pixel_max, epochs=self.epochs,
-                                         steps_per_epoch=self.steps_per_epoch, seed=self.random_state + int(c))
+        fitted = reverse_engineer_triggers(model, pool, classes, pixel_max=self.pixel_max, epochs=self.epochs,
+                                           steps_per_epoch=self.steps_per_epoch,
+                                           seeds=[self.random_state + int(c) for c in classes])
+        for c, r in zip(classes, fitted):
             self.masks_[c], self.patterns_[c], self.success_[c], self.l1_norms_[c] = (
                 r["mask"], r["pattern"], r["success"], float(r["l1"]))
             others = rest[y[rest] != c]

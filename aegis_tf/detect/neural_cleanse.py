@@ -25,7 +25,7 @@ from aegis_tf.core.models import logits_model
 from aegis_tf.core.params import Detector, Interval
 from aegis_tf.core.utils import progress
 
-__all__ = ["reverse_engineer_trigger", "anomaly_index", "NeuralCleanse"]
+__all__ = ["reverse_engineer_trigger", "reverse_engineer_triggers", "mask_state", "mask_step", "anomaly_index", "NeuralCleanse"]
 
 _EPS = 1e-7
 
@@ -43,55 +43,115 @@ def reverse_engineer_trigger(model, x, target, *, pixel_max=255.0, epochs=10, st
                              learning_rate=0.1, init_cost=1e-3, patience=5, attack_threshold=0.99, seed=0):
     """Smallest mask and pattern sending ``x`` to ``target``. Returns a dict with
     ``mask`` (H, W), ``pattern`` (H, W, C), ``l1`` and ``success`` (attack rate)."""
+    return reverse_engineer_triggers(model, x, [target], pixel_max=pixel_max, epochs=epochs,
+                                     steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                                     learning_rate=learning_rate, init_cost=init_cost, patience=patience,
+                                     attack_threshold=attack_threshold, seeds=[seed])[0]
+
+
+def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, steps_per_epoch=20, batch_size=32,
+                              learning_rate=0.1, init_cost=1e-3, patience=5, attack_threshold=0.99, seeds=None,
+                              max_batch=512):
+    """:func:`reverse_engineer_trigger` for every class of ``targets`` at once, one list entry
+    per target (``seeds``: one per target, default ``0, 1, ...``).
+
+    Each target keeps its own random stream (its start and its batches), Adam state and cost
+    schedule, exactly as when fitted alone; what is shared is the model call: up to
+    ``max_batch // batch_size`` targets' batches go through one input gradient, whose
+    forward pass also gives the predictions the success rate counts (no second pass). On a
+    CIFAR-10 ResNet-18 that is one call of 320 images per step for ten classes instead of
+    twenty calls of 32."""
     x = np.asarray(x, dtype="float32")
-    rng = np.random.default_rng(seed)
+    targets = [int(t) for t in targets]
+    seeds = list(range(len(targets))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(targets):
+        raise ValueError(f"reverse_engineer_triggers: {len(targets)} targets but {len(seeds)} seeds")
+    group = max(1, int(max_batch) // max(1, min(batch_size, len(x))))
+    logits, out = logits_model(model), []
+    for i in range(0, len(targets), group):
+        out += _fit_group(logits, x, targets[i:i + group], seeds[i:i + group], pixel_max=pixel_max,
+                          epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                          learning_rate=learning_rate, init_cost=init_cost, patience=patience,
+                          attack_threshold=attack_threshold)
+    return out
+
+
+def _squash(t, scale=1.0):
+    return (np.tanh(t) / (2 - _EPS) + 0.5) * scale
+
+
+def mask_state(mask0, pattern0):
+    """The optimiser state of stacked mask fits from uniform draws ``mask0`` (n, H, W, 1) and
+    ``pattern0`` (n, H, W, C) in [0, 1): the ``tanh`` parameters and both Adam states."""
+    mask_t = np.arctanh((np.asarray(mask0) - 0.5) * (2 - _EPS)).astype("float32")
+    pat_t = np.arctanh((np.asarray(pattern0) - 0.5) * (2 - _EPS)).astype("float32")
+    return {"mask_t": mask_t, "pat_t": pat_t, "adam_m": (np.zeros_like(mask_t), np.zeros_like(mask_t), 0),
+            "adam_p": (np.zeros_like(pat_t), np.zeros_like(pat_t), 0)}
+
+
+def mask_step(logits, xb, labels, state, cost, *, pixel_max, learning_rate):
+    """One Adam step of every stacked fit of ``state`` (:func:`mask_state`, updated in place) on
+    its own batch ``xb`` (n, k, H, W, C) toward ``labels`` (n * k), minimising the mean
+    cross-entropy plus ``cost`` (n) times the mask's L1 norm. Returns each fit's share of its
+    batch the model gave its label (the forward pass of the gradient, before the step)."""
+    n, k, h, w, ch = xb.shape
+    mask, pattern = _squash(state["mask_t"])[:, None], _squash(state["pat_t"], pixel_max)[:, None]
+    x_adv = ((1 - mask) * xb + mask * pattern).reshape((-1, h, w, ch))
+    grad, _, out = backend.input_gradient(logits, x_adv, labels, with_logits=True)
+    grad = np.asarray(grad).reshape((n, k, h, w, ch)) / k  # each fit's mean loss
+    g_mask = np.sum(grad * (pattern - xb), axis=(1, 4))[..., None] + cost[:, None, None, None]
+    g_pat = np.sum(grad * mask, axis=1)
+    mask_t, pat_t = state["mask_t"], state["pat_t"]
+    step, state["adam_m"] = _adam(state["adam_m"], g_mask * (1 - np.tanh(mask_t) ** 2) / (2 - _EPS), learning_rate)
+    state["mask_t"] = mask_t - step
+    step, state["adam_p"] = _adam(state["adam_p"], g_pat * (1 - np.tanh(pat_t) ** 2) / (2 - _EPS) * pixel_max,
+                                  learning_rate)
+    state["pat_t"] = pat_t - step
+    return np.mean((np.argmax(np.asarray(out), axis=-1) == labels).reshape((n, k)), axis=1)
+
+
+def _schedule(i, ok, cost, cost_set, up, down, *, init_cost, patience):
+    """Neural Cleanse's cost schedule for fit ``i`` after an epoch (``ok``: it reached the
+    threshold), in place: 0 until the first success, then ``init_cost``, raised x1.5 after
+    ``patience`` epochs above the threshold or lowered /1.5^1.5 after ``patience`` below."""
+    if not cost_set[i]:
+        if ok:
+            cost[i], cost_set[i] = init_cost, True
+        return
+    up[i], down[i] = (up[i] + 1, 0) if ok else (0, down[i] + 1)
+    if up[i] >= patience:
+        cost[i], up[i] = cost[i] * 1.5, 0
+    elif down[i] >= patience:
+        cost[i], down[i] = cost[i] / 1.5**1.5, 0
+
+
+def _fit_group(logits, x, targets, seeds, *, pixel_max, epochs, steps_per_epoch, batch_size, learning_rate,
+               init_cost, patience, attack_threshold):
+    """Neural Cleanse's fit of one mask and pattern per target, the targets stacked on axis 0."""
+    n, b = len(targets), min(batch_size, len(x))
     h, w, ch = x.shape[1:]
-    logits = logits_model(model)
-    mask_t = np.arctanh((rng.random((h, w, 1)) - 0.5) * (2 - _EPS)).astype("float32")
-    pat_t = np.arctanh((rng.random((h, w, ch)) - 0.5) * (2 - _EPS)).astype("float32")
-    adam_m = (np.zeros_like(mask_t), np.zeros_like(mask_t), 0)
-    adam_p = (np.zeros_like(pat_t), np.zeros_like(pat_t), 0)
-    cost, cost_set, up, down = 0.0, False, 0, 0
-    best = None
+    rngs = [np.random.default_rng(s) for s in seeds]
+    starts = [(r.random((h, w, 1)), r.random((h, w, ch))) for r in rngs]  # each stream's draws, in order
+    state = mask_state(np.stack([m for m, _ in starts]), np.stack([p for _, p in starts]))
+    labels = np.repeat(targets, b)
+    cost, cost_set = np.zeros(n, "float32"), np.zeros(n, bool)
+    up, down = np.zeros(n, int), np.zeros(n, int)
+    best = [None] * n
     for _ in range(epochs):
-        hits = []
+        hits = np.zeros(n)
         for _ in range(steps_per_epoch):
-            xb = x[rng.choice(len(x), size=min(batch_size, len(x)), replace=False)]
-            mask = np.tanh(mask_t) / (2 - _EPS) + 0.5
-            pattern = (np.tanh(pat_t) / (2 - _EPS) + 0.5) * pixel_max
-            x_adv = (1 - mask) * xb + mask * pattern
-            yb = np.full(len(xb), target)
-            grad, loss = backend.input_gradient(logits, x_adv, yb)
-            grad = np.asarray(grad) / len(xb)  # gradient of the mean loss
-            g_mask = np.sum(grad * (pattern - xb), axis=(0, 3))[..., None] + cost  # d|m|_1/dm = 1 (m >= 0)
-            g_pat = np.sum(grad * mask, axis=0)
-            g_mask_t = g_mask * (1 - np.tanh(mask_t) ** 2) / (2 - _EPS)
-            g_pat_t = g_pat * (1 - np.tanh(pat_t) ** 2) / (2 - _EPS) * pixel_max
-            step, adam_m = _adam(adam_m, g_mask_t, learning_rate)
-            mask_t = mask_t - step
-            step, adam_p = _adam(adam_p, g_pat_t, learning_rate)
-            pat_t = pat_t - step
-            # predict_on_batch: the compiled forward pass (an eager call costs several times more on a ResNet)
-            hits.append(np.mean(np.argmax(np.asarray(logits.predict_on_batch(x_adv)), axis=-1) == target))
-        mask = np.tanh(mask_t) / (2 - _EPS) + 0.5
-        pattern = (np.tanh(pat_t) / (2 - _EPS) + 0.5) * pixel_max
-        success = float(np.mean(hits))
-        l1 = float(mask.sum())
-        if success >= attack_threshold and (best is None or l1 < best["l1"]):
-            best = {"mask": mask[..., 0], "pattern": pattern, "l1": l1, "success": success}
-        # The reference cost schedule.
-        if not cost_set:
-            if success >= attack_threshold:
-                cost, cost_set = init_cost, True
-            continue
-        up, down = (up + 1, 0) if success >= attack_threshold else (0, down + 1)
-        if up >= patience:
-            cost, up = cost * 1.5, 0
-        elif down >= patience:
-            cost, down = cost / 1.5**1.5, 0
-    if best is None:  # never reached the threshold: report the last mask
-        best = {"mask": mask[..., 0], "pattern": pattern, "l1": float(mask.sum()), "success": success}
-    return best
+            xb = np.stack([x[r.choice(len(x), size=b, replace=False)] for r in rngs])  # (n, b, h, w, ch)
+            hits += mask_step(logits, xb, labels, state, cost, pixel_max=pixel_max, learning_rate=learning_rate)
+        mask, pattern = _squash(state["mask_t"])[..., 0], _squash(state["pat_t"], pixel_max)
+        success, l1 = hits / steps_per_epoch, mask.sum(axis=(1, 2))
+        for i in range(n):
+            ok = bool(success[i] >= attack_threshold)
+            if ok and (best[i] is None or l1[i] < best[i]["l1"]):
+                best[i] = {"mask": mask[i], "pattern": pattern[i], "l1": float(l1[i]), "success": float(success[i])}
+            _schedule(i, ok, cost, cost_set, up, down, init_cost=init_cost, patience=patience)
+    # A target that never reached the threshold: its last mask.
+    return [r if r is not None else {"mask": mask[i], "pattern": pattern[i], "l1": float(l1[i]),
+                                     "success": float(success[i])} for i, r in enumerate(best)]
 
 
 def anomaly_index(norms):
@@ -147,13 +207,16 @@ class NeuralCleanse(Detector):
         self.classes_ = classes
         self.masks_, self.patterns_, self.success_ = {}, {}, {}
         norms = []
-        for c in progress(classes, quiet=quiet, desc="neural cleanse"):
-            r = reverse_engineer_trigger(model, x, c, pixel_max=self.pixel_max, epochs=self.epochs,
-                                         steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size,
-                                         learning_rate=self.learning_rate, init_cost=self.init_cost,
-                                         seed=self.random_state + int(c))
-            self.masks_[c], self.patterns_[c], self.success_[c] = r["mask"], r["pattern"], r["success"]
-            norms.append(r["l1"])
+        group = max(1, 512 // self.batch_size)  # classes per model call (reverse_engineer_triggers' max_batch)
+        for i in progress(range(0, len(classes), group), quiet=quiet, desc="neural cleanse"):
+            chunk = classes[i:i + group]
+            fitted = reverse_engineer_triggers(model, x, chunk, pixel_max=self.pixel_max, epochs=self.epochs,
+                                               steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size,
+                                               learning_rate=self.learning_rate, init_cost=self.init_cost,
+                                               seeds=[self.random_state + int(c) for c in chunk])
+            for c, r in zip(chunk, fitted):
+                self.masks_[c], self.patterns_[c], self.success_[c] = r["mask"], r["pattern"], r["success"]
+                norms.append(r["l1"])
         self.l1_norms_ = dict(zip(classes, norms))
         idx = anomaly_index(norms)
         med = np.median(norms)

@@ -49,12 +49,11 @@ import time
 
 import numpy as np
 
-from aegis_tf.core import backend
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import logits_model, predict_labels
 from aegis_tf.core.params import Detector, Interval
 from aegis_tf.detect.mask_probe import GROUP, apply_mask
-from aegis_tf.detect.neural_cleanse import _EPS, _adam
+from aegis_tf.detect.neural_cleanse import _schedule, _squash, mask_state, mask_step
 from aegis_tf.detect.patch_transfer import pair_mapping
 
 __all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "OverBudget"]
@@ -71,10 +70,6 @@ class OverBudget(Exception):
     def __init__(self, projected_s):
         super().__init__(f"{projected_s:.0f} s projected")
         self.projected_s = float(projected_s)
-
-
-def _squash(t, scale=1.0):
-    return (np.tanh(t) / (2 - _EPS) + 0.5) * scale
 
 
 def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, steps_per_epoch=20, per_pair=8,
@@ -98,10 +93,8 @@ def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, s
     n, k = len(units), per_pair
     targets = np.repeat([t for _, t in units], k)
     logits = logits_model(model)
-    mask_t = np.arctanh((rng.random((n, h, w, 1)) - 0.5) * (2 - _EPS)).astype("float32")
-    pat_t = np.arctanh((rng.random((n, h, w, ch)) - 0.5) * (2 - _EPS)).astype("float32")
-    adam_m = (np.zeros_like(mask_t), np.zeros_like(mask_t), 0)
-    adam_p = (np.zeros_like(pat_t), np.zeros_like(pat_t), 0)
+    mask0 = rng.random((n, h, w, 1))
+    state = mask_state(mask0, rng.random((n, h, w, ch)))
     cost, cost_set = np.zeros(n, "float32"), np.zeros(n, bool)
     up, down = np.zeros(n, int), np.zeros(n, int)
     best = [None] * n
@@ -117,21 +110,9 @@ def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, s
                 if projected > budget_s:
                     raise OverBudget(projected)
             xb = np.stack([pools[s][rng.choice(len(pools[s]), size=k, replace=len(pools[s]) < k)] for s, _ in units])
-            mask = _squash(mask_t)[:, None]
-            pattern = _squash(pat_t, pixel_max)[:, None]
-            x_adv = ((1 - mask) * xb + mask * pattern).reshape((-1, h, w, ch))
-            grad, _ = backend.input_gradient(logits, x_adv, targets)
-            grad = np.asarray(grad).reshape((n, k, h, w, ch)) / k  # each start's mean loss
-            g_mask = np.sum(grad * (pattern - xb), axis=(1, 4))[..., None] + cost[:, None, None, None]
-            g_pat = np.sum(grad * mask, axis=1)
-            step, adam_m = _adam(adam_m, g_mask * (1 - np.tanh(mask_t) ** 2) / (2 - _EPS), learning_rate)
-            mask_t = mask_t - step
-            step, adam_p = _adam(adam_p, g_pat * (1 - np.tanh(pat_t) ** 2) / (2 - _EPS) * pixel_max, learning_rate)
-            pat_t = pat_t - step
-            pred = np.argmax(np.asarray(logits.predict_on_batch(x_adv)), axis=-1)
-            hits += np.mean((pred == targets).reshape((n, k)), axis=1)
+            hits += mask_step(logits, xb, targets, state, cost, pixel_max=pixel_max, learning_rate=learning_rate)
         success = hits / steps_per_epoch
-        mask, pattern = _squash(mask_t)[..., 0], _squash(pat_t, pixel_max)
+        mask, pattern = _squash(state["mask_t"])[..., 0], _squash(state["pat_t"], pixel_max)
         l1 = mask.sum(axis=(1, 2))
         for i in range(n):
             ok = success[i] >= attack_threshold
@@ -141,16 +122,7 @@ def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, s
             elif best[i] is None or not best[i]["reached"]:
                 best[i] = {"mask": mask[i], "pattern": pattern[i], "l1": float(l1[i]), "success": float(success[i]),
                            "reached": False}
-            # Neural Cleanse's cost schedule, per start.
-            if not cost_set[i]:
-                if ok:
-                    cost[i], cost_set[i] = init_cost, True
-                continue
-            up[i], down[i] = (up[i] + 1, 0) if ok else (0, down[i] + 1)
-            if up[i] >= patience:
-                cost[i], up[i] = cost[i] * 1.5, 0
-            elif down[i] >= patience:
-                cost[i], down[i] = cost[i] / 1.5**1.5, 0
+            _schedule(i, ok, cost, cost_set, up, down, init_cost=init_cost, patience=patience)  # per start
     out = {p: [] for p in pairs}
     for u, r in zip(units, best):
         out[u].append(r)

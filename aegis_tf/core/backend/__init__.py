@@ -9,9 +9,11 @@ itself does. Nothing else in aegis-tf imports tensorflow or jax.
 The API, identical in both files:
 
 * ``enable_determinism()``
-* ``input_gradient(logits_model, x, y)`` -> ``(grad, loss)``: gradient of the
-  summed cross-entropy (from logits) with respect to ``x``, and the
-  per-example loss.
+* ``input_gradient(logits_model, x, y, *, with_logits=False)`` -> ``(grad, loss)``:
+  gradient of the summed cross-entropy (from logits) with respect to ``x``, and
+  the per-example loss; ``with_logits=True`` adds the logits of the same forward
+  pass (``(grad, loss, logits)``), so a caller that also needs the predictions
+  does not run the model twice.
 * ``make_attack(logits_model, step, steps, sign)`` -> ``attack(x0, y, x_init)``:
   ``steps`` PGD iterations compiled as one function; ``sign`` is +1 to raise
   the loss (untargeted) or -1 to lower it (targeted).

@@ -32,19 +32,20 @@ def _loss_of_input(model):
     def f(x, tv, ntv, y):
         logits, _ = model.stateless_call(tv, ntv, x, training=False)
         loss = _ce(y, logits)
-        return jnp.sum(loss), loss
+        return jnp.sum(loss), (loss, logits)
 
     return f
 
 
-def input_gradient(model, x, y):
+def input_gradient(model, x, y, *, with_logits=False):
     fn = _GRADS.get(model)
     if fn is None:
         fn = jax.jit(jax.grad(_loss_of_input(model), has_aux=True))
         _GRADS[model] = fn
     tv, ntv = _state(model)
     dtype = model.inputs[0].dtype
-    return fn(jnp.asarray(x, dtype), tv, ntv, jnp.asarray(y))
+    grad, (loss, logits) = fn(jnp.asarray(x, dtype), tv, ntv, jnp.asarray(y))
+    return (grad, loss, logits) if with_logits else (grad, loss)
 
 
 def make_attack(model, step, steps, sign):

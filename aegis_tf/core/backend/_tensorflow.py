@@ -27,17 +27,19 @@ def _grad_fn(model):
         def fn(x, y):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                loss = _ce(y, model(x, training=False))
+                logits = model(x, training=False)
+                loss = _ce(y, logits)
                 total = tf.reduce_sum(loss)
-            return tape.gradient(total, x), loss
+            return tape.gradient(total, x), loss, logits
 
         _GRADS[model] = fn
     return fn
 
 
-def input_gradient(model, x, y):
+def input_gradient(model, x, y, *, with_logits=False):
     x = tf.convert_to_tensor(x, dtype=model.inputs[0].dtype)
-    return _grad_fn(model)(x, tf.convert_to_tensor(y))
+    grad, loss, logits = _grad_fn(model)(x, tf.convert_to_tensor(y))
+    return (grad, loss, logits) if with_logits else (grad, loss)
 
 
 def make_attack(model, step, steps, sign):
