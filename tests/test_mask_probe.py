@@ -9,7 +9,7 @@ from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.mask_probe import MaskProbeDetector, apply_mask, mask_probe_on
+from aegis_tf.detect.mask_probe import MaskProbeDetector, apply_mask, mask_probe_on, probe_budget
 from aegis_tf.detect.recovered import load_trigger
 
 
@@ -47,8 +47,13 @@ def test_two_small_masks_together_are_two_backdoors_and_one_natural_runner_up_is
 def test_the_probe_runs_where_asked_and_checks_its_settings():
     d = DetectConfig()
     assert d.mask_probe == "auto"
-    assert mask_probe_on(d) and not mask_probe_on(d, "staged")
-    assert mask_probe_on(DetectConfig(mask_probe=True), "staged")
+    assert mask_probe_on(d) and mask_probe_on(DetectConfig(mask_probe=True))
+    # "auto" has a time budget in a staged scan only; asked for (True), none
+    assert probe_budget(d, "mask_probe", "staged") == d.probe_budget == 300.0
+    assert probe_budget(d, "mask_probe", "full") is None
+    assert probe_budget(DetectConfig(mask_probe=True), "mask_probe", "staged") is None
+    with pytest.raises(AegisError, match="probe_budget"):
+        DetectConfig(probe_budget=0)
     assert not mask_probe_on(DetectConfig(mask_probe=False))
     assert not mask_probe_on(DetectConfig.from_preset("paper"))
     with pytest.raises(AegisError, match="mask_fit"):

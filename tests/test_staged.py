@@ -15,7 +15,8 @@ from aegis_tf.detect.state import STATE_DIR, ScanState
 from aegis_tf.core.utils import no_partial_report
 from aegis_tf.detect.whole_image import WholeImageDetector
 
-FAST = DetectConfig(n_seeds=15, steps=20, wi_probes=10, scan="staged", stage1_seeds=4, stage1_steps=5, top_k=2)
+FAST = DetectConfig(n_seeds=15, steps=20, wi_probes=10, scan="staged", stage1_seeds=4, stage1_steps=5, top_k=2,
+                    warp_probe=False, mask_probe=False)  # the probes without translations: their own test below
 
 
 def test_promote_takes_the_top_k_and_every_alarmed_class():
@@ -276,6 +277,35 @@ def test_a_finished_run_keeps_everything(tmp_path):
     with no_partial_report(str(tmp_path)):
         (tmp_path / "detect.json").write_text("{}")
     assert os.listdir(tmp_path) == ["detect.json"]
+
+
+def test_a_staged_scan_runs_the_warp_and_mask_probes_on_every_class_within_their_budget(bd):
+    """The probes that need no translations are the full scan's, on every class (not only the
+    promoted ones); over ``probe_budget`` each says "not run" and names nothing."""
+    from aegis_tf.detect.verdict import combine, verdict_line
+
+    model, x, y = bd
+    cheap = FAST.replace(warp_probe="auto", mask_probe="auto", warp_steps=5)
+    report = run_aegis(model, x, y, classes=list(range(10)), config=cheap, pixel_max=255.0, batch_size=16)
+    promoted = report["stages"]["promoted"]
+    assert len(promoted) < 10 and report["stages"]["mask_probe"] == "every class, within 300 s"
+    for probe in ("mask_probe", "warp_probe"):
+        assert sorted(map(int, report[probe]["classes"])) == list(range(10)), probe  # every class, not `promoted`
+        assert "skipped" not in report[probe]
+    assert 7 in report["mask_probe"]["suspect_classes"]
+    over = run_aegis(model, x, y, classes=list(range(10)), config=cheap.replace(probe_budget=1e-3), pixel_max=255.0,
+                     batch_size=16)
+    for probe in ("mask_probe", "warp_probe"):
+        assert over[probe]["verdict"] == "not run" and "over the budget of 0.001 s" in over[probe]["skipped"]
+        assert over[probe]["evidence"]["flagged"] == [] and over[probe]["evidence"]["skipped"]
+    line = verdict_line(combine({"patch_transfer": over["evidence"], "mask_probe": over["mask_probe"]["evidence"],
+                                 "warp_probe": over["warp_probe"]["evidence"]}))
+    assert "mask gap not run" in line and "warp gap not run" in line
+    # asked for (True), a probe has no budget
+    forced = run_aegis(model, x, y, classes=list(range(10)), pixel_max=255.0, batch_size=16,
+                       config=cheap.replace(probe_budget=1e-3, mask_probe=True, warp_probe=False))
+    assert forced["stages"]["mask_probe"] == "every class" and "skipped" not in forced["mask_probe"]
+    assert "warp_probe" not in forced and forced["stages"]["warp_probe"] == "off"
 
 
 def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):

@@ -63,9 +63,8 @@ def test_scoring_a_class_no_warp_moves_is_a_measurement_not_a_saturation():
     assert tied.suspect_classes_ == [] and "tie" in tied.inconclusive_
 
 
-def test_the_probe_is_auto_in_a_full_scan_only_and_checks_its_settings(tiny_model, rng):
-    assert warp_probe_on(DetectConfig()) and not warp_probe_on(DetectConfig(), "staged")
-    assert warp_probe_on(DetectConfig(warp_probe=True), "staged")
+def test_the_probe_is_auto_and_checks_its_settings(tiny_model, rng):
+    assert warp_probe_on(DetectConfig()) and warp_probe_on(DetectConfig(warp_probe=True))
     assert not warp_probe_on(DetectConfig(warp_probe=False))
     assert not warp_probe_on(DetectConfig.from_preset("paper"))
     with pytest.raises(AegisError, match="warp_max_shift"):

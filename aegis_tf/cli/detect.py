@@ -91,15 +91,20 @@ def config_flags(p):
                         "--no-blend-probe turns it off)")
     p.add_argument("--warp-probe", action=argparse.BooleanOptionalAction, default=None,
                    help="the warp probe, for warping triggers (WaNet): per class a smooth field fitted to send other "
-                        "classes there, and the smallest shift of it that moves them (default: on in a full scan, off "
-                        "in a staged one; --warp-probe insists, --no-warp-probe turns it off)")
+                        "classes there, and the smallest shift of it that moves them (default: on; in a staged scan "
+                        "on every class within --probe-budget; --warp-probe runs it whatever it costs, "
+                        "--no-warp-probe turns it off)")
     flag(p, "--warp-max-shift", type=float, default=None,
          help=f"the warp probe's bound on the largest offset, as a share of the image side "
               f"(default {shown(d.warp_max_shift)})")
     p.add_argument("--mask-probe", action=argparse.BooleanOptionalAction, default=None,
                    help="the mask probe, for small patches on standard-trained models: Neural Cleanse's smallest "
-                        "mask per class, flagged by the relative gap (default: on in a full scan, off in a staged "
-                        "one; --mask-probe insists, --no-mask-probe turns it off)")
+                        "mask per class, flagged by the relative gap (default: on; in a staged scan on every class "
+                        "within --probe-budget; --mask-probe runs it whatever it costs, --no-mask-probe turns it "
+                        "off)")
+    flag(p, "--probe-budget", type=float, default=None,
+         help="seconds the warp and mask probes may each take in a staged scan, projected from their first "
+              f"steps; over it, a probe is reported as not run (default {shown(d.probe_budget)})")
     p.add_argument("--pair-mask", action=argparse.BooleanOptionalAction, default=None,
                    help="the pair mask probe, for source-specific and all-to-all backdoors: the smallest mask per "
                         "(source, target) pair, flagged when it is small against its source's other targets and "

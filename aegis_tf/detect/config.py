@@ -48,17 +48,19 @@ class DetectConfig(Settings):
     ``warp_fit`` images of other classes, largest offset at most ``warp_max_shift``
     of the image side) that sends other classes' images to it, then the smallest
     shift of it that moves ``flip_at`` of ``wi_probes`` fresh images there, flagged at
-    the relative gap ``wi_threshold``. ``"auto"`` (default) runs it in a full scan,
-    not in a staged one; ``True`` asks for it anyway, ``False`` turns it off. It needs
-    no translations. Measured in results/detect/warp_probe.md.
+    the relative gap ``wi_threshold``. ``"auto"`` (default) runs it in a full scan, and in a
+    staged one on every class when its projected time is within ``probe_budget`` seconds
+    (otherwise the verdict line says "not run"); ``True`` runs it whatever it costs, ``False``
+    turns it off. It needs no translations. Measured in results/detect/warp_probe.md.
 
     ``mask_probe`` adds Neural Cleanse's reverse engineering, read by the same relative
     gap (:class:`aegis_tf.detect.mask_probe.MaskProbeDetector`): per class the smallest
     mask and pattern (``mask_epochs`` of 20 steps on ``mask_fit`` training images) that
     send images there, tried on ``wi_probes`` fresh images of other classes (it must move
     ``flip_at`` of them), flagged when its L1 norm is ``wi_threshold`` times smaller than
-    every other class's. ``"auto"`` (default) runs it in a full scan, not in a staged one;
-    ``True`` asks for it anyway, ``False`` turns it off. It needs no translations, and it
+    every other class's. ``"auto"`` (default) runs it in a full scan, and in a staged one on
+    every class within ``probe_budget`` seconds (as the warp probe); ``True`` runs it whatever it
+    costs, ``False`` turns it off. It needs no translations, and it
     finds the small patches that a standard-trained model's translations do not carry.
     Measured in results/detect/mask_probe.md.
 
@@ -147,6 +149,7 @@ class DetectConfig(Settings):
     pair_mask_epochs: int = 16
     pair_mask_restarts: int = 3
     pair_mask_budget: float = 300.0
+    probe_budget: float = 300.0
 
     _parameter_constraints = {
         "n_seeds": POS_INT, "steps": POS_INT, "eps": POS, "step_size": POS, "start_noise": NONNEG,
@@ -167,7 +170,7 @@ class DetectConfig(Settings):
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
         "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
         "pair_mask": [Options("auto", True, False)], "pair_mask_epochs": POS_INT, "pair_mask_restarts": POS_INT,
-        "pair_mask_budget": POS,
+        "pair_mask_budget": POS, "probe_budget": POS,
     }
 
     @classmethod

@@ -33,8 +33,8 @@ signal:
 
 A full scan runs it by default, on standard and robust models alike (the
 robustness check at L2 0.5 reads standard MNIST models as robust, so it cannot
-tell where the probe is needed); a staged scan leaves it out unless asked
-(:func:`mask_probe_on`). The gradients come from the input gradient (:func:`aegis_tf.core.backend.input_gradient`),
+tell where the probe is needed); a staged scan runs it on every class when that
+fits its time budget (:func:`probe_budget`), and otherwise says "not run". The gradients come from the input gradient (:func:`aegis_tf.core.backend.input_gradient`),
 so nothing here is backend-specific.
 """
 
@@ -42,19 +42,27 @@ import numpy as np
 
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Interval
-from aegis_tf.detect.neural_cleanse import reverse_engineer_triggers
+from aegis_tf.detect.neural_cleanse import OverBudget, over_budget, reverse_engineer_triggers
 from aegis_tf.detect.whole_image import WholeImageDetector
 
-__all__ = ["mask_probe_on", "apply_mask", "MaskProbeDetector", "GROUP"]
+__all__ = ["mask_probe_on", "probe_budget", "apply_mask", "MaskProbeDetector", "GROUP"]
 
 # How many classes may stand together below the rest (two backdoors in one model): the pair gap.
 GROUP = 2
 
 
-def mask_probe_on(config, mode="full"):
-    """Whether a scan runs the mask probe: ``mask_probe=True``, or ``"auto"`` in a full scan
-    (a staged scan leaves it out: one reverse engineering per class)."""
-    return config.mask_probe is True or (config.mask_probe == "auto" and mode == "full")
+def mask_probe_on(config):
+    """Whether a scan runs the mask probe: ``mask_probe`` ``True`` or ``"auto"`` (a staged scan runs
+    an ``"auto"`` probe on every class within ``probe_budget`` seconds: :func:`probe_budget`)."""
+    return config.mask_probe in (True, "auto")
+
+
+def probe_budget(config, name, mode):
+    """The time budget (seconds) of the translation-free probe ``name`` (``"mask_probe"`` or
+    ``"warp_probe"``) in a scan of ``mode``: ``config.probe_budget`` for an ``"auto"`` probe in a
+    staged scan (models with many classes, where one fit per class may cost more than the rest of
+    the scan), None (no limit) in a full scan or when the probe is asked for (``True``)."""
+    return float(config.probe_budget) if mode == "staged" and getattr(config, name) == "auto" else None
 
 
 def apply_mask(x, mask, pattern):
@@ -76,17 +84,19 @@ class MaskProbeDetector(WholeImageDetector):
         "n_fit": [Interval(int, 1, None)],
         "epochs": [Interval(int, 1, None)],
         "steps_per_epoch": [Interval(int, 1, None)],
+        "budget_s": [None, Interval(float, 0, None, closed="neither")],
     }
     score_name = "mask_gap"
     _measure_name = "mask_norm"
 
     def __init__(self, *, n_probes=50, flip_at=0.9, threshold=2.0, n_fit=1000, epochs=10, steps_per_epoch=20,
-                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+                 budget_s=None, translation=None, pixel_max=255.0, random_state=0, batch_size=512):
         super().__init__(n_probes=n_probes, flip_at=flip_at, threshold=threshold, translation=translation,
                          pixel_max=pixel_max, random_state=random_state, batch_size=batch_size)
         self.n_fit = n_fit
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
+        self.budget_s = budget_s
 
     @classmethod
     def from_config(cls, config, **kwargs):
@@ -109,9 +119,12 @@ class MaskProbeDetector(WholeImageDetector):
         ceiling = self.ceiling_ = self._ceiling(x)
         self.masks_, self.patterns_, self.success_, self.l1_norms_, self.fresh_, self.plain_ = {}, {}, {}, {}, {}, {}
         norms = {}
-        fitted = reverse_engineer_triggers(model, pool, classes, pixel_max=self.pixel_max, epochs=self.epochs,
-                                           steps_per_epoch=self.steps_per_epoch,
-                                           seeds=[self.random_state + int(c) for c in classes])
+        try:
+            fitted = reverse_engineer_triggers(model, pool, classes, pixel_max=self.pixel_max, epochs=self.epochs,
+                                               steps_per_epoch=self.steps_per_epoch, budget_s=self.budget_s,
+                                               seeds=[self.random_state + int(c) for c in classes])
+        except OverBudget as e:
+            return self._skip(classes, over_budget(len(classes), e.projected_s, self.budget_s))
         for c, r in zip(classes, fitted):
             self.masks_[c], self.patterns_[c], self.success_[c], self.l1_norms_[c] = (
                 r["mask"], r["pattern"], r["success"], float(r["l1"]))
@@ -159,7 +172,8 @@ class MaskProbeDetector(WholeImageDetector):
 
     def report(self):
         out = super().report()
-        out["pair_gap"] = getattr(self, "pair_gap_", None)
+        if not getattr(self, "skipped_", None):
+            out["pair_gap"] = getattr(self, "pair_gap_", None)
         return out
 
     def _class_entry(self, c):

@@ -17,6 +17,8 @@ The gradients with respect to mask and pattern come from the input gradient
 (chain rule), so no backend-specific code is needed here.
 """
 
+import time
+
 import numpy as np
 
 from aegis_tf.core import backend
@@ -25,9 +27,44 @@ from aegis_tf.core.models import logits_model
 from aegis_tf.core.params import Detector, Interval
 from aegis_tf.core.utils import progress
 
-__all__ = ["reverse_engineer_trigger", "reverse_engineer_triggers", "mask_state", "mask_step", "anomaly_index", "NeuralCleanse"]
+__all__ = ["reverse_engineer_trigger", "reverse_engineer_triggers", "mask_state", "mask_step", "OverBudget", "StepBudget", "over_budget",
+           "anomaly_index", "NeuralCleanse"]
 
 _EPS = 1e-7
+
+
+class OverBudget(Exception):
+    """A fit would take longer than its budget: ``projected_s`` seconds."""
+
+    def __init__(self, projected_s):
+        super().__init__(f"{projected_s:.0f} s projected")
+        self.projected_s = float(projected_s)
+
+
+def over_budget(n_classes, projected_s, budget_s):
+    """Why a probe over ``n_classes`` classes did not run: its projected time against its budget."""
+    return (f"{n_classes} classes would take about {projected_s:.0f} s here, over the budget of {budget_s:g} s "
+            "(--probe-budget; --mask-probe / --warp-probe run it whatever it costs)")
+
+
+class StepBudget:
+    """Projects a fit of ``total`` equal steps from the time of its third (the first two
+    compile) and raises :class:`OverBudget` there when it exceeds ``budget_s`` (None: no
+    budget): call :meth:`tick` before each step."""
+
+    def __init__(self, budget_s, total):
+        self.budget_s, self.total, self.done, self._started = budget_s, int(total), 0, None
+
+    def tick(self):
+        self.done += 1
+        if self.budget_s is None:
+            return
+        if self.done == 3:
+            self._started = time.perf_counter()
+        elif self.done == 4:
+            projected = (time.perf_counter() - self._started) * self.total
+            if projected > self.budget_s:
+                raise OverBudget(projected)
 
 
 def _adam(state, grad, lr, b1=0.5, b2=0.9):
@@ -51,7 +88,7 @@ def reverse_engineer_trigger(model, x, target, *, pixel_max=255.0, epochs=10, st
 
 def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, steps_per_epoch=20, batch_size=32,
                               learning_rate=0.1, init_cost=1e-3, patience=5, attack_threshold=0.99, seeds=None,
-                              max_batch=512):
+                              max_batch=512, budget_s=None):
     """:func:`reverse_engineer_trigger` for every class of ``targets`` at once, one list entry
     per target (``seeds``: one per target, default ``0, 1, ...``).
 
@@ -60,7 +97,8 @@ def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, 
     ``max_batch // batch_size`` targets' batches go through one input gradient, whose
     forward pass also gives the predictions the success rate counts (no second pass). On a
     CIFAR-10 ResNet-18 that is one call of 320 images per step for ten classes instead of
-    twenty calls of 32."""
+    twenty calls of 32. With ``budget_s``, the third step projects the whole fit (every
+    group), and :class:`OverBudget` is raised there when it would take longer."""
     x = np.asarray(x, dtype="float32")
     targets = [int(t) for t in targets]
     seeds = list(range(len(targets))) if seeds is None else [int(s) for s in seeds]
@@ -68,11 +106,12 @@ def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, 
         raise ValueError(f"reverse_engineer_triggers: {len(targets)} targets but {len(seeds)} seeds")
     group = max(1, int(max_batch) // max(1, min(batch_size, len(x))))
     logits, out = logits_model(model), []
+    budget = StepBudget(budget_s, -(-len(targets) // group) * epochs * steps_per_epoch)
     for i in range(0, len(targets), group):
         out += _fit_group(logits, x, targets[i:i + group], seeds[i:i + group], pixel_max=pixel_max,
                           epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                           learning_rate=learning_rate, init_cost=init_cost, patience=patience,
-                          attack_threshold=attack_threshold)
+                          attack_threshold=attack_threshold, budget=budget)
     return out
 
 
@@ -126,7 +165,7 @@ def _schedule(i, ok, cost, cost_set, up, down, *, init_cost, patience):
 
 
 def _fit_group(logits, x, targets, seeds, *, pixel_max, epochs, steps_per_epoch, batch_size, learning_rate,
-               init_cost, patience, attack_threshold):
+               init_cost, patience, attack_threshold, budget):
     """Neural Cleanse's fit of one mask and pattern per target, the targets stacked on axis 0."""
     n, b = len(targets), min(batch_size, len(x))
     h, w, ch = x.shape[1:]
@@ -140,6 +179,7 @@ def _fit_group(logits, x, targets, seeds, *, pixel_max, epochs, steps_per_epoch,
     for _ in range(epochs):
         hits = np.zeros(n)
         for _ in range(steps_per_epoch):
+            budget.tick()
             xb = np.stack([x[r.choice(len(x), size=b, replace=False)] for r in rngs])  # (n, b, h, w, ch)
             hits += mask_step(logits, xb, labels, state, cost, pixel_max=pixel_max, learning_rate=learning_rate)
         mask, pattern = _squash(state["mask_t"])[..., 0], _squash(state["pat_t"], pixel_max)

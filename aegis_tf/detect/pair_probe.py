@@ -45,15 +45,13 @@ natural pairs overlap between 1.89 and 2.06; docs/detection.md). ``DetectConfig.
 here is backend-specific. Measured in results/detect/pair_mask.md.
 """
 
-import time
-
 import numpy as np
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import logits_model, predict_labels
 from aegis_tf.core.params import Detector, Interval
 from aegis_tf.detect.mask_probe import GROUP, apply_mask
-from aegis_tf.detect.neural_cleanse import _schedule, _squash, mask_state, mask_step
+from aegis_tf.detect.neural_cleanse import OverBudget, StepBudget, _schedule, _squash, mask_state, mask_step
 from aegis_tf.detect.patch_transfer import pair_mapping
 
 __all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "OverBudget"]
@@ -62,14 +60,6 @@ __all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "OverBu
 def pair_mask_on(config, mode="full"):
     """Whether a scan runs the pair mask probe: ``pair_mask=True``, or ``"auto"`` in a full scan."""
     return config.pair_mask is True or (config.pair_mask == "auto" and mode == "full")
-
-
-class OverBudget(Exception):
-    """The pair fit would take longer than its budget: ``projected_s`` seconds."""
-
-    def __init__(self, projected_s):
-        super().__init__(f"{projected_s:.0f} s projected")
-        self.projected_s = float(projected_s)
 
 
 def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, steps_per_epoch=20, per_pair=8,
@@ -98,17 +88,11 @@ def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, s
     cost, cost_set = np.zeros(n, "float32"), np.zeros(n, bool)
     up, down = np.zeros(n, int), np.zeros(n, int)
     best = [None] * n
-    total, done = epochs * steps_per_epoch, 0
+    budget = StepBudget(budget_s, epochs * steps_per_epoch)
     for _ in range(epochs):
         hits = np.zeros(n)
         for _ in range(steps_per_epoch):
-            done += 1
-            if budget_s is not None and done == 3:
-                started = time.perf_counter()
-            elif budget_s is not None and done == 4:
-                projected = (time.perf_counter() - started) * total
-                if projected > budget_s:
-                    raise OverBudget(projected)
+            budget.tick()
             xb = np.stack([pools[s][rng.choice(len(pools[s]), size=k, replace=len(pools[s]) < k)] for s, _ in units])
             hits += mask_step(logits, xb, targets, state, cost, pixel_max=pixel_max, learning_rate=learning_rate)
         success = hits / steps_per_epoch

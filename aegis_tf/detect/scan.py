@@ -26,7 +26,7 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import no_partial_report, trigger_class, write_json
@@ -43,7 +43,7 @@ from aegis_tf.detect.staged import blend_probe_on
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
-from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
+from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on, probe_budget
 from aegis_tf.detect.pair_probe import PairMaskDetector, pair_mask_on
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
@@ -128,15 +128,17 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
         times["translate"] = time.perf_counter() - t
     if "translate" not in times:
         times["translate"] = time.perf_counter() - t
-    scoring = config
-    if stages is not None:  # stage 2 scores the promoted classes; the warp probe only when asked (one field per class)
-        scoring = config.replace(scan="full", warp_probe=warp_probe_on(config, "staged"),
-                                 mask_probe=mask_probe_on(config, "staged"),
-                                 pair_mask=pair_mask_on(config, "staged"))
+    scoring, probes = config, {}
+    if stages is not None:
+        # Stage 2 scores the promoted classes; the probes that need no translations (warp, mask) run on
+        # every class, as in a full scan, within their time budget.
+        scoring = config.replace(scan="full", pair_mask=pair_mask_on(config, "staged"))
+        probes = {"probe_classes": classes, "budgets": {k: probe_budget(config, k, "staged")
+                                                          for k in ("warp_probe", "mask_probe")}}
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
                                        pixel_max=pixel_max, seed=seed, batch_size=batch_size, plots=plots,
                                        n_jobs=n_jobs, screen_gaps=screen_gaps.get("whole_image"),
-                                       screen_blend_gaps=screen_gaps.get("blend_probe"), robust=robust)
+                                       screen_blend_gaps=screen_gaps.get("blend_probe"), robust=robust, **probes)
     report["seconds"] = {**times, **report["seconds"]}
     if stages is not None:
         report["config"] = config.to_dict()
@@ -182,9 +184,10 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
                                   "alarm_gap": config.alarm_gap},
               "resumed_classes": len(done), "resumed_stage2_classes": resumed2,
               "blend_probe": "on" if "blend_probe" in scores else "off",
-              # one fitted field per class: a staged scan runs the warp probe only when asked, on the promoted classes
-              "warp_probe": "promoted classes" if warp_probe_on(config, "staged") else "off",
-              "mask_probe": "promoted classes" if mask_probe_on(config, "staged") else "off",
+              # one fit per class, no translations: every class, within probe_budget unless asked for
+              **{k: ("off" if not on(config) else "every class" if probe_budget(config, k, "staged") is None
+                     else f"every class, within {config.probe_budget:g} s")
+                 for k, on in (("warp_probe", warp_probe_on), ("mask_probe", mask_probe_on))},
               "pair_mask": "promoted classes" if pair_mask_on(config, "staged") else "off"}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
@@ -192,7 +195,8 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
 
 
 def score_translations(model, x, y, *, classes, config, translations, pixel_max, seed=0, batch_size=512, plots=False,
-                       n_jobs=1, screen_gaps=None, screen_blend_gaps=None, robust=None):
+                       n_jobs=1, screen_gaps=None, screen_blend_gaps=None, robust=None, probe_classes=None,
+                       budgets=None):
     """Every signal of the verdict on translations already made. Returns ``(report, found)``.
 
     ``robust=False`` (the robustness check measured the model as not robust) raises the
@@ -203,6 +207,11 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     blend gaps, against every class) must also reach ``config.alarm_gap`` for the
     whole-image signal and the blend probe to flag a class. A staged scan without
     stage-1 blend gaps runs no blend probe.
+
+    ``probe_classes`` (default ``classes``) are the classes the warp and mask probes, which
+    need no translations, fit and compare (a staged scan: every class); ``budgets``
+    (``{"warp_probe": s, "mask_probe": s}``, None: no limit) the seconds each may take, projected
+    from its first steps; one over its budget is reported as not run.
     """
     times = {}
     found = Found(x=x, y=y, pixel_max=pixel_max, translations=translations, plots=plots)
@@ -242,16 +251,19 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
                                                               screen_threshold=config.alarm_gap)
         times["blend_probe"] = time.perf_counter() - t
     warp = None
-    if warp_probe_on(config) and len(classes) >= 3 and min(x.shape[1:3]) >= config.warp_grid:
+    probe_classes, budgets = (classes if probe_classes is None else probe_classes), (budgets or {})
+    if warp_probe_on(config) and len(probe_classes) >= 3 and min(x.shape[1:3]) >= config.warp_grid:
         t = time.perf_counter()
-        warp = WarpProbeDetector.from_config(config, random_state=seed, batch_size=batch_size)
-        warp.fit(model, x, y, classes)
+        warp = WarpProbeDetector.from_config(config, random_state=seed, batch_size=batch_size,
+                                             budget_s=budgets.get("warp_probe"))
+        warp.fit(model, x, y, probe_classes)
         times["warp_probe"] = time.perf_counter() - t
     mask = None
-    if mask_probe_on(config) and len(classes) >= 3:
+    if mask_probe_on(config) and len(probe_classes) >= 3:
         t = time.perf_counter()
-        mask = MaskProbeDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
-        mask.fit(model, x, y, classes)
+        mask = MaskProbeDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size,
+                                             budget_s=budgets.get("mask_probe"))
+        mask.fit(model, x, y, probe_classes)
         times["mask_probe"] = time.perf_counter() - t
     pair_mask = None
     if pair_mask_on(config) and len(classes) >= 3:
@@ -484,10 +496,12 @@ def format_summary(report, name):
                 continue
             idx = ", ".join(f"{c}:{v[gap]:.2f}" for c, v in report[key]["classes"].items())
             flagged = report[key]["suspect_classes"]
-            state = ("inconclusive: " + report[key]["inconclusive"] if report[key].get("inconclusive") else
+            state = ("not run: " + report[key]["skipped"] if report[key].get("skipped") else
+                     "inconclusive: " + report[key]["inconclusive"] if report[key].get("inconclusive") else
                      "backdoored, class(es) " + ", ".join(map(str, flagged)) if flagged else "clean")
             lines.append(f"  aegis {label}: {state}")
-            lines.append(f"    gap per class (nearest other class's {what} / own): {idx}")
+            if idx:
+                lines.append(f"    gap per class (nearest other class's {what} / own): {idx}")
         if "pair_transfer" in report:
             pt = report["pair_transfer"]
             pairs = pt["evidence"]["pairs"]

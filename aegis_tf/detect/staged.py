@@ -17,7 +17,10 @@ the full detector fixed:
   with ``scan="full"``) on the promoted classes only; its verdict is the
   scan's. Its whole-image and blend gaps compare the promoted classes only, so a
   class is flagged by either only if its stage-1 gap of the same signal (against
-  every class) also reaches ``alarm_gap``.
+  every class) also reaches ``alarm_gap``. The warp and mask probes need no
+  translations: they run as in a full scan, on *every* class, when each one's
+  projected time is within ``probe_budget`` seconds (otherwise the verdict says
+  "not run"; ``--warp-probe`` / ``--mask-probe`` run them whatever they cost).
 
 Stage 1 saves its per-class results after every chunk, and stage 2 its
 translations after every class, through :class:`aegis_tf.detect.state.ScanState`

@@ -24,28 +24,33 @@ one class ``flip_at`` of the other classes' probes with no warp at all (a
 collapsed model: no shift can be read).
 
 The probe needs no translations, so it costs the same on any scan; it fits one
-field per class, so a staged scan (hundreds of classes) does not run it
-(:func:`warp_probe_on`).
+field per class, so a staged scan (hundreds of classes) runs it on every class only
+when that fits its time budget (:func:`aegis_tf.detect.mask_probe.probe_budget`), and
+otherwise says "not run".
 
 The gradient with respect to the field is taken through the bilinear sampling
 in NumPy from the model's input gradient (:func:`aegis_tf.core.backend.input_gradient`),
 so the probe needs nothing backend-specific.
 """
 
+import time
+
 import numpy as np
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import logits_model, predict_labels
 from aegis_tf.core.params import Interval
+from aegis_tf.detect.neural_cleanse import OverBudget, over_budget
 from aegis_tf.detect.whole_image import WholeImageDetector, _smallest_moving
 
 __all__ = ["upsampler", "warp_images", "fit_warp", "warp_shifts", "warp_probe_on", "WarpProbeDetector"]
 
 
-def warp_probe_on(config, mode="full"):
-    """Whether a scan runs the warp probe: ``warp_probe=True``, or ``"auto"`` in a full
-    scan (a staged scan leaves it out: one fitted field per class)."""
-    return config.warp_probe is True or (config.warp_probe == "auto" and mode == "full")
+def warp_probe_on(config):
+    """Whether a scan runs the warp probe: ``warp_probe`` ``True`` or ``"auto"`` (a staged scan runs
+    an ``"auto"`` probe on every class within ``probe_budget`` seconds:
+    :func:`aegis_tf.detect.mask_probe.probe_budget`)."""
+    return config.warp_probe in (True, "auto")
 
 
 def upsampler(n, grid):
@@ -131,21 +136,28 @@ def _other_images(x, y, c, n, rng):
 
 
 def warp_shifts(model, x, y, classes, *, grid=4, max_shift=3.0, n_fit=32, n_probes=50, flip_at=0.9, steps=60,
-                seed=0, batch_size=512, iters=12):
+                seed=0, batch_size=512, iters=12, budget_s=None):
     """Per class, the smallest largest-offset (pixels) of its fitted field (:func:`fit_warp`,
     on ``n_fit`` images of other classes) that moves ``flip_at`` of ``n_probes`` fresh
     images of other classes to it. Returns ``({c: (shift, share)}, {c: field}, {c: unwarped})``; a
     class the full field does not move gets ``max_shift``; ``unwarped`` is the share of its probes
-    the model gives it with no warp at all."""
+    the model gives it with no warp at all. With ``budget_s``, the second class's fit (the first
+    compiles) projects the fits of every class, and :class:`~aegis_tf.detect.neural_cleanse.OverBudget`
+    is raised there when they would take longer."""
     rng = np.random.default_rng(seed + 11)
     fields, units, peaks = {}, [], []
-    for c in classes:
+    took = []
+    for i, c in enumerate(classes):
+        started = time.perf_counter()
         f = fit_warp(model, _other_images(x, y, c, n_fit, rng), c, grid=grid, max_shift=max_shift, steps=steps,
                      batch_size=batch_size)
         fields[c] = f
         peak = float(np.max(np.abs(f)))
         peaks.append(peak)
         units.append(f / peak if peak > 0 else f)
+        took.append(time.perf_counter() - started)
+        if budget_s is not None and i == 1 and took[0] + took[1] * (len(classes) - 1) > budget_s:
+            raise OverBudget(took[0] + took[1] * (len(classes) - 1))
     probes = [_other_images(x, y, c, n_probes, rng) for c in classes]
     plain = predict_labels(model, np.concatenate(probes), batch_size=batch_size)
     starts = np.cumsum([0] + [len(p) for p in probes])
@@ -170,6 +182,7 @@ class WarpProbeDetector(WholeImageDetector):
         "max_shift": [Interval(float, 0, 1, closed="right")],
         "n_fit": [Interval(int, 1, None)],
         "steps": [Interval(int, 1, None)],
+        "budget_s": [None, Interval(float, 0, None, closed="neither")],
     }
     score_name = "warp_gap"
     _measure_name = "warp_shift"
@@ -178,13 +191,14 @@ class WarpProbeDetector(WholeImageDetector):
     _resolved_below = float("inf")
 
     def __init__(self, *, n_probes=50, flip_at=0.9, threshold=2.0, grid=4, max_shift=0.2, n_fit=32, steps=60,
-                 translation=None, pixel_max=255.0, random_state=0, batch_size=512):
+                 budget_s=None, translation=None, pixel_max=255.0, random_state=0, batch_size=512):
         super().__init__(n_probes=n_probes, flip_at=flip_at, threshold=threshold, translation=translation,
                          pixel_max=pixel_max, random_state=random_state, batch_size=batch_size)
         self.grid = grid
         self.max_shift = max_shift
         self.n_fit = n_fit
         self.steps = steps
+        self.budget_s = budget_s
 
     @classmethod
     def from_config(cls, config, **kwargs):
@@ -203,10 +217,14 @@ class WarpProbeDetector(WholeImageDetector):
         if self.grid > min(h, w):
             raise AegisError(f"the warp probe's grid ({self.grid}) must not exceed the image side ({min(h, w)})")
         self.max_shift_px_ = self._ceiling(x)
-        measured, self.fields_, self.unwarped_ = warp_shifts(model, x, y, list(classes), grid=self.grid,
-                                             max_shift=self.max_shift_px_,
-                                             n_fit=self.n_fit, n_probes=self.n_probes, flip_at=self.flip_at,
-                                             steps=self.steps, seed=self.random_state, batch_size=self.batch_size)
+        try:
+            measured, self.fields_, self.unwarped_ = warp_shifts(
+                model, x, y, list(classes), grid=self.grid, max_shift=self.max_shift_px_, n_fit=self.n_fit,
+                n_probes=self.n_probes, flip_at=self.flip_at, steps=self.steps, seed=self.random_state,
+                batch_size=self.batch_size, budget_s=self.budget_s)
+        except OverBudget as e:
+            self.fields_, self.unwarped_ = {}, {}
+            return self._skip(classes, over_budget(len(classes), e.projected_s, self.budget_s))
         self.shares_ = {c: s for c, (_, s) in measured.items()}
         self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
                        screen_threshold=screen_threshold, ceiling=self.max_shift_px_)

@@ -235,6 +235,7 @@ class WholeImageDetector(Detector):
         if len(norms) < (2 if staged else 3):
             raise AegisError(f"the whole-image signal needs at least {2 if staged else 3} classes to compare")
         self.classes_ = sorted(norms)
+        self.skipped_ = None
         self.norms_ = {c: float(norms[c]) for c in self.classes_}
         self.scores_ = self._gaps(ceiling)
         self.screen_gaps_ = {c: float(screen_gaps[c]) for c in self.classes_} if staged else None
@@ -256,7 +257,18 @@ class WholeImageDetector(Detector):
         """Why ``norms_`` cannot single out a class (:func:`saturation`), or None."""
         return saturation(self.norms_, ceiling, resolved_below=self._resolved_below)
 
+    def _skip(self, classes, why):
+        """Not run (``skipped_``: why, e.g. over its time budget): no norm read, no class named."""
+        self.classes_ = sorted(int(c) for c in classes)
+        self.norms_, self.scores_ = {}, {c: 0.0 for c in self.classes_}
+        self.screen_gaps_, self.screen_threshold_, self.inconclusive_ = None, None, None
+        self.suspect_classes_, self.is_backdoored_, self.skipped_ = [], False, why
+        return self
+
     def report(self):
+        if getattr(self, "skipped_", None):
+            return {"verdict": "not run", "skipped": self.skipped_, "suspect_classes": [], "classes": {},
+                    "params": self.get_params()}
         out = super().report()
         if getattr(self, "inconclusive_", None):
             out["verdict"] = "inconclusive"
@@ -265,6 +277,8 @@ class WholeImageDetector(Detector):
 
     def evidence(self, description):
         out = super().evidence(description)
+        if getattr(self, "skipped_", None):
+            out["skipped"] = self.skipped_
         if getattr(self, "inconclusive_", None):
             out["inconclusive"] = self.inconclusive_
         if self.screen_gaps_ is not None:  # a staged scan: the stage-1 gap must reach the alarm level too
