@@ -301,6 +301,12 @@ def test_a_staged_scan_runs_the_warp_and_mask_probes_on_every_class_within_their
     line = verdict_line(combine({"patch_transfer": over["evidence"], "mask_probe": over["mask_probe"]["evidence"],
                                  "warp_probe": over["warp_probe"]["evidence"]}))
     assert "mask gap not run" in line and "warp gap not run" in line
+    # a class only a probe scored (not promoted to stage 2) shows "-" for the other signals
+    pt = {"description": "d", "scores": {"0": 0.0, "3": 0.01}, "threshold": 0.02, "direction": "above", "flagged": []}
+    mk = {"description": "d", "scores": {str(c): 5.0 if c == 5 else 1.0 for c in range(10)}, "threshold": 2.0,
+          "direction": "above", "flagged": [5]}
+    assert verdict_line(combine({"patch_transfer": pt, "mask_probe": mk})) == (
+        "BACKDOORED: class 5 (patch share - vs 0.02; mask gap 5.00 vs 2)")
     # asked for (True), a probe has no budget
     forced = run_aegis(model, x, y, classes=list(range(10)), pixel_max=255.0, batch_size=16,
                        config=cheap.replace(probe_budget=1e-3, mask_probe=True, warp_probe=False))

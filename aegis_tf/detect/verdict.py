@@ -201,7 +201,8 @@ def verdict_line(verdict):
         scores = e["scores"]
         if targets:
             shown_classes = [str(c) for c in targets if str(c) in scores]
-            shown = "/".join(f"{scores[c]:.2f}" for c in shown_classes)
+            # "-": a class this signal did not score (a staged scan's stage 2 sees its promoted classes only)
+            shown = "/".join(f"{scores[c]:.2f}" for c in shown_classes) or "-"
         else:  # the strongest class against the threshold
             pick = max if e["direction"] == "above" else min
             shown_classes = [pick(scores, key=scores.get)]
