@@ -21,9 +21,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench_scale import seed_images  # noqa: E402
+from bench_scale import seed_images  # bench/, beside this file  # noqa: E402
 
 from aegis_tf.core.errors import AegisError  # noqa: E402
 from aegis_tf.core.utils import write_json  # noqa: E402

@@ -142,8 +142,9 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
     staged = run_aegis(_linear(2), x, y, classes=list(range(6)), pixel_max=1.0, out_dir=None,
                        config=config.replace(scan="staged", top_k=2))
     assert staged["stages"]["blend_probe"] == "on"
-    assert staged["stages"]["warp_probe"] == "off" and "warp_probe" not in staged  # one field per class: not staged
-    assert staged["stages"]["mask_probe"] == "off" and "mask_probe" not in staged  # one trigger per class: neither
+    # the probes without translations run on every class of a staged scan too, within their budget
+    for probe in ("warp_probe", "mask_probe"):
+        assert staged["stages"][probe] == "every class, within 300 s" and len(staged[probe]["classes"]) == 6
     stage1 = staged["stages"]["stage1"]
     assert sorted(stage1) == [str(c) for c in range(6)] and all("blend_gap" in v for v in stage1.values())
     promoted = staged["stages"]["promoted"]
@@ -152,7 +153,8 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
     for c, entry in staged["blend_probe"]["classes"].items():
         assert entry["stage1_gap"] == stage1[c]["blend_gap"]
     evidence = aegis_evidence(staged)
-    assert list(evidence)[-1] == "blend_probe" and evidence["blend_probe"]["also"]["threshold"] == config.alarm_gap
+    assert list(evidence)[-3:] == ["blend_probe", "warp_probe", "mask_probe"]
+    assert evidence["blend_probe"]["also"]["threshold"] == config.alarm_gap
     assert "stage 1 highest blend gap: " in format_summary(staged, "m")
     from aegis_tf.detect.state import fingerprint
 
