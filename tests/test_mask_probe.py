@@ -9,7 +9,8 @@ from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.mask_probe import MaskProbeDetector, apply_mask, mask_probe_on, probe_budget
+from aegis_tf.detect.mask_probe import MaskProbeDetector, apply_mask, mask_probe_on
+from aegis_tf.detect.staged import probe_budget
 from aegis_tf.detect.recovered import load_trigger
 
 

@@ -34,7 +34,7 @@ signal:
 A full scan runs it by default, on standard and robust models alike (the
 robustness check at L2 0.5 reads standard MNIST models as robust, so it cannot
 tell where the probe is needed); a staged scan runs it on every class when that
-fits its time budget (:func:`probe_budget`), and otherwise says "not run". The gradients come from the input gradient (:func:`aegis_tf.core.backend.input_gradient`),
+fits its time budget (:func:`aegis_tf.detect.staged.probe_budget`), and otherwise says "not run". The gradients come from the input gradient (:func:`aegis_tf.core.backend.input_gradient`),
 so nothing here is backend-specific.
 """
 
@@ -42,10 +42,10 @@ import numpy as np
 
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.params import Interval
-from aegis_tf.detect.neural_cleanse import OverBudget, over_budget, reverse_engineer_triggers
+from aegis_tf.detect.neural_cleanse import OverBudget, reverse_engineer_triggers
 from aegis_tf.detect.whole_image import WholeImageDetector
 
-__all__ = ["mask_probe_on", "probe_budget", "apply_mask", "MaskProbeDetector", "GROUP"]
+__all__ = ["mask_probe_on", "apply_mask", "MaskProbeDetector", "GROUP"]
 
 # How many classes may stand together below the rest (two backdoors in one model): the pair gap.
 GROUP = 2
@@ -53,16 +53,10 @@ GROUP = 2
 
 def mask_probe_on(config):
     """Whether a scan runs the mask probe: ``mask_probe`` ``True`` or ``"auto"`` (a staged scan runs
-    an ``"auto"`` probe on every class within ``probe_budget`` seconds: :func:`probe_budget`)."""
+    an ``"auto"`` probe on every class within ``probe_budget`` seconds:
+    :func:`aegis_tf.detect.staged.probe_budget`)."""
     return config.mask_probe in (True, "auto")
 
-
-def probe_budget(config, name, mode):
-    """The time budget (seconds) of the translation-free probe ``name`` (``"mask_probe"`` or
-    ``"warp_probe"``) in a scan of ``mode``: ``config.probe_budget`` for an ``"auto"`` probe in a
-    staged scan (models with many classes, where one fit per class may cost more than the rest of
-    the scan), None (no limit) in a full scan or when the probe is asked for (``True``)."""
-    return float(config.probe_budget) if mode == "staged" and getattr(config, name) == "auto" else None
 
 
 def apply_mask(x, mask, pattern):
@@ -124,7 +118,7 @@ class MaskProbeDetector(WholeImageDetector):
                                                steps_per_epoch=self.steps_per_epoch, budget_s=self.budget_s,
                                                seeds=[self.random_state + int(c) for c in classes])
         except OverBudget as e:
-            return self._skip(classes, over_budget(len(classes), e.projected_s, self.budget_s))
+            return self._over_budget(classes, e.projected_s)
         for c, r in zip(classes, fitted):
             self.masks_[c], self.patterns_[c], self.success_[c], self.l1_norms_[c] = (
                 r["mask"], r["pattern"], r["success"], float(r["l1"]))

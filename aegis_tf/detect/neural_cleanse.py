@@ -27,10 +27,16 @@ from aegis_tf.core.models import logits_model
 from aegis_tf.core.params import Detector, Interval
 from aegis_tf.core.utils import progress
 
-__all__ = ["reverse_engineer_trigger", "reverse_engineer_triggers", "mask_state", "mask_step", "OverBudget", "StepBudget", "over_budget",
-           "anomaly_index", "NeuralCleanse"]
+__all__ = ["reverse_engineer_trigger", "reverse_engineer_triggers", "mask_state", "mask_step", "OverBudget",
+           "StepBudget", "anomaly_index", "NeuralCleanse"]
 
 _EPS = 1e-7
+MAX_BATCH = 512  # images per input-gradient call when several targets' fits share it
+
+
+def _group_size(batch_size, n_images, max_batch=MAX_BATCH):
+    """How many targets' batches (of ``batch_size``, at most ``n_images``) share one model call."""
+    return max(1, int(max_batch) // max(1, min(batch_size, n_images)))
 
 
 class OverBudget(Exception):
@@ -39,12 +45,6 @@ class OverBudget(Exception):
     def __init__(self, projected_s):
         super().__init__(f"{projected_s:.0f} s projected")
         self.projected_s = float(projected_s)
-
-
-def over_budget(n_classes, projected_s, budget_s):
-    """Why a probe over ``n_classes`` classes did not run: its projected time against its budget."""
-    return (f"{n_classes} classes would take about {projected_s:.0f} s here, over the budget of {budget_s:g} s "
-            "(--probe-budget; --mask-probe / --warp-probe run it whatever it costs)")
 
 
 class StepBudget:
@@ -88,7 +88,7 @@ def reverse_engineer_trigger(model, x, target, *, pixel_max=255.0, epochs=10, st
 
 def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, steps_per_epoch=20, batch_size=32,
                               learning_rate=0.1, init_cost=1e-3, patience=5, attack_threshold=0.99, seeds=None,
-                              max_batch=512, budget_s=None):
+                              max_batch=MAX_BATCH, budget_s=None):
     """:func:`reverse_engineer_trigger` for every class of ``targets`` at once, one list entry
     per target (``seeds``: one per target, default ``0, 1, ...``).
 
@@ -104,7 +104,7 @@ def reverse_engineer_triggers(model, x, targets, *, pixel_max=255.0, epochs=10, 
     seeds = list(range(len(targets))) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(targets):
         raise ValueError(f"reverse_engineer_triggers: {len(targets)} targets but {len(seeds)} seeds")
-    group = max(1, int(max_batch) // max(1, min(batch_size, len(x))))
+    group = _group_size(batch_size, len(x), max_batch)
     logits, out = logits_model(model), []
     budget = StepBudget(budget_s, -(-len(targets) // group) * epochs * steps_per_epoch)
     for i in range(0, len(targets), group):
@@ -247,7 +247,7 @@ class NeuralCleanse(Detector):
         self.classes_ = classes
         self.masks_, self.patterns_, self.success_ = {}, {}, {}
         norms = []
-        group = max(1, 512 // self.batch_size)  # classes per model call (reverse_engineer_triggers' max_batch)
+        group = _group_size(self.batch_size, len(x))  # the groups reverse_engineer_triggers makes: one bar step each
         for i in progress(range(0, len(classes), group), quiet=quiet, desc="neural cleanse"):
             chunk = classes[i:i + group]
             fitted = reverse_engineer_triggers(model, x, chunk, pixel_max=self.pixel_max, epochs=self.epochs,

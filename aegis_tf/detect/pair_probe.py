@@ -83,8 +83,7 @@ def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, s
     n, k = len(units), per_pair
     targets = np.repeat([t for _, t in units], k)
     logits = logits_model(model)
-    mask0 = rng.random((n, h, w, 1))
-    state = mask_state(mask0, rng.random((n, h, w, ch)))
+    state = mask_state(rng.random((n, h, w, 1)), rng.random((n, h, w, ch)))  # mask first, then pattern
     cost, cost_set = np.zeros(n, "float32"), np.zeros(n, bool)
     up, down = np.zeros(n, int), np.zeros(n, int)
     best = [None] * n

@@ -39,11 +39,11 @@ from aegis_tf.detect.recovered import (from_blend_probe, from_mask_probe, from_n
                                        from_pair_transfer, from_patch_transfer, from_warp_probe, from_whole_image,
                                        save_triggers)
 from aegis_tf.detect.robustness import ROBUST_EPS, measure_robustness, robustness_line
-from aegis_tf.detect.staged import blend_probe_on
+from aegis_tf.detect.staged import blend_probe_on, probe_budget
 from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
-from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on, probe_budget
+from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
 from aegis_tf.detect.pair_probe import PairMaskDetector, pair_mask_on
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector

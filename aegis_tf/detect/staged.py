@@ -38,7 +38,7 @@ from aegis_tf.core.utils import progress
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector, blend_alphas, flip_norms
 
 __all__ = ["STAGED_ABOVE", "SCREEN_PROBES", "SCREEN_WI_PROBES", "blend_probe_on", "scan_mode", "promote",
-           "promote_all", "screen",
+           "promote_all", "screen", "probe_budget",
            "score_screen", "screen_config", "chunk_seed", "translate_promoted", "stage1_table", "top_line"]
 
 # "auto" runs the staged scan when more classes than this are examined. With the
@@ -54,6 +54,14 @@ def blend_probe_on(config):
     """Whether a scan runs the blend probe: ``wi_blend=True``, or the
     default ``"auto"`` with the whole-image signal on (off in the paper preset)."""
     return config.wi_blend is True or (config.wi_blend == "auto" and bool(config.whole_image))
+
+
+def probe_budget(config, name, mode):
+    """The time budget (seconds) of the translation-free probe ``name`` (``"mask_probe"`` or
+    ``"warp_probe"``) in a scan of ``mode``: ``config.probe_budget`` for an ``"auto"`` probe in a
+    staged scan (models with many classes, where one fit per class may cost more than the rest of
+    the scan), None (no limit) in a full scan or when the probe is asked for (``True``)."""
+    return float(config.probe_budget) if mode == "staged" and getattr(config, name) == "auto" else None
 
 
 def scan_mode(config, n_classes):

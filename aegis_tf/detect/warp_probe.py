@@ -25,7 +25,7 @@ collapsed model: no shift can be read).
 
 The probe needs no translations, so it costs the same on any scan; it fits one
 field per class, so a staged scan (hundreds of classes) runs it on every class only
-when that fits its time budget (:func:`aegis_tf.detect.mask_probe.probe_budget`), and
+when that fits its time budget (:func:`aegis_tf.detect.staged.probe_budget`), and
 otherwise says "not run".
 
 The gradient with respect to the field is taken through the bilinear sampling
@@ -40,7 +40,7 @@ import numpy as np
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import logits_model, predict_labels
 from aegis_tf.core.params import Interval
-from aegis_tf.detect.neural_cleanse import OverBudget, over_budget
+from aegis_tf.detect.neural_cleanse import OverBudget
 from aegis_tf.detect.whole_image import WholeImageDetector, _smallest_moving
 
 __all__ = ["upsampler", "warp_images", "fit_warp", "warp_shifts", "warp_probe_on", "WarpProbeDetector"]
@@ -49,7 +49,7 @@ __all__ = ["upsampler", "warp_images", "fit_warp", "warp_shifts", "warp_probe_on
 def warp_probe_on(config):
     """Whether a scan runs the warp probe: ``warp_probe`` ``True`` or ``"auto"`` (a staged scan runs
     an ``"auto"`` probe on every class within ``probe_budget`` seconds:
-    :func:`aegis_tf.detect.mask_probe.probe_budget`)."""
+    :func:`aegis_tf.detect.staged.probe_budget`)."""
     return config.warp_probe in (True, "auto")
 
 
@@ -224,7 +224,7 @@ class WarpProbeDetector(WholeImageDetector):
                 batch_size=self.batch_size, budget_s=self.budget_s)
         except OverBudget as e:
             self.fields_, self.unwarped_ = {}, {}
-            return self._skip(classes, over_budget(len(classes), e.projected_s, self.budget_s))
+            return self._over_budget(classes, e.projected_s)
         self.shares_ = {c: s for c, (_, s) in measured.items()}
         self.fit_norms({c: n for c, (n, _) in measured.items()}, screen_gaps=screen_gaps,
                        screen_threshold=screen_threshold, ceiling=self.max_shift_px_)

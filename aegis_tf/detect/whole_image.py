@@ -265,6 +265,12 @@ class WholeImageDetector(Detector):
         self.suspect_classes_, self.is_backdoored_, self.skipped_ = [], False, why
         return self
 
+    def _over_budget(self, classes, projected_s):
+        """:meth:`_skip` for a fit projected to take ``projected_s`` seconds, over ``budget_s``."""
+        return self._skip(classes, f"{len(classes)} classes would take about {projected_s:.0f} s here, over the "
+                                   f"budget of {self.budget_s:g} s (--probe-budget; --mask-probe / --warp-probe "
+                                   "run it whatever it costs)")
+
     def report(self):
         if getattr(self, "skipped_", None):
             return {"verdict": "not run", "skipped": self.skipped_, "suspect_classes": [], "classes": {},
