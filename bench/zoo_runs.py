@@ -12,6 +12,15 @@ with the same verdict in at least ``--agree`` runs (default 80%, rounded up: 4 o
 issue 25 asks), learned backdoors flagged with their target in every run, clean models
 flagged in any run, and each run's ROC-AUC. Writes ``--out`` (.json)
 and a Markdown table beside it.
+
+``--recombine`` recombines every verdict from its ``detect.json`` evidence with this
+checkout's verdict rules (scans made before a change of the rules read as after it).
+``--without SIGNAL`` (repeatable) reads the same scans as if a signal had not run: each
+model's verdict is recombined from its ``detect.json`` evidence without that signal
+(:func:`aegis_tf.detect.verdict.combine`, as the scan combines it), and each run's summary is
+made again from those verdicts (:func:`aegis_tf.zoo.summary.summarize`). A signal that runs
+last and draws its own random numbers (the pair mask probe) leaves every other signal as it
+was, so this is the scan without it.
 """
 
 import argparse
@@ -23,7 +32,11 @@ from collections import Counter
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.detect.verdict import combine
+from aegis_tf.zoo.summary import summarize
 from family_table import true_pairs_found
+
+_VERDICT_KEYS = ("backdoored", "target_classes", "backdoors", "inconclusive", "limits", "score", "probability", "line")
 
 
 def read_runs(folders):
@@ -40,6 +53,31 @@ def read_runs(folders):
     if any(n != names[0] for n in names):
         raise AegisError("the scans do not cover the same models: give scans of one zoo")
     return runs
+
+
+def without_signals(runs, folders, signals):
+    """Each run's summary and model results with every verdict recombined from the model's
+    ``detect.json`` evidence, ``signals`` left out. Returns ``(runs, results)`` (``results``: per
+    run, ``{name: result}``)."""
+    out_runs, out_results = [], []
+    for run, folder in zip(runs, folders):
+        results = []
+        for row in run["rows"]:
+            path = os.path.join(folder, row["name"], "result.json")
+            if not os.path.isfile(path):
+                raise AegisError(f"{path} not found: --without needs each model's result.json and detect.json")
+            with open(path) as f:
+                result = json.load(f)
+            if result["status"] == "done":
+                with open(os.path.join(folder, row["name"], "detect.json")) as f:
+                    verdict = json.load(f)["verdict"]
+                evidence = {k: e for k, e in verdict["evidence"].items() if k not in signals}
+                again = combine(evidence, verdict.get("limits") or [])
+                result["verdict"] = {k: again.get(k) for k in _VERDICT_KEYS}
+            results.append(result)
+        out_runs.append(summarize(results, zoo=run.get("zoo")))
+        out_results.append({r["name"]: r for r in results})
+    return out_runs, out_results
 
 
 def _result(folder, row):
@@ -85,13 +123,15 @@ def _detail(result):
     return None
 
 
-def compare(runs, agree=4, folders=None):
+def compare(runs, agree=4, folders=None, results=None):
     """Per-model rows and totals of several scans of one zoo (``folders``: where each scan's
-    model results are, for the calls and details they refine)."""
+    model results are, for the calls and details they refine; ``results``: per run, ``{name:
+    result}`` to use instead of the files, as :func:`without_signals` gives)."""
     by_name = {}  # name -> [(summary row, call, detail)], one per run
     for i, run in enumerate(runs):
         for row in run["rows"]:
-            result = _result(folders[i], row) if folders else None
+            result = (results[i].get(row["name"]) if results is not None else
+                      _result(folders[i], row) if folders else None)
             by_name.setdefault(row["name"], []).append((row, _call(row, result), _detail(result)))
     models, learned_always, learned, clean_flagged, clean, stable = [], 0, 0, 0, 0, 0
     for name in sorted(by_name):
@@ -113,13 +153,18 @@ def compare(runs, agree=4, folders=None):
               "learned_backdoors": learned, "right_target_every_run": learned_always,
               "clean_models": clean, "clean_flagged_any_run": clean_flagged,
               "roc_auc": [run.get("metrics", {}).get("roc_auc") for run in runs]}
-    return {"models": models, "totals": totals, "scans": list(folders or [])}
+    return {"models": models, "totals": totals, "scans": list(folders or []), "without": []}
 
 
 def markdown(result):
     t = result["totals"]
     runs = t["runs"]
+    without = result.get("without") or []
     lines = ["# One zoo, several scans", "", "Scans: " + ", ".join(f"`{f}`" for f in result["scans"]) + ".", "",
+             *([f"Verdicts recombined without: {', '.join(without)} (each model's detect.json evidence, the "
+                "signal left out).", ""] if without else
+               ["Verdicts recombined from each model's detect.json evidence with this checkout's verdict rules.", ""]
+               if result.get("recombined") else []),
              "A cell per run: B:classes (backdoored; B:all-to-all for a verdict that read an all-to-all mapping, "
              "its true pairs in brackets), clean, inconclusive or error. Agree: runs with the most common cell "
              "(what is in brackets aside). Right target: runs that named a learned backdoor's target.", "",
@@ -143,6 +188,12 @@ def main(argv=None):
     p.add_argument("scans", nargs="+", help="folders of finished scan-zoo runs of one zoo")
     p.add_argument("--agree", type=int, default=None,
                    help="runs that must agree (default: 80%% of the scans, rounded up: 4 of 5, as issue 25 asks)")
+    p.add_argument("--without", action="append", default=[], metavar="SIGNAL",
+                   help="read the scans without this signal (e.g. pair_mask): verdicts recombined from each "
+                        "model's detect.json evidence; repeatable")
+    p.add_argument("--recombine", action="store_true",
+                   help="recombine every verdict from its detect.json evidence with this checkout's verdict rules "
+                        "(scans made before a change of those rules read as after it); implied by --without")
     p.add_argument("--out", required=True, help="result .json (a .md is written beside it)")
     args = p.parse_args(argv)
     try:
@@ -150,7 +201,12 @@ def main(argv=None):
             args.agree = math.ceil(0.8 * len(args.scans))
         if not 1 <= args.agree <= len(args.scans):
             raise AegisError(f"--agree must lie in [1, {len(args.scans)}] (the number of scans). Received: {args.agree}")
-        result = compare(read_runs(args.scans), args.agree, args.scans)
+        runs, results = read_runs(args.scans), None
+        if args.without or args.recombine:
+            runs, results = without_signals(runs, args.scans, set(args.without))
+        result = compare(runs, args.agree, args.scans, results)
+        result["without"] = list(args.without)
+        result["recombined"] = bool(args.without or args.recombine)
     except AegisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -483,6 +483,61 @@ def test_zoo_runs_counts_agreement_right_targets_and_clean_flags(tmp_path, capsy
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.md").exists()
 
 
+def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp_path):
+    import os
+
+    from aegis_tf.detect.verdict import combine
+    from zoo_runs import main
+
+    def evidence(share, gap):
+        pair = {"description": "p", "scores": {"3": 0.0, "7": share}, "threshold": 0.25, "direction": "above",
+                "flagged": [], "pairs": [], "mapping": {"kind": "per-target", "backdoors": {}}, "n_sources": 3}
+        mask = {"description": "m", "scores": {"3": 0.0, "7": gap}, "threshold": 2.0, "direction": "above",
+                "flagged": [7] if gap >= 2 else [], "pairs": [[3, 7]] if gap >= 2 else [],
+                "mapping": {"kind": "per-target", "backdoors": {7: [3]} if gap >= 2 else {}}, "n_sources": 3}
+        return {"pair_transfer": pair, "pair_mask": mask}
+
+    truths = {"ss_s0": {"poisoned": True, "family": "source-specific", "target": [7], "sources": [3], "asr": 0.99},
+              "clean_s0": {"poisoned": False}}
+    scans = []
+    for i, gaps in enumerate(({"ss_s0": 4.0, "clean_s0": 1.2}, {"ss_s0": 3.0, "clean_s0": 1.1})):
+        folder = tmp_path / f"scan{i}"
+        results = []
+        for name, gap in gaps.items():
+            os.makedirs(folder / name)
+            verdict = combine(evidence(0.15 if name == "ss_s0" else 0.0, gap))
+            json.dump({"verdict": verdict}, open(folder / name / "detect.json", "w"))
+            result = {"name": name, "status": "done", "truth": truths[name], "seconds": 1.0,
+                      "verdict": {k: verdict[k] for k in ("backdoored", "target_classes", "backdoors", "inconclusive",
+                                                          "limits", "score", "probability", "line")}}
+            json.dump(result, open(folder / name / "result.json", "w"))
+            results.append(result)
+        from aegis_tf.zoo.summary import summarize
+
+        json.dump(summarize(results), open(folder / "summary.json", "w"))
+        scans.append(str(folder))
+    out = str(tmp_path / "with.json")
+    assert main(scans + ["--out", out]) == 0
+    with_ = json.load(open(out))
+    assert [m["calls"] for m in with_["models"]] == [["clean", "clean"], ["B:7", "B:7"]]
+    assert with_["totals"]["right_target_every_run"] == 1 and with_["totals"]["roc_auc"] == [1.0, 1.0]
+    assert main(scans + ["--without", "pair_mask", "--out", str(tmp_path / "without.json")]) == 0
+    without = json.load(open(tmp_path / "without.json"))
+    assert [m["calls"] for m in without["models"]] == [["clean", "clean"], ["clean", "clean"]]
+    assert without["totals"]["right_target_every_run"] == 0 and without["without"] == ["pair_mask"]
+    # the scores are recombined too: 0.15 / 0.25 on the backdoored model, 0 on the clean one
+    assert without["models"][1]["scores"] == [0.6, 0.6] and without["totals"]["roc_auc"] == [1.0, 1.0]
+    assert "Verdicts recombined without: pair_mask" in open(tmp_path / "without.md").read()
+    assert main(scans + ["--recombine", "--out", str(tmp_path / "again.json")]) == 0  # nothing left out: the same
+    again = json.load(open(tmp_path / "again.json"))
+    assert again["totals"] == with_["totals"] and [m["calls"] for m in again["models"]] == [["clean", "clean"],
+                                                                                          ["B:7", "B:7"]]
+    assert again["recombined"] and "with this checkout's verdict rules" in open(tmp_path / "again.md").read()
+    os.remove(tmp_path / "scan1" / "ss_s0" / "result.json")
+    assert main(scans + ["--without", "pair_mask", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_zoo_runs_reads_an_all_to_all_verdict_as_one_call_and_counts_its_true_pairs(tmp_path):
     from zoo_runs import _call, _detail, _result
 

@@ -169,7 +169,7 @@ def test_a_scan_that_cannot_be_read_says_inconclusive_names_no_class_and_fails_t
     assert verdict["limits"][0].endswith("at least 50% expected); raise --eps or --steps")
 
 
-def test_the_pair_mask_probe_is_off_by_default_and_pair_mask_runs_it(tmp_path, capsys):
+def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it_on_every_pair(tmp_path, capsys):
     out, printed = _run(tmp_path, "pm", ["--pair-mask", "--no-warp-probe", "--no-mask-probe", "--no-blend-probe"],
                         capsys)
     result = json.load(open(out / "detect.json"))
@@ -177,5 +177,10 @@ def test_the_pair_mask_probe_is_off_by_default_and_pair_mask_runs_it(tmp_path, c
     assert result["aegis"]["config"]["pair_mask"] is True and "pair_mask" in result["verdict"]["evidence"]
     assert len(pm["pairs"]) == 6 and all(v["norm"] > 0 for v in pm["pairs"].values())  # 3 classes: 6 pairs
     assert "pair mask gap" in printed.splitlines()[0] and "aegis pair mask:" in printed
-    default = json.load(open(_run(tmp_path, "nopm", ["--no-warp-probe", "--no-mask-probe"], capsys)[0] / "detect.json"))
-    assert default["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in default["aegis"]
+    default = json.load(open(_run(tmp_path, "cand", ["--no-warp-probe", "--no-mask-probe"], capsys)[0] / "detect.json"))
+    assert default["aegis"]["config"]["pair_mask"] == "candidates"
+    # it runs only where the per-pair view saw a pair transfer without flagging it, on those pairs
+    assert "pair_mask" not in default["aegis"] or default["aegis"]["pair_mask"]["examined_pairs"]
+    off = json.load(open(_run(tmp_path, "nopm", ["--no-warp-probe", "--no-mask-probe", "--no-pair-mask"], capsys)[0]
+                         / "detect.json"))
+    assert off["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in off["aegis"]

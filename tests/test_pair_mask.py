@@ -9,7 +9,9 @@ from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.pair_probe import PairMaskDetector, pair_mask_on, reverse_engineer_pairs
+from aegis_tf.detect.pair_probe import (CANDIDATE_RESTARTS, PairMaskDetector, candidate_pairs, pair_mask_on,
+                                        reverse_engineer_pairs, row_and_column)
+from aegis_tf.detect.patch_transfer import PairTransferDetector
 from aegis_tf.detect.recovered import load_trigger
 from aegis_tf.detect.verdict import combine
 
@@ -50,6 +52,38 @@ def test_two_sources_of_one_target_and_an_all_to_all_mapping():
     assert "all-to-all 0->1, 1->2" in verdict["line"]
 
 
+def test_examined_pairs_are_scored_against_their_whole_row_and_column_and_nothing_else():
+    norms = {**natural(), (3, 7): 8.0, (1, 4): 30.0}
+    fitted = {p: norms[p] for p in row_and_column([(3, 7)], range(10))}
+    assert len(fitted) == 17 and all(s == 3 or t == 7 for s, t in fitted)  # 9 of the row, 9 of the column, once
+    part = PairMaskDetector().fit_norms(fitted, ceiling=CEILING, examine=[(3, 7)])
+    whole = PairMaskDetector().fit_norms(norms, ceiling=CEILING)
+    assert part.pair_gaps_ == {(3, 7): whole.pair_gaps_[(3, 7)]} and part.flagged_pairs_ == [(3, 7)]
+    assert part.scores_[7] == whole.scores_[7] and part.scores_[4] == 0.0  # 1 -> 4 was not examined
+    report = part.report()
+    assert report["examined_pairs"] == [[3, 7]] and "gap" not in report["pairs"]["3->0"]
+    assert report["pairs"]["3->7"]["gap"] == pytest.approx(46.0 / 8.0)
+    assert "examined_pairs" not in whole.report()
+
+
+def _transfer(shares, n=20):
+    """A fitted per-pair view whose pair (s, t) saw ``k`` of ``n`` translations transfer (``shares``:
+    {(s, t): k}); every other pair none."""
+    rates = {(s, t): np.zeros(n) for s in range(10) for t in range(10) if s != t}
+    for p, k in shares.items():
+        rates[p] = np.r_[np.ones(k), np.zeros(n - k)]
+    return PairTransferDetector().fit_rates(rates, classes=list(range(10)))
+
+
+def test_candidates_are_pairs_that_transferred_under_the_rule_not_flagged_nor_from_a_fragile_source():
+    pairs = _transfer({(3, 7): 3, (2, 5): 9, (6, 0): 1, (8, 9): 2, (1, 2): 3, (1, 4): 3, (1, 6): 3})
+    assert pairs.flagged_pairs_ == [(2, 5)] and pairs.fragile_sources_ == [1]
+    # 3 -> 7 (3 of 20) and 8 -> 9 (2 of 20) saw transfer under 0.25; 6 -> 0 once only; 2 -> 5 is flagged
+    # already; the thin 1 moves toward three targets
+    assert candidate_pairs(pairs) == [(3, 7), (8, 9)]
+    assert candidate_pairs(pairs, min_count=3) == [(3, 7)] and candidate_pairs(pairs, min_share=0.2) == []
+
+
 def test_a_bound_sets_no_gap_and_a_collapsed_model_is_inconclusive(rng):
     loose = {**{p: CEILING for p in natural()}, (3, 7): 300.0}  # only the bound to compare with
     det = PairMaskDetector().fit_norms(loose, ceiling=CEILING)
@@ -83,7 +117,11 @@ def test_too_many_pairs_are_skipped_with_the_reason(rng):
 
 def test_the_probe_runs_where_asked_and_checks_its_settings():
     d = DetectConfig()
-    assert d.pair_mask is False and not pair_mask_on(d) and not pair_mask_on(d, "staged")  # off by default
+    # by default on the per-pair view's candidates only, never on every pair
+    assert d.pair_mask == "candidates" and not pair_mask_on(d) and not pair_mask_on(d, "staged")
+    assert PairMaskDetector.from_config(d).restarts == CANDIDATE_RESTARTS * d.pair_mask_restarts
+    assert PairMaskDetector.from_config(d).budget_s == d.pair_mask_budget
+    assert PairMaskDetector.from_config(d.replace(pair_mask=True)).restarts == d.pair_mask_restarts
     auto = DetectConfig(pair_mask="auto")
     assert pair_mask_on(auto) and not pair_mask_on(auto, "staged")
     assert pair_mask_on(DetectConfig(pair_mask=True), "staged")
@@ -146,6 +184,19 @@ def test_a_source_specific_backdoor_is_named_source_to_target_and_its_clean_twin
     page = open(write_detect_html({"model": "m", "verdict": verdict, "aegis": report},
                                   str(tmp_path / "report.html"))).read()
     assert 'alt="class 7: recovered mask per source"' in page and "class(es) 3 &rarr; class 7 (pair_mask)" in page
+    # the default examines only the per-pair view's candidates, against their whole rows and columns
+    import aegis_tf.detect.scan as scan_module
+
+    cand = cfg.replace(pairs=True, pair_mask="candidates")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_module, "candidate_pairs", lambda pairs: [(3, 7)])
+        picked = run_aegis(bad, x, y, classes=classes, config=cand, pixel_max=255.0)
+        mp.setattr(scan_module, "candidate_pairs", lambda pairs: [])
+        none = run_aegis(bad, x, y, classes=classes, config=cand, pixel_max=255.0)
+    assert picked["pair_mask"]["examined_pairs"] == [[3, 7]] and picked["pair_mask"]["flagged_pairs"] == [[3, 7]]
+    assert set(picked["pair_mask"]["pairs"]) == {f"{s}->{t}" for s, t in row_and_column([(3, 7)], classes)}
+    assert picked["pair_mask"]["evidence"]["description"].startswith("on the pairs the per-pair view saw transfer")
+    assert "pair_mask" not in none  # no candidate: the probe does not run
     clean_report = run_aegis(clean, x, y, classes=classes, config=cfg, pixel_max=255.0)
     assert clean_report["pair_mask"]["flagged_pairs"] == [] and not clean_report["pair_mask"].get("inconclusive")
     off = run_aegis(bad, x, y, classes=classes, config=cfg.replace(pair_mask=False), pixel_max=255.0)

@@ -141,6 +141,21 @@ def test_the_verdict_names_source_and_target():
     ev = {"pair_transfer": PairTransferDetector().fit_rates(_rates(hot), classes=list(range(10))).evidence("x")}
     b, = combine(ev)["backdoors"]
     assert b["kind"] == "all-to-all" and b["mapping"][0] == [0, 1] and "all-to-all 0->1" in combine(ev)["line"]
+    # a second per-pair signal's pairs of the same permutation join the mapping, not separate backdoors
+    half = {(c, c + 1) for c in range(0, 8, 2)}  # 0->1, 2->3, 4->5, 6->7: all-to-all on its own
+    ev = {"pair_transfer": PairTransferDetector().fit_rates(_rates(half), classes=list(range(10))).evidence("x"),
+          "pair_mask": PairTransferDetector().fit_rates(_rates({(3, 4), (5, 6)}), classes=list(range(10)))
+          .evidence("y")}
+    v = combine(ev)
+    b, = v["backdoors"]
+    assert b["kind"] == "all-to-all" and b["signals"] == ["pair_mask", "pair_transfer"]
+    assert b["mapping"] == [[0, 1], [2, 3], [3, 4], [4, 5], [5, 6], [6, 7]] and v["target_classes"] == [1, 3, 4, 5, 6, 7]
+    # many sources of one target are a backdoor of their own, beside the mapping
+    ev["pair_mask"] = PairTransferDetector().fit_rates(_rates({(s, 9) for s in (0, 2, 4)}),
+                                                         classes=list(range(10))).evidence("y")
+    v = combine(ev)
+    assert [b.get("kind", b.get("target")) for b in v["backdoors"]] == ["all-to-all", 9]
+    assert v["backdoors"][0]["signals"] == ["pair_transfer"] and v["backdoors"][1]["sources"] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("norms, saturated", [

@@ -108,8 +108,10 @@ def config_flags(p):
     p.add_argument("--pair-mask", action=argparse.BooleanOptionalAction, default=None,
                    help="the pair mask probe, for source-specific and all-to-all backdoors: the smallest mask per "
                         "(source, target) pair, flagged when it is small against its source's other targets and "
-                        "its target's other sources (default: off; it flagged 1 of 4 held-out clean models, see "
-                        "docs/detection.md; --pair-mask runs it, about a minute per 10-class MNIST model)")
+                        "its target's other sources (default: only on the pairs the per-pair view saw transfer "
+                        f"without flagging them, within {shown(d.pair_mask_budget)} s; --pair-mask runs it on "
+                        "every pair, about a minute per 10-class MNIST model, and on every pair it flagged 1 of 4 "
+                        "held-out clean models, see docs/detection.md; --no-pair-mask turns it off)")
     flag(p, "--pair-mask-restarts", type=int, default=None,
          help=f"the pair mask probe's random starts per pair (default {d.pair_mask_restarts})")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).

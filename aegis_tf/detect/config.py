@@ -71,10 +71,15 @@ class DetectConfig(Settings):
     source; a pair is flagged when its norm is ``wi_threshold`` times smaller than every
     other pair of its row (the source toward other targets) and of its column (other
     sources toward the target). It names source-specific and all-to-all backdoors, whose
-    trigger moves only some classes. Off by default (``False``): on held-out standard models
-    it named 3 of 4 source-specific and 2 of 2 all-to-all backdoors, and a natural pair
+    trigger moves only some classes. On every pair it is not the default: on held-out standard
+    models it named 3 of 4 source-specific and 2 of 2 all-to-all backdoors, and a natural pair
     (MNIST ``1 -> 4``, gap 2.06) on 1 of 4 clean ones, where the default verdict flagged
-    none (results/detect/zoo_pair_holdout.md). ``True`` runs it in every scan whatever it
+    none (results/detect/zoo_pair_holdout.md). ``"candidates"`` (default) runs it only on the
+    pairs the per-pair view below saw transfer without flagging them (at least
+    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_COUNT` translations and
+    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_SHARE` of them, source not fragile), each
+    against its whole row and column, within ``pair_mask_budget`` seconds: a pair is flagged
+    only when both views point at it. ``False`` turns it off. ``True`` runs it on every pair in every scan whatever it
     costs; ``"auto"`` in a full scan only, when its fit, timed on its third step, would take at
     most ``pair_mask_budget`` seconds (it fits 90 pairs x 3 starts on a 10-class model: about a
     minute for a compact MNIST net on 2 cores, many times that for a CIFAR-10 ResNet-18, which
@@ -145,7 +150,7 @@ class DetectConfig(Settings):
     mask_probe: Union[bool, str] = "auto"
     mask_fit: int = 1000
     mask_epochs: int = 10
-    pair_mask: Union[bool, str] = False
+    pair_mask: Union[bool, str] = "candidates"
     pair_mask_epochs: int = 16
     pair_mask_restarts: int = 3
     pair_mask_budget: float = 300.0
@@ -169,7 +174,7 @@ class DetectConfig(Settings):
         "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
         "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
-        "pair_mask": [Options("auto", True, False)], "pair_mask_epochs": POS_INT, "pair_mask_restarts": POS_INT,
+        "pair_mask": [Options("auto", "candidates", True, False)], "pair_mask_epochs": POS_INT, "pair_mask_restarts": POS_INT,
         "pair_mask_budget": POS, "probe_budget": POS,
     }
 

@@ -54,12 +54,44 @@ from aegis_tf.detect.mask_probe import GROUP, apply_mask
 from aegis_tf.detect.neural_cleanse import OverBudget, StepBudget, _schedule, _squash, mask_state, mask_step
 from aegis_tf.detect.patch_transfer import pair_mapping
 
-__all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "OverBudget"]
+__all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "candidate_pairs", "row_and_column",
+           "CANDIDATE_SHARE", "CANDIDATE_COUNT", "CANDIDATE_RESTARTS", "OverBudget"]
 
 
 def pair_mask_on(config, mode="full"):
-    """Whether a scan runs the pair mask probe: ``pair_mask=True``, or ``"auto"`` in a full scan."""
+    """Whether a scan runs the pair mask probe on every pair: ``pair_mask=True``, or ``"auto"`` in a full
+    scan. (``"candidates"`` runs it on the per-pair view's weak pairs only: :func:`candidate_pairs`.)"""
     return config.pair_mask is True or (config.pair_mask == "auto" and mode == "full")
+
+
+# A pair the per-pair view saw transfer, but under its own rule: at least this share of its translations
+# and this many of them. Such a pair is the pair mask probe's candidate (``pair_mask="candidates"``).
+CANDIDATE_SHARE = 0.1
+CANDIDATE_COUNT = 2
+# How many times ``pair_mask_restarts`` the probe starts per pair when it fits candidates only.
+CANDIDATE_RESTARTS = 2
+
+
+def candidate_pairs(pairs, *, min_share=CANDIDATE_SHARE, min_count=CANDIDATE_COUNT):
+    """The pairs a fitted :class:`~aegis_tf.detect.patch_transfer.PairTransferDetector` saw transfer
+    without flagging them: at least ``min_count`` translations and ``min_share`` of them moved the
+    source's probes, the pair is not flagged, and its source is not fragile (a source whose patches
+    move it toward many targets is a natural confusion, not a candidate). Sorted."""
+    fragile = set(pairs.fragile_sources_)
+    flagged = set(pairs.flagged_pairs_)
+    return sorted(p for p, v in pairs.pairs_.items() if v >= min_share and pairs.transferring_pairs_[p] >= min_count
+                  and p not in flagged and p[0] not in fragile)
+
+
+def row_and_column(examine, classes):
+    """Every ordered pair of ``classes`` in the row (same source) or the column (same target) of a pair
+    of ``examine``: what the gap of each examined pair is read against. Sorted."""
+    classes = [int(c) for c in classes]
+    out = set()
+    for s, t in examine:
+        out.update((s, k) for k in classes if k != s)
+        out.update((k, t) for k in classes if k != t)
+    return sorted(out)
 
 
 def reverse_engineer_pairs(model, pools, pairs, *, pixel_max=255.0, epochs=16, steps_per_epoch=20, per_pair=8,
@@ -162,20 +194,30 @@ class PairMaskDetector(Detector):
     def from_config(cls, config, **kwargs):
         """The probe as a scan runs it with a :class:`~aegis_tf.detect.config.DetectConfig`."""
         budget = None if config.pair_mask is True else float(config.pair_mask_budget)
+        # on candidates it fits a row and a column, not every pair: twice the starts, so that a true pair's
+        # fit lands in a natural local minimum on every start less often (about half of the starts did
+        # on a standard MNIST source-specific model; docs/detection.md)
+        restarts = config.pair_mask_restarts * (CANDIDATE_RESTARTS if config.pair_mask == "candidates" else 1)
         return cls(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
-                   epochs=config.pair_mask_epochs, restarts=config.pair_mask_restarts, budget_s=budget, **kwargs)
+                   epochs=config.pair_mask_epochs, restarts=restarts, budget_s=budget, **kwargs)
 
     @property
     def threshold_(self):
         return self.threshold
 
-    def fit(self, model, x, y, classes):
-        """Reverse-engineer a trigger per ordered pair of ``classes`` and score the pairs."""
+    def fit(self, model, x, y, classes, *, examine=None):
+        """Reverse-engineer a trigger per ordered pair of ``classes`` and score the pairs. With
+        ``examine`` (some pairs: a scan's candidates), only their rows and columns are fitted
+        (:func:`row_and_column`) and only they are scored (``examined_``)."""
         self._validate_params()
         classes = self.classes_ = sorted(int(c) for c in classes)
         x, y = np.asarray(x), np.asarray(y)
         self.ceiling_ = float(np.prod(x.shape[1:3]))
         pairs = [(s, t) for s in classes for t in classes if s != t]
+        self.examined_ = None
+        if examine is not None:
+            self.examined_ = sorted({(int(s), int(t)) for s, t in examine})
+            pairs = row_and_column(self.examined_, classes)
         self.skipped_ = None
         if len(pairs) * self.restarts > self.max_starts:
             self.skipped_ = (f"{len(classes)} classes make {len(pairs)} pairs x {self.restarts} starts, over the "
@@ -212,7 +254,7 @@ class PairMaskDetector(Detector):
             norms[(s, t)] = starts[keep]["l1"] if moved else self.ceiling_
         self.plain_ = {t: max([float(np.mean(plain[s] == t)) for s in classes if s != t and len(plain[s])],
                               default=0.0) for t in classes}
-        return self.fit_norms(norms)
+        return self.fit_norms(norms, examine=self.examined_)
 
     def _empty(self):
         self.pair_norms_, self.pair_gaps_, self.flagged_pairs_ = {}, {}, []
@@ -220,10 +262,12 @@ class PairMaskDetector(Detector):
         self.suspect_classes_, self.is_backdoored_, self.inconclusive_ = [], False, None
         return self
 
-    def fit_norms(self, norms, *, ceiling=None):
-        """Score ``{(source, target): norm}`` (every ordered pair of at least 3 classes). Returns ``self``."""
+    def fit_norms(self, norms, *, ceiling=None, examine=None):
+        """Score ``{(source, target): norm}`` (every ordered pair of at least 3 classes, or with
+        ``examine`` the rows and columns of those pairs, which alone are scored). Returns ``self``."""
         self._validate_params()
         self.skipped_ = None
+        self.examined_ = None if examine is None else sorted((int(s), int(t)) for s, t in examine)
         if ceiling is not None:
             self.ceiling_ = float(ceiling)
         self.pair_norms_ = {(int(s), int(t)): float(v) for (s, t), v in norms.items()}
@@ -234,7 +278,8 @@ class PairMaskDetector(Detector):
         row = {s: sorted(v for (a, _), v in self.pair_norms_.items() if a == s) for s in self.classes_}
         col = {t: sorted(v for (_, b), v in self.pair_norms_.items() if b == t) for t in self.classes_}
         self.pair_gaps_ = {}
-        for (s, t), own in self.pair_norms_.items():
+        scored = self.pair_norms_ if self.examined_ is None else {p: self.pair_norms_[p] for p in self.examined_}
+        for (s, t), own in scored.items():
             own_ = max(own, 1e-12)
             row_rival = _other(row[s], own)
             col_rival = _other(col[t], own)
@@ -285,11 +330,14 @@ class PairMaskDetector(Detector):
 
     def report(self):
         out = super().report()
-        out["pairs"] = {f"{s}->{t}": {"norm": v, "gap": self.pair_gaps_[(s, t)],
+        out["pairs"] = {f"{s}->{t}": {"norm": v, **({"gap": self.pair_gaps_[(s, t)]} if (s, t) in self.pair_gaps_
+                                                        else {}),
                                       **({"mask_l1": self.pair_l1_[(s, t)], "fresh_share": self.pair_fresh_[(s, t)]}
                                          if hasattr(self, "pair_l1_") else {})}
                         for (s, t), v in sorted(self.pair_norms_.items())}
         out["flagged_pairs"] = [list(p) for p in self.flagged_pairs_]
+        if getattr(self, "examined_", None) is not None:
+            out["examined_pairs"] = [list(p) for p in self.examined_]
         out["ceiling"] = self.ceiling_
         if self.inconclusive_:
             out["verdict"], out["inconclusive"] = "inconclusive", self.inconclusive_

@@ -44,7 +44,7 @@ from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
-from aegis_tf.detect.pair_probe import PairMaskDetector, pair_mask_on
+from aegis_tf.detect.pair_probe import CANDIDATE_COUNT, CANDIDATE_SHARE, PairMaskDetector, candidate_pairs, pair_mask_on
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
@@ -132,7 +132,8 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     if stages is not None:
         # Stage 2 scores the promoted classes; the probes that need no translations (warp, mask) run on
         # every class, as in a full scan, within their time budget.
-        scoring = config.replace(scan="full", pair_mask=pair_mask_on(config, "staged"))
+        scoring = config.replace(scan="full", pair_mask=(config.pair_mask if config.pair_mask == "candidates"
+                                                         else pair_mask_on(config, "staged")))
         probes = {"probe_classes": classes, "budgets": {k: probe_budget(config, k, "staged")
                                                           for k in ("warp_probe", "mask_probe")}}
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
@@ -188,7 +189,8 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
               **{k: ("off" if not on(config) else "every class" if probe_budget(config, k, "staged") is None
                      else f"every class, within {config.probe_budget:g} s")
                  for k, on in (("warp_probe", warp_probe_on), ("mask_probe", mask_probe_on))},
-              "pair_mask": "promoted classes" if pair_mask_on(config, "staged") else "off"}
+              "pair_mask": ("promoted classes" if pair_mask_on(config, "staged") else
+                            "the per-pair view's candidates" if config.pair_mask == "candidates" else "off")}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
     return translations, promoted, stages, gaps, times
@@ -266,10 +268,14 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         mask.fit(model, x, y, probe_classes)
         times["mask_probe"] = time.perf_counter() - t
     pair_mask = None
-    if pair_mask_on(config) and len(classes) >= 3:
+    # every pair (pair_mask True, or "auto" in a full scan), or the pairs the per-pair view saw transfer
+    # without flagging them ("candidates", the default), each against its whole row and column
+    examine = (candidate_pairs(pairs) if config.pair_mask == "candidates" and pairs is not None
+               and not pair_mask_on(config) else None)
+    if len(classes) >= 3 and (pair_mask_on(config) or examine):
         t = time.perf_counter()
         pair_mask = PairMaskDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
-        pair_mask.fit(model, x, y, classes)
+        pair_mask.fit(model, x, y, classes, examine=examine)
         times["pair_mask"] = time.perf_counter() - t
     det = None
     if clusters or plots:  # the cluster analysis decides in the paper's method; it is a picture in ours
@@ -344,7 +350,10 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     if pair_mask is not None:
         report["pair_mask"] = pair_mask.report()
         report["pair_mask"]["evidence"] = pair_mask.evidence(
-            "per (source, target) pair, the L1 norm of the smallest mask sending the source's images to the target "
+            ("" if pair_mask.examined_ is None else
+             f"on the pairs the per-pair view saw transfer without flagging them (at least {CANDIDATE_COUNT} "
+             f"translations and {CANDIDATE_SHARE:g} of them), ")
+            + "per (source, target) pair, the L1 norm of the smallest mask sending the source's images to the target "
             f"(best of {pair_mask.restarts} starts, {pair_mask.epochs} x {pair_mask.steps_per_epoch} steps on "
             f"{pair_mask.n_fit} images of the source), counted only when its trigger moves >= "
             f"{100 * pair_mask.flip_at:g}% of {pair_mask.n_probes} fresh images of the source (else the whole image, "

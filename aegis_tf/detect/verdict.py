@@ -110,23 +110,29 @@ def backdoors(evidence, targets=None):
     if targets is None:
         targets = sorted({c for e in deciding.values() for c in e["flagged"]})
     per_pair = {k: deciding[k] for k in PAIR_SIGNALS if k in deciding and "mapping" in deciding[k]}
+    n_sources = max([e.get("n_sources") or 0 for e in per_pair.values()], default=0)
     examined = sorted({int(c) for e in deciding.values() for c in (e.get("scores") or {})})
     out = []
     a2a = {k: e for k, e in per_pair.items() if e["mapping"].get("kind") == "all-to-all"}
     if a2a:
-        pairs = sorted({tuple(map(int, p)) for e in a2a.values() for p in e["mapping"]["pairs"]})
+        # another per-pair signal's pairs join the mapping when they too send each target at most two
+        # sources (a few pairs of the same permutation, not a many-to-one backdoor)
+        a2a.update({k: e for k, e in per_pair.items() if k not in a2a and e.get("pairs")
+                    and all(len(v) <= 2 for v in (e["mapping"].get("backdoors") or {}).values())})
+        pairs = sorted({tuple(map(int, p)) for e in a2a.values()
+                        for p in (e["mapping"].get("pairs") or e.get("pairs") or [])})
         mapped = {t for _, t in pairs}
         score = max([class_ratio(e, str(t)) for e in a2a.values() for t in mapped], default=0.0)
         out.append({"kind": "all-to-all", "mapping": [list(p) for p in pairs], "signals": sorted(a2a),
                     "score": score})
         targets = [t for t in targets if t not in mapped or any(
             t in e["flagged"] for k, e in deciding.items() if k not in a2a)]
+        per_pair = {k: e for k, e in per_pair.items() if k not in a2a}
     per_target = {}
     for e in per_pair.values():
         for t, s in (e["mapping"].get("backdoors") or {}).items():
             per_target.setdefault(int(t), set()).update(map(int, s))
     broad = {int(t): list(map(int, s)) for t, s in ((deciding.get("pair_breadth") or {}).get("sources") or {}).items()}
-    n_sources = max([e.get("n_sources") or 0 for e in per_pair.values()], default=0)
     for t in targets:
         signals = [k for k, e in deciding.items() if t in e["flagged"]]
         score = max([class_ratio(deciding[k], str(t)) for k in signals], default=0.0)
