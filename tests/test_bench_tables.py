@@ -749,3 +749,21 @@ def test_unlearn_rounds_counts_the_target_per_setting_against_each_models_b():
            "98.20 / 1.50; 97.50 / 1.00 (target met 1 of 2) |" in text
     assert "- 1 round: target met on 1 of 2 runs; true ASR 1.90-5.00%, clean accuracy lost 0.50-0.50 points" in text
     assert "- 2 rounds: target met on 1 of 2 runs; true ASR 1.00-1.50%, clean accuracy lost 0.80-1.50 points" in text
+
+
+def test_the_pair_mask_candidates_bench_reads_pairs_and_refuses_bad_ones_before_work(tmp_path, capsys):
+    import pytest
+
+    from aegis_tf.core.errors import AegisError
+    from pair_mask_candidates import main, parse_pairs
+
+    assert parse_pairs("3,5") == [(3, 5)] and parse_pairs("3,5;1,7") == [(3, 5), (1, 7)]
+    for bad in ("3", "3,3", "a,b", "", "-1,2", "1,2,3"):
+        with pytest.raises(AegisError, match="--pairs must be SOURCE,TARGET"):
+            parse_pairs(bad)
+    from aegis_tf.core.embedded import PATHS
+
+    out = tmp_path / "pm.json"
+    assert main(["--model", PATHS["robust_bd_net"], "--data", PATHS["train"], "--pairs", "3,12",
+                 "--out", str(out)]) == 2
+    assert "the model does not have (it has 10)" in capsys.readouterr().err and not out.exists()
