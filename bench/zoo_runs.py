@@ -32,6 +32,7 @@ from collections import Counter
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.detect.verdict import SIGNAL_NAMES as SIGNALS
 from aegis_tf.detect.verdict import combine
 from aegis_tf.zoo.summary import summarize
 from family_table import true_pairs_found
@@ -69,7 +70,10 @@ def without_signals(runs, folders, signals):
             with open(path) as f:
                 result = json.load(f)
             if result["status"] == "done":
-                with open(os.path.join(folder, row["name"], "detect.json")) as f:
+                detect = os.path.join(folder, row["name"], "detect.json")
+                if not os.path.isfile(detect):
+                    raise AegisError(f"{detect} not found: --without and --recombine need each model's detect.json")
+                with open(detect) as f:
                     verdict = json.load(f)["verdict"]
                 evidence = {k: e for k, e in verdict["evidence"].items() if k not in signals}
                 again = combine(evidence, verdict.get("limits") or [])
@@ -202,6 +206,10 @@ def main(argv=None):
         if not 1 <= args.agree <= len(args.scans):
             raise AegisError(f"--agree must lie in [1, {len(args.scans)}] (the number of scans). Received: {args.agree}")
         runs, results = read_runs(args.scans), None
+        unknown = sorted(set(args.without) - set(SIGNALS))
+        if unknown:
+            raise AegisError(f"--without takes signal names as detect.json spells them ({', '.join(SIGNALS)}). "
+                             f"Received: {', '.join(unknown)}")
         if args.without or args.recombine:
             runs, results = without_signals(runs, args.scans, set(args.without))
         result = compare(runs, args.agree, args.scans, results)

@@ -483,7 +483,7 @@ def test_zoo_runs_counts_agreement_right_targets_and_clean_flags(tmp_path, capsy
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.md").exists()
 
 
-def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp_path):
+def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp_path, capsys):
     import os
 
     from aegis_tf.detect.verdict import combine
@@ -533,6 +533,12 @@ def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp
     assert again["totals"] == with_["totals"] and [m["calls"] for m in again["models"]] == [["clean", "clean"],
                                                                                           ["B:7", "B:7"]]
     assert again["recombined"] and "with this checkout's verdict rules" in open(tmp_path / "again.md").read()
+    capsys.readouterr()
+    assert main(scans + ["--without", "pair-mask", "--out", str(tmp_path / "x.json")]) == 2  # the CLI flag's spelling
+    assert "--without takes signal names as detect.json spells them" in capsys.readouterr().err
+    os.remove(tmp_path / "scan1" / "clean_s0" / "detect.json")
+    assert main(scans + ["--recombine", "--out", str(tmp_path / "x.json")]) == 2
+    assert "detect.json not found" in capsys.readouterr().err
     os.remove(tmp_path / "scan1" / "ss_s0" / "result.json")
     assert main(scans + ["--without", "pair_mask", "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()

@@ -169,7 +169,8 @@ def test_a_scan_that_cannot_be_read_says_inconclusive_names_no_class_and_fails_t
     assert verdict["limits"][0].endswith("at least 50% expected); raise --eps or --steps")
 
 
-def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it_on_every_pair(tmp_path, capsys):
+def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it_on_every_pair(tmp_path, capsys,
+                                                                                               monkeypatch):
     out, printed = _run(tmp_path, "pm", ["--pair-mask", "--no-warp-probe", "--no-mask-probe", "--no-blend-probe"],
                         capsys)
     result = json.load(open(out / "detect.json"))
@@ -181,6 +182,15 @@ def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it
     assert default["aegis"]["config"]["pair_mask"] == "candidates"
     # it runs only where the per-pair view saw a pair transfer without flagging it, on those pairs
     assert "pair_mask" not in default["aegis"] or default["aegis"]["pair_mask"]["examined_pairs"]
+    import aegis_tf.detect.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "candidate_pairs", lambda pairs: [(5, 7)])  # one candidate, whatever the view saw
+    out, printed = _run(tmp_path, "one", ["--no-warp-probe", "--no-mask-probe", "--no-blend-probe"], capsys)
+    pm = json.load(open(out / "detect.json"))["aegis"]["pair_mask"]  # printed, then saved: the whole command ran
+    assert pm["examined_pairs"] == [[5, 7]] and set(pm["pairs"]) == {"5->6", "5->7", "6->7"}
+    assert "gap" in pm["pairs"]["5->7"] and "gap" not in pm["pairs"]["5->6"]
+    assert "aegis pair mask:" in printed and "highest pair gaps (source->target: gap, norm): 5->7: " in printed
+    assert (out / "report.html").exists()
     off = json.load(open(_run(tmp_path, "nopm", ["--no-warp-probe", "--no-mask-probe", "--no-pair-mask"], capsys)[0]
                          / "detect.json"))
     assert off["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in off["aegis"]

@@ -9,7 +9,7 @@ from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.pair_probe import (CANDIDATE_RESTARTS, PairMaskDetector, candidate_pairs, pair_mask_on,
+from aegis_tf.detect.pair_probe import (CANDIDATE_MAX, CANDIDATE_RESTARTS, PairMaskDetector, candidate_pairs, pair_mask_on,
                                         reverse_engineer_pairs, row_and_column)
 from aegis_tf.detect.patch_transfer import PairTransferDetector
 from aegis_tf.detect.recovered import load_trigger
@@ -82,6 +82,12 @@ def test_candidates_are_pairs_that_transferred_under_the_rule_not_flagged_nor_fr
     # already; the thin 1 moves toward three targets
     assert candidate_pairs(pairs) == [(3, 7), (8, 9)]
     assert candidate_pairs(pairs, min_count=3) == [(3, 7)] and candidate_pairs(pairs, min_share=0.2) == []
+    # at most CANDIDATE_MAX, the highest shares first
+    many = _transfer({(s, (s + 3) % 10): 2 + s % 4 for s in range(2, 10)})  # shares 0.1-0.25, one target each
+    top = candidate_pairs(many, max_pairs=3)
+    assert len(candidate_pairs(many)) == CANDIDATE_MAX and len(top) == 3
+    assert all(many.pairs_[p] >= max(many.pairs_[q] for q in candidate_pairs(many, max_pairs=8) if q not in top)
+               for p in top)
 
 
 def test_a_bound_sets_no_gap_and_a_collapsed_model_is_inconclusive(rng):
@@ -197,6 +203,11 @@ def test_a_source_specific_backdoor_is_named_source_to_target_and_its_clean_twin
     assert set(picked["pair_mask"]["pairs"]) == {f"{s}->{t}" for s, t in row_and_column([(3, 7)], classes)}
     assert picked["pair_mask"]["evidence"]["description"].startswith("on the pairs the per-pair view saw transfer")
     assert "pair_mask" not in none  # no candidate: the probe does not run
+    from aegis_tf.detect.scan import format_summary
+
+    printed = format_summary(picked, "m")  # the rows and columns have no gap of their own: only 3->7 is listed
+    assert "aegis pair mask: backdoored, pairs (source, target) 3->7" in printed
+    assert "highest pair gaps (source->target: gap, norm): 3->7: " in printed and "3->1:" not in printed
     clean_report = run_aegis(clean, x, y, classes=classes, config=cfg, pixel_max=255.0)
     assert clean_report["pair_mask"]["flagged_pairs"] == [] and not clean_report["pair_mask"].get("inconclusive")
     off = run_aegis(bad, x, y, classes=classes, config=cfg.replace(pair_mask=False), pixel_max=255.0)

@@ -150,6 +150,12 @@ def test_the_verdict_names_source_and_target():
     b, = v["backdoors"]
     assert b["kind"] == "all-to-all" and b["signals"] == ["pair_mask", "pair_transfer"]
     assert b["mapping"] == [[0, 1], [2, 3], [3, 4], [4, 5], [5, 6], [6, 7]] and v["target_classes"] == [1, 3, 4, 5, 6, 7]
+    # pairs that would give one target three sources do not join: the union would be no mapping
+    ev["pair_mask"] = PairTransferDetector().fit_rates(_rates({(8, 1), (9, 1)}), classes=list(range(10))).evidence("y")
+    v = combine(ev)
+    assert v["backdoors"][0]["signals"] == ["pair_transfer"] and v["backdoors"][0]["mapping"] == sorted(map(list, half))
+    assert v["backdoors"][1] == {"target": 1, "sources": [8, 9], "signals": ["pair_transfer", "pair_mask"],
+                                 "score": v["backdoors"][1]["score"]}
     # many sources of one target are a backdoor of their own, beside the mapping
     ev["pair_mask"] = PairTransferDetector().fit_rates(_rates({(s, 9) for s in (0, 2, 4)}),
                                                          classes=list(range(10))).evidence("y")

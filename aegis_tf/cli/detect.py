@@ -113,7 +113,8 @@ def config_flags(p):
                         "every pair, about a minute per 10-class MNIST model, and on every pair it flagged 1 of 4 "
                         "held-out clean models, see docs/detection.md; --no-pair-mask turns it off)")
     flag(p, "--pair-mask-restarts", type=int, default=None,
-         help=f"the pair mask probe's random starts per pair (default {d.pair_mask_restarts})")
+         help=f"the pair mask probe's random starts per pair (default {d.pair_mask_restarts}; twice that on the "
+              "per-pair view's candidates, the default)")
     # 20 is aegis_tf.detect.staged.STAGED_ABOVE (not imported here: it pulls in Keras; a test pins it).
     flag(p, "--scan", choices=("auto", "full", "staged"), default=None,
          help=f"full{tag('scan', 'full')}: the detector on every class; staged{tag('scan', 'staged')}: screen every "

@@ -37,11 +37,14 @@ al. 2021 scan the pairs with a bandit; here all pairs share one batch):
   are not fitted, nor a fit whose projected time (timed on its third step) exceeds
   ``budget_s``; the report says so (``skipped_``), and the verdict line says "not run".
 
-It is off by default: on held-out standard models it named 3 of 4 source-specific and 2 of 2
+On every pair it is opt-in: on held-out standard models it named 3 of 4 source-specific and 2 of 2
 all-to-all backdoors, but also a natural pair on 1 of 4 clean models (the gaps of true and
 natural pairs overlap between 1.89 and 2.06; docs/detection.md). ``DetectConfig.pair_mask=True``
-(``--pair-mask``) runs it in every scan whatever it costs; ``"auto"`` in a full scan, within
-``pair_mask_budget`` seconds. Gradients come from :func:`aegis_tf.core.backend.input_gradient`, so nothing
+(``--pair-mask``) runs it on every pair in every scan whatever it costs; ``"auto"`` in a full scan,
+within ``pair_mask_budget`` seconds. By default (``"candidates"``) it fits only the rows and
+columns of the pairs the per-pair view saw transfer without flagging them (:func:`candidate_pairs`,
+:func:`row_and_column`), with :data:`CANDIDATE_RESTARTS` times the starts, and scores those pairs
+alone, so a flagged pair has both views behind it. Gradients come from :func:`aegis_tf.core.backend.input_gradient`, so nothing
 here is backend-specific. Measured in results/detect/pair_mask.md.
 """
 
@@ -55,7 +58,8 @@ from aegis_tf.detect.neural_cleanse import OverBudget, StepBudget, _schedule, _s
 from aegis_tf.detect.patch_transfer import pair_mapping
 
 __all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "candidate_pairs", "row_and_column",
-           "CANDIDATE_SHARE", "CANDIDATE_COUNT", "CANDIDATE_RESTARTS", "OverBudget"]
+           "CANDIDATE_SHARE", "CANDIDATE_COUNT", "CANDIDATE_RESTARTS", "CANDIDATE_MAX",
+           "OverBudget"]
 
 
 def pair_mask_on(config, mode="full"):
@@ -70,17 +74,23 @@ CANDIDATE_SHARE = 0.1
 CANDIDATE_COUNT = 2
 # How many times ``pair_mask_restarts`` the probe starts per pair when it fits candidates only.
 CANDIDATE_RESTARTS = 2
+# At most this many candidates (the highest shares): five rows and columns already cover most pairs of a
+# 10-class model, and past that the doubled starts would cost more than the probe on every pair.
+CANDIDATE_MAX = 5
 
 
-def candidate_pairs(pairs, *, min_share=CANDIDATE_SHARE, min_count=CANDIDATE_COUNT):
+def candidate_pairs(pairs, *, min_share=CANDIDATE_SHARE, min_count=CANDIDATE_COUNT, max_pairs=CANDIDATE_MAX):
     """The pairs a fitted :class:`~aegis_tf.detect.patch_transfer.PairTransferDetector` saw transfer
     without flagging them: at least ``min_count`` translations and ``min_share`` of them moved the
     source's probes, the pair is not flagged, and its source is not fragile (a source whose patches
-    move it toward many targets is a natural confusion, not a candidate). Sorted."""
+    move it toward many targets is a natural confusion, not a candidate); the ``max_pairs`` with
+    the highest shares (then counts). Sorted."""
     fragile = set(pairs.fragile_sources_)
     flagged = set(pairs.flagged_pairs_)
-    return sorted(p for p, v in pairs.pairs_.items() if v >= min_share and pairs.transferring_pairs_[p] >= min_count
-                  and p not in flagged and p[0] not in fragile)
+    found = [p for p, v in pairs.pairs_.items() if v >= min_share and pairs.transferring_pairs_[p] >= min_count
+             and p not in flagged and p[0] not in fragile]
+    found.sort(key=lambda p: (-pairs.pairs_[p], -pairs.transferring_pairs_[p], p))
+    return sorted(found[:max_pairs])
 
 
 def row_and_column(examine, classes):

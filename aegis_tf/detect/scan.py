@@ -527,7 +527,8 @@ def format_summary(report, name):
                      "backdoored, pairs (source, target) " + ", ".join(f"{s}->{t}" for s, t in pm_["flagged_pairs"])
                      if pm_["flagged_pairs"] else "clean")
             lines.append(f"  aegis pair mask: {state}")
-            top = sorted(pm_["pairs"].items(), key=lambda kv: -kv[1]["gap"])[:5]
+            # on candidates only the examined pairs have a gap (their rows and columns are rivals)
+            top = sorted(((k, v) for k, v in pm_["pairs"].items() if "gap" in v), key=lambda kv: -kv[1]["gap"])[:5]
             if top:
                 lines.append("    highest pair gaps (source->target: gap, norm): "
                              + ", ".join(f"{k}: {v['gap']:.2f}, {v['norm']:.1f}" for k, v in top))

@@ -22,7 +22,7 @@ Cleanse's below-the-median rule) counts :data:`NOT_FLAGGED_MAX`, just under 1.
 import math
 
 __all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "scan_limits",
-           "NOT_FLAGGED_MAX", "RATIO_MAX", "PAIR_SIGNALS", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
+           "NOT_FLAGGED_MAX", "RATIO_MAX", "PAIR_SIGNALS", "SIGNAL_NAMES", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
 
 # A class that reaches its signal's threshold without being flagged counts this much: the largest
 # number below 1, so every ratio under 1 keeps its value and its order.
@@ -36,6 +36,8 @@ _SHORT = {"patch_transfer": "patch share", "clusters": "cluster vote", "neural_c
           "whole_image": "whole-image gap", "blend_probe": "blend gap", "pair_transfer": "pair share",
           "pair_breadth": "source breadth", "warp_probe": "warp gap",
           "mask_probe": "mask gap", "pair_mask": "pair mask gap"}
+# Every signal a verdict may hold, as detect.json names them.
+SIGNAL_NAMES = tuple(_SHORT)
 # What a scan needs before any signal can be read (:func:`scan_limits`): classes in the model
 # (every signal compares a class with the others), training images of each examined class, and
 # the mean share of translations that reached their class.
@@ -117,10 +119,16 @@ def backdoors(evidence, targets=None):
     if a2a:
         # another per-pair signal's pairs join the mapping when they too send each target at most two
         # sources (a few pairs of the same permutation, not a many-to-one backdoor)
-        a2a.update({k: e for k, e in per_pair.items() if k not in a2a and e.get("pairs")
-                    and all(len(v) <= 2 for v in (e["mapping"].get("backdoors") or {}).values())})
-        pairs = sorted({tuple(map(int, p)) for e in a2a.values()
-                        for p in (e["mapping"].get("pairs") or e.get("pairs") or [])})
+        from aegis_tf.detect.patch_transfer import pair_mapping  # here: the verdict module stays free of Keras
+
+        def pairs_of(signals):
+            return sorted({tuple(map(int, p)) for e in signals.values()
+                           for p in (e["mapping"].get("pairs") or e.get("pairs") or [])})
+
+        for k, e in per_pair.items():  # and only while the union stays a mapping (each target from at most 2)
+            if k not in a2a and e.get("pairs") and pair_mapping(pairs_of({**a2a, k: e}))["kind"] == "all-to-all":
+                a2a[k] = e
+        pairs = pairs_of(a2a)
         mapped = {t for _, t in pairs}
         score = max([class_ratio(e, str(t)) for e in a2a.values() for t in mapped], default=0.0)
         out.append({"kind": "all-to-all", "mapping": [list(p) for p in pairs], "signals": sorted(a2a),
