@@ -52,12 +52,12 @@ def main(argv=None):
     try:
         pairs = parse_pairs(args.pairs)
         data = args.data
-        x, y = load_split(data, split="train", data_dir=args.data_dir)
-        x, y = x[:args.train_images], y[:args.train_images]
         model = load_model(args.model)
         n_classes = int(model.output_shape[-1])
-        if max(max(pair) for pair in pairs) >= n_classes:
+        if max(max(pair) for pair in pairs) >= n_classes:  # before the data is read
             raise AegisError(f"--pairs name a class the model does not have (it has {n_classes})")
+        x, y = load_split(data, split="train", data_dir=args.data_dir)
+        x, y = x[:args.train_images], y[:args.train_images]
         det = PairMaskDetector.from_config(DetectConfig(), random_state=args.seed)
         t = time.perf_counter()
         det.fit(model, x, y, range(n_classes), examine=pairs)

@@ -64,6 +64,8 @@ def test_examined_pairs_are_scored_against_their_whole_row_and_column_and_nothin
     assert report["examined_pairs"] == [[3, 7]] and "gap" not in report["pairs"]["3->0"]
     assert report["pairs"]["3->7"]["gap"] == pytest.approx(46.0 / 8.0)
     assert "examined_pairs" not in whole.report()
+    with pytest.raises(AegisError, match="an examined pair needs its own norm: 1->4 not among"):
+        PairMaskDetector().fit_norms(fitted, ceiling=CEILING, examine=[(1, 4)])
 
 
 def _transfer(shares, n=20):

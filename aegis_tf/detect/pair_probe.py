@@ -281,6 +281,10 @@ class PairMaskDetector(Detector):
         if ceiling is not None:
             self.ceiling_ = float(ceiling)
         self.pair_norms_ = {(int(s), int(t)): float(v) for (s, t), v in norms.items()}
+        missing = [p for p in self.examined_ or [] if p not in self.pair_norms_]
+        if missing:
+            raise AegisError(f"an examined pair needs its own norm: {', '.join(f'{s}->{t}' for s, t in missing)} "
+                             "not among the norms given")
         self.classes_ = sorted({c for p in self.pair_norms_ for c in p})
         if len(self.classes_) < 3:
             raise AegisError("the pair mask probe needs at least 3 classes to compare")
