@@ -77,10 +77,11 @@ class DetectConfig(Settings):
     none (results/detect/zoo_pair_holdout.md). ``"candidates"`` (default) runs it only on the
     pairs the per-pair view below saw transfer without flagging them (at least
     :data:`~aegis_tf.detect.pair_probe.CANDIDATE_COUNT` translations and
-    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_SHARE` of them, source not fragile), each
+    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_SHARE` of them, source not fragile; at most
+    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_MAX`, the highest shares), with twice the starts, each
     against its whole row and column, within ``pair_mask_budget`` seconds: a pair is flagged
-    only when both views point at it. ``False`` turns it off. ``True`` runs it on every pair in every scan whatever it
-    costs; ``"auto"`` in a full scan only, when its fit, timed on its third step, would take at
+    only when both views point at it (held out: results/detect/zoo_std_h10_runs.md). ``False``
+    turns it off. ``True`` runs it on every pair in every scan whatever it costs; ``"auto"`` in a full scan only, when its fit, timed on its third step, would take at
     most ``pair_mask_budget`` seconds (it fits 90 pairs x 3 starts on a 10-class model: about a
     minute for a compact MNIST net on 2 cores, many times that for a CIFAR-10 ResNet-18, which
     then says "not run"). Measured in results/detect/pair_mask.md.

@@ -44,7 +44,8 @@ natural pairs overlap between 1.89 and 2.06; docs/detection.md). ``DetectConfig.
 within ``pair_mask_budget`` seconds. By default (``"candidates"``) it fits only the rows and
 columns of the pairs the per-pair view saw transfer without flagging them (:func:`candidate_pairs`,
 :func:`row_and_column`), with :data:`CANDIDATE_RESTARTS` times the starts, and scores those pairs
-alone, so a flagged pair has both views behind it. Gradients come from :func:`aegis_tf.core.backend.input_gradient`, so nothing
+alone, so a flagged pair has both views behind it. Gradients come from
+:func:`aegis_tf.core.backend.input_gradient`, so nothing
 here is backend-specific. Measured in results/detect/pair_mask.md.
 """
 

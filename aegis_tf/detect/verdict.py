@@ -22,7 +22,8 @@ Cleanse's below-the-median rule) counts :data:`NOT_FLAGGED_MAX`, just under 1.
 import math
 
 __all__ = ["combine", "verdict_line", "suspicion_score", "class_ratio", "probability", "scan_limits",
-           "NOT_FLAGGED_MAX", "RATIO_MAX", "PAIR_SIGNALS", "SIGNAL_NAMES", "MIN_CLASSES", "MIN_CLASS_IMAGES", "MIN_REACHED"]
+           "NOT_FLAGGED_MAX", "RATIO_MAX", "PAIR_SIGNALS", "SIGNAL_NAMES", "MIN_CLASSES", "MIN_CLASS_IMAGES",
+           "MIN_REACHED"]
 
 # A class that reaches its signal's threshold without being flagged counts this much: the largest
 # number below 1, so every ratio under 1 keeps its value and its order.
