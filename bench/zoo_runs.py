@@ -35,9 +35,9 @@ from aegis_tf.core.utils import atomic_path, write_json
 from aegis_tf.detect.verdict import SIGNAL_NAMES as SIGNALS
 from aegis_tf.detect.verdict import combine
 from aegis_tf.zoo.summary import summarize
+from aegis_tf.zoo.worker import VERDICT_KEYS
 from family_table import true_pairs_found
 
-_VERDICT_KEYS = ("backdoored", "target_classes", "backdoors", "inconclusive", "limits", "score", "probability", "line")
 
 
 def read_runs(folders):
@@ -77,7 +77,7 @@ def without_signals(runs, folders, signals):
                     verdict = json.load(f)["verdict"]
                 evidence = {k: e for k, e in verdict["evidence"].items() if k not in signals}
                 again = combine(evidence, verdict.get("limits") or [])
-                result["verdict"] = {k: again.get(k) for k in _VERDICT_KEYS}
+                result["verdict"] = {k: again.get(k) for k in VERDICT_KEYS}
             results.append(result)
         out_runs.append(summarize(results, zoo=run.get("zoo")))
         out_results.append({r["name"]: r for r in results})

@@ -9,8 +9,8 @@ from conftest import constant_model, embedded_backdoor_twins
 
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.config import DetectConfig
-from aegis_tf.detect.pair_probe import (CANDIDATE_MAX, CANDIDATE_RESTARTS, PairMaskDetector, candidate_pairs, pair_mask_on,
-                                        reverse_engineer_pairs, row_and_column)
+from aegis_tf.detect.pair_probe import (CANDIDATE_MAX, CANDIDATE_RESTARTS, PairMaskDetector, candidate_pairs,
+                                        pair_mask_mode, pair_mask_on, reverse_engineer_pairs, row_and_column)
 from aegis_tf.detect.patch_transfer import PairTransferDetector
 from aegis_tf.detect.recovered import load_trigger
 from aegis_tf.detect.verdict import combine
@@ -134,6 +134,8 @@ def test_the_probe_runs_where_asked_and_checks_its_settings():
     assert pair_mask_on(auto) and not pair_mask_on(auto, "staged")
     assert pair_mask_on(DetectConfig(pair_mask=True), "staged")
     assert not pair_mask_on(DetectConfig.from_preset("paper"))
+    assert [pair_mask_mode(c, m) for c in (d, auto, DetectConfig(pair_mask=False)) for m in ("full", "staged")] == [
+        "candidates", "candidates", "all", None, None, None]
     with pytest.raises(AegisError, match="pair_mask_restarts"):
         DetectConfig(pair_mask_restarts=0)
 

@@ -81,9 +81,9 @@ class DetectConfig(Settings):
     :data:`~aegis_tf.detect.pair_probe.CANDIDATE_MAX`, the highest shares), with twice the starts, each
     against its whole row and column, within ``pair_mask_budget`` seconds: a pair is flagged
     only when both views point at it (held out: results/detect/zoo_std_h10_runs.md). ``False``
-    turns it off. ``True`` runs it on every pair in every scan whatever it costs; ``"auto"`` in a full scan only, when its fit, timed on its third step, would take at
-    most ``pair_mask_budget`` seconds (it fits 90 pairs x 3 starts on a 10-class model: about a
-    minute for a compact MNIST net on 2 cores, many times that for a CIFAR-10 ResNet-18, which
+    turns it off. ``True`` runs it on every pair in every scan whatever it costs; ``"auto"`` in a
+    full scan only, when its fit, timed on its third step, would take at most ``pair_mask_budget``
+    seconds (it fits 90 pairs x 3 starts on a 10-class model: about a minute for a compact MNIST net on 2 cores, many times that for a CIFAR-10 ResNet-18, which
     then says "not run"). Measured in results/detect/pair_mask.md.
 
     ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
@@ -175,7 +175,8 @@ class DetectConfig(Settings):
         "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
         "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
-        "pair_mask": [Options("auto", "candidates", True, False)], "pair_mask_epochs": POS_INT, "pair_mask_restarts": POS_INT,
+        "pair_mask": [Options("auto", "candidates", True, False)], "pair_mask_epochs": POS_INT,
+        "pair_mask_restarts": POS_INT,
         "pair_mask_budget": POS, "probe_budget": POS,
     }
 

@@ -58,15 +58,24 @@ from aegis_tf.detect.mask_probe import GROUP, apply_mask
 from aegis_tf.detect.neural_cleanse import OverBudget, StepBudget, _schedule, _squash, mask_state, mask_step
 from aegis_tf.detect.patch_transfer import pair_mapping
 
-__all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_on", "candidate_pairs", "row_and_column",
+__all__ = ["reverse_engineer_pairs", "PairMaskDetector", "pair_mask_mode", "pair_mask_on", "candidate_pairs",
+           "row_and_column",
            "CANDIDATE_SHARE", "CANDIDATE_COUNT", "CANDIDATE_RESTARTS", "CANDIDATE_MAX",
            "OverBudget"]
 
 
+def pair_mask_mode(config, mode="full"):
+    """How a scan of ``mode`` (``"full"`` or ``"staged"``) runs the pair mask probe: ``"all"`` (every
+    pair: ``pair_mask=True``, or ``"auto"`` in a full scan), ``"candidates"`` (the per-pair view's
+    candidates only: :func:`candidate_pairs`) or None (not at all)."""
+    if config.pair_mask is True or (config.pair_mask == "auto" and mode == "full"):
+        return "all"
+    return "candidates" if config.pair_mask == "candidates" else None
+
+
 def pair_mask_on(config, mode="full"):
-    """Whether a scan runs the pair mask probe on every pair: ``pair_mask=True``, or ``"auto"`` in a full
-    scan. (``"candidates"`` runs it on the per-pair view's weak pairs only: :func:`candidate_pairs`.)"""
-    return config.pair_mask is True or (config.pair_mask == "auto" and mode == "full")
+    """Whether a scan runs the pair mask probe on every pair (:func:`pair_mask_mode` is ``"all"``)."""
+    return pair_mask_mode(config, mode) == "all"
 
 
 # A pair the per-pair view saw transfer, but under its own rule: at least this share of its translations
@@ -208,7 +217,7 @@ class PairMaskDetector(Detector):
         # on candidates it fits a row and a column, not every pair: twice the starts, so that a true pair's
         # fit lands in a natural local minimum on every start less often (about half of the starts did
         # on a standard MNIST source-specific model; docs/detection.md)
-        restarts = config.pair_mask_restarts * (CANDIDATE_RESTARTS if config.pair_mask == "candidates" else 1)
+        restarts = config.pair_mask_restarts * (CANDIDATE_RESTARTS if pair_mask_mode(config) == "candidates" else 1)
         return cls(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
                    epochs=config.pair_mask_epochs, restarts=restarts, budget_s=budget, **kwargs)
 

@@ -44,7 +44,8 @@ from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
-from aegis_tf.detect.pair_probe import CANDIDATE_COUNT, CANDIDATE_SHARE, PairMaskDetector, candidate_pairs, pair_mask_on
+from aegis_tf.detect.pair_probe import (CANDIDATE_COUNT, CANDIDATE_SHARE, PairMaskDetector, candidate_pairs,
+                                        pair_mask_mode)
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
@@ -132,8 +133,8 @@ def aegis_scan(model, x, y, *, classes, config, pixel_max, state_dir=None, seed=
     if stages is not None:
         # Stage 2 scores the promoted classes; the probes that need no translations (warp, mask) run on
         # every class, as in a full scan, within their time budget.
-        scoring = config.replace(scan="full", pair_mask=(config.pair_mask if config.pair_mask == "candidates"
-                                                         else pair_mask_on(config, "staged")))
+        scoring = config.replace(scan="full", pair_mask={"all": True, "candidates": "candidates", None: False}[
+            pair_mask_mode(config, "staged")])
         probes = {"probe_classes": classes, "budgets": {k: probe_budget(config, k, "staged")
                                                           for k in ("warp_probe", "mask_probe")}}
     report, found = score_translations(model, x, y, classes=examined, config=scoring, translations=translations,
@@ -189,8 +190,8 @@ def _staged_translations(model, x, y, classes, config, *, pixel_max, seed, batch
               **{k: ("off" if not on(config) else "every class" if probe_budget(config, k, "staged") is None
                      else f"every class, within {config.probe_budget:g} s")
                  for k, on in (("warp_probe", warp_probe_on), ("mask_probe", mask_probe_on))},
-              "pair_mask": ("promoted classes" if pair_mask_on(config, "staged") else
-                            "the per-pair view's candidates" if config.pair_mask == "candidates" else "off")}
+              "pair_mask": {"all": "promoted classes", "candidates": "the per-pair view's candidates",
+                            None: "off"}[pair_mask_mode(config, "staged")]}
     times = {"stage1": stage1_seconds, "translate": time.perf_counter() - t}
     gaps = {k: scores[k] for k in ("whole_image", "blend_probe") if k in scores}
     return translations, promoted, stages, gaps, times
@@ -270,9 +271,9 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     pair_mask = None
     # every pair (pair_mask True, or "auto" in a full scan), or the pairs the per-pair view saw transfer
     # without flagging them ("candidates", the default), each against its whole row and column
-    examine = (candidate_pairs(pairs) if config.pair_mask == "candidates" and pairs is not None
-               and not pair_mask_on(config) else None)
-    if len(classes) >= 3 and (pair_mask_on(config) or examine):
+    pair_mode = pair_mask_mode(config)
+    examine = candidate_pairs(pairs) if pair_mode == "candidates" and pairs is not None else None
+    if len(classes) >= 3 and (pair_mode == "all" or examine):
         t = time.perf_counter()
         pair_mask = PairMaskDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
         pair_mask.fit(model, x, y, classes, examine=examine)

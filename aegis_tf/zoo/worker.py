@@ -12,7 +12,11 @@ import socket
 import time
 import traceback
 
-__all__ = ["scan_task", "error_result", "FAULT_VARIABLE"]
+# What a model's result.json keeps of its scan's verdict (the evidence stays in its detect.json).
+VERDICT_KEYS = ("backdoored", "target_classes", "backdoors", "inconclusive", "limits", "score", "probability",
+                "line")
+
+__all__ = ["scan_task", "error_result", "FAULT_VARIABLE", "VERDICT_KEYS"]
 
 # Test hook: AEGIS_ZOO_FAULT="NAME" makes the worker scanning model NAME kill itself
 # (SIGKILL) at every attempt; "NAME=PATH" only at the first one (PATH marks that it
@@ -128,8 +132,7 @@ def _scan(task):
     keras.backend.clear_session()  # a long-lived worker scans thousands of models: free each one's graphs
     v = saved["verdict"]
     robustness = saved.get("robustness")
-    return {"verdict": {k: v.get(k) for k in ("backdoored", "target_classes", "backdoors", "inconclusive", "limits",
-                                                "score", "probability", "line")},
+    return {"verdict": {k: v.get(k) for k in VERDICT_KEYS},
             "baselines": saved.get("baselines") or {},
             "robustness": None if not robustness else {k: robustness.get(k) for k in ("pgd_acc", "clean_acc", "eps",
                                                                                    "n_images", "robust")},
