@@ -215,8 +215,8 @@ class PairMaskDetector(Detector):
         """The probe as a scan runs it with a :class:`~aegis_tf.detect.config.DetectConfig`."""
         budget = None if config.pair_mask is True else float(config.pair_mask_budget)
         # on candidates it fits a row and a column, not every pair: twice the starts, so that a true pair's
-        # fit lands in a natural local minimum on every start less often (about half of the starts did
-        # on a standard MNIST source-specific model; docs/detection.md)
+        # fit lands in a natural local minimum on every start less often (about one start in three does;
+        # docs/detection.md)
         restarts = config.pair_mask_restarts * (CANDIDATE_RESTARTS if pair_mask_mode(config) == "candidates" else 1)
         return cls(n_probes=config.wi_probes, flip_at=config.flip_at, threshold=config.wi_threshold,
                    epochs=config.pair_mask_epochs, restarts=restarts, budget_s=budget, **kwargs)
