@@ -773,3 +773,47 @@ def test_the_pair_mask_candidates_bench_reads_pairs_and_refuses_bad_ones_before_
     assert main(["--model", PATHS["robust_bd_net"], "--data", PATHS["train"], "--pairs", "3,12",
                  "--out", str(out)]) == 2
     assert "the model does not have (it has 10)" in capsys.readouterr().err and not out.exists()
+
+
+def test_mask_restarts_replays_the_scans_fit_and_refuses_another_seed_leaving_nothing(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from aegis_tf.core.data import load_split
+    from aegis_tf.core.embedded import PATHS
+    from aegis_tf.core.models import load_model
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.mask_probe import MaskProbeDetector
+    from mask_restarts import main
+
+    config = DetectConfig(mask_fit=60, mask_epochs=1, wi_probes=10)
+    x, y = load_split(PATHS["train"], split="train")
+    stored = MaskProbeDetector.from_config(config.replace(mask_restarts=1), random_state=3).fit(
+        load_model(PATHS["bd_net"]), x, y, list(range(10)))
+    report = stored.report()
+    detect = {"model_file": PATHS["bd_net"], "weights_file": None, "data": PATHS["train"], "scale": "raw",
+              "aegis": {"config": config.to_dict(), "mask_probe": report},
+              "verdict": {"evidence": {"mask_probe": {"old": True}}}}
+    scan = tmp_path / "scan"
+    (scan / "m").mkdir(parents=True)
+    (scan / "summary.json").write_text(json.dumps({"rows": [{"name": "m", "status": "done"}]}))
+    (scan / "m" / "result.json").write_text("{}")
+    (scan / "m" / "detect.json").write_text(json.dumps(detect))
+    out = tmp_path / "out"
+    assert main([str(scan), "--seed", "4", "--out", str(out)]) == 2  # not the scan's seed: start 0 differs
+    assert "was --seed the scan's?" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+    assert main([str(scan), "--seed", "3", "--restarts", "2", "--out", str(out)]) == 0
+    again = json.loads((out / "m" / "detect.json").read_text())
+    new = again["aegis"]["mask_probe"]
+    assert again["verdict"]["evidence"]["mask_probe"] == new["evidence"] and again["rescored"]
+    for c in range(10):
+        starts = new["classes"][str(c)]["start_mask_l1"]
+        assert len(starts) == 2 and np.isclose(starts[0], report["classes"][str(c)]["mask_l1"], rtol=1e-4)
+    log = json.loads((out / "mask_restarts.json").read_text())
+    assert log["restarts"] == 2 and log["models"]["m"]["first_start"] <= 0.01
+    assert main([str(scan), "--seed", "3", "--out", str(out)]) == 2  # an existing folder is not overwritten
+    assert "exists" in capsys.readouterr().err
+    assert main([str(tmp_path / "none"), "--seed", "3", "--out", str(tmp_path / "o2")]) == 2
+    assert "summary.json not found" in capsys.readouterr().err and not (tmp_path / "o2").exists()

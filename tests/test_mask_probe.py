@@ -131,3 +131,50 @@ def test_a_learned_patch_backdoor_is_found_and_its_clean_twin_passes(patch_model
     assert not clean_report["mask_probe"].get("inconclusive")
     off = run_aegis(bad, x, y, classes=list(range(10)), config=cfg.replace(mask_probe=False), pixel_max=255.0)
     assert "mask_probe" not in off
+
+
+def test_more_starts_keep_the_smallest_working_mask_and_start_0_is_the_single_start(patch_models):
+    x, y, models = patch_models
+    bad = models["patch"][0]
+    assert DetectConfig().mask_restarts == 2
+    assert MaskProbeDetector.from_config(DetectConfig(mask_restarts=3)).restarts == 3
+    with pytest.raises(AegisError, match="mask_restarts"):
+        DetectConfig(mask_restarts=0)
+    kw = dict(n_fit=300, epochs=4, n_probes=40, random_state=5)
+    one = MaskProbeDetector(restarts=1, **kw).fit(bad, x, y, list(range(10)))
+    two = MaskProbeDetector(restarts=2, **kw).fit(bad, x, y, list(range(10)))
+    assert all(len(one.start_l1_[c]) == 1 and len(two.start_l1_[c]) == 2 for c in range(10))
+    # start 0 draws from the single start's stream: the one-start probe's fit, unchanged
+    np.testing.assert_allclose([two.start_l1_[c][0] for c in range(10)], [one.l1_norms_[c] for c in range(10)],
+                               rtol=1e-4)
+    assert {c: one.fresh_[c] for c in range(10)} == {c: two.start_fresh_[c][0] for c in range(10)}
+    assert len({two.start_l1_[c][1] for c in range(10)} - {two.start_l1_[c][0] for c in range(10)}) >= 9
+    for c in range(10):
+        working = [n for n, f in zip(two.start_l1_[c], two.start_fresh_[c]) if f >= two.flip_at]
+        assert two.norms_[c] == (min(working) if working else two.ceiling_)
+        assert two.l1_norms_[c] in two.start_l1_[c] and (not working or two.l1_norms_[c] == min(working))
+    assert sum(two.norms_.values()) < sum(one.norms_.values())  # at least one class found a smaller mask
+    entry = two.report()["classes"]["7"]
+    assert entry["start_mask_l1"] == two.start_l1_[7] and entry["start_fresh"] == two.start_fresh_[7]
+    assert "smallest working one of 2 starts" in two.describe()
+
+
+def test_each_start_of_each_class_draws_its_own_stream_even_past_1000_classes(rng, monkeypatch):
+    import aegis_tf.detect.mask_probe as mp
+
+    seen = {}
+
+    def fake(model, x, targets, *, seeds, **kw):
+        seen["targets"], seen["seeds"] = list(targets), list(seeds)
+        return [{"mask": np.zeros(x.shape[1:3], "float32"), "pattern": np.zeros(x.shape[1:], "float32"),
+                 "l1": 1.0, "success": 1.0} for _ in targets]
+
+    monkeypatch.setattr(mp, "reverse_engineer_triggers", fake)
+    x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
+    mp.MaskProbeDetector(restarts=2, n_fit=20, n_probes=10, random_state=5).fit(
+        constant_model(0, num_classes=3), x, np.arange(60) % 3, [0, 1, 2])
+    assert seen["targets"] == [0, 1, 2, 0, 1, 2] and seen["seeds"] == [5, 6, 7, 1005, 1006, 1007]
+    classes = [0, 1, 1000, 1500]  # a model of over 1,000 classes (DeepID has 1,283): no two starts share a seed
+    mp.MaskProbeDetector(restarts=3, n_fit=20, n_probes=10).fit(
+        constant_model(0, num_classes=3), x, np.arange(60) % 3, classes)
+    assert len(set(seen["seeds"])) == 12 and seen["seeds"][:4] == classes

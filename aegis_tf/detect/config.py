@@ -55,7 +55,8 @@ class DetectConfig(Settings):
 
     ``mask_probe`` adds Neural Cleanse's reverse engineering, read by the same relative
     gap (:class:`aegis_tf.detect.mask_probe.MaskProbeDetector`): per class the smallest
-    mask and pattern (``mask_epochs`` of 20 steps on ``mask_fit`` training images) that
+    mask and pattern (``mask_epochs`` of 20 steps on ``mask_fit`` training images, the
+    smallest working one of ``mask_restarts`` random starts) that
     send images there, tried on ``wi_probes`` fresh images of other classes (it must move
     ``flip_at`` of them), flagged when its L1 norm is ``wi_threshold`` times smaller than
     every other class's. ``"auto"`` (default) runs it in a full scan, and in a staged one on
@@ -151,6 +152,7 @@ class DetectConfig(Settings):
     mask_probe: Union[bool, str] = "auto"
     mask_fit: int = 1000
     mask_epochs: int = 10
+    mask_restarts: int = 2
     pair_mask: Union[bool, str] = "candidates"
     pair_mask_epochs: int = 16
     pair_mask_restarts: int = 3
@@ -175,6 +177,7 @@ class DetectConfig(Settings):
         "warp_probe": [Options("auto", True, False)], "warp_grid": [Interval(int, 2, None)],
         "warp_max_shift": [Interval(float, 0, 1, closed="right")], "warp_steps": POS_INT, "warp_fit": POS_INT,
         "mask_probe": [Options("auto", True, False)], "mask_fit": POS_INT, "mask_epochs": POS_INT,
+        "mask_restarts": POS_INT,
         "pair_mask": [Options("auto", "candidates", True, False)], "pair_mask_epochs": POS_INT,
         "pair_mask_restarts": POS_INT,
         "pair_mask_budget": POS, "probe_budget": POS,

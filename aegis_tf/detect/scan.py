@@ -342,12 +342,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             f"classes (a class no warp up to {warp.max_shift_px_:.3g} pixels moves stays at that bound)")
     if mask is not None:
         report["mask_probe"] = mask.report()
-        report["mask_probe"]["evidence"] = mask.evidence(
-            "the smallest other class's mask norm over this class's (for the two smallest, the third smallest norm "
-            "over the second when that is larger: two backdoors), where a norm is the L1 norm of Neural Cleanse's "
-            f"smallest mask toward the class ({mask.epochs} x {mask.steps_per_epoch} steps on {mask.n_fit} images), "
-            f"counted only when its trigger moves >= {100 * mask.flip_at:g}% of {mask.n_probes} fresh clean probes "
-            f"of other classes (else the whole image, {mask.ceiling_:g} pixels)")
+        report["mask_probe"]["evidence"] = mask.evidence(mask.describe())
     if pair_mask is not None:
         report["pair_mask"] = pair_mask.report()
         report["pair_mask"]["evidence"] = pair_mask.evidence(

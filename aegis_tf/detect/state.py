@@ -33,7 +33,8 @@ STATE_DIR = "scan_state"
 # Settings that read the saved translations and change nothing they hold: a resumed scan may change them.
 SCORING_ONLY = frozenset({"wi_blend", "pairs", "pair_probes", "pair_confirm_probes", "pair_min_score",
                           "robustness_images", "wi_nonrobust_factor", "warp_probe", "warp_grid", "warp_max_shift",
-                          "warp_steps", "warp_fit", "mask_probe", "mask_fit", "mask_epochs", "pair_mask",
+                          "warp_steps", "warp_fit", "mask_probe", "mask_fit", "mask_epochs", "mask_restarts",
+                          "pair_mask",
                           "pair_mask_epochs", "pair_mask_restarts", "pair_mask_budget",
                           "probe_budget"})
 
