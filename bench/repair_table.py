@@ -123,7 +123,8 @@ def run_model(model, work, args):
         rows.append(_row(f"fine-pruning -4% + {args.finetune} epochs", res, ft["seconds"]))
 
     rows.append(clp_row(model, test, work))
-    rows += trigger_rows(model, det_dir, result["triggers"], work, common, ("trigger-prune", "unlearn"))
+    rows += trigger_rows(model, det_dir, result["triggers"], work, common, ("trigger-prune", "unlearn"),
+                         trigger_classes=args.trigger_classes)
     return entry
 
 
@@ -191,15 +192,17 @@ def _repair_note(model, b_prime, test):
     return ""
 
 
-def trigger_rows(model, det_dir, triggers, work, common, strategies):
-    """The rows of the repairs from the recovered trigger(s) in ``det_dir``."""
+def trigger_rows(model, det_dir, triggers, work, common, strategies, trigger_classes=None):
+    """The rows of the repairs from the recovered trigger(s) in ``det_dir`` (with ``trigger_classes``,
+    ``repair --trigger-classes``: the triggers toward those classes only)."""
     rows = []
+    only = "" if trigger_classes is None else f"; triggers toward class {trigger_classes} only"
     for strategy in strategies:
         if not triggers:
             rows.append({"method": strategy, "error": "detect recovered no trigger", "seconds": None})
             continue
         out = _timed(repair_job, out_dir=os.path.join(work, strategy), trigger_from=det_dir, strategy=strategy,
-                     **common)
+                     trigger_classes=trigger_classes, **common)
         if "error" in out:
             rows.append({"method": strategy, "error": out["error"], "seconds": out["seconds"]})
             continue
@@ -211,11 +214,12 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies):
                 u = rep["unlearned"]
                 kept = ", ".join(str(r["kept_epoch"]) for r in u.get("rounds", [u]))
                 label = f"{len(u['rounds'])} rounds, epoch {kept} kept" if "rounds" in u else f"epoch {kept} kept"
-                rows.append(_row(f"unlearning ({label})", res, out["seconds"],
+                rows.append(_row(f"unlearning ({label}{only})", res, out["seconds"],
                                  note=note))
             else:
                 p = rep["pruned"][tag]
-                rows.append(_row(f"trigger-aware pruning -{tag}% ({p['channels_pruned']} ch)", res, out["seconds"],
+                rows.append(_row(f"trigger-aware pruning -{tag}% ({p['channels_pruned']} ch{only})", res,
+                                 out["seconds"],
                                  note=p.get("stop_reason", "")))
     return rows
 
@@ -231,7 +235,7 @@ def redo(entry, strategy, args):
         new = [clp_row(entry["model"], entry["test"], work)]
     else:
         new = trigger_rows(entry["model"], os.path.join(work, "detect"), entry["detect"]["triggers"], work, common,
-                           (strategy,))
+                           (strategy,), trigger_classes=args.trigger_classes)
     keep = [r for r in entry["rows"] if not r["method"].startswith(prefix)]
     at = next((i for i, r in enumerate(entry["rows"]) if r["method"].startswith(prefix)), len(keep))
     entry["rows"] = keep[:at] + new + keep[at:]
@@ -298,6 +302,9 @@ def main(argv=None):
                    help="run this repair again for the listed models already in --out, replacing its rows")
     p.add_argument("--reuse-detect", action="store_true",
                    help="use a detect folder already in --work (its detect.json's stage times) instead of scanning again")
+    p.add_argument("--trigger-classes", default=None, metavar="C[,C]",
+                   help="the repairs from a trigger use the triggers toward these classes only "
+                        "(`repair --trigger-classes`; for one model, whose other flagged class is a false alarm)")
     args = p.parse_args(argv)
     command = "python bench/repair_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "commands": [command], "models": [],

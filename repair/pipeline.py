@@ -423,21 +423,51 @@ def _poisoned_set(path, default_key, clean, clean_path, *, model, model_path, em
             f"{clean_path} with {what} of {sidecar_path(model_path)}")
 
 
-def _recovered_triggers(trigger_from, trigger_file):
-    """The recovered triggers named on the command line, and the detect report they came from."""
+def parse_trigger_classes(value):
+    """``--trigger-classes``: ``None``, ``"7"``, ``"7,9"`` or a list of class indices -> sorted ints;
+    a one-line error otherwise."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        classes = sorted({int(str(c).strip()) for c in items})
+    except ValueError:
+        classes = []
+    if not classes or min(classes) < 0:
+        raise AegisError("--trigger-classes must be class indices, comma-separated (e.g. 7 or 7,9). "
+                         f"Received: {value!r}")
+    return classes
+
+
+def _recovered_triggers(trigger_from, trigger_file, trigger_classes=None):
+    """The recovered triggers named on the command line (with ``trigger_classes``, only those whose
+    target is one of them), and the detect report they came from."""
     from aegis_tf.detect.recovered import load_trigger, triggers_from_detect_dir
 
     if trigger_from and trigger_file:
         raise AegisError("give --trigger-from DETECT_OUT_DIR or --trigger-file FILE, not both")
+    classes = parse_trigger_classes(trigger_classes)
+    if classes is not None and not (trigger_from or trigger_file):
+        raise AegisError("--trigger-classes picks among recovered triggers: give --trigger-from DETECT_OUT_DIR too")
     if trigger_from:
-        return triggers_from_detect_dir(trigger_from)
-    if trigger_file:
-        return [load_trigger(trigger_file)], None
-    return [], None
+        triggers, scan = triggers_from_detect_dir(trigger_from)
+    elif trigger_file:
+        triggers, scan = [load_trigger(trigger_file)], None
+    else:
+        return [], None
+    if classes is not None:
+        have = sorted({int(t.target) for t in triggers})
+        missing = [c for c in classes if c not in have]
+        if missing:
+            raise AegisError(f"--trigger-classes {','.join(map(str, classes))}: no recovered trigger for class "
+                             f"{','.join(map(str, missing))} (the triggers given are for class "
+                             f"{','.join(map(str, have))})")
+        triggers = [t for t in triggers if int(t.target) in classes]
+    return triggers, scan
 
 
 def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_valid=None, bad_valid=None,
-               clean_test=None, bad_test=None, trigger_from=None, trigger_file=None,
+               clean_test=None, bad_test=None, trigger_from=None, trigger_file=None, trigger_classes=None,
                out_dir=os.path.join("out", "repair"), scale="raw", batch_size=256, seed=0, quiet=True, **settings):
     """The repair on files, everything checked before any work.
 
@@ -449,7 +479,9 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     poisoned ones only for an embedded B, or built from B's ``MODEL.json``).
     With ``trigger_from`` (a ``detect --out-dir`` folder) or ``trigger_file``:
     :func:`run_trigger_repair` on clean data alone; B defaults to the model
-    the scan examined. ``strategy`` is a comma-separated list (default
+    the scan examined; ``trigger_classes`` (``"7"``, ``"7,9"`` or a list) keeps only the
+    triggers toward those classes (a class the reader judged a false alarm is left out).
+    ``strategy`` is a comma-separated list (default
     ``lab``, or ``trigger-prune,unlearn`` with a trigger). ``strategy="clp"``
     (alone, no trigger, no validation set): :func:`run_clp_repair`, data-free.
     """
@@ -458,13 +490,15 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
 
     config = _repair_config(config, settings)
     check_repair_out_dir(out_dir)
+    if parse_trigger_classes(trigger_classes) is not None and not (trigger_from or trigger_file):
+        raise AegisError("--trigger-classes picks among recovered triggers: give --trigger-from DETECT_OUT_DIR too")
     if config.strategy and "clp" in config.strategies(trigger=False):
         _check_strategies(config.strategy, trigger=bool(trigger_from or trigger_file))
         return _clp_job(config, bad_model=bad_model, bad_model_weights=bad_model_weights, clean_valid=clean_valid,
                         bad_valid=bad_valid, clean_test=clean_test, bad_test=bad_test, out_dir=out_dir, scale=scale,
                         batch_size=batch_size)
     threshold, layer, finetune, finetune_lr = config.threshold, config.layer, config.finetune, config.finetune_lr
-    triggers, scan = _recovered_triggers(trigger_from, trigger_file)
+    triggers, scan = _recovered_triggers(trigger_from, trigger_file, trigger_classes)
     strategies = _check_strategies(config.strategies(trigger=bool(triggers)), trigger=bool(triggers))
     if "unlearn" in strategies:
         from repair.trigger_repair import check_unlearn_settings
@@ -493,7 +527,8 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     sources = {"bad_model": model_path, "bad_model_weights": weights, "clean_valid": pv, "clean_test": pt,
                "bad_test": pbt, "scale": scale, "clean_budget": config.clean_images, "clean_valid_size": available}
     if triggers:
-        sources.update(trigger_from=trigger_from, trigger_file=trigger_file)
+        sources.update(trigger_from=trigger_from, trigger_file=trigger_file,
+                       trigger_classes=parse_trigger_classes(trigger_classes))
         return run_trigger_repair(
             model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
             layer=layer, stop_asr=config.stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,

@@ -361,6 +361,34 @@ def test_repair_from_a_detect_folder_repairs_the_scanned_model(tmp_path, capsys,
     assert rc == 2 and "the scan read its data with --scale raw" in err and not (tmp_path / "r2").exists()
 
 
+def test_repair_from_the_triggers_of_some_flagged_classes_only(tmp_path, capsys, default_paths):
+    # A scan that flagged 7 and a false alarm 3: the reader repairs from class 7's trigger alone.
+    scan = tmp_path / "scan"
+    names = [os.path.basename(_corner_trigger(shape=(28, 28, 1), value=255.0, margin=m, target=t,
+                                              pixel_max=255.0).save(str(scan))) for t, m in ((7, 1), (3, 4))]
+    (scan / "detect.json").write_text(json.dumps({
+        "verdict": {"backdoored": True, "target_classes": [3, 7], "line": "BACKDOORED: classes 3, 7"},
+        "model": default_paths["bd_net"], "model_file": default_paths["bd_net"], "weights_file": None,
+        "scale": "raw", "triggers": names}))
+    base = ["repair", "--trigger-from", str(scan), "--strategy", "unlearn", "--unlearn-epochs", "1",
+            "--unlearn-rounds", "1", "--clean-images", "60"]
+    rc, _, _ = _run(base + ["--trigger-classes", "7", "--out-dir", str(tmp_path / "only7")], capsys)
+    report = json.load(open(tmp_path / "only7" / "repair.json"))
+    assert rc == 0 and report["trigger"]["targets"] == [7] and report["sources"]["trigger_classes"] == [7]
+    rc, _, _ = _run(base + ["--out-dir", str(tmp_path / "both")], capsys)
+    assert rc == 0 and json.load(open(tmp_path / "both" / "repair.json"))["trigger"]["targets"] == [3, 7]
+    for extra, message in ((["--trigger-classes", "5"], "no recovered trigger for class 5 (the triggers given are "
+                                                         "for class 3,7)"),
+                           (["--trigger-classes", "x"], "--trigger-classes must be class indices")):
+        rc, _, err = _run(base + extra + ["--out-dir", str(tmp_path / "bad")], capsys)
+        assert rc == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    rc, _, err = _run(["repair", "--trigger-classes", "7", "--out-dir", str(tmp_path / "bad")], capsys)
+    assert rc == 2 and "give --trigger-from DETECT_OUT_DIR too" in err and not (tmp_path / "bad").exists()
+    rc, _, err = _run(["repair", "--strategy", "clp", "--trigger-classes", "7", "--out-dir", str(tmp_path / "bad")],
+                      capsys)
+    assert rc == 2 and "give --trigger-from DETECT_OUT_DIR too" in err and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--strategy", "lab"], "--strategy lab prunes with the attacker's --bad-valid"),
     (["--bad-valid", "x.h5"], "--bad-valid is attacker data"),

@@ -56,6 +56,9 @@ def add(sub):
               "no --bad-valid). B defaults to the model the scan examined")
     flag(p, "--trigger-file", default=None, metavar="FILE",
          help="repair from one recovered trigger file (trigger_<class>_<source>.json written by detect)")
+    flag(p, "--trigger-classes", default=None, metavar="C[,C]",
+         help="with --trigger-from: repair from the triggers toward these classes only (leave out a class you "
+              "judge a false alarm); an error when the scan saved none for one of them")
     flag(p, "--strategy", default=d.strategy,
          help="comma-separated: lab (prune lowest mean clean activation first, with --bad-valid; the default "
               "without a trigger), trigger-prune (prune the channels the recovered trigger raises most), unlearn "
@@ -99,8 +102,8 @@ def run(args):
     report = repair(config=settings(RepairConfig, args), bad_model=args.bad_model,
                     bad_model_weights=args.bad_model_weights, clean_valid=args.clean_valid, bad_valid=args.bad_valid,
                     clean_test=args.clean_test, bad_test=args.bad_test, trigger_from=args.trigger_from,
-                    trigger_file=args.trigger_file, out_dir=args.out_dir, scale=args.scale,
-                    batch_size=args.batch_size, seed=args.seed, quiet=args.quiet)
+                    trigger_file=args.trigger_file, trigger_classes=args.trigger_classes, out_dir=args.out_dir,
+                    scale=args.scale, batch_size=args.batch_size, seed=args.seed, quiet=args.quiet)
     print(format_table(report))
     print(f"wrote {report['files']['report']}, {report['files']['html']} and B'/GoodNet files to {args.out_dir}")
     if args.out:
