@@ -41,6 +41,9 @@ def refit(detect, seed, restarts):
     """The mask probe of one model's ``detect.json`` fitted again with ``restarts`` starts.
     Returns ``(report, first_start_difference, seconds)``."""
     stored = detect["aegis"]["mask_probe"]
+    if stored.get("verdict") == "not run" or not stored.get("classes"):
+        raise AegisError(f"the scan's mask probe did not run ({stored.get('skipped', 'no classes')}): "
+                         "nothing to fit again")
     config = DetectConfig(**{**detect["aegis"]["config"], "mask_restarts": restarts})
     model = load_model(detect["model_file"], detect.get("weights_file"))
     x, y = load_split(detect["data"], split="train", scale=detect.get("scale", "raw"))
@@ -75,11 +78,12 @@ def main(argv=None):
             raise AegisError(f"{args.out} exists: give a new folder")
         with open(summary_path) as f:
             summary = json.load(f)
-        work = args.out + ".partial"
+        work = os.path.normpath(args.out) + ".partial"
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         shutil.copy(summary_path, os.path.join(work, "summary.json"))
-        log = {"scan": args.scan, "seed": args.seed, "restarts": args.restarts, "command": " ".join(sys.argv),
+        log = {"scan": args.scan, "seed": args.seed, "restarts": args.restarts,
+               "command": "python bench/mask_restarts.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "models": {}}
         for row in summary["rows"]:
             name = row["name"]
@@ -91,7 +95,10 @@ def main(argv=None):
                 detect = json.load(f)
             if "mask_probe" not in detect.get("aegis", {}):
                 raise AegisError(f"{name}: the scan did not run the mask probe; nothing to fit again")
-            report, diff, seconds = refit(detect, args.seed, args.restarts)
+            try:
+                report, diff, seconds = refit(detect, args.seed, args.restarts)
+            except AegisError as e:
+                raise AegisError(f"{name}: {e}") from None
             if diff > args.tolerance:
                 raise AegisError(f"{name}: start 0 differs from the stored norm by {100 * diff:.2f}% (over "
                                  f"{100 * args.tolerance:g}%): this is not the scan's fit; was --seed the scan's?")
@@ -105,12 +112,14 @@ def main(argv=None):
             print(f"{name}: {seconds:.1f} s, start 0 within {100 * diff:.3f}%, flagged {report['suspect_classes']}",
                   flush=True)
         write_json(os.path.join(work, "mask_restarts.json"), log)
-        os.replace(work, args.out)
-    except AegisError as e:
-        if "work" in locals():
-            shutil.rmtree(work, ignore_errors=True)  # nothing half-written is left behind
-        print(f"error: {e}", file=sys.stderr)
+        os.replace(work, os.path.normpath(args.out))
+    except (AegisError, OSError, KeyError, TypeError, ValueError) as e:
+        why = str(e) if isinstance(e, AegisError) else f"{type(e).__name__}: {e} (a scan folder of scan-zoo expected)"
+        print(f"error: {why}", file=sys.stderr)
         return 2
+    finally:
+        if "work" in locals() and os.path.isdir(work):
+            shutil.rmtree(work, ignore_errors=True)  # nothing half-written is left behind
     return 0
 
 

@@ -40,7 +40,7 @@ from aegis_tf.detect.config import DetectConfig
 from aegis_tf.core.embedded import PATHS
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import write_json
-from repair.pipeline import repair_job
+from repair.pipeline import parse_trigger_classes, repair_job
 
 EMBEDDED = {os.path.abspath(PATHS[k]) for k in ("bd_net", "robust_bd_net", "robust_clean_net")}
 
@@ -306,6 +306,10 @@ def main(argv=None):
                    help="the repairs from a trigger use the triggers toward these classes only "
                         "(`repair --trigger-classes`; for one model, whose other flagged class is a false alarm)")
     args = p.parse_args(argv)
+    try:
+        parse_trigger_classes(args.trigger_classes)  # a bad value: one line, before any scan
+    except AegisError as e:
+        raise SystemExit(f"error: {e}") from None
     command = "python bench/repair_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "commands": [command], "models": [],
                "clean_images": args.clean_images}

@@ -428,7 +428,9 @@ def parse_trigger_classes(value):
     a one-line error otherwise."""
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
     try:
         classes = sorted({int(str(c).strip()) for c in items})
     except ValueError:
@@ -461,7 +463,7 @@ def _recovered_triggers(trigger_from, trigger_file, trigger_classes=None):
         if missing:
             raise AegisError(f"--trigger-classes {','.join(map(str, classes))}: no recovered trigger for class "
                              f"{','.join(map(str, missing))} (the triggers given are for class "
-                             f"{','.join(map(str, have))})")
+                             f"{','.join(map(str, have)) or 'none'})")
         triggers = [t for t in triggers if int(t.target) in classes]
     return triggers, scan
 

@@ -817,3 +817,8 @@ def test_mask_restarts_replays_the_scans_fit_and_refuses_another_seed_leaving_no
     assert "exists" in capsys.readouterr().err
     assert main([str(tmp_path / "none"), "--seed", "3", "--out", str(tmp_path / "o2")]) == 2
     assert "summary.json not found" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    (scan / "m" / "detect.json").unlink()  # a damaged scan folder: one line, nothing half-written
+    assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o3") + "/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FileNotFoundError" in err and "Traceback" not in err
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o3.partial").exists()

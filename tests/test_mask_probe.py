@@ -147,12 +147,14 @@ def test_more_starts_keep_the_smallest_working_mask_and_start_0_is_the_single_st
     # start 0 draws from the single start's stream: the one-start probe's fit, unchanged
     np.testing.assert_allclose([two.start_l1_[c][0] for c in range(10)], [one.l1_norms_[c] for c in range(10)],
                                rtol=1e-4)
-    assert {c: one.fresh_[c] for c in range(10)} == {c: two.start_fresh_[c][0] for c in range(10)}
+    np.testing.assert_allclose([two.start_fresh_[c][0] for c in range(10)], [one.fresh_[c] for c in range(10)],
+                               atol=1 / 40)  # one probe of 40 at most: the float order of a batched call
     assert len({two.start_l1_[c][1] for c in range(10)} - {two.start_l1_[c][0] for c in range(10)}) >= 9
     for c in range(10):
         working = [n for n, f in zip(two.start_l1_[c], two.start_fresh_[c]) if f >= two.flip_at]
         assert two.norms_[c] == (min(working) if working else two.ceiling_)
-        assert two.l1_norms_[c] in two.start_l1_[c] and (not working or two.l1_norms_[c] == min(working))
+        if working:
+            assert two.l1_norms_[c] == min(working)
     assert sum(two.norms_.values()) < sum(one.norms_.values())  # at least one class found a smaller mask
     entry = two.report()["classes"]["7"]
     assert entry["start_mask_l1"] == two.start_l1_[7] and entry["start_fresh"] == two.start_fresh_[7]
@@ -178,3 +180,28 @@ def test_each_start_of_each_class_draws_its_own_stream_even_past_1000_classes(rn
     mp.MaskProbeDetector(restarts=3, n_fit=20, n_probes=10).fit(
         constant_model(0, num_classes=3), x, np.arange(60) % 3, classes)
     assert len(set(seen["seeds"])) == 12 and seen["seeds"][:4] == classes
+
+
+def test_over_a_time_budget_the_first_start_alone_runs_before_nothing(rng, monkeypatch):
+    import aegis_tf.detect.mask_probe as mp
+    from aegis_tf.detect.neural_cleanse import OverBudget
+
+    calls = []
+
+    def fake(model, x, targets, *, seeds, budget_s=None, **kw):
+        calls.append(len(targets))
+        if len(targets) > limit[0]:
+            raise OverBudget(999.0)
+        return [{"mask": np.zeros(x.shape[1:3], "float32"), "pattern": np.zeros(x.shape[1:], "float32"),
+                 "l1": 1.0, "success": 1.0} for _ in targets]
+
+    monkeypatch.setattr(mp, "reverse_engineer_triggers", fake)
+    x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
+    args = (constant_model(0, num_classes=3), x, np.arange(60) % 3, [0, 1, 2])
+    limit = [3]  # two starts of three classes go over, one fits
+    det = mp.MaskProbeDetector(restarts=2, n_fit=20, n_probes=10, budget_s=1.0).fit(*args)
+    assert calls == [6, 3] and det.starts_used_ == 1 and det.report()["starts_used"] == 1
+    assert all(len(det.start_l1_[c]) == 1 for c in range(3)) and "of 1 starts" in det.describe()
+    limit, calls[:] = [0], []  # not even one start fits: not run, said why
+    det = mp.MaskProbeDetector(restarts=2, n_fit=20, n_probes=10, budget_s=1.0).fit(*args)
+    assert calls == [6, 3] and det.report()["verdict"] == "not run" and "over the budget" in det.report()["skipped"]

@@ -382,6 +382,13 @@ def test_repair_from_the_triggers_of_some_flagged_classes_only(tmp_path, capsys,
                            (["--trigger-classes", "x"], "--trigger-classes must be class indices")):
         rc, _, err = _run(base + extra + ["--out-dir", str(tmp_path / "bad")], capsys)
         assert rc == 2 and message in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    from repair.pipeline import parse_trigger_classes
+
+    assert parse_trigger_classes(7) == [7] and parse_trigger_classes("9, 7") == [7, 9]
+    assert parse_trigger_classes(np.int64(3)) == [3] and parse_trigger_classes(None) is None
+    for bad in (True, 7.5, "", "-1", {"a": 1}):
+        with pytest.raises(AegisError, match="--trigger-classes must be class indices"):
+            parse_trigger_classes(bad)
     rc, _, err = _run(["repair", "--trigger-classes", "7", "--out-dir", str(tmp_path / "bad")], capsys)
     assert rc == 2 and "give --trigger-from DETECT_OUT_DIR too" in err and not (tmp_path / "bad").exists()
     rc, _, err = _run(["repair", "--strategy", "clp", "--trigger-classes", "7", "--out-dir", str(tmp_path / "bad")],

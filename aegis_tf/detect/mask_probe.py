@@ -20,7 +20,8 @@ signal:
   (the standard MNIST localised model of seed 10, detection seed 4: 44 pixels
   for the 3x3 patch's class), so a full scan takes the better of two
   (:data:`RESTART_SEED_STEP` apart; the first start is the single start of
-  before);
+  before); where all starts would go over a time budget (a staged scan's
+  ``--probe-budget``), the first start alone runs if it fits (``starts_used``);
 * a class's *gap* is the smallest other norm over its own, flagged at
   ``threshold`` (the scan's ``wi_threshold``, 2), not Neural Cleanse's median
   absolute deviation (which flags a class with a slightly small norm when the
@@ -84,7 +85,8 @@ class MaskProbeDetector(WholeImageDetector):
     ``masks_`` and ``patterns_`` the fitted triggers, ``plain_`` the share of each class's
     probes the model already gives it with no trigger, ``ceiling_`` the whole image's norm;
     ``start_l1_`` and ``start_fresh_`` each start's mask norm and fresh share (``restarts``
-    starts per class, the smallest working one kept)."""
+    starts per class, the smallest working one kept; ``starts_used_`` how many ran: 1 where
+    ``restarts`` would have gone over ``budget_s`` and one start did not)."""
 
     _parameter_constraints = {
         **WholeImageDetector._parameter_constraints,
@@ -129,15 +131,20 @@ class MaskProbeDetector(WholeImageDetector):
         self.masks_, self.patterns_, self.success_, self.l1_norms_, self.fresh_, self.plain_ = {}, {}, {}, {}, {}, {}
         self.start_l1_, self.start_fresh_ = {}, {}
         norms = {}
-        starts = [(int(c), k) for k in range(self.restarts) for c in classes]  # every class's first start first
-        step = max(RESTART_SEED_STEP, max(int(c) for c in classes) + 1)
-        try:
-            fitted = reverse_engineer_triggers(model, pool, [c for c, _ in starts], pixel_max=self.pixel_max,
-                                               epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
-                                               budget_s=self.budget_s,
-                                               seeds=[self.random_state + c + k * step for c, k in starts])
-        except OverBudget as e:
-            return self._over_budget(classes, e.projected_s)
+        step = max(RESTART_SEED_STEP, max((int(c) for c in classes), default=0) + 1)
+        # Over a time budget (a staged scan's --probe-budget), the first start alone before nothing at all.
+        for n_starts in sorted({self.restarts, 1}, reverse=True):
+            starts = [(int(c), k) for k in range(n_starts) for c in classes]  # every class's first start first
+            try:
+                fitted = reverse_engineer_triggers(model, pool, [c for c, _ in starts], pixel_max=self.pixel_max,
+                                                   epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                                                   budget_s=self.budget_s,
+                                                   seeds=[self.random_state + c + k * step for c, k in starts])
+                break
+            except OverBudget as e:
+                if n_starts == 1:
+                    return self._over_budget(classes, e.projected_s)
+        self.starts_used_ = n_starts
         for c in classes:
             runs = [r for (c_, _), r in zip(starts, fitted) if c_ == int(c)]
             others = rest[y[rest] != c]
@@ -172,7 +179,8 @@ class MaskProbeDetector(WholeImageDetector):
         """What the probe's evidence measures, in words (the ``description`` of :meth:`evidence`; fitted)."""
         return ("the smallest other class's mask norm over this class's (for the two smallest, the third smallest "
                 "norm over the second when that is larger: two backdoors), where a norm is the L1 norm of Neural "
-                f"Cleanse's smallest mask toward the class (the smallest working one of {self.restarts} starts, "
+                f"Cleanse's smallest mask toward the class (the smallest working one of "
+                f"{getattr(self, 'starts_used_', self.restarts)} starts, "
                 f"{self.epochs} x {self.steps_per_epoch} steps on {self.n_fit} images), counted only when its "
                 f"trigger moves >= {100 * self.flip_at:g}% of {self.n_probes} fresh clean probes of other classes "
                 f"(else the whole image, {self.ceiling_:g} pixels)")
@@ -201,6 +209,8 @@ class MaskProbeDetector(WholeImageDetector):
         out = super().report()
         if not getattr(self, "skipped_", None):
             out["pair_gap"] = getattr(self, "pair_gap_", None)
+            if hasattr(self, "starts_used_"):  # fitted, not only scored from norms
+                out["starts_used"] = self.starts_used_
         return out
 
     def _class_entry(self, c):
