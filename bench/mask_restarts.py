@@ -35,6 +35,7 @@ from aegis_tf.core.settings import pixel_max_of
 from aegis_tf.core.utils import write_json
 from aegis_tf.detect.config import DetectConfig
 from aegis_tf.detect.mask_probe import MaskProbeDetector
+from zoo_runs import read_runs
 
 
 def refit(detect, seed, restarts):
@@ -71,17 +72,13 @@ def main(argv=None):
     try:
         if args.restarts < 1:
             raise AegisError(f"--restarts must be at least 1. Received: {args.restarts}")
-        summary_path = os.path.join(args.scan, "summary.json")
-        if not os.path.isfile(summary_path):
-            raise AegisError(f"{summary_path} not found: expected the folder of a finished `scan-zoo`")
+        summary = read_runs([args.scan])[0]  # zoo_runs reads scan folders the same way
         if os.path.exists(args.out):
             raise AegisError(f"{args.out} exists: give a new folder")
-        with open(summary_path) as f:
-            summary = json.load(f)
         work = os.path.normpath(args.out) + ".partial"
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
-        shutil.copy(summary_path, os.path.join(work, "summary.json"))
+        shutil.copy(os.path.join(args.scan, "summary.json"), os.path.join(work, "summary.json"))
         log = {"scan": args.scan, "seed": args.seed, "restarts": args.restarts,
                "command": "python bench/mask_restarts.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "models": {}}

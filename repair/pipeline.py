@@ -441,16 +441,14 @@ def parse_trigger_classes(value):
     return classes
 
 
-def _recovered_triggers(trigger_from, trigger_file, trigger_classes=None):
-    """The recovered triggers named on the command line (with ``trigger_classes``, only those whose
-    target is one of them), and the detect report they came from."""
+def _recovered_triggers(trigger_from, trigger_file, classes=None):
+    """The recovered triggers named on the command line (with ``classes``, parsed by
+    :func:`parse_trigger_classes`, only those whose target is one of them), and the detect report
+    they came from."""
     from aegis_tf.detect.recovered import load_trigger, triggers_from_detect_dir
 
     if trigger_from and trigger_file:
         raise AegisError("give --trigger-from DETECT_OUT_DIR or --trigger-file FILE, not both")
-    classes = parse_trigger_classes(trigger_classes)
-    if classes is not None and not (trigger_from or trigger_file):
-        raise AegisError("--trigger-classes picks among recovered triggers: give --trigger-from DETECT_OUT_DIR too")
     if trigger_from:
         triggers, scan = triggers_from_detect_dir(trigger_from)
     elif trigger_file:
@@ -492,7 +490,8 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
 
     config = _repair_config(config, settings)
     check_repair_out_dir(out_dir)
-    if parse_trigger_classes(trigger_classes) is not None and not (trigger_from or trigger_file):
+    trigger_classes = parse_trigger_classes(trigger_classes)
+    if trigger_classes is not None and not (trigger_from or trigger_file):
         raise AegisError("--trigger-classes picks among recovered triggers: give --trigger-from DETECT_OUT_DIR too")
     if config.strategy and "clp" in config.strategies(trigger=False):
         _check_strategies(config.strategy, trigger=bool(trigger_from or trigger_file))
@@ -530,7 +529,7 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
                "bad_test": pbt, "scale": scale, "clean_budget": config.clean_images, "clean_valid_size": available}
     if triggers:
         sources.update(trigger_from=trigger_from, trigger_file=trigger_file,
-                       trigger_classes=parse_trigger_classes(trigger_classes))
+                       trigger_classes=trigger_classes)
         return run_trigger_repair(
             model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
             layer=layer, stop_asr=config.stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,

@@ -161,6 +161,12 @@ def test_more_starts_keep_the_smallest_working_mask_and_start_0_is_the_single_st
     assert "smallest working one of 2 starts" in two.describe()
 
 
+def _blank_fits(x, targets):
+    """What reverse_engineer_triggers returns, one empty mask per target (a stand-in that only records)."""
+    return [{"mask": np.zeros(x.shape[1:3], "float32"), "pattern": np.zeros(x.shape[1:], "float32"),
+             "l1": 1.0, "success": 1.0} for _ in targets]
+
+
 def test_each_start_of_each_class_draws_its_own_stream_even_past_1000_classes(rng, monkeypatch):
     import aegis_tf.detect.mask_probe as mp
 
@@ -168,8 +174,7 @@ def test_each_start_of_each_class_draws_its_own_stream_even_past_1000_classes(rn
 
     def fake(model, x, targets, *, seeds, **kw):
         seen["targets"], seen["seeds"] = list(targets), list(seeds)
-        return [{"mask": np.zeros(x.shape[1:3], "float32"), "pattern": np.zeros(x.shape[1:], "float32"),
-                 "l1": 1.0, "success": 1.0} for _ in targets]
+        return _blank_fits(x, targets)
 
     monkeypatch.setattr(mp, "reverse_engineer_triggers", fake)
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
@@ -192,8 +197,7 @@ def test_over_a_time_budget_the_first_start_alone_runs_before_nothing(rng, monke
         calls.append(len(targets))
         if len(targets) > limit[0]:
             raise OverBudget(999.0)
-        return [{"mask": np.zeros(x.shape[1:3], "float32"), "pattern": np.zeros(x.shape[1:], "float32"),
-                 "l1": 1.0, "success": 1.0} for _ in targets]
+        return _blank_fits(x, targets)
 
     monkeypatch.setattr(mp, "reverse_engineer_triggers", fake)
     x = rng.uniform(0, 255, (60, 8, 8, 1)).astype("float32")
