@@ -20,22 +20,17 @@ the float order of a batched model call).
 """
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from aegis_tf.core.data import load_split
 from aegis_tf.core.errors import AegisError
-from aegis_tf.core.models import load_model
 from aegis_tf.core.settings import pixel_max_of
-from aegis_tf.core.utils import write_json
 from aegis_tf.detect.config import DetectConfig
 from aegis_tf.detect.mask_probe import MaskProbeDetector
-from zoo_runs import read_runs
+from replay import run_replay, scan_inputs
 
 
 def refit(detect, seed, restarts):
@@ -46,8 +41,7 @@ def refit(detect, seed, restarts):
         raise AegisError(f"the scan's mask probe did not run ({stored.get('skipped', 'no classes')}): "
                          "nothing to fit again")
     config = DetectConfig(**{**detect["aegis"]["config"], "mask_restarts": restarts})
-    model = load_model(detect["model_file"], detect.get("weights_file"))
-    x, y = load_split(detect["data"], split="train", scale=detect.get("scale", "raw"))
+    model, x, y = scan_inputs(detect)
     classes = sorted(int(c) for c in stored["classes"])
     t = time.perf_counter()
     mask = MaskProbeDetector.from_config(config, pixel_max=pixel_max_of(detect.get("scale", "raw")),
@@ -69,56 +63,28 @@ def main(argv=None):
                    help="largest relative difference allowed between start 0 and the stored norm (default 0.01)")
     p.add_argument("--out", required=True, help="folder for the rescored copy (must not exist)")
     args = p.parse_args(argv)
-    try:
+
+    def one(name, detect):
+        if "mask_probe" not in detect.get("aegis", {}):
+            raise AegisError("the scan did not run the mask probe; nothing to fit again")
+        report, diff, seconds = refit(detect, args.seed, args.restarts)
+        if diff > args.tolerance:
+            raise AegisError(f"start 0 differs from the stored norm by {100 * diff:.2f}% (over "
+                             f"{100 * args.tolerance:g}%): this is not the scan's fit; was --seed the scan's?")
+        detect["aegis"]["mask_probe"] = report
+        detect["verdict"]["evidence"]["mask_probe"] = report["evidence"]
+        detect["rescored"] = {"mask_probe": {"restarts": args.restarts, "by": "bench/mask_restarts.py"}}
+        print(f"{name}: {seconds:.1f} s, start 0 within {100 * diff:.3f}%, flagged {report['suspect_classes']}",
+              flush=True)
+        return detect, {"first_start": diff, "seconds": seconds, "flagged": report["suspect_classes"],
+                        "gaps": {c: e["mask_gap"] for c, e in report["classes"].items()}}
+
+    def check():
         if args.restarts < 1:
             raise AegisError(f"--restarts must be at least 1. Received: {args.restarts}")
-        summary = read_runs([args.scan])[0]  # zoo_runs reads scan folders the same way
-        if os.path.exists(args.out):
-            raise AegisError(f"{args.out} exists: give a new folder")
-        work = os.path.normpath(args.out) + ".partial"
-        shutil.rmtree(work, ignore_errors=True)
-        os.makedirs(work)
-        shutil.copy(os.path.join(args.scan, "summary.json"), os.path.join(work, "summary.json"))
-        log = {"scan": args.scan, "seed": args.seed, "restarts": args.restarts,
-               "command": "python bench/mask_restarts.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "models": {}}
-        for row in summary["rows"]:
-            name = row["name"]
-            os.makedirs(os.path.join(work, name))
-            shutil.copy(os.path.join(args.scan, name, "result.json"), os.path.join(work, name, "result.json"))
-            if row["status"] != "done":
-                continue
-            with open(os.path.join(args.scan, name, "detect.json")) as f:
-                detect = json.load(f)
-            if "mask_probe" not in detect.get("aegis", {}):
-                raise AegisError(f"{name}: the scan did not run the mask probe; nothing to fit again")
-            try:
-                report, diff, seconds = refit(detect, args.seed, args.restarts)
-            except AegisError as e:
-                raise AegisError(f"{name}: {e}") from None
-            if diff > args.tolerance:
-                raise AegisError(f"{name}: start 0 differs from the stored norm by {100 * diff:.2f}% (over "
-                                 f"{100 * args.tolerance:g}%): this is not the scan's fit; was --seed the scan's?")
-            detect["aegis"]["mask_probe"] = report
-            detect["verdict"]["evidence"]["mask_probe"] = report["evidence"]
-            detect["rescored"] = {"mask_probe": {"restarts": args.restarts, "by": "bench/mask_restarts.py"}}
-            write_json(os.path.join(work, name, "detect.json"), detect)
-            log["models"][name] = {"first_start": diff, "seconds": seconds,
-                                   "flagged": report["suspect_classes"], "gaps": {
-                                       c: e["mask_gap"] for c, e in report["classes"].items()}}
-            print(f"{name}: {seconds:.1f} s, start 0 within {100 * diff:.3f}%, flagged {report['suspect_classes']}",
-                  flush=True)
-        write_json(os.path.join(work, "mask_restarts.json"), log)
-        os.replace(work, os.path.normpath(args.out))
-    except (AegisError, OSError, KeyError, TypeError, ValueError) as e:
-        why = str(e) if isinstance(e, AegisError) else f"{type(e).__name__}: {e} (a scan folder of scan-zoo expected)"
-        print(f"error: {why}", file=sys.stderr)
-        return 2
-    finally:
-        if "work" in locals() and os.path.isdir(work):
-            shutil.rmtree(work, ignore_errors=True)  # nothing half-written is left behind
-    return 0
 
+    return run_replay("mask_restarts.py", argv, args.scan, args.out, one, {
+        "file": "mask_restarts.json", "scan": args.scan, "seed": args.seed, "restarts": args.restarts}, check)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -127,19 +127,44 @@ def _detail(result):
     return None
 
 
+def _false_classes(row, result):
+    """The classes a run named that are no target of the model's backdoors (None without the
+    model's ``result.json`` or its truth)."""
+    truth = (result or {}).get("truth")
+    if row["status"] != "done" or not truth:
+        return None
+    return sorted(set(row.get("target_classes") or []) - set(truth.get("target") or []))
+
+
+def _n_classes(folder, name):
+    """How many classes a scan read of the model (its ``detect.json``), or None."""
+    path = os.path.join(folder, name, "detect.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return len(json.load(f).get("aegis", {}).get("classes") or {}) or None
+
+
 def compare(runs, agree=4, folders=None, results=None):
     """Per-model rows and totals of several scans of one zoo (``folders``: where each scan's
     model results are, for the calls and details they refine; ``results``: per run, ``{name:
     result}`` to use instead of the files, as :func:`without_signals` gives)."""
-    by_name = {}  # name -> [(summary row, call, detail)], one per run
+    by_name = {}  # name -> [(summary row, call, detail, false classes)], one per run
     for i, run in enumerate(runs):
         for row in run["rows"]:
             result = (results[i].get(row["name"]) if results is not None else
                       _result(folders[i], row) if folders else None)
-            by_name.setdefault(row["name"], []).append((row, _call(row, result), _detail(result)))
+            by_name.setdefault(row["name"], []).append((row, _call(row, result), _detail(result),
+                                                        _false_classes(row, result)))
     models, learned_always, learned, clean_flagged, clean, stable = [], 0, 0, 0, 0, 0
+    false_named, class_verdicts = 0, 0
     for name in sorted(by_name):
-        rows, calls, details = (list(c) for c in zip(*by_name[name]))
+        rows, calls, details, false = (list(c) for c in zip(*by_name[name]))
+        if rows[0].get("truth") in ("backdoored", "clean") and all(f is not None for f in false):
+            n_classes = _n_classes(folders[0], name) if folders else None
+            false_named += sum(len(f) for f in false)
+            class_verdicts = None if n_classes is None or class_verdicts is None else (
+                class_verdicts + n_classes * len(rows))
         top, n_top = Counter(calls).most_common(1)[0]
         right = [r.get("right_target") for r in rows]
         truth = rows[0].get("truth")
@@ -156,6 +181,7 @@ def compare(runs, agree=4, folders=None, results=None):
     totals = {"runs": len(runs), "models": len(models), "agree_at_least": agree, "stable": stable,
               "learned_backdoors": learned, "right_target_every_run": learned_always,
               "clean_models": clean, "clean_flagged_any_run": clean_flagged,
+              "false_classes": false_named, "class_verdicts": class_verdicts,
               "roc_auc": [run.get("metrics", {}).get("roc_auc") for run in runs]}
     return {"models": models, "totals": totals, "scans": list(folders or []), "without": []}
 
@@ -183,6 +209,9 @@ def markdown(result):
               f"- learned backdoors flagged with their target in every run: {t['right_target_every_run']} of "
               f"{t['learned_backdoors']}",
               f"- clean models flagged in any run: {t['clean_flagged_any_run']} of {t['clean_models']}",
+              *([f"- false classes (named, no target; learned backdoors and clean models): {t['false_classes']}"
+                 + (f" of {t['class_verdicts']} class verdicts ({100 * t['false_classes'] / t['class_verdicts']:.1f}%)"
+                    if t.get("class_verdicts") else "")] if "false_classes" in t else []),
               f"- ROC-AUC per run: {auc}", ""]
     return "\n".join(lines)
 

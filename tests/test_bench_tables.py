@@ -483,6 +483,31 @@ def test_zoo_runs_counts_agreement_right_targets_and_clean_flags(tmp_path, capsy
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.md").exists()
 
 
+def test_zoo_runs_counts_false_classes_of_learned_and_clean_models_over_their_class_verdicts(tmp_path):
+    from zoo_runs import main
+
+    scans = []
+    for i in range(2):
+        rows = [_zoo_row("two_s0", "backdoored", [1, 6] if i == 0 else [1, 4, 6], "backdoored", True),
+                _zoo_row("clean_s0", "backdoored" if i == 1 else "clean", [9] if i == 1 else [], "clean", None),
+                _zoo_row("weak_s0", "backdoored", [2, 3], "not-learned", None)]  # not learned: not counted
+        folder = tmp_path / f"scan{i}"
+        _zoo_summary(str(folder), rows, None)
+        for name, target in (("two_s0", [1, 6]), ("clean_s0", []), ("weak_s0", [2])):
+            (folder / name).mkdir()
+            json.dump({"truth": {"family": name[:-3], "target": target}, "verdict": {"backdoors": []}},
+                      open(folder / name / "result.json", "w"))
+            json.dump({"aegis": {"classes": {str(c): {} for c in range(10)}}}, open(folder / name / "detect.json", "w"))
+        scans.append(str(folder))
+    out = str(tmp_path / "runs.json")
+    assert main(scans + ["--out", out]) == 0
+    t = json.load(open(out))["totals"]
+    # run 1 names 4 beside the two targets, and 9 on the clean model: 2 of 2 models x 2 runs x 10 classes
+    assert (t["false_classes"], t["class_verdicts"]) == (2, 40)
+    assert "- false classes (named, no target; learned backdoors and clean models): 2 of 40 class verdicts (5.0%)" \
+        in open(str(tmp_path / "runs.md")).read()
+
+
 def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp_path, capsys):
     import os
 
@@ -821,4 +846,72 @@ def test_mask_restarts_replays_the_scans_fit_and_refuses_another_seed_leaving_no
     assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o3") + "/"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "FileNotFoundError" in err and "Traceback" not in err
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o3.partial").exists()
+
+
+def test_pair_candidates_replays_the_pair_mask_on_the_current_rules_candidates_and_verifies_the_rest(
+        tmp_path, capsys):
+    import json
+
+    from aegis_tf.core.data import load_split
+    from aegis_tf.core.embedded import PATHS
+    from aegis_tf.core.models import load_model
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.pair_probe import PairMaskDetector
+    from pair_candidates import main
+
+    config = DetectConfig(pair_mask="candidates", pair_mask_epochs=1, pair_mask_restarts=1, wi_probes=10)
+    x, y = load_split(PATHS["train"], split="train")
+    stored = PairMaskDetector.from_config(config, random_state=3).fit(load_model(PATHS["bd_net"]), x, y, range(10),
+                                                                      examine=[(3, 7)])
+    report = stored.report()
+    report["evidence"] = stored.evidence(stored.describe())
+
+    def detect(shares, with_pair_mask=True):
+        classes = {str(t): {"sources": {str(s): shares.get((s, t), 0.0) for s in range(10) if s != t}}
+                   for t in range(10)}
+        aegis = {"config": config.to_dict(), "classes": {str(c): {} for c in range(10)},
+                 "pair_transfer": {"classes": classes, "evidence": {"pairs": [[2, 5]], "fragile_sources": [1]}}}
+        evidence = {"patch_transfer": {"old": True}}
+        if with_pair_mask:
+            aegis["pair_mask"], evidence["pair_mask"] = report, report["evidence"]
+        return {"model_file": PATHS["bd_net"], "weights_file": None, "data": PATHS["train"], "scale": "raw",
+                "aegis": aegis, "verdict": {"evidence": evidence}}
+
+    scan = tmp_path / "scan"
+    # "same": the scan examined 3 -> 7 and the rule finds it alone (2 -> 5 flagged, source 1 fragile);
+    # "more": 6 -> 0 transferred once, a candidate now (it was not under 0.1 and two translations)
+    models = {"same": detect({(3, 7): 0.15, (2, 5): 0.5, (1, 4): 0.1}),
+              "more": detect({(3, 7): 0.15, (6, 0): 0.05})}
+    for name, d in models.items():
+        (scan / name).mkdir(parents=True)
+        (scan / name / "result.json").write_text("{}")
+        (scan / name / "detect.json").write_text(json.dumps(d))
+    (scan / "summary.json").write_text(json.dumps({"rows": [{"name": n, "status": "done"} for n in models]}))
+    out = tmp_path / "out"
+    assert main([str(scan), "--seed", "4", "--verify", "--out", str(out)]) == 2  # not the scan's seed
+    assert "was --seed the scan's?" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+    assert main([str(scan), "--seed", "3", "--verify", "--out", str(out)]) == 0
+    log = json.loads((out / "pair_candidates.json").read_text())["models"]
+    assert log["same"]["after"] == [[3, 7]] and log["same"]["stored_norms_within"] <= 0.01
+    assert log["more"]["before"] == [[3, 7]] and log["more"]["after"] == [[3, 7], [6, 0]]
+    same = json.loads((out / "same" / "detect.json").read_text())
+    assert same["aegis"]["pair_mask"] == report and "rescored" not in same  # verified, kept as stored
+    more = json.loads((out / "more" / "detect.json").read_text())
+    new = more["aegis"]["pair_mask"]
+    assert new["examined_pairs"] == [[3, 7], [6, 0]] and more["verdict"]["evidence"]["pair_mask"] == new["evidence"]
+    assert "at least 1 translation;" in new["evidence"]["description"] and more["rescored"]["pair_mask"]
+    assert more["verdict"]["evidence"]["patch_transfer"] == {"old": True}  # every other signal as stored
+    # a scan from before the probe reads as if it had run it; one that ran it on every pair is refused
+    (scan / "more" / "detect.json").write_text(json.dumps(detect({(6, 0): 0.05}, with_pair_mask=False)))
+    assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o2")]) == 0
+    added = json.loads((tmp_path / "o2" / "more" / "detect.json").read_text())
+    assert added["aegis"]["pair_mask"]["examined_pairs"] == [[6, 0]] and "pair_mask" in added["verdict"]["evidence"]
+    every = detect({(6, 0): 0.05})
+    every["aegis"]["config"]["pair_mask"] = True
+    (scan / "more" / "detect.json").write_text(json.dumps(every))
+    assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more: the scan ran the pair mask probe as True" in err
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o3.partial").exists()

@@ -80,10 +80,12 @@ def _transfer(shares, n=20):
 def test_candidates_are_pairs_that_transferred_under_the_rule_not_flagged_nor_from_a_fragile_source():
     pairs = _transfer({(3, 7): 3, (2, 5): 9, (6, 0): 1, (8, 9): 2, (1, 2): 3, (1, 4): 3, (1, 6): 3})
     assert pairs.flagged_pairs_ == [(2, 5)] and pairs.fragile_sources_ == [1]
-    # 3 -> 7 (3 of 20) and 8 -> 9 (2 of 20) saw transfer under 0.25; 6 -> 0 once only; 2 -> 5 is flagged
-    # already; the thin 1 moves toward three targets
-    assert candidate_pairs(pairs) == [(3, 7), (8, 9)]
+    # 3 -> 7 (3 of 20), 8 -> 9 (2 of 20) and 6 -> 0 (once) saw transfer under 0.25; 2 -> 5 is flagged
+    # already; the thin 1 moves toward three targets; a pair that never transferred is no candidate
+    assert candidate_pairs(pairs) == [(3, 7), (6, 0), (8, 9)]
+    assert candidate_pairs(pairs, min_count=2) == [(3, 7), (8, 9)]  # the rule before 2026-12-05 (and 0.1)
     assert candidate_pairs(pairs, min_count=3) == [(3, 7)] and candidate_pairs(pairs, min_share=0.2) == []
+    assert (4, 5) in pairs.pairs_ and (4, 5) not in candidate_pairs(pairs, max_pairs=90)
     # at most CANDIDATE_MAX, the highest shares first
     many = _transfer({(s, (s + 3) % 10): 2 + s % 4 for s in range(2, 10)})  # shares 0.1-0.25, one target each
     top = candidate_pairs(many, max_pairs=3)
@@ -121,6 +123,9 @@ def test_too_many_pairs_are_skipped_with_the_reason(rng):
     # "auto" has a budget; asking for the probe (True) runs it whatever it costs
     assert PairMaskDetector.from_config(DetectConfig(pair_mask="auto")).budget_s == DetectConfig().pair_mask_budget
     assert PairMaskDetector.from_config(DetectConfig(pair_mask=True)).budget_s is None
+    # a candidate outside the classes fitted (a scan of some classes: the per-pair view sees every source)
+    with pytest.raises(AegisError, match=r"class\(es\) 0, not among the classes fitted \(1, 2, 3\)"):
+        PairMaskDetector().fit(constant_model(0, num_classes=4), x, np.arange(60) % 4, [1, 2, 3], examine=[(0, 2)])
 
 
 def test_the_probe_runs_where_asked_and_checks_its_settings():

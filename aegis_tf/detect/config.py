@@ -77,8 +77,7 @@ class DetectConfig(Settings):
     (MNIST ``1 -> 4``, gap 2.06) on 1 of 4 clean ones, where the default verdict flagged
     none (results/detect/zoo_pair_holdout.md). ``"candidates"`` (default) runs it only on the
     pairs the per-pair view below saw transfer without flagging them (at least
-    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_COUNT` translations and
-    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_SHARE` of them, source not fragile; at most
+    :data:`~aegis_tf.detect.pair_probe.CANDIDATE_COUNT` transferring translation, source not fragile; at most
     :data:`~aegis_tf.detect.pair_probe.CANDIDATE_MAX`, the highest shares), with twice the starts, each
     against its whole row and column, within ``pair_mask_budget`` seconds: a pair is flagged
     only when both views point at it (held out: results/detect/zoo_std_h10_runs.md). ``False``

@@ -80,8 +80,13 @@ def pair_mask_on(config, mode="full"):
 
 # A pair the per-pair view saw transfer, but under its own rule: at least this share of its translations
 # and this many of them. Such a pair is the pair mask probe's candidate (``pair_mask="candidates"``).
-CANDIDATE_SHARE = 0.1
-CANDIDATE_COUNT = 2
+# One transferring translation is enough: on the 30 scans of six clean standard models (three zoos x five
+# runs) no translation transferred at all, while a source-specific pair of a standard model often shows
+# one or two of its about 22 (share 0.04-0.10) and was left unexamined under the former rule (0.1 and two);
+# the pair mask probe, not the count, decides (docs/detection.md, "One transferring translation is a
+# candidate"; results/detect/pair_candidates_h10_runs.md).
+CANDIDATE_SHARE = 0.0
+CANDIDATE_COUNT = 1
 # How many times ``pair_mask_restarts`` the probe starts per pair when it fits candidates only.
 CANDIDATE_RESTARTS = 2
 # At most this many candidates (the highest shares): five rows and columns already cover most pairs of a
@@ -237,6 +242,10 @@ class PairMaskDetector(Detector):
         self.examined_ = None
         if examine is not None:
             self.examined_ = sorted({(int(s), int(t)) for s, t in examine})
+            outside = sorted({c for p in self.examined_ for c in p} - set(classes))
+            if outside:
+                raise AegisError(f"an examined pair names class(es) {', '.join(map(str, outside))}, not among the "
+                                 f"classes fitted ({', '.join(map(str, classes))})")
             pairs = row_and_column(self.examined_, classes)
         self.skipped_ = None
         if len(pairs) * self.restarts > self.max_starts:
@@ -335,6 +344,21 @@ class PairMaskDetector(Detector):
         return self
 
     _resolved_below = 0.25  # of the ceiling, as for the mask probe
+
+    def describe(self):
+        """What the probe's evidence measures, in words (the ``description`` of :meth:`evidence`; fitted)."""
+        return (("" if self.examined_ is None else
+                 "on the pairs the per-pair view saw transfer without flagging them (at least "
+                 f"{CANDIDATE_COUNT} translation{'s' if CANDIDATE_COUNT != 1 else ''}"
+                 + (f" and {CANDIDATE_SHARE:g} of them" if CANDIDATE_SHARE > 0 else "")
+                 + f"; the {CANDIDATE_MAX} highest shares), ")
+                + "per (source, target) pair, the L1 norm of the smallest mask sending the source's images to the "
+                f"target (best of {self.restarts} starts, {self.epochs} x {self.steps_per_epoch} steps on "
+                f"{self.n_fit} images of the source), counted only when its trigger moves >= "
+                f"{100 * self.flip_at:g}% of {self.n_probes} fresh images of the source (else the whole image, "
+                f"{self.ceiling_:g} pixels); a pair's gap is the smallest other norm of its source's row and its "
+                "target's column over its own (two sources of one target: the third smallest of the column over the "
+                "second); a target's score is its largest pair gap")
 
     def mapping(self):
         """The flagged pairs read as backdoors, as the per-pair view reads its own

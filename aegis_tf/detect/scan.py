@@ -44,8 +44,7 @@ from aegis_tf.detect.state import STATE_DIR, ScanState, fingerprint
 from aegis_tf.detect.translation import translate
 from aegis_tf.detect.verdict import combine, scan_limits
 from aegis_tf.detect.mask_probe import MaskProbeDetector, mask_probe_on
-from aegis_tf.detect.pair_probe import (CANDIDATE_COUNT, CANDIDATE_SHARE, PairMaskDetector, candidate_pairs,
-                                        pair_mask_mode)
+from aegis_tf.detect.pair_probe import PairMaskDetector, candidate_pairs, pair_mask_mode
 from aegis_tf.detect.warp_probe import WarpProbeDetector, warp_probe_on
 from aegis_tf.detect.whole_image import BlendProbeDetector, WholeImageDetector
 
@@ -272,7 +271,9 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     # every pair (pair_mask True, or "auto" in a full scan), or the pairs the per-pair view saw transfer
     # without flagging them ("candidates", the default), each against its whole row and column
     pair_mode = pair_mask_mode(config)
-    examine = candidate_pairs(pairs) if pair_mode == "candidates" and pairs is not None else None
+    examine = None
+    if pair_mode == "candidates" and pairs is not None:  # the probe fits pairs of the scanned classes only
+        examine = [(s, t) for s, t in candidate_pairs(pairs) if s in classes and t in classes]
     if len(classes) >= 3 and (pair_mode == "all" or examine):
         t = time.perf_counter()
         pair_mask = PairMaskDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
@@ -345,17 +346,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         report["mask_probe"]["evidence"] = mask.evidence(mask.describe())
     if pair_mask is not None:
         report["pair_mask"] = pair_mask.report()
-        report["pair_mask"]["evidence"] = pair_mask.evidence(
-            ("" if pair_mask.examined_ is None else
-             f"on the pairs the per-pair view saw transfer without flagging them (at least {CANDIDATE_COUNT} "
-             f"translations and {CANDIDATE_SHARE:g} of them), ")
-            + "per (source, target) pair, the L1 norm of the smallest mask sending the source's images to the target "
-            f"(best of {pair_mask.restarts} starts, {pair_mask.epochs} x {pair_mask.steps_per_epoch} steps on "
-            f"{pair_mask.n_fit} images of the source), counted only when its trigger moves >= "
-            f"{100 * pair_mask.flip_at:g}% of {pair_mask.n_probes} fresh images of the source (else the whole image, "
-            f"{pair_mask.ceiling_:g} pixels); a pair's gap is the smallest other norm of its source's row and its "
-            "target's column over its own (two sources of one target: the third smallest of the column over the "
-            "second); a target's score is its largest pair gap")
+        report["pair_mask"]["evidence"] = pair_mask.evidence(pair_mask.describe())
     report.update(method="aegis", score=config.score, config=config.to_dict(),
                   translation_reached={str(c): translations[c].reached for c in classes}, files={})
     report["seconds"] = times
