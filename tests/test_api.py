@@ -53,8 +53,10 @@ def test_scan_result_is_frozen_and_the_same_from_a_path_a_model_or_arrays(tmp_pa
     d["verdict"]["target_classes"].append(99)  # a copy: the result does not change
     assert 99 not in by_path.target_classes and 99 not in by_path.to_dict()["verdict"]["target_classes"]
     json.dumps(d)  # JSON-ready
+    # the pair mask probe too: a pair toward 7 transferred once, a candidate (its gap 0.99 flags nothing)
     assert set(by_path.evidence) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe",
-                                    "warp_probe", "mask_probe"}
+                                    "warp_probe", "mask_probe", "pair_mask"}
+    assert by_path.evidence["pair_mask"]["flagged"] == []
     assert by_path.summary().splitlines()[0] == f"robust_bd_net: {by_path.line}"
     x, y = load_h5(PATHS["train"])
     model = load_model(PATHS["robust_bd_net"])

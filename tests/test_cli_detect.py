@@ -23,16 +23,19 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert printed.splitlines()[0] == "robust_bd_net: " + verdict["line"]  # one verdict line first
     assert verdict["backdoored"] == bool(verdict["target_classes"])
     # The one verdict: every class that patch transfer, the pair view, the whole-image signal, its blend
-    # probe, the warp probe or the mask probe flags.
+    # probe, the warp probe, the mask probe or the pair mask probe flags.
     assert verdict["target_classes"] == sorted(set(report["suspect_classes"])
                                                | set(report["pair_transfer"]["suspect_classes"])
                                                | set(report["pair_breadth"]["suspect_classes"])
                                                | set(report["whole_image"]["suspect_classes"])
                                                | set(report["blend_probe"]["suspect_classes"])
                                                | set(report["warp_probe"]["suspect_classes"])
-                                               | set(report["mask_probe"]["suspect_classes"]))
+                                               | set(report["mask_probe"]["suspect_classes"])
+                                               | set(report["pair_mask"]["suspect_classes"]))
+    # the pair mask probe too: a pair of the 3 classes transferred once, a candidate
     assert set(verdict["evidence"]) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe",
-                                        "warp_probe", "mask_probe"}
+                                        "warp_probe", "mask_probe", "pair_mask"}
+    assert report["pair_mask"]["examined_pairs"]
     assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
     # Each flagged class leaves a recovered trigger that `repair --trigger-from` reads back.
     assert verdict["backdoored"] and 7 in verdict["target_classes"]  # robust_bd_net's backdoor, even on 3 classes
@@ -68,12 +71,14 @@ def test_detect_blend_probe_joins_the_one_verdict_by_default_and_turns_off(tmp_p
     result = json.load(open(out / "detect.json"))
     assert result["aegis"]["config"]["wi_blend"] == "auto"
     assert set(result["verdict"]["evidence"]) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image",
-                                                  "blend_probe", "warp_probe", "mask_probe"}
+                                                  "blend_probe", "warp_probe", "mask_probe", "pair_mask"}
     assert set(result["aegis"]["blend_probe"]["classes"]) == {"5", "6", "7"}
     assert "blend gap" in printed.splitlines()[0]
-    out, printed = _run(tmp_path, "no_blend", ["--no-blend-probe", "--no-warp-probe", "--no-mask-probe"], capsys)
+    out, printed = _run(tmp_path, "no_blend", ["--no-blend-probe", "--no-warp-probe", "--no-mask-probe",
+                                               "--no-pair-mask"], capsys)
     result = json.load(open(out / "detect.json"))
     assert result["aegis"]["config"]["wi_blend"] is False and "blend_probe" not in result["aegis"]
+    assert result["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in result["aegis"]
     assert result["aegis"]["config"]["warp_probe"] is False and "warp_probe" not in result["aegis"]
     assert result["aegis"]["config"]["mask_probe"] is False and "mask_probe" not in result["aegis"]
     assert set(result["verdict"]["evidence"]) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image"}
