@@ -82,8 +82,8 @@ def main(argv=None):
         aegis["config"]["pair_mask"] = "candidates"  # a scan from before the probe: as if it had run
         stored = aegis.get("pair_mask")
         before = [] if stored is None else [tuple(q) for q in stored.get("examined_pairs", [])]
-        classes = {int(c) for c in aegis["classes"]}
-        after = [(s, t) for s, t in candidate_pairs(stored_view(detect)) if s in classes and t in classes]  # as a scan
+        classes = sorted(int(c) for c in aegis["classes"])
+        after = candidate_pairs(stored_view(detect), classes=classes) if len(classes) >= 3 else []  # as a scan
         entry = {"before": [list(q) for q in before], "after": [list(q) for q in after]}
         if after == before and not (args.verify and after):
             print(f"{name}: candidates unchanged {after}", flush=True)
@@ -92,7 +92,12 @@ def main(argv=None):
             aegis.pop("pair_mask", None)
             detect["verdict"]["evidence"].pop("pair_mask", None)
             return detect, {**entry, "refit": False}
+        if after == before and (stored.get("skipped") or not stored.get("pairs")):
+            raise AegisError(f"the scan's pair mask probe was not run ({stored.get('skipped', 'no pairs')}): "
+                             "nothing to verify")
         pm, seconds = refit(detect, args.seed, after)
+        if pm.skipped_ and after == before:
+            raise AegisError(f"the refit was not run ({pm.skipped_}): nothing to verify")
         report = pm.report()
         report["evidence"] = pm.evidence(pm.describe())
         entry.update(refit=True, seconds=seconds, flagged=[list(q) for q in pm.flagged_pairs_],
@@ -111,7 +116,8 @@ def main(argv=None):
         detect["verdict"]["evidence"]["pair_mask"] = report["evidence"]
         detect["rescored"] = {**detect.get("rescored", {}),
                               "pair_mask": {"candidates": entry["after"], "by": "bench/pair_candidates.py"}}
-        print(f"{name}: {before} -> {after}, {seconds:.1f} s, flagged {entry['flagged']}", flush=True)
+        print(f"{name}: {before} -> {after}, {seconds:.1f} s, "
+              + (f"not run: {pm.skipped_}" if pm.skipped_ else f"flagged {entry['flagged']}"), flush=True)
         return detect, entry
 
     def check():

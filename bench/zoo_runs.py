@@ -131,18 +131,21 @@ def _false_classes(row, result):
     """The classes a run named that are no target of the model's backdoors (None without the
     model's ``result.json`` or its truth)."""
     truth = (result or {}).get("truth")
-    if row["status"] != "done" or not truth:
-        return None
+    if row["status"] != "done" or not truth or (truth.get("poisoned") and not truth.get("target")):
+        return None  # no truth, or a backdoor whose target the zoo does not know
     return sorted(set(row.get("target_classes") or []) - set(truth.get("target") or []))
 
 
 def _n_classes(folder, name):
-    """How many classes a scan read of the model (its ``detect.json``), or None."""
+    """How many classes a scan's verdict covers for the model (its ``detect.json``), or None."""
     path = os.path.join(folder, name, "detect.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return len(json.load(f).get("aegis", {}).get("classes") or {}) or None
+        aegis = json.load(f).get("aegis", {})
+    if "stages" in aegis:  # a staged scan lists its promoted classes; its verdict covers every class
+        return aegis["stages"].get("classes") or None
+    return len(aegis.get("classes") or {}) or None
 
 
 def compare(runs, agree=4, folders=None, results=None):

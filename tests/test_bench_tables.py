@@ -484,6 +484,8 @@ def test_zoo_runs_counts_agreement_right_targets_and_clean_flags(tmp_path, capsy
 
 
 def test_zoo_runs_counts_false_classes_of_learned_and_clean_models_over_their_class_verdicts(tmp_path):
+    import os
+
     from zoo_runs import main
 
     scans = []
@@ -506,6 +508,18 @@ def test_zoo_runs_counts_false_classes_of_learned_and_clean_models_over_their_cl
     assert (t["false_classes"], t["class_verdicts"]) == (2, 40)
     assert "- false classes (named, no target; learned backdoors and clean models): 2 of 40 class verdicts (5.0%)" \
         in open(str(tmp_path / "runs.md")).read()
+    # a staged scan's verdict covers every class, not only the promoted ones its detect.json lists
+    for scan in scans:
+        json.dump({"aegis": {"classes": {"1": {}}, "stages": {"classes": 20}}},
+                  open(os.path.join(scan, "two_s0", "detect.json"), "w"))
+    assert main(scans + ["--out", out]) == 0
+    assert json.load(open(out))["totals"]["class_verdicts"] == 2 * 20 + 2 * 10
+    # a backdoor whose target the zoo does not know: its classes are not counted either way
+    from zoo_runs import _false_classes
+
+    row = _zoo_row("x", "backdoored", [3], "backdoored", None)
+    assert _false_classes(row, {"truth": {"poisoned": True, "target": []}}) is None
+    assert _false_classes(row, {"truth": {"poisoned": False}}) == [3]
 
 
 def test_zoo_runs_without_a_signal_recombines_each_verdict_from_its_evidence(tmp_path, capsys):
@@ -908,6 +922,12 @@ def test_pair_candidates_replays_the_pair_mask_on_the_current_rules_candidates_a
     assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o2")]) == 0
     added = json.loads((tmp_path / "o2" / "more" / "detect.json").read_text())
     assert added["aegis"]["pair_mask"]["examined_pairs"] == [[6, 0]] and "pair_mask" in added["verdict"]["evidence"]
+    skipped = detect({(3, 7): 0.15})
+    skipped["aegis"]["pair_mask"] = {**report, "skipped": "over the budget", "pairs": {}}
+    (scan / "more" / "detect.json").write_text(json.dumps(skipped))
+    assert main([str(scan), "--seed", "3", "--verify", "--out", str(tmp_path / "o4")]) == 2
+    assert "more: the scan's pair mask probe was not run (over the budget)" in capsys.readouterr().err
+    assert not (tmp_path / "o4").exists()
     every = detect({(6, 0): 0.05})
     every["aegis"]["config"]["pair_mask"] = True
     (scan / "more" / "detect.json").write_text(json.dumps(every))

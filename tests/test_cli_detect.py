@@ -189,7 +189,8 @@ def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it
     assert "pair_mask" not in default["aegis"] or default["aegis"]["pair_mask"]["examined_pairs"]
     import aegis_tf.detect.scan as scan_module
 
-    monkeypatch.setattr(scan_module, "candidate_pairs", lambda pairs: [(5, 7)])  # one candidate, whatever the view saw
+    # one candidate, whatever the view saw
+    monkeypatch.setattr(scan_module, "candidate_pairs", lambda pairs, classes=None: [(5, 7)])
     out, printed = _run(tmp_path, "one", ["--no-warp-probe", "--no-mask-probe", "--no-blend-probe"], capsys)
     pm = json.load(open(out / "detect.json"))["aegis"]["pair_mask"]  # printed, then saved: the whole command ran
     assert pm["examined_pairs"] == [[5, 7]] and set(pm["pairs"]) == {"5->6", "5->7", "6->7"}

@@ -86,6 +86,9 @@ def test_candidates_are_pairs_that_transferred_under_the_rule_not_flagged_nor_fr
     assert candidate_pairs(pairs, min_count=2) == [(3, 7), (8, 9)]  # the rule before 2026-12-05 (and 0.1)
     assert candidate_pairs(pairs, min_count=3) == [(3, 7)] and candidate_pairs(pairs, min_share=0.2) == []
     assert (4, 5) in pairs.pairs_ and (4, 5) not in candidate_pairs(pairs, max_pairs=90)
+    # a scan of some classes: pairs of other classes are left out before the cut, not after it
+    wide = _transfer({(0, 9): 4, (1, 9): 4, (2, 9): 4, (4, 8): 4, (5, 8): 4, (3, 7): 1})  # 0.2: none flagged
+    assert (3, 7) not in candidate_pairs(wide) and candidate_pairs(wide, classes=[3, 6, 7]) == [(3, 7)]
     # at most CANDIDATE_MAX, the highest shares first
     many = _transfer({(s, (s + 3) % 10): 2 + s % 4 for s in range(2, 10)})  # shares 0.1-0.25, one target each
     top = candidate_pairs(many, max_pairs=3)
@@ -204,9 +207,9 @@ def test_a_source_specific_backdoor_is_named_source_to_target_and_its_clean_twin
 
     cand = cfg.replace(pairs=True, pair_mask="candidates")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scan_module, "candidate_pairs", lambda pairs: [(3, 7)])
+        mp.setattr(scan_module, "candidate_pairs", lambda pairs, classes=None: [(3, 7)])
         picked = run_aegis(bad, x, y, classes=classes, config=cand, pixel_max=255.0)
-        mp.setattr(scan_module, "candidate_pairs", lambda pairs: [])
+        mp.setattr(scan_module, "candidate_pairs", lambda pairs, classes=None: [])
         none = run_aegis(bad, x, y, classes=classes, config=cand, pixel_max=255.0)
     assert picked["pair_mask"]["examined_pairs"] == [[3, 7]] and picked["pair_mask"]["flagged_pairs"] == [[3, 7]]
     assert set(picked["pair_mask"]["pairs"]) == {f"{s}->{t}" for s, t in row_and_column([(3, 7)], classes)}

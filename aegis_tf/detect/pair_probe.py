@@ -94,16 +94,20 @@ CANDIDATE_RESTARTS = 2
 CANDIDATE_MAX = 5
 
 
-def candidate_pairs(pairs, *, min_share=CANDIDATE_SHARE, min_count=CANDIDATE_COUNT, max_pairs=CANDIDATE_MAX):
+def candidate_pairs(pairs, *, classes=None, min_share=CANDIDATE_SHARE, min_count=CANDIDATE_COUNT,
+                    max_pairs=CANDIDATE_MAX):
     """The pairs a fitted :class:`~aegis_tf.detect.patch_transfer.PairTransferDetector` saw transfer
     without flagging them: at least ``min_count`` translations and ``min_share`` of them moved the
     source's probes, the pair is not flagged, and its source is not fragile (a source whose patches
-    move it toward many targets is a natural confusion, not a candidate); the ``max_pairs`` with
-    the highest shares (then counts). Sorted."""
+    move it toward many targets is a natural confusion, not a candidate); with ``classes``, only
+    pairs of those classes (a scan of some classes: the view sees translations from every source);
+    the ``max_pairs`` with the highest shares (then counts). Sorted."""
     fragile = set(pairs.fragile_sources_)
     flagged = set(pairs.flagged_pairs_)
+    inside = None if classes is None else {int(c) for c in classes}
     found = [p for p, v in pairs.pairs_.items() if v >= min_share and pairs.transferring_pairs_[p] >= min_count
-             and p not in flagged and p[0] not in fragile]
+             and p not in flagged and p[0] not in fragile
+             and (inside is None or (p[0] in inside and p[1] in inside))]
     found.sort(key=lambda p: (-pairs.pairs_[p], -pairs.transferring_pairs_[p], p))
     return sorted(found[:max_pairs])
 

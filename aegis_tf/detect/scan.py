@@ -273,7 +273,7 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
     pair_mode = pair_mask_mode(config)
     examine = None
     if pair_mode == "candidates" and pairs is not None:  # the probe fits pairs of the scanned classes only
-        examine = [(s, t) for s, t in candidate_pairs(pairs) if s in classes and t in classes]
+        examine = candidate_pairs(pairs, classes=classes)
     if len(classes) >= 3 and (pair_mode == "all" or examine):
         t = time.perf_counter()
         pair_mask = PairMaskDetector.from_config(config, pixel_max=pixel_max, random_state=seed, batch_size=batch_size)
