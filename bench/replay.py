@@ -11,6 +11,7 @@ at more starts) and ``pair_candidates.py`` (the pair mask probe on the per-pair 
 candidates under the current rule).
 """
 
+import functools
 import json
 import os
 import shutil
@@ -23,10 +24,16 @@ from aegis_tf.core.utils import write_json
 from zoo_runs import read_runs
 
 
+@functools.lru_cache(maxsize=1)
+def _train_split(data, scale):
+    """One data set's training split, read once for the models of a zoo that share it."""
+    return load_split(data, split="train", scale=scale)
+
+
 def scan_inputs(detect):
     """The model and training split a scan's ``detect.json`` was made from: ``(model, x, y)``."""
     model = load_model(detect["model_file"], detect.get("weights_file"))
-    x, y = load_split(detect["data"], split="train", scale=detect.get("scale", "raw"))
+    x, y = _train_split(detect["data"], detect.get("scale", "raw"))
     return model, x, y
 
 

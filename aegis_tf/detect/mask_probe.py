@@ -145,8 +145,11 @@ class MaskProbeDetector(WholeImageDetector):
                 if n_starts == 1:
                     return self._over_budget(classes, e.projected_s)
         self.starts_used_ = n_starts
+        by_class = {}  # each class's fits, start 0 first
+        for (c, _), r in zip(starts, fitted):
+            by_class.setdefault(c, []).append(r)
         for c in classes:
-            runs = [r for (c_, _), r in zip(starts, fitted) if c_ == int(c)]
+            runs = by_class[int(c)]
             others = rest[y[rest] != c]
             probes = np.asarray(x[rng.choice(others, size=min(self.n_probes, len(others)), replace=False)], "float32")
             if len(probes) == 0:
