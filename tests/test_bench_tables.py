@@ -935,3 +935,22 @@ def test_pair_candidates_replays_the_pair_mask_on_the_current_rules_candidates_a
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more: the scan ran the pair mask probe as True" in err
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o3.partial").exists()
+
+
+def test_pair_gaps_lists_flagged_shares_and_examined_gaps_highest_first(tmp_path, capsys):
+    from pair_gaps import main
+
+    scan = tmp_path / "scan"
+    (scan / "m").mkdir(parents=True)
+    (scan / "summary.json").write_text(json.dumps({"rows": [{"name": "m", "status": "done"},
+                                                            {"name": "x", "status": "error"}]}))
+    (scan / "m" / "detect.json").write_text(json.dumps({"aegis": {
+        "pair_transfer": {"evidence": {"pairs": [[1, 4]]}, "classes": {"4": {"sources": {"1": 0.29}}}},
+        "pair_mask": {"pairs": {"3->7": {"norm": 4.0, "gap": 6.2}, "3->5": {"norm": 20.0},
+                                "7->8": {"norm": 14.0, "gap": 1.74}}}}}))
+    assert main([str(scan)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["scan m pair_mask 3->7 gap 6.20 norm 4.0",
+                                                    "scan m pair_mask 7->8 gap 1.74 norm 14.0",
+                                                    "scan m pair_transfer 1->4 share 0.29"]
+    assert main([str(scan), "--min-gap", "2"]) == 0 and len(capsys.readouterr().out.splitlines()) == 1
+    assert main([str(tmp_path / "none")]) == 2 and "summary.json not found" in capsys.readouterr().err
