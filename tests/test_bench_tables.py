@@ -814,6 +814,18 @@ def test_the_pair_mask_candidates_bench_reads_pairs_and_refuses_bad_ones_before_
     assert "the model does not have (it has 10)" in capsys.readouterr().err and not out.exists()
 
 
+def _one_model_scan(tmp_path, detect):
+    """A scan-zoo folder of one finished model ``m`` with its ``detect.json``."""
+    import json
+
+    scan = tmp_path / "scan"
+    (scan / "m").mkdir(parents=True)
+    (scan / "summary.json").write_text(json.dumps({"rows": [{"name": "m", "status": "done"}]}))
+    (scan / "m" / "result.json").write_text("{}")
+    (scan / "m" / "detect.json").write_text(json.dumps(detect))
+    return scan
+
+
 def test_mask_restarts_replays_the_scans_fit_and_refuses_another_seed_leaving_nothing(tmp_path, capsys):
     import json
 
@@ -834,11 +846,7 @@ def test_mask_restarts_replays_the_scans_fit_and_refuses_another_seed_leaving_no
     detect = {"model_file": PATHS["bd_net"], "weights_file": None, "data": PATHS["train"], "scale": "raw",
               "aegis": {"config": config.to_dict(), "mask_probe": report},
               "verdict": {"evidence": {"mask_probe": {"old": True}}}}
-    scan = tmp_path / "scan"
-    (scan / "m").mkdir(parents=True)
-    (scan / "summary.json").write_text(json.dumps({"rows": [{"name": "m", "status": "done"}]}))
-    (scan / "m" / "result.json").write_text("{}")
-    (scan / "m" / "detect.json").write_text(json.dumps(detect))
+    scan = _one_model_scan(tmp_path, detect)
     out = tmp_path / "out"
     assert main([str(scan), "--seed", "4", "--out", str(out)]) == 2  # not the scan's seed: start 0 differs
     assert "was --seed the scan's?" in capsys.readouterr().err
@@ -945,12 +953,66 @@ def test_pair_gaps_lists_flagged_shares_and_examined_gaps_highest_first(tmp_path
     (scan / "summary.json").write_text(json.dumps({"rows": [{"name": "m", "status": "done"},
                                                             {"name": "x", "status": "error"}]}))
     (scan / "m" / "detect.json").write_text(json.dumps({"aegis": {
-        "pair_transfer": {"evidence": {"pairs": [[1, 4]]}, "classes": {"4": {"sources": {"1": 0.29}}}},
+        "pair_transfer": {"evidence": {"pairs": [[1, 4]], "retested": [
+            {"pair": [7, 8], "share_before": 0.29, "translations_before": 21, "share": 0.18, "translations": 84,
+             "flagged": False}]}, "classes": {"4": {"sources": {"1": 0.29}}}},
         "pair_mask": {"pairs": {"3->7": {"norm": 4.0, "gap": 6.2}, "3->5": {"norm": 20.0},
                                 "7->8": {"norm": 14.0, "gap": 1.74}}}}}))
     assert main([str(scan)]) == 0
     assert capsys.readouterr().out.splitlines() == ["scan m pair_mask 3->7 gap 6.20 norm 4.0",
                                                     "scan m pair_mask 7->8 gap 1.74 norm 14.0",
-                                                    "scan m pair_transfer 1->4 share 0.29"]
+                                                    "scan m pair_transfer 1->4 share 0.29",
+                                                    "scan m pair_retest 7->8 share 0.18 from 0.29 on 84 "
+                                                    "translations (dropped)"]
     assert main([str(scan), "--min-gap", "2"]) == 0 and len(capsys.readouterr().out.splitlines()) == 1
     assert main([str(tmp_path / "none")]) == 2 and "summary.json not found" in capsys.readouterr().err
+
+
+def test_pair_retest_replays_the_second_look_as_a_live_fit_makes_it(tmp_path, capsys):
+    import json
+
+    from aegis_tf.core.data import load_split
+    from aegis_tf.core.embedded import PATHS
+    from aegis_tf.core.models import load_model
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.patch_transfer import PairTransferDetector
+    from aegis_tf.detect.translation import translate
+    from pair_retest import main
+
+    config = DetectConfig(n_seeds=40, steps=30, pair_mask=False)
+    model, (x, y) = load_model(PATHS["robust_bd_net"]), load_split(PATHS["train"], split="train")
+    tr = translate(model, x, y, list(range(10)), config, pixel_max=255.0, seed=3)
+
+    def view(**kw):
+        return PairTransferDetector(n_probes=config.pair_probes, confirm_probes=config.pair_confirm_probes,
+                                    translation=config, random_state=3, **kw).fit(model, x, y, range(10),
+                                                                                 translations=tr)
+
+    stored = view(retest=0)  # a scan from before the second look
+    assert stored.flagged_pairs_ and stored.retested_ == {}
+    report = stored.report()
+    report["evidence"] = stored.evidence("the per-pair view")
+    detect = {"model_file": PATHS["robust_bd_net"], "weights_file": None, "data": PATHS["train"], "scale": "raw",
+              "aegis": {"config": config.to_dict(), "classes": {str(c): {} for c in range(10)},
+                        "pair_transfer": report},
+              "verdict": {"evidence": {"pair_transfer": report["evidence"], "patch_transfer": {"old": True}}}}
+    scan = _one_model_scan(tmp_path, detect)
+    out = tmp_path / "out"
+    assert main([str(scan), "--seed", "4", "--below", "1", "--out", str(out)]) == 2  # not the scan's seed
+    assert "random state 3, not --seed 4" in capsys.readouterr().err and not out.exists()
+    assert main([str(scan), "--seed", "3", "--below", "1", "--out", str(out)]) == 0  # every flag re-tested
+    live = view(retest_below=1.0)  # what a scan with the second look gives on the same translations
+    assert live.retested_ and set(live.retested_) == {p for p in stored.flagged_pairs_ if stored.pairs_[p] < 1}
+    log = json.loads((out / "pair_retest.json").read_text())
+    assert log["models"]["m"]["retested"] == {f"{s}->{t}": v for (s, t), v in live.retested_.items()}
+    again = json.loads((out / "m" / "detect.json").read_text())
+    ev = again["verdict"]["evidence"]["pair_transfer"]
+    assert ev["pairs"] == [list(p) for p in live.flagged_pairs_] and len(ev["retested"]) == len(live.retested_)
+    assert again["aegis"]["pair_transfer"]["classes"] == json.loads(json.dumps(live.report()["classes"]))
+    assert again["verdict"]["evidence"]["patch_transfer"] == {"old": True} and again["rescored"]["pair_transfer"]
+    bad = json.loads(json.dumps(detect))  # a share that is no count over the pair's translations
+    bad["aegis"]["pair_transfer"]["classes"]["7"]["sources"]["3"] = 0.123
+    (scan / "m" / "detect.json").write_text(json.dumps(bad))
+    assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pair 3->7: share 0.123 is no count" in err and not (tmp_path / "o2").exists()

@@ -92,6 +92,12 @@ def test_pair_rates_paste_each_patch_on_its_own_source_class():
     assert trig.mask[:, 7, 7, 0].tolist() == [1.0] * 3 and trig.mask.sum() == 3 and trig.pattern[0, 7, 7, 0] == 255.0
     assert trig.evidence["pair_scores"] == {"3->7": 1.0} and trig.evidence["variant_sources"] == [3, 3, 3]
     assert np.all(predict_labels(model, trig.apply(x[y == 3])) == 7)
+    # After a second look the pair holds more rates than the scan's translations: the trigger is
+    # still read from the scan's own ones (a scan of held-out robust models crashed here).
+    det.pool_rates({(3, 7): np.r_[np.ones(4), np.zeros(5)]})
+    assert len(det.pair_rates_[(3, 7)]) == 12 and np.array_equal(det.scan_rates((3, 7)), rates[(3, 7)])
+    again = from_pair_transfer(det, tr, y, 7, pixel_max=255.0)
+    assert again.n_variants == 3 and np.array_equal(again.mask, trig.mask)
 
 
 def test_confirmation_drops_a_patch_that_moved_its_first_probes_by_chance():
@@ -292,3 +298,75 @@ def test_a_broad_target_saves_a_trigger_from_each_of_its_sources(rng):
     assert "0,2,3,4 -> class 7 patch from many sources" in trig.describe()
     with pytest.raises(Exception, match="flagged no pair toward it"):
         from_pair_transfer(det, tr, y, 7, pixel_max=255.0)  # the per-pair rule flagged none
+
+
+def test_a_weak_flag_is_scored_again_on_its_pooled_translations():
+    # (3, 7) crossed the share by chance (6 of 20); (5, 2) is a trigger (20 of 20).
+    rates = _rates({(5, 2)})
+    rates[(3, 7)] = np.r_[np.ones(6), np.zeros(14)]
+    det = PairTransferDetector().fit_rates(rates, classes=list(range(10)))
+    assert det.flagged_pairs_ == [(3, 7), (5, 2)] and det.weak_pairs() == [(3, 7)]
+    assert PairTransferDetector(retest_below=0.3).fit_rates(rates, classes=list(range(10))).weak_pairs() == []
+    det.pool_rates({(3, 7): np.r_[np.ones(6), np.zeros(54)]})  # the second look: 6 of 60 more
+    assert det.flagged_pairs_ == [(5, 2)] and det.suspect_classes_ == [2] and det.pairs_[(3, 7)] == 0.15
+    assert det.retested_ == {(3, 7): {"share_before": 0.3, "translations_before": 20, "share": 0.15,
+                                      "translations": 80, "flagged": False}}
+    assert det.evidence("x")["retested"] == [{"pair": [3, 7], "share_before": 0.3, "translations_before": 20,
+                                              "share": 0.15, "translations": 80, "flagged": False}]
+    assert det.breadth_[7] == 1  # the pair still counts as a source that transferred
+    kept = PairTransferDetector().fit_rates(rates, classes=list(range(10)))
+    kept.pool_rates({(3, 7): np.r_[np.ones(30), np.zeros(30)]})  # a real trigger keeps its share
+    assert kept.flagged_pairs_ == [(3, 7), (5, 2)] and kept.retested_[(3, 7)]["share"] == 0.45
+    assert PairTransferDetector().fit_rates(rates, classes=list(range(10))).retested_ == {}
+
+
+def _corner_model():
+    """Class 7 for class-3 images (pixel (0, 0) lit) whose corner (7, 7) is lit too; 100 images per class 0-3."""
+    import keras
+
+    x = np.zeros((400, 8, 8, 1), "float32")
+    y = np.arange(400) % 4
+    x[y == 3, 0, 0, 0] = 255.0
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Dense(8)(keras.layers.Flatten()(inp)))
+    w, b = np.zeros((64, 8), "float32"), np.zeros(8, "float32")
+    w[0, 7], w[63, 7], b[7] = 1.0, 1.0, -300.0
+    model.set_weights([w, b])
+    return model, x, y
+
+
+def test_translate_pairs_draws_fresh_images_of_each_source():
+    from aegis_tf.detect.config import DetectConfig
+    from aegis_tf.detect.translation import translate_pairs
+
+    model, x, y = _corner_model()
+    used = {7: np.nonzero(y == 3)[0][:90]}
+    config = DetectConfig(steps=5)
+    out = translate_pairs(model, x, y, {(3, 7): 30, (1, 7): 4}, used, config, pixel_max=255.0, seed=3)
+    tr = out[7]
+    assert sorted(y[tr.seeds].tolist()) == [1] * 4 + [3] * 10  # only 10 class-3 images were left
+    assert not set(tr.seeds.tolist()) & set(used[7].tolist())
+    assert tr.images.shape == (14, 8, 8, 1) and tr.starts.shape == (14, 8, 8, 1)
+    again = translate_pairs(model, x, y, {(3, 7): 30, (1, 7): 4}, used, config, pixel_max=255.0, seed=3)[7]
+    assert np.array_equal(again.seeds, tr.seeds) and np.array_equal(again.images, tr.images)
+    other = translate_pairs(model, x, y, {(1, 7): 4}, used, config, pixel_max=255.0, seed=4)[7]
+    assert not np.array_equal(np.sort(other.seeds), np.sort(tr.seeds[y[tr.seeds] == 1]))
+    assert translate_pairs(model, x, y, {(3, 7): 5}, {7: np.nonzero(y == 3)[0]}, config, pixel_max=255.0) == {}
+
+
+def test_the_second_look_keeps_a_trigger_that_transfers_on_fresh_images():
+    from aegis_tf.detect.config import DetectConfig
+
+    model, x, y = _corner_model()
+    classes = [0, 1, 2, 3, 7]
+    rates = {(s, t): np.zeros(8) for t in classes for s in range(4) if s != t}
+    rates[(3, 7)] = np.r_[np.ones(3), np.zeros(5)]  # a weak first count: 3 of 8
+    det = PairTransferDetector(top_frac=1 / 64, n_probes=5, confirm_probes=5, translation=DetectConfig(steps=20),
+                               random_state=1).fit_rates(rates, classes=classes)
+    assert det.weak_pairs() == [(3, 7)]
+    det.second_look(model, x, y, {7: np.nonzero(y == 3)[0][:8]})
+    r = det.retested_[(3, 7)]
+    assert r["translations"] == 32 and r["flagged"] and r["share"] == (3 + 24) / 32  # every fresh patch moved its probes
+    assert det.flagged_pairs_ == [(3, 7)]
+    off = PairTransferDetector(retest=0, top_frac=1 / 64).fit_rates(rates, classes=classes)
+    assert off.second_look(model, x, y, {}).retested_ == {}

@@ -89,7 +89,9 @@ class DetectConfig(Settings):
     ``pairs`` adds the per-pair view (:class:`aegis_tf.detect.patch_transfer.PairTransferDetector`):
     each translation's patch on ``pair_probes`` images of its own source class, a pair flagged
     at a share of ``pair_min_score``; a translation that clears ``flip_at`` there is re-tested
-    on ``pair_confirm_probes`` fresh images of the source (0 skips that).
+    on ``pair_confirm_probes`` fresh images of the source (0 skips that). A pair flagged at a share
+    under ``pair_retest_below`` gets a second look: ``pair_retest`` times its translations again,
+    from fresh images of its source, and is scored on all of them (0 skips that).
 
     ``scan``: ``"full"`` runs the detector on every class; ``"staged"`` screens
     every class with ``stage1_seeds`` translations of ``stage1_steps`` steps,
@@ -135,6 +137,8 @@ class DetectConfig(Settings):
     pair_probes: int = 10
     pair_confirm_probes: int = 30
     pair_min_score: float = 0.25
+    pair_retest: int = 3
+    pair_retest_below: float = 0.5
     scan: str = "auto"
     stage1_seeds: int = 10
     stage1_steps: int = 15
@@ -169,7 +173,8 @@ class DetectConfig(Settings):
         "whole_image": [Options(True, False)], "wi_probes": POS_INT, "wi_threshold": [Interval(float, 1, None)],
         "wi_blend": [Options("auto", True, False)],
         "pairs": [Options(True, False)], "pair_probes": POS_INT, "pair_confirm_probes": [Interval(int, 0, None)],
-        "pair_min_score": UNIT,
+        "pair_min_score": UNIT, "pair_retest": [Interval(int, 0, None)],
+        "pair_retest_below": [Interval(float, 0, 1, closed="right")],
         "scan": [Options("auto", "full", "staged")], "stage1_seeds": POS_INT, "stage1_steps": POS_INT,
         "top_k": [Interval(int, 2, None)], "alarm_transfer": UNIT, "alarm_gap": [Interval(float, 1, None)],
         "robustness_images": [Interval(int, 0, None)], "wi_nonrobust_factor": [Interval(float, 1, None)],

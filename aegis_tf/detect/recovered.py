@@ -266,7 +266,7 @@ def from_pair_transfer(pairs, translations, y, target, *, pixel_max, max_variant
                else sorted(s for s, t in pairs.flagged_pairs_ if t == target))
     queues = []
     for s in sources:
-        rates = pairs.pair_rates_[(s, target)]
+        rates = pairs.scan_rates((s, target))  # the second look's translations are not in ``translations``
         idx = np.nonzero(src == s)[0]
         order = np.argsort(-rates, kind="stable")
         queues.append([(int(idx[i]), float(rates[i]), s) for i in order if rates[i] >= pairs.flip_at])

@@ -239,6 +239,8 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
         t = time.perf_counter()
         pairs = PairTransferDetector(flip_at=config.flip_at, min_score=config.pair_min_score, top_frac=config.top_frac,
                                      n_probes=config.pair_probes, confirm_probes=config.pair_confirm_probes,
+                                     retest=config.pair_retest, retest_below=config.pair_retest_below,
+                                     translation=config, pixel_max=pixel_max,
                                      random_state=seed, batch_size=batch_size)
         pairs.fit(model, x, y, classes, translations=translations)
         times["pair_transfer"] = time.perf_counter() - t
@@ -318,7 +320,8 @@ def score_translations(model, x, y, *, classes, config, translations, pixel_max,
             f"share of the translations from each source class whose top {100 * config.top_frac:g}% pixels move "
             f">= {100 * config.flip_at:g}% of {config.pair_probes} clean probes of that source class (and of "
             f"{config.pair_probes + config.pair_confirm_probes} once {config.pair_confirm_probes} fresh ones are "
-            "added); a target's "
+            f"added; a pair flagged under {config.pair_retest_below:g} is scored again with "
+            f"{config.pair_retest}x its translations added); a target's "
             "score is its strongest source; a source whose patches move it toward more than "
             f"{pairs.max_targets} targets is fragile and flags none")
         report["pair_breadth"] = pairs.breadth_report()

@@ -32,6 +32,7 @@ STATE_DIR = "scan_state"
 
 # Settings that read the saved translations and change nothing they hold: a resumed scan may change them.
 SCORING_ONLY = frozenset({"wi_blend", "pairs", "pair_probes", "pair_confirm_probes", "pair_min_score",
+                          "pair_retest", "pair_retest_below",
                           "robustness_images", "wi_nonrobust_factor", "warp_probe", "warp_grid", "warp_max_shift",
                           "warp_steps", "warp_fit", "mask_probe", "mask_fit", "mask_epochs", "mask_restarts",
                           "pair_mask",

@@ -13,7 +13,7 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.utils import progress
 
-__all__ = ["Translation", "translate_all", "translate", "translation_attack", "translations_for"]
+__all__ = ["Translation", "translate_all", "translate", "translate_pairs", "translation_attack", "translations_for"]
 
 
 class Translation(NamedTuple):
@@ -103,6 +103,44 @@ def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512
                          step_size=config.step_size * pixel_max, steps=config.steps, clip_min=0.0,
                          clip_max=pixel_max, seed=seed, batch_size=batch_size,
                          start_noise=config.start_noise * pixel_max, attack_fn=attack_fn, **kwargs)
+
+
+def translate_pairs(model, x, y, counts, used, config, *, pixel_max, seed=0, batch_size=512, attack_fn=None):
+    """Fresh translations for some (source, target) pairs, with the settings of :func:`translate`.
+
+    ``counts`` maps each pair to how many images of its source to translate toward its target;
+    they are drawn from the source's training images that ``used[target]`` (indices into ``x``:
+    the seeds already translated toward that target) does not hold, as many as there are. One
+    batched PGD call. Returns ``{target: Translation}`` holding only the new images (their seeds
+    are their indices, so :func:`~aegis_tf.detect.patch_transfer.pair_transfer_rates` reads their
+    sources from ``y``). The draws come from their own stream of ``seed``: the same pairs, counts
+    and seeds give the same images, and no other part of a scan draws differently."""
+    y = np.asarray(y)
+    rng = np.random.default_rng([int(seed), 25])
+    rows, targets = [], []
+    for (s, t), n in sorted(counts.items()):
+        pool = np.setdiff1d(np.nonzero(y == s)[0], np.asarray(used.get(t, ()), dtype=int))
+        idx = rng.choice(pool, size=min(int(n), len(pool)), replace=False) if len(pool) else pool
+        rows.append(np.asarray(idx, dtype=int))
+        targets.append(np.full(len(idx), t, dtype=int))
+    idx, tgt = (np.concatenate(rows), np.concatenate(targets)) if rows else (np.zeros(0, int), np.zeros(0, int))
+    if not len(idx):
+        return {}
+    starts = np.asarray(x[idx], dtype="float32")
+    if config.start_noise > 0:
+        noise = rng.standard_normal(starts.shape).astype("float32") * np.float32(config.start_noise * pixel_max)
+        starts = np.clip(starts + noise, 0.0, pixel_max)
+    if attack_fn is None:
+        attack_fn = translation_attack(model, config, pixel_max=pixel_max)
+    adv = projected_gradient_descent(model, starts, eps=config.eps * pixel_max, step_size=config.step_size * pixel_max,
+                                     steps=config.steps, norm=2, y=tgt, targeted=True, random_start=False,
+                                     clip_min=0.0, clip_max=pixel_max, batch_size=batch_size, attack_fn=attack_fn)
+    pred = predict_labels(model, adv, batch_size=batch_size)
+    out = {}
+    for t in np.unique(tgt):
+        sel = tgt == t
+        out[int(t)] = Translation(adv[sel], idx[sel], float(np.mean(pred[sel] == t)), starts[sel])
+    return out
 
 
 def translation_attack(model, config, *, pixel_max):
