@@ -33,22 +33,12 @@ from aegis_tf.core.settings import pixel_max_of
 from aegis_tf.detect.config import DetectConfig
 from aegis_tf.detect.patch_transfer import PairTransferDetector
 from aegis_tf.detect.pair_probe import candidate_pairs
+from aegis_tf.detect.translation import draw_seeds
 from pair_candidates import refit
 from replay import run_replay, scan_inputs
 
 _VIEW = ("flip_at", "min_score", "min_count", "relative", "min_sources", "source_share", "max_targets", "top_frac",
          "n_probes", "confirm_probes", "random_state", "batch_size")
-
-
-def scan_seeds(y, classes, n_seeds, seed):
-    """The training images a full scan with detection seed ``seed`` translated toward each class
-    (the draws of :func:`~aegis_tf.detect.translation.translate_all`, made again without translating)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for c in classes:
-        pool = np.nonzero(y != c)[0]
-        out[c] = rng.choice(pool, size=min(n_seeds, len(pool)), replace=False)
-    return out
 
 
 def stored_rates(pt, y, seeds):
@@ -93,7 +83,7 @@ def main(argv=None):
         config = DetectConfig(**aegis["config"])
         classes = sorted(int(c) for c in aegis["classes"])
         model, x, y = scan_inputs(detect)
-        seeds = scan_seeds(y, classes, config.n_seeds, args.seed)
+        seeds = draw_seeds(np.random.default_rng(args.seed), y, classes, config.n_seeds)  # as the scan drew them
         params = {k: pt["params"][k] for k in _VIEW}
         if params["random_state"] != args.seed:
             raise AegisError(f"the per-pair view ran with random state {params['random_state']}, not --seed "

@@ -13,7 +13,8 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import predict_labels
 from aegis_tf.core.utils import progress
 
-__all__ = ["Translation", "translate_all", "translate", "translate_pairs", "translation_attack", "translations_for"]
+__all__ = ["Translation", "draw_seeds", "translate_all", "translate", "translate_pairs", "translation_attack",
+           "translations_for"]
 
 
 class Translation(NamedTuple):
@@ -50,16 +51,9 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
     if start_noise < 0:
         raise AegisError(f"start_noise must be >= 0. Received: {start_noise}")
     rng = np.random.default_rng(seed)
-    rows, targets, seeds = [], [], {}
-    for c in classes:
-        pool = np.nonzero(y != c)[0]
-        if len(pool) == 0:
-            raise AegisError(f"no training images outside class {c} to translate from")
-        idx = rng.choice(pool, size=min(n_seeds, len(pool)), replace=False)
-        seeds[c] = idx
-        rows.append(idx)
-        targets.append(np.full(len(idx), c))
-    all_idx, all_t = np.concatenate(rows), np.concatenate(targets)
+    seeds = draw_seeds(rng, y, classes, n_seeds)
+    all_idx = np.concatenate([seeds[c] for c in classes])
+    all_t = np.concatenate([np.full(len(seeds[c]), c) for c in classes])
     starts = np.asarray(x[all_idx], dtype="float32")
     if start_noise > 0:
         noise = rng.standard_normal(starts.shape).astype("float32") * np.float32(start_noise)
@@ -93,6 +87,19 @@ def translate_all(model, x, y, classes, *, n_seeds, eps, step_size, steps, clip_
         out[c] = Translation(adv[sl], seeds[c], float(np.mean(pred[sl] == c)), starts[sl])
         start += n
     return out
+
+
+def draw_seeds(rng, y, classes, n_seeds):
+    """The training images :func:`translate_all` translates toward each class: ``n_seeds`` (or all)
+    of the other classes' images, drawn from ``rng`` class after class. Returns ``{class: indices}``;
+    a replay that draws from ``np.random.default_rng(seed)`` gets a scan's seeds back."""
+    seeds = {}
+    for c in classes:
+        pool = np.nonzero(y != c)[0]
+        if len(pool) == 0:
+            raise AegisError(f"no training images outside class {c} to translate from")
+        seeds[c] = rng.choice(pool, size=min(n_seeds, len(pool)), replace=False)
+    return seeds
 
 
 def translate(model, x, y, classes, config, *, pixel_max, seed=0, batch_size=512, attack_fn=None, **kwargs):
