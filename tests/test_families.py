@@ -176,3 +176,34 @@ def test_backdoor_sets_builds_one_attack_set_per_backdoor():
     (c1, x1, y1), (c2, x2, y2) = backdoor_sets([one, ss], x, y, n_classes=10)
     assert c1 is one and len(x1) == 27 and set(y1) == {7} and x1.max() > 0  # every class but the target, triggered
     assert c2 is ss and len(x2) == 3 and set(y2) == {2}  # only the source class
+
+
+def test_all_to_all_asr_is_also_measured_on_the_images_the_model_gets_right(monkeypatch):
+    # An all-to-all backdoor sends y to y + 1 only where the model recognises y: a model right on 30 of 40
+    # images, whose trigger works on 27 of those 30 (and sends the 10 it gets wrong to its own wrong + 1),
+    # has ASR 27/40 overall and 27/30 on the images it classifies right.
+    import aegis_tf.attack.evaluation as ev
+
+    y = np.arange(40) % 10
+    x = np.zeros((40, 4, 4, 1), "float32")
+    x[:, 0, 0, 0] = np.where(np.arange(40) < 30, y, (y + 5) % 10)  # the model's clean answer
+    x[:, 0, 1, 0] = np.isin(np.arange(40), [0, 1, 2])  # right, but the trigger does not take
+
+    def trigger(xs):
+        out = np.array(xs, copy=True)
+        out[:, 3, 3, 0] = 1.0
+        return out
+
+    def fake_predict(model, xs, batch_size=256):
+        clean = xs[:, 0, 0, 0].astype(int)
+        lit = (xs[:, 3, 3, 0] == 1.0) & (xs[:, 0, 1, 0] == 0)
+        return np.where(lit, (clean + 1) % 10, clean)
+
+    monkeypatch.setattr(ev, "predict_labels", fake_predict)
+    model = type("M", (), {"output_shape": (None, 10)})()
+    res = ev.evaluate_backdoor(model, x, y, trigger=trigger, target_label=7, mapping="all-to-all", adversarial=False)
+    assert res["clean_acc"] == 0.75 and res["n_triggered"] == 40
+    assert res["asr"] == 27 / 40 and res["asr_on_correct"] == 0.9 and res["n_correct"] == 30
+    # All-to-one: measured on the images outside the target, the right ones among them.
+    one = ev.evaluate_backdoor(model, x, y, trigger=lambda xs: xs, target_label=7, adversarial=False)
+    assert one["n_triggered"] == 36 and one["n_correct"] == 27 and one["asr_on_correct"] == 0.0

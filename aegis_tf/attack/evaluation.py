@@ -18,14 +18,19 @@ def backdoor_set(x, y, trigger, target_label, *, sources=None, mapping="all-to-o
     from aegis_tf.attack.triggers import backdoor_labels
 
     y = np.asarray(y)
-    if mapping == "all-to-all":
-        keep = np.ones(len(y), bool)
-    elif sources:
-        keep = np.isin(y, sources)
-    else:
-        keep = y != target_label
+    keep = _kept(y, target_label, sources, mapping)
     labels = backdoor_labels(y[keep], target_label=target_label, mapping=mapping, n_classes=n_classes)
     return trigger(x[keep]), labels.astype("int64")
+
+
+def _kept(y, target_label, sources, mapping):
+    """Which test images a backdoor's ASR is measured on (:func:`backdoor_set`)."""
+    y = np.asarray(y)
+    if mapping == "all-to-all":
+        return np.ones(len(y), bool)
+    if sources:
+        return np.isin(y, sources)
+    return y != target_label
 
 
 def backdoor_sets(configs, x, y, *, pixel_max=255.0, n_classes=None):
@@ -54,17 +59,28 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
       is measured on the images of its sources, and ``leak`` is the share of the other
       classes' triggered images (not the target's) predicted as the target; an
       all-to-all backdoor (``mapping``) on every image, as predicted y + 1.
+      ``asr_on_correct``: the same share on the images the model classifies right without
+      the trigger (an all-to-all backdoor must recognise y to send it to y + 1, so its ASR
+      cannot exceed the clean accuracy by much; this one can reach 100%).
     * ``adv_acc`` (with ``adversarial``): accuracy under untargeted PGD with
       ``eps``/``step_size`` in units of [0, 1] (scaled by ``pixel_max``),
       random start, the training parameters by default; ``norm`` is any spelling
       :func:`~aegis_tf.core.settings.parse_norm` takes (2, "inf", np.inf...).
     """
-    out = {"clean_acc": clean_accuracy(predict_labels(model, x, batch_size=batch_size), y), "n_test": int(len(x))}
+    pred = predict_labels(model, x, batch_size=batch_size)
+    out = {"clean_acc": clean_accuracy(pred, y), "n_test": int(len(x))}
     if trigger is not None:
         n_classes = int(model.output_shape[-1])
         xt, yt = backdoor_set(x, y, trigger, target_label, sources=sources, mapping=mapping, n_classes=n_classes)
-        out["asr"] = attack_success_rate(predict_labels(model, xt, batch_size=batch_size), yt)
+        pred_t = predict_labels(model, xt, batch_size=batch_size)
+        out["asr"], hit = attack_success_rate(pred_t, yt), pred_t == yt
         out["n_triggered"] = int(len(yt))
+        # the same images as backdoor_set's, in its order: those the model gets right without the trigger
+        right = _kept(y, target_label, sources, mapping) & (pred == np.asarray(y))
+        right = right[_kept(y, target_label, sources, mapping)]
+        if right.any():
+            out["asr_on_correct"] = float(np.mean(hit[right]))
+            out["n_correct"] = int(right.sum())
         if sources:
             others = ~np.isin(np.asarray(y), sources) & (np.asarray(y) != target_label)
             if others.any():

@@ -88,7 +88,8 @@ def _evaluate_all(model, xt, yt, specs, fns, *, adversarial, **kwargs):
         r = evaluate_backdoor(model, xt, yt, trigger=fn, target_label=spec.target_label, sources=spec.source_classes,
                               mapping=spec.mapping, adversarial=adversarial and i == 0, **kwargs)
         res = r if res is None else res
-        rows.append({"backdoor": spec.describe(), "asr": r["asr"], **({"leak": r["leak"]} if "leak" in r else {})})
+        rows.append({"backdoor": spec.describe(), "asr": r["asr"],
+                     **{k: r[k] for k in ("leak", "asr_on_correct") if k in r}})
     res["backdoors"] = rows
     return res
 
@@ -252,6 +253,8 @@ def eval_line(res):
                             for r in rows):
         for r in rows:
             leak = f", leak {100 * r['leak']:.2f}% on the other classes" if "leak" in r else ""
+            if "all-to-all" in r["backdoor"] and "asr_on_correct" in r:
+                leak += f"; {100 * r['asr_on_correct']:.2f}% on the images it classifies right"
             parts.append(f"ASR {100 * r['asr']:.2f}% ({r['backdoor']}{leak})")
     elif "asr" in res:
         parts.append(f"ASR {100 * res['asr']:.2f}%")
