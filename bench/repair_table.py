@@ -84,7 +84,7 @@ def run_model(model, work, args):
     os.makedirs(work, exist_ok=True)
     train, valid, test = model_data(model, work, args.n_valid)
     common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True,
-                  clean_images=args.clean_images)
+                  clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert)
     entry = {"model": model, "data": train, "valid": valid, "test": test, "rows": []}
     rows = entry["rows"]
 
@@ -214,6 +214,8 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies, trigger_cla
                 u = rep["unlearned"]
                 kept = ", ".join(str(r["kept_epoch"]) for r in u.get("rounds", [u]))
                 label = f"{len(u['rounds'])} rounds, epoch {kept} kept" if "rounds" in u else f"epoch {kept} kept"
+                if u.get("reinvert"):
+                    label += f"; {len(u['reinvert']['steps'])} re-inversion(s), {u['reinvert']['n_triggers']} triggers"
                 rows.append(_row(f"unlearning ({label}{only})", res, out["seconds"],
                                  note=note))
             else:
@@ -228,7 +230,7 @@ def redo(entry, strategy, args):
     """Run one trigger strategy again for a model already in the table; its rows are replaced in place."""
     work = os.path.join(args.work, os.path.splitext(os.path.basename(entry["model"]))[0])
     common = dict(bad_model=entry["model"], clean_valid=entry["valid"], clean_test=entry["test"], threshold=4,
-                  quiet=True, clean_images=args.clean_images)
+                  quiet=True, clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert)
     prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune"),
               "clp": ("data-free",)}[strategy]
     if strategy == "clp":
@@ -297,6 +299,8 @@ def main(argv=None):
     p.add_argument("--n-valid", type=int, default=5000, help="validation images from an .npz test split")
     p.add_argument("--clean-images", type=int, default=None,
                    help="every repair's clean data budget: a random N of the validation images (default: all)")
+    p.add_argument("--unlearn-reinvert", type=int, default=0, metavar="N",
+                   help="repair's --unlearn-reinvert (re-inversion steps after unlearning; default 0: off)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--redo", choices=("trigger-prune", "unlearn", "clp"), default=None,
                    help="run this repair again for the listed models already in --out, replacing its rows")

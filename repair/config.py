@@ -39,7 +39,8 @@ class RepairConfig(Settings):
     pruning stops at a recovered-trigger ASR of ``stop_asr``; unlearning runs at most
     ``unlearn_epochs`` (Adam, ``unlearn_lr``; None: 1e-3, or 1e-4 for a model with batch
     normalisation, whose statistics stay frozen) with ``unlearn_share`` of the images added
-    again with the trigger, ``unlearn_rounds`` times (each round from the weights the last kept).
+    again with the trigger, ``unlearn_rounds`` times (each round from the weights the last kept);
+    ``unlearn_reinvert`` steps of re-inversion after it (0: off; :func:`repair.trigger_repair.unlearn`).
 
     Without any data (``strategy`` ``clp``, alone): Channel Lipschitzness-based Pruning
     zeroes, in each convolution layer, the channels whose Lipschitz upper bound exceeds
@@ -61,6 +62,7 @@ class RepairConfig(Settings):
     unlearn_lr: Optional[float] = None
     unlearn_share: float = 1.0
     unlearn_rounds: int = 2
+    unlearn_reinvert: int = 0
     clp_u: float = 3.0
     clean_images: Optional[int] = None
 

@@ -120,9 +120,15 @@ def run_repair(
     return _write_outputs(out_dir, model, curve, models_out, report)
 
 
+# Trigger sources that are reversed masks, fitted at one place of the image (a position-free trigger
+# works anywhere): the repair suggests re-inversion when they are all it has.
+REVERSED_MASKS = ("mask_probe", "pair_mask", "neural_cleanse")
+
+
 def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, strategies=("trigger-prune", "unlearn"),
                        threshold=4, layer=None, stop_asr=0.05, finetune_epochs=0, finetune_lr=1e-4,
-                       unlearn_epochs=20, unlearn_lr=None, unlearn_share=1.0, unlearn_rounds=2, batch_size=256, seed=0,
+                       unlearn_epochs=20, unlearn_lr=None, unlearn_share=1.0, unlearn_rounds=2, unlearn_reinvert=0,
+                       batch_size=256, seed=0,
                        quiet=False, sources=None):
     """Repair from recovered triggers (:mod:`aegis_tf.detect.recovered`) with clean data only.
 
@@ -176,10 +182,15 @@ def run_trigger_repair(model, triggers, valid, test, bad_test=None, *, out_dir, 
     if "unlearn" in strategies:
         t0 = time.perf_counter()
         tuned, history = unlearn(model, triggers, xv, yv, epochs=unlearn_epochs, learning_rate=unlearn_lr,
-                                 share=unlearn_share, rounds=unlearn_rounds, seed=seed, quiet=quiet)
+                                 share=unlearn_share, rounds=unlearn_rounds, reinvert=unlearn_reinvert, seed=seed,
+                                 quiet=quiet)
         history["seconds"] = time.perf_counter() - t0
         report["unlearned"] = history
         models_out["unlearned"] = tuned
+        if not unlearn_reinvert and all(t.source in REVERSED_MASKS for t in triggers):
+            report["notes"].append(
+                "every recovered trigger is a reversed mask (no patch of the translations moved the probes): if the "
+                "backdoor may be position-free, --unlearn-reinvert 3 closes it a place at a time (docs/repair.md)")
         g = GoodNet.from_models(model, tuned)
         report["test"]["unlearned"] = evaluate_goodnet(g, xt, yt, *(bad_test or (None, None)),
                                                        recovered=recovered_test, batch_size=batch_size)
@@ -502,9 +513,10 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     triggers, scan = _recovered_triggers(trigger_from, trigger_file, trigger_classes)
     strategies = _check_strategies(config.strategies(trigger=bool(triggers)), trigger=bool(triggers))
     if "unlearn" in strategies:
-        from repair.trigger_repair import check_unlearn_settings
+        from repair.trigger_repair import check_reinvert_settings, check_unlearn_settings
 
         check_unlearn_settings(epochs=config.unlearn_epochs, share=config.unlearn_share, rounds=config.unlearn_rounds)
+        check_reinvert_settings(config.unlearn_reinvert)
     if scan and scan.get("scale", scale) != scale:
         raise AegisError(f"--trigger-from {trigger_from}: the scan read its data with --scale {scan.get('scale')}; "
                          f"repair with the same --scale (received {scale})")
@@ -534,7 +546,8 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
             model, triggers, valid, test, btest, out_dir=out_dir, strategies=strategies, threshold=threshold,
             layer=layer, stop_asr=config.stop_asr, finetune_epochs=finetune, finetune_lr=finetune_lr,
             unlearn_epochs=config.unlearn_epochs, unlearn_lr=config.unlearn_lr, unlearn_share=config.unlearn_share,
-            unlearn_rounds=config.unlearn_rounds, batch_size=batch_size, seed=seed, quiet=quiet, sources=sources)
+            unlearn_rounds=config.unlearn_rounds, unlearn_reinvert=config.unlearn_reinvert, batch_size=batch_size,
+            seed=seed, quiet=quiet, sources=sources)
     bvalid, pbv = _poisoned_set(bad_valid, "bd_valid", valid, pv, flag="--bad-valid", **common)
     sources["bad_valid"] = pbv
     return run_repair(
@@ -683,6 +696,13 @@ def format_table(report):
         rounds = u.get("rounds", [u])
         lines.append(f"unlearning: {len(rounds)} round(s) on {u['n_train']} clean images ({u['n_holdout']} held out "
                      f"to check), kept per round: {', '.join(str(r['kept_epoch']) for r in rounds)}")
+        for k, step in enumerate((u.get("reinvert") or {}).get("steps", []), 1):
+            norms = ", ".join(f"{m['l1']:.1f} ({100 * m['share']:.0f}%)" for m in step["masks"])
+            lines.append(f"re-inversion {k}: masks toward {sorted({m['target'] for m in step['masks']})}, L1 "
+                         f"(held-out share): {norms or 'none'}; "
+                         + (step["stopped"] if "stopped" in step else
+                            f"unlearnt again with {step['n_triggers']} triggers, held-out clean "
+                            f"{100 * step['holdout_clean_acc']:.2f}%"))
     lines += list(report.get("notes") or [])
     if report.get("asr_note"):
         lines.append(report["asr_note"])

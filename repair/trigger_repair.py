@@ -29,7 +29,7 @@ from aegis_tf.core.utils import progress
 from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
 
 __all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn",
-           "default_unlearn_lr", "batch_norm_layers"]
+           "check_reinvert_settings", "reinverted_triggers", "default_unlearn_lr", "batch_norm_layers"]
 
 
 def _eligible(t, y):
@@ -188,7 +188,7 @@ def default_unlearn_lr(model):
 
 def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, share=1.0, holdout=0.2,
             max_drop=0.01, average=True, shift=2, patience=5, batch_size=32, soft_targets=True, freeze_bn=True,
-            seed=0, quiet=False, teacher="last"):
+            seed=0, quiet=False, teacher="last", reinvert=0, reinvert_at=0.5, reinvert_starts=3):
     """Fine-tune a copy of ``model`` to ignore the recovered triggers. Returns ``(model, history)``.
 
     ``learning_rate`` (Adam) defaults to :func:`default_unlearn_lr`. With ``freeze_bn`` the copy's
@@ -218,17 +218,115 @@ def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, s
     ``teacher="last"`` a later round's soft targets are the outputs of the model the last round
     kept, not B's (``"B"``: B's in every round). Measured in docs/repair.md ("Unlearning in
     rounds"). ``history`` is the last round's, with every round's in ``history["rounds"]``.
+
+    ``reinvert`` (0: off) steps of re-inversion: after unlearning, Neural Cleanse's mask and
+    pattern are reversed again on the repaired model toward each trigger's target
+    (``reinvert_starts`` starts, on the training images of the trigger's sources) and every
+    mask that still sends ``reinvert_at`` of the held-out images of those sources to the
+    target joins the triggers; B is then unlearned again, from scratch, with all of them. It
+    stops early when no new mask works. A position-free trigger, which the scan reverses at one
+    place, is closed this way a place at a time (docs/repair.md, "Re-inverting after
+    unlearning"). ``history["reinvert"]`` lists each step's masks (L1 norm, held-out share).
     """
+    check_reinvert_settings(reinvert, reinvert_at, reinvert_starts)
+    kwargs = dict(epochs=epochs, rounds=rounds, learning_rate=learning_rate, share=share, holdout=holdout,
+                  max_drop=max_drop, average=average, shift=shift, patience=patience, batch_size=batch_size,
+                  soft_targets=soft_targets, freeze_bn=freeze_bn, seed=seed, quiet=quiet, teacher=teacher)
+    tuned, out = _unlearn_once(model, triggers, x, y, **kwargs)
+    if not reinvert:
+        return tuned, out
+    _, hold, train = _holdout_split(len(x), holdout, seed)
+    found, steps = list(triggers), []
+    for k in range(reinvert):
+        new, step = reinverted_triggers(tuned, triggers, (x[train], y[train]), (x[hold], y[hold]), at=reinvert_at,
+                                        starts=reinvert_starts, seed=seed * 1000 + 100 * (k + 1))
+        steps.append(step)
+        if not new:
+            step["stopped"] = f"no re-inverted mask sent {100 * reinvert_at:.0f}% of the held-out images to its target"
+            break
+        found += new
+        tuned, out = _unlearn_once(model, found, x, y, **kwargs)
+        step.update(n_triggers=len(found), kept_epoch=out["kept_epoch"],
+                    holdout_clean_acc=_final_holdout(out)[0], holdout_recovered_asr=_final_holdout(out)[1])
+    out["reinvert"] = {"steps": steps, "at": float(reinvert_at), "starts": int(reinvert_starts),
+                       "n_triggers": len(found)}
+    return tuned, out
+
+
+def check_reinvert_settings(reinvert, at=0.5, starts=3):
+    """One-line errors for re-inversion settings out of range (checked before any work)."""
+    if isinstance(reinvert, bool) or not isinstance(reinvert, (int, np.integer)) or reinvert < 0:
+        raise AegisError(f"--unlearn-reinvert must be 0 (off) or a whole number of steps. Received: {reinvert!r}")
+    if not 0.0 < at <= 1.0:
+        raise AegisError(f"the re-inversion share must lie in (0, 1]. Received: {at}")
+    if isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1:
+        raise AegisError(f"the re-inversion starts must be a whole number, at least 1. Received: {starts!r}")
+
+
+def _final_holdout(out):
+    """(held-out clean accuracy, held-out recovered-trigger ASR) of the weights a round kept."""
+    if out["kept_epoch"] == "average":
+        return out["average"]["holdout_clean_acc"], out["average"]["holdout_recovered_asr"]
+    e = out["epochs"][[h["epoch"] for h in out["epochs"]].index(out["kept_epoch"])]
+    return e["holdout_clean_acc"], e["holdout_recovered_asr"]
+
+
+def reinverted_triggers(model, triggers, fit, check, *, at=0.5, starts=3, seed=0):
+    """Masks reversed on ``model`` toward each target of ``triggers`` (Neural Cleanse's fit,
+    ``starts`` starts on the ``fit`` images of the trigger's sources), kept where they send at
+    least ``at`` of the ``check`` images of those sources to the target. One fit per (target,
+    sources) the triggers name. Returns ``(new triggers, {"masks": [...]})``."""
+    from aegis_tf.detect.neural_cleanse import reverse_engineer_triggers
+    from aegis_tf.detect.recovered import RecoveredTrigger
+
+    (xf, yf), (xc, yc) = fit, check
+    xf, xc, yf, yc = np.asarray(xf, "float32"), np.asarray(xc, "float32"), np.asarray(yf), np.asarray(yc)
+    groups = {}
+    for t in triggers:
+        groups.setdefault((t.target, t.sources), t)
+    new, masks = [], []
+    for g, ((target, sources), t) in enumerate(groups.items()):
+        pool, probe = xf[_eligible(t, yf)], xc[_eligible(t, yc)]
+        if len(probe) < 5:  # too few held-out images of the sources to tell: the fit's own
+            probe = pool
+        if not len(pool):
+            continue
+        fitted = reverse_engineer_triggers(model, pool, [target] * starts, pixel_max=t.pixel_max,
+                                           seeds=[seed + 10 * g + i for i in range(starts)])
+        for r in fitted:
+            mask, pattern = r["mask"][..., None], np.asarray(r["pattern"], "float32")
+            moved = np.clip((1.0 - mask) * probe + mask * pattern, 0.0, t.pixel_max)
+            share = float(np.mean(predict_labels(model, moved) == target))
+            masks.append({"target": int(target), "sources": None if sources is None else list(sources),
+                          "l1": float(r["l1"]), "share": share, "kept": share >= at})
+            if share >= at:
+                new.append(RecoveredTrigger(
+                    target=int(target), source="reinverted", sources=sources, mask=mask[None], pattern=pattern[None],
+                    delta=np.zeros((1, *pattern.shape), "float32"), pixel_max=t.pixel_max,
+                    evidence={"l1": float(r["l1"]), "share": share}))
+    return new, {"masks": masks}
+
+
+def _holdout_split(n, holdout, seed):
+    """``(rng, held-out indices, training indices)``: the unlearning's split of ``n`` images; the
+    generator goes on to draw the epochs' shifts and picks."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(n)
+    n_hold = max(1, int(round(holdout * n)))
+    return rng, idx[:n_hold], idx[n_hold:]
+
+
+def _unlearn_once(model, triggers, x, y, *, epochs, rounds, learning_rate, share, holdout, max_drop, average, shift,
+                  patience, batch_size, soft_targets, freeze_bn, seed, quiet, teacher):
+    """:func:`unlearn` without re-inversion."""
     import keras
 
     check_unlearn_settings(epochs=epochs, share=share, holdout=holdout, max_drop=max_drop, shift=shift,
                            learning_rate=learning_rate, rounds=rounds)
     if learning_rate is None:
         learning_rate = default_unlearn_lr(model)
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(x))
-    n_hold = max(1, int(round(holdout * len(x))))
-    hold, train = idx[:n_hold], idx[n_hold:]
+    rng, hold, train = _holdout_split(len(x), holdout, seed)
+    n_hold = len(hold)
     xh, yh = np.asarray(x[hold], "float32"), np.asarray(y[hold])
     xtr, ytr = np.asarray(x[train], "float32"), np.asarray(y[train])
     if not len(xtr):

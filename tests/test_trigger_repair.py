@@ -16,7 +16,8 @@ from aegis_tf.detect.recovered import RecoveredTrigger, load_trigger, triggers_f
 from conftest import tiny_cnn
 from repair.pipeline import run_trigger_repair
 from repair.prune import prune_curve
-from repair.trigger_repair import trigger_channel_gap, trigger_prune_curve, triggered_set, unlearn
+from repair.trigger_repair import (check_reinvert_settings, reinverted_triggers, trigger_channel_gap,
+                                   trigger_prune_curve, triggered_set, unlearn)
 
 
 def _corner_trigger(shape=(8, 8, 1), size=3, value=1.0, margin=0, target=1, pixel_max=1.0):
@@ -219,6 +220,55 @@ def test_unlearning_keeps_b_when_every_epoch_breaks_it(default_model, default_pa
     assert single["epochs"][single["kept_epoch"]]["holdout_recovered_asr"] < single["epochs"][0]["holdout_recovered_asr"]
 
 
+def test_reinversion_finds_the_trigger_the_scan_placed_elsewhere(default_model, default_paths):
+    # The embedded BadNet told of a trigger at the wrong corner (as a scan reverses a position-free trigger
+    # at one place of many): unlearning it leaves the real one; a re-inversion on the repaired model finds
+    # the real one (a small mask that moves the held-out images), and B, unlearnt again with both, loses it.
+    xv, yv = load_h5(default_paths["valid"])
+    xt, yt = load_h5(default_paths["test"])
+    xb, yb = load_h5(default_paths["bd_test"])
+    wrong = _corner_trigger(shape=(28, 28, 1), value=255.0, target=7, pixel_max=255.0)
+    wrong.mask = wrong.mask[:, ::-1, ::-1]  # the top-left corner; the attacker's square is at the bottom right
+    acc_before = np.mean(predict_labels(default_model, xt) == yt)
+    one, plain = unlearn(default_model, [wrong], xv, yv, epochs=8, rounds=1, quiet=True)
+    assert np.mean(predict_labels(one, xb) == yb) > 0.9 and "reinvert" not in plain
+    tuned, history = unlearn(default_model, [wrong], xv, yv, epochs=8, rounds=1, reinvert=1, quiet=True)
+    assert np.mean(predict_labels(tuned, xb) == yb) <= 0.05
+    assert np.mean(predict_labels(tuned, xt) == yt) >= acc_before - 0.03
+    (step,) = history["reinvert"]["steps"]
+    assert len(step["masks"]) == 3 and all(m["kept"] and m["share"] >= 0.5 and m["target"] == 7
+                                           for m in step["masks"])
+    assert max(m["l1"] for m in step["masks"]) < 40  # a small patch, not a natural feature of a 7
+    assert history["reinvert"]["n_triggers"] == step["n_triggers"] == 4 and "stopped" not in step
+    # B hardly answers the misplaced trigger, and does answer the re-inverted masks (held-out, at the start).
+    assert plain["epochs"][0]["holdout_recovered_asr"] < 0.1 < 0.5 < history["epochs"][0]["holdout_recovered_asr"]
+
+
+def test_reinversion_stops_when_no_mask_reaches_the_target(default_model, default_paths):
+    # A model that can never output class 7: no re-inverted mask moves an image there, nothing is added,
+    # and the steps stop at the first, saying so. Bad settings are one-line errors.
+    xv, yv = load_h5(default_paths["valid"])
+    model = keras.models.clone_model(default_model)
+    model.set_weights(default_model.get_weights())
+    kernel, bias = model.layers[-1].get_weights()
+    bias[7] = -1e4
+    model.layers[-1].set_weights([kernel, bias])
+    trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
+    new, step = reinverted_triggers(model, [trig], (xv[:200], yv[:200]), (xv[200:], yv[200:]), starts=2)
+    assert new == [] and len(step["masks"]) == 2 and not any(m["kept"] for m in step["masks"])
+    _, history = unlearn(model, [trig], xv, yv, epochs=1, rounds=1, reinvert=3, quiet=True)
+    (only,) = history["reinvert"]["steps"]
+    assert "no re-inverted mask sent 50%" in only["stopped"] and history["reinvert"]["n_triggers"] == 1
+    for bad, message in ((-1, "--unlearn-reinvert must be 0"), (1.5, "--unlearn-reinvert must be 0"),
+                         (True, "--unlearn-reinvert must be 0")):
+        with pytest.raises(AegisError, match=message):
+            check_reinvert_settings(bad)
+    with pytest.raises(AegisError, match=r"the re-inversion share must lie in \(0, 1\]"):
+        check_reinvert_settings(1, at=0.0)
+    with pytest.raises(AegisError, match="the re-inversion starts must be a whole number"):
+        check_reinvert_settings(1, starts=0)
+
+
 def _bn_model(seed=0):
     """conv -> BatchNormalization -> pool -> dense on 8x8x1 images, 3 classes."""
     keras.utils.set_random_seed(seed)
@@ -325,6 +375,28 @@ def test_repair_command_from_a_trigger_file(tmp_path, capsys, default_paths):
     assert "rounds" not in report["unlearned"] and "unlearning: 1 round(s) on 32 clean images" in printed
 
 
+def test_repair_from_reversed_masks_only_suggests_reinversion(tmp_path, capsys, default_paths):
+    # A reversed mask sits at one place; when it is all the scan recovered, the repair says how to close a
+    # position-free trigger, and with --unlearn-reinvert it prints each step instead.
+    trig = _corner_trigger(shape=(28, 28, 1), value=255.0, margin=1, target=7, pixel_max=255.0)
+    trig.source = "mask_probe"
+    path = trig.save(str(tmp_path / "found"))
+    base = ["repair", "--bad_model", default_paths["bd_net"], "--trigger-file", path, "--strategy", "unlearn",
+            "--unlearn-epochs", "1", "--unlearn-rounds", "1", "--clean-images", "60"]
+    rc, printed, _ = _run(base + ["--out-dir", str(tmp_path / "plain")], capsys)
+    assert rc == 0 and "every recovered trigger is a reversed mask" in printed and "--unlearn-reinvert 3" in printed
+    rc, printed, _ = _run(base + ["--unlearn-reinvert", "1", "--out-dir", str(tmp_path / "re")], capsys)
+    report = json.load(open(tmp_path / "re" / "repair.json"))
+    (step,) = report["unlearned"]["reinvert"]["steps"]
+    assert rc == 0 and "every recovered trigger is a reversed mask" not in printed
+    assert "re-inversion 1: masks toward [7], L1 (held-out share): " in printed and len(step["masks"]) == 3
+    # A patch from the translations: no such note.
+    trig.source = "patch_transfer"
+    rc, printed, _ = _run(base[:4] + [trig.save(str(tmp_path / "patch"))] + base[5:] +
+                          ["--out-dir", str(tmp_path / "patch_rep")], capsys)
+    assert rc == 0 and "reversed mask" not in printed
+
+
 @pytest.mark.parametrize("method", ["cached", "naive"])
 def test_repair_without_any_poisoned_set_reports_clean_accuracy_only(tmp_path, capsys, default_paths, method):
     model = tmp_path / "their_net.h5"  # a user's model: no trigger file beside it, no --bad-valid
@@ -402,6 +474,7 @@ def test_repair_from_the_triggers_of_some_flagged_classes_only(tmp_path, capsys,
     (["--strategy", "magic"], "--strategy must be a comma-separated list of lab, trigger-prune, unlearn"),
     (["--unlearn-share", "1.5"], "--unlearn-share must lie in [0.0, 1.0]"),
     (["--unlearn-rounds", "0"], "--unlearn-rounds must be a whole number, at least 1"),
+    (["--unlearn-reinvert", "-1"], "--unlearn-reinvert must be 0 (off) or a whole number of steps"),
     (["--stop-asr", "1"], "--stop-asr must lie in [0, 1)"),
     (["--clean-images", "100000"], "--clean-images 100000: --clean-valid"),
     (["--clean-images", "3"], "--clean-images must be a whole number of at least 10 images"),

@@ -72,6 +72,10 @@ def add(sub):
     flag(p, "--unlearn-rounds", type=int, default=d.unlearn_rounds,
          help="unlearn: run it this many times, each from the weights the last kept, with a fresh optimiser "
               "(default %(default)s; 1 is the single round of before 2026-12-04)")
+    flag(p, "--unlearn-reinvert", type=int, default=d.unlearn_reinvert, metavar="N",
+         help="unlearn: then up to N times reverse a trigger again on the repaired model toward each target and, "
+              "while one still works, unlearn B again with every trigger found (default %(default)s: off; for a "
+              "position-free trigger, docs/repair.md)")
     flag(p, "--unlearn-lr", type=float, default=d.unlearn_lr,
          help="unlearn: Adam learning rate (default 1e-3, or 1e-4 for a model with batch normalisation, whose "
               "statistics stay frozen while it unlearns)")
