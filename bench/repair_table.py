@@ -40,6 +40,7 @@ from aegis_tf.detect.config import DetectConfig
 from aegis_tf.core.embedded import PATHS
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import write_json
+from repair.config import RepairConfig
 from repair.pipeline import parse_trigger_classes, repair_job
 
 EMBEDDED = {os.path.abspath(PATHS[k]) for k in ("bd_net", "robust_bd_net", "robust_clean_net")}
@@ -84,7 +85,8 @@ def run_model(model, work, args):
     os.makedirs(work, exist_ok=True)
     train, valid, test = model_data(model, work, args.n_valid)
     common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True,
-                  clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert)
+                  clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert,
+                  unlearn_rounds=args.unlearn_rounds)
     entry = {"model": model, "data": train, "valid": valid, "test": test, "rows": []}
     rows = entry["rows"]
 
@@ -230,7 +232,8 @@ def redo(entry, strategy, args):
     """Run one trigger strategy again for a model already in the table; its rows are replaced in place."""
     work = os.path.join(args.work, os.path.splitext(os.path.basename(entry["model"]))[0])
     common = dict(bad_model=entry["model"], clean_valid=entry["valid"], clean_test=entry["test"], threshold=4,
-                  quiet=True, clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert)
+                  quiet=True, clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert,
+                  unlearn_rounds=args.unlearn_rounds)
     prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune"),
               "clp": ("data-free",)}[strategy]
     if strategy == "clp":
@@ -299,8 +302,10 @@ def main(argv=None):
     p.add_argument("--n-valid", type=int, default=5000, help="validation images from an .npz test split")
     p.add_argument("--clean-images", type=int, default=None,
                    help="every repair's clean data budget: a random N of the validation images (default: all)")
-    p.add_argument("--unlearn-reinvert", type=int, default=0, metavar="N",
-                   help="repair's --unlearn-reinvert (re-inversion steps after unlearning; default 0: off)")
+    p.add_argument("--unlearn-reinvert", type=int, default=RepairConfig.unlearn_reinvert, metavar="N",
+                   help="repair's --unlearn-reinvert (re-inversion steps after unlearning; default %(default)s: off)")
+    p.add_argument("--unlearn-rounds", type=int, default=RepairConfig.unlearn_rounds, metavar="N",
+                   help="repair's --unlearn-rounds (default %(default)s, repair's own)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--redo", choices=("trigger-prune", "unlearn", "clp"), default=None,
                    help="run this repair again for the listed models already in --out, replacing its rows")

@@ -1016,3 +1016,33 @@ def test_pair_retest_replays_the_second_look_as_a_live_fit_makes_it(tmp_path, ca
     assert main([str(scan), "--seed", "3", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pair 3->7: share 0.123 is no count" in err and not (tmp_path / "o2").exists()
+
+
+def test_repair_table_passes_the_unlearning_settings_to_each_repair(tmp_path, monkeypatch):
+    # --unlearn-rounds and --unlearn-reinvert reach the repair jobs of a --redo (as repair's own flags),
+    # and the command joins the table's list; the defaults are repair's.
+    import repair_table
+
+    seen = []
+
+    def fake_repair_job(**kwargs):
+        seen.append(kwargs)
+        raise repair_table.AegisError("not run here")
+
+    monkeypatch.setattr(repair_table, "repair_job", fake_repair_job)
+    out = tmp_path / "table.json"
+    entry = {"model": "m.keras", "valid": "v.h5", "test": "t.h5", "rows": [],
+             "detect": {"line": "BACKDOORED", "triggers": ["trigger_7_mask_probe.json"], "seconds": 1.0}}
+    out.write_text(json.dumps({"machine": "x", "commands": ["python bench/repair_table.py m.keras"],
+                               "models": [entry]}))
+    args = ["m.keras", "--redo", "unlearn", "--out", str(out), "--work", str(tmp_path)]
+    assert repair_table.main(args + ["--unlearn-rounds", "1", "--unlearn-reinvert", "3"]) == 0
+    assert seen[-1]["unlearn_rounds"] == 1 and seen[-1]["unlearn_reinvert"] == 3 and seen[-1]["strategy"] == "unlearn"
+    table = json.loads(out.read_text())
+    assert table["commands"][-1].endswith("--unlearn-rounds 1 --unlearn-reinvert 3")
+    (row,) = table["models"][0]["rows"]
+    assert row["method"] == "unlearn" and row["error"] == "not run here"
+    repair_table.main(args)
+    from repair.config import RepairConfig
+
+    assert seen[-1]["unlearn_rounds"] == RepairConfig().unlearn_rounds == 2 and seen[-1]["unlearn_reinvert"] == 0
