@@ -42,6 +42,7 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import write_json
 from repair.config import RepairConfig
 from repair.pipeline import parse_trigger_classes, repair_job
+from repair.trigger_repair import check_unlearn_settings
 
 EMBEDDED = {os.path.abspath(PATHS[k]) for k in ("bd_net", "robust_bd_net", "robust_clean_net")}
 
@@ -85,8 +86,7 @@ def run_model(model, work, args):
     os.makedirs(work, exist_ok=True)
     train, valid, test = model_data(model, work, args.n_valid)
     common = dict(bad_model=model, clean_valid=valid, clean_test=test, threshold=4, quiet=True,
-                  clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert,
-                  unlearn_rounds=args.unlearn_rounds)
+                  clean_images=args.clean_images)
     entry = {"model": model, "data": train, "valid": valid, "test": test, "rows": []}
     rows = entry["rows"]
 
@@ -126,7 +126,7 @@ def run_model(model, work, args):
 
     rows.append(clp_row(model, test, work))
     rows += trigger_rows(model, det_dir, result["triggers"], work, common, ("trigger-prune", "unlearn"),
-                         trigger_classes=args.trigger_classes)
+                         trigger_classes=args.trigger_classes, unlearn=_unlearn_settings(args))
     return entry
 
 
@@ -194,17 +194,24 @@ def _repair_note(model, b_prime, test):
     return ""
 
 
-def trigger_rows(model, det_dir, triggers, work, common, strategies, trigger_classes=None):
+def _unlearn_settings(args):
+    """repair's unlearning settings of the command line (given to the unlearning job only)."""
+    return {"unlearn_rounds": args.unlearn_rounds, "unlearn_reinvert": args.unlearn_reinvert}
+
+
+def trigger_rows(model, det_dir, triggers, work, common, strategies, trigger_classes=None, unlearn=None):
     """The rows of the repairs from the recovered trigger(s) in ``det_dir`` (with ``trigger_classes``,
-    ``repair --trigger-classes``: the triggers toward those classes only)."""
+    ``repair --trigger-classes``: the triggers toward those classes only; ``unlearn``: repair settings
+    for the unlearning job alone)."""
     rows = []
     only = "" if trigger_classes is None else f"; triggers toward class {trigger_classes} only"
     for strategy in strategies:
         if not triggers:
             rows.append({"method": strategy, "error": "detect recovered no trigger", "seconds": None})
             continue
+        extra = (unlearn or {}) if strategy == "unlearn" else {}
         out = _timed(repair_job, out_dir=os.path.join(work, strategy), trigger_from=det_dir, strategy=strategy,
-                     trigger_classes=trigger_classes, **common)
+                     trigger_classes=trigger_classes, **common, **extra)
         if "error" in out:
             rows.append({"method": strategy, "error": out["error"], "seconds": out["seconds"]})
             continue
@@ -217,7 +224,9 @@ def trigger_rows(model, det_dir, triggers, work, common, strategies, trigger_cla
                 kept = ", ".join(str(r["kept_epoch"]) for r in u.get("rounds", [u]))
                 label = f"{len(u['rounds'])} rounds, epoch {kept} kept" if "rounds" in u else f"epoch {kept} kept"
                 if u.get("reinvert"):
-                    label += f"; {len(u['reinvert']['steps'])} re-inversion(s), {u['reinvert']['n_triggers']} triggers"
+                    done = [s for s in u["reinvert"]["steps"] if "stopped" not in s]
+                    label += (f"; {len(done)} re-inversion(s), {u['reinvert']['n_triggers']} triggers"
+                              + ("; then no new mask worked" if len(done) < len(u["reinvert"]["steps"]) else ""))
                 rows.append(_row(f"unlearning ({label}{only})", res, out["seconds"],
                                  note=note))
             else:
@@ -232,15 +241,14 @@ def redo(entry, strategy, args):
     """Run one trigger strategy again for a model already in the table; its rows are replaced in place."""
     work = os.path.join(args.work, os.path.splitext(os.path.basename(entry["model"]))[0])
     common = dict(bad_model=entry["model"], clean_valid=entry["valid"], clean_test=entry["test"], threshold=4,
-                  quiet=True, clean_images=args.clean_images, unlearn_reinvert=args.unlearn_reinvert,
-                  unlearn_rounds=args.unlearn_rounds)
+                  quiet=True, clean_images=args.clean_images)
     prefix = {"unlearn": ("unlearn",), "trigger-prune": ("trigger-aware", "trigger-prune"),
               "clp": ("data-free",)}[strategy]
     if strategy == "clp":
         new = [clp_row(entry["model"], entry["test"], work)]
     else:
         new = trigger_rows(entry["model"], os.path.join(work, "detect"), entry["detect"]["triggers"], work, common,
-                           (strategy,), trigger_classes=args.trigger_classes)
+                           (strategy,), trigger_classes=args.trigger_classes, unlearn=_unlearn_settings(args))
     keep = [r for r in entry["rows"] if not r["method"].startswith(prefix)]
     at = next((i for i, r in enumerate(entry["rows"]) if r["method"].startswith(prefix)), len(keep))
     entry["rows"] = keep[:at] + new + keep[at:]
@@ -317,6 +325,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         parse_trigger_classes(args.trigger_classes)  # a bad value: one line, before any scan
+        RepairConfig(**_unlearn_settings(args))
+        check_unlearn_settings(epochs=RepairConfig.unlearn_epochs, share=RepairConfig.unlearn_share,
+                               rounds=args.unlearn_rounds)
     except AegisError as e:
         raise SystemExit(f"error: {e}") from None
     command = "python bench/repair_table.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -10,11 +10,21 @@ from aegis_tf.core.errors import AegisError
 from aegis_tf.core.settings import Settings
 from repair.thresholds import check_threshold
 
-__all__ = ["RepairConfig", "STRATEGIES", "METHODS", "check_clp_u"]
+__all__ = ["RepairConfig", "STRATEGIES", "METHODS", "check_clp_u", "check_reinvert_settings"]
 
 STRATEGIES = ("lab", "trigger-prune", "unlearn", "clp")
 MIN_CLEAN_IMAGES = 10  # unlearning holds a fifth of them out: fewer leave it nothing to check against
 METHODS = ("cached", "naive")
+
+
+def check_reinvert_settings(reinvert, at=0.5, starts=3):
+    """One-line errors for re-inversion settings out of range (checked before any work)."""
+    if isinstance(reinvert, bool) or not isinstance(reinvert, numbers.Integral) or reinvert < 0:
+        raise AegisError(f"--unlearn-reinvert must be 0 (off) or a whole number of steps. Received: {reinvert!r}")
+    if not 0.0 < at <= 1.0:
+        raise AegisError(f"the re-inversion share must lie in (0, 1]. Received: {at}")
+    if isinstance(starts, bool) or not isinstance(starts, numbers.Integral) or starts < 1:
+        raise AegisError(f"the re-inversion starts must be a whole number, at least 1. Received: {starts!r}")
 
 
 def check_clp_u(u):
@@ -78,6 +88,7 @@ class RepairConfig(Settings):
             if value is not None and not value > 0:
                 raise AegisError(f"{name} must be a positive number. Received: {value}")
         check_clp_u(self.clp_u)
+        check_reinvert_settings(self.unlearn_reinvert)
         if self.clean_images is not None and (isinstance(self.clean_images, bool) or not isinstance(
                 self.clean_images, numbers.Integral) or self.clean_images < MIN_CLEAN_IMAGES):
             raise AegisError(f"--clean-images must be a whole number of at least {MIN_CLEAN_IMAGES} images. "

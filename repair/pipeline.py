@@ -513,10 +513,12 @@ def repair_job(*, config=None, bad_model=None, bad_model_weights=None, clean_val
     triggers, scan = _recovered_triggers(trigger_from, trigger_file, trigger_classes)
     strategies = _check_strategies(config.strategies(trigger=bool(triggers)), trigger=bool(triggers))
     if "unlearn" in strategies:
-        from repair.trigger_repair import check_reinvert_settings, check_unlearn_settings
+        from repair.trigger_repair import check_unlearn_settings
 
         check_unlearn_settings(epochs=config.unlearn_epochs, share=config.unlearn_share, rounds=config.unlearn_rounds)
-        check_reinvert_settings(config.unlearn_reinvert)
+    elif config.unlearn_reinvert:
+        raise AegisError(f"--unlearn-reinvert re-inverts a trigger after unlearning, and the strategy here is "
+                         f"{','.join(strategies)}: add unlearn (with --trigger-from) or drop it")
     if scan and scan.get("scale", scale) != scale:
         raise AegisError(f"--trigger-from {trigger_from}: the scan read its data with --scale {scan.get('scale')}; "
                          f"repair with the same --scale (received {scale})")
@@ -570,6 +572,9 @@ def _clp_job(config, *, bad_model, bad_model_weights, clean_valid, bad_valid, cl
                              "(--clean-test and --bad-test evaluate)")
     if config.finetune:
         raise AegisError("--finetune fine-tunes on clean data, which --strategy clp does not use; drop it")
+    if config.unlearn_reinvert:
+        raise AegisError("--unlearn-reinvert re-inverts a trigger after unlearning, which --strategy clp does not do; "
+                         "drop it")
     if config.layer is not None:
         raise AegisError("--layer names the pooling layer the lab's pruning prunes; --strategy clp examines every "
                          "convolution layer; drop it")
@@ -697,7 +702,9 @@ def format_table(report):
         lines.append(f"unlearning: {len(rounds)} round(s) on {u['n_train']} clean images ({u['n_holdout']} held out "
                      f"to check), kept per round: {', '.join(str(r['kept_epoch']) for r in rounds)}")
         for k, step in enumerate((u.get("reinvert") or {}).get("steps", []), 1):
-            norms = ", ".join(f"{m['l1']:.1f} ({100 * m['share']:.0f}%)" for m in step["masks"])
+            norms = ", ".join(f"{m['l1']:.1f} ({100 * m['share']:.0f}%"
+                              + ("" if m["checked_on"] == "held-out" else " of the fit images") + ")"
+                              for m in step["masks"])
             lines.append(f"re-inversion {k}: masks toward {sorted({m['target'] for m in step['masks']})}, L1 "
                          f"(held-out share): {norms or 'none'}; "
                          + (step["stopped"] if "stopped" in step else

@@ -26,6 +26,7 @@ import numpy as np
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.models import copy_model, find_last_pooling_layer, predict_labels
 from aegis_tf.core.utils import progress
+from repair.config import check_reinvert_settings
 from repair.prune import THRESHOLDS, _activations, _channel_means, _check_thresholds, _first_reaching, prune_curve
 
 __all__ = ["triggered_set", "trigger_channel_gap", "trigger_prune_curve", "check_unlearn_settings", "unlearn",
@@ -223,8 +224,9 @@ def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, s
     pattern are reversed again on the repaired model toward each trigger's target
     (``reinvert_starts`` starts, on the training images of the trigger's sources) and every
     mask that still sends ``reinvert_at`` of the held-out images of those sources to the
-    target joins the triggers; B is then unlearned again, from scratch, with all of them. It
-    stops early when no new mask works. A position-free trigger, which the scan reverses at one
+    target (of the fit images when fewer than 5 are held out; ``checked_on`` says) joins the
+    triggers; B is then unlearned again, from scratch, with all of them. It stops early when
+    no new mask works. A position-free trigger, which the scan reverses at one
     place, is closed this way a place at a time (docs/repair.md, "Re-inverting after
     unlearning"). ``history["reinvert"]`` lists each step's masks (L1 norm, held-out share).
     """
@@ -253,16 +255,6 @@ def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, s
     return tuned, out
 
 
-def check_reinvert_settings(reinvert, at=0.5, starts=3):
-    """One-line errors for re-inversion settings out of range (checked before any work)."""
-    if isinstance(reinvert, bool) or not isinstance(reinvert, (int, np.integer)) or reinvert < 0:
-        raise AegisError(f"--unlearn-reinvert must be 0 (off) or a whole number of steps. Received: {reinvert!r}")
-    if not 0.0 < at <= 1.0:
-        raise AegisError(f"the re-inversion share must lie in (0, 1]. Received: {at}")
-    if isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1:
-        raise AegisError(f"the re-inversion starts must be a whole number, at least 1. Received: {starts!r}")
-
-
 def _final_holdout(out):
     """(held-out clean accuracy, held-out recovered-trigger ASR) of the weights a round kept."""
     if out["kept_epoch"] == "average":
@@ -286,9 +278,9 @@ def reinverted_triggers(model, triggers, fit, check, *, at=0.5, starts=3, seed=0
         groups.setdefault((t.target, t.sources), t)
     new, masks = [], []
     for g, ((target, sources), t) in enumerate(groups.items()):
-        pool, probe = xf[_eligible(t, yf)], xc[_eligible(t, yc)]
-        if len(probe) < 5:  # too few held-out images of the sources to tell: the fit's own
-            probe = pool
+        pool, probe, checked_on = xf[_eligible(t, yf)], xc[_eligible(t, yc)], "held-out"
+        if len(probe) < 5:  # too few held-out images of the sources to tell: the fit's own (said so)
+            probe, checked_on = pool, "fit"
         if not len(pool):
             continue
         fitted = reverse_engineer_triggers(model, pool, [target] * starts, pixel_max=t.pixel_max,
@@ -298,7 +290,7 @@ def reinverted_triggers(model, triggers, fit, check, *, at=0.5, starts=3, seed=0
             moved = np.clip((1.0 - mask) * probe + mask * pattern, 0.0, t.pixel_max)
             share = float(np.mean(predict_labels(model, moved) == target))
             masks.append({"target": int(target), "sources": None if sources is None else list(sources),
-                          "l1": float(r["l1"]), "share": share, "kept": share >= at})
+                          "l1": float(r["l1"]), "share": share, "kept": share >= at, "checked_on": checked_on})
             if share >= at:
                 new.append(RecoveredTrigger(
                     target=int(target), source="reinverted", sources=sources, mask=mask[None], pattern=pattern[None],

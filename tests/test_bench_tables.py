@@ -1043,6 +1043,12 @@ def test_repair_table_passes_the_unlearning_settings_to_each_repair(tmp_path, mo
     (row,) = table["models"][0]["rows"]
     assert row["method"] == "unlearn" and row["error"] == "not run here"
     repair_table.main(args)
+    n_calls = len(seen)
+    for bad, message in ((["--unlearn-reinvert", "-1"], "--unlearn-reinvert must be 0"),
+                         (["--unlearn-rounds", "0"], "--unlearn-rounds must be a whole number")):
+        with pytest.raises(SystemExit, match=message):  # one line, before any scan or repair
+            repair_table.main(args + bad)
+    assert len(seen) == n_calls
     from repair.config import RepairConfig
 
     assert seen[-1]["unlearn_rounds"] == RepairConfig().unlearn_rounds == 2 and seen[-1]["unlearn_reinvert"] == 0

@@ -207,3 +207,13 @@ def test_all_to_all_asr_is_also_measured_on_the_images_the_model_gets_right(monk
     # All-to-one: measured on the images outside the target, the right ones among them.
     one = ev.evaluate_backdoor(model, x, y, trigger=lambda xs: xs, target_label=7, adversarial=False)
     assert one["n_triggered"] == 36 and one["n_correct"] == 27 and one["asr_on_correct"] == 0.0
+    # Source-specific 6 -> 7: images 6, 16, 26 are right and the trigger sends them to 6 + 1 = 7; image 36 is
+    # wrong (read as 1) and goes to 2. ASR 3 of 4, and 3 of the 3 right ones.
+    ss = ev.evaluate_backdoor(model, x, y, trigger=trigger, target_label=7, sources=(6,), adversarial=False)
+    assert ss["n_triggered"] == 4 and ss["asr"] == 0.75 and ss["n_correct"] == 3 and ss["asr_on_correct"] == 1.0
+    # The report line of an all-to-all backdoor gives both.
+    from aegis_tf.attack.job import eval_line
+
+    line = eval_line({"clean_acc": 0.75, "backdoors": [{"backdoor": "localised, all-to-all (y -> y+1)",
+                                                        "asr": res["asr"], "asr_on_correct": res["asr_on_correct"]}]})
+    assert "ASR 67.50% (localised, all-to-all (y -> y+1); 90.00% on the images it classifies right)" in line

@@ -486,6 +486,15 @@ def test_repair_trigger_flags_reject_bad_combinations(tmp_path, capsys, extra, m
     assert not (tmp_path / "rep").exists()
 
 
+@pytest.mark.parametrize("extra", [[], ["--strategy", "clp"]])
+def test_reinversion_without_unlearning_is_refused(tmp_path, capsys, extra):
+    # The lab's pruning (no trigger) and CLP do not unlearn: a re-inversion setting there is an error,
+    # before any work, not a setting silently ignored.
+    rc, _, err = _run(["repair", "--unlearn-reinvert", "2", "--out-dir", str(tmp_path / "rep")] + extra, capsys)
+    assert rc == 2 and "--unlearn-reinvert re-inverts a trigger after unlearning" in err and err.count("\n") == 1
+    assert not (tmp_path / "rep").exists()
+
+
 def test_repair_rejects_a_trigger_that_does_not_fit_the_model(tmp_path, capsys):
     path = _corner_trigger(shape=(8, 8, 1), pixel_max=1.0).save(str(tmp_path))
     rc, _, err = _run(["repair", "--trigger-file", path, "--out-dir", str(tmp_path / "rep")], capsys)
