@@ -248,8 +248,9 @@ def unlearn(model, triggers, x, y, *, epochs=20, rounds=2, learning_rate=None, s
             break
         found += new
         tuned, out = _unlearn_once(model, found, x, y, **kwargs)
-        step.update(n_triggers=len(found), kept_epoch=out["kept_epoch"],
-                    holdout_clean_acc=_final_holdout(out)[0], holdout_recovered_asr=_final_holdout(out)[1])
+        acc, asr = _final_holdout(out)
+        step.update(n_triggers=len(found), kept_epoch=out["kept_epoch"], holdout_clean_acc=acc,
+                    holdout_recovered_asr=asr)
     out["reinvert"] = {"steps": steps, "at": float(reinvert_at), "starts": int(reinvert_starts),
                        "n_triggers": len(found)}
     return tuned, out
@@ -286,16 +287,16 @@ def reinverted_triggers(model, triggers, fit, check, *, at=0.5, starts=3, seed=0
         fitted = reverse_engineer_triggers(model, pool, [target] * starts, pixel_max=t.pixel_max,
                                            seeds=[seed + 10 * g + i for i in range(starts)])
         for r in fitted:
-            mask, pattern = r["mask"][..., None], np.asarray(r["pattern"], "float32")
-            moved = np.clip((1.0 - mask) * probe + mask * pattern, 0.0, t.pixel_max)
-            share = float(np.mean(predict_labels(model, moved) == target))
+            pattern = np.asarray(r["pattern"], "float32")[None]
+            found = RecoveredTrigger(target=int(target), source="reinverted", sources=sources,
+                                     mask=r["mask"][None, ..., None], pattern=pattern, delta=np.zeros_like(pattern),
+                                     pixel_max=t.pixel_max, evidence={"l1": float(r["l1"])})
+            share = float(np.mean(predict_labels(model, found.apply(probe)) == target))
+            found.evidence["share"] = share
             masks.append({"target": int(target), "sources": None if sources is None else list(sources),
                           "l1": float(r["l1"]), "share": share, "kept": share >= at, "checked_on": checked_on})
             if share >= at:
-                new.append(RecoveredTrigger(
-                    target=int(target), source="reinverted", sources=sources, mask=mask[None], pattern=pattern[None],
-                    delta=np.zeros((1, *pattern.shape), "float32"), pixel_max=t.pixel_max,
-                    evidence={"l1": float(r["l1"]), "share": share}))
+                new.append(found)
     return new, {"masks": masks}
 
 

@@ -75,9 +75,8 @@ def evaluate_backdoor(model, x, y, *, trigger=None, target_label=None, adversari
         pred_t = predict_labels(model, xt, batch_size=batch_size)
         out["asr"], hit = attack_success_rate(pred_t, yt), pred_t == yt
         out["n_triggered"] = int(len(yt))
-        # the same images as backdoor_set's, in its order: those the model gets right without the trigger
-        right = _kept(y, target_label, sources, mapping) & (pred == np.asarray(y))
-        right = right[_kept(y, target_label, sources, mapping)]
+        # backdoor_set's images, in its order: those the model gets right without the trigger
+        right = (pred == np.asarray(y))[_kept(y, target_label, sources, mapping)]
         if right.any():
             out["asr_on_correct"] = float(np.mean(hit[right]))
             out["n_correct"] = int(right.sum())
