@@ -19,8 +19,9 @@
   weights) on random 55x47x3 images (not faces: time only).
 
 ``--size tiny`` runs the same steps, small, so that the suite finishes on a CPU
-in a few minutes (ResNet-18 at width 16, a few hundred images, few seeds and
-steps, the staged scan on 24 of the 1,283 classes); ``full`` are the sizes
+in about a minute (ResNet-18 at width 16, a few hundred images, few seeds and
+steps, the mask and warp probes at their smallest, the staged scan on 24 of the
+1,283 classes); ``full`` are the sizes
 meant for the accelerator. ``report`` merges every ``*.json`` of the folder
 into one JSON and one markdown table; the training ratio is computed there as
 images/s of our trainer over images/s of the hand-written JAX loop on the same
@@ -50,10 +51,13 @@ SIZES = {
         "train": {"compact": dict(images=256, batch_size=64, pgd_steps=2, width=None),
                   "resnet18": dict(images=64, batch_size=32, pgd_steps=2, width=16)},
         "repeats": 1,
-        "detect": dict(seeds=10, steps=10, train_images=1000),
+        "detect": dict(seeds=10, steps=10, train_images=1000, probes=dict(mask_epochs=2, mask_restarts=1)),
         "nc": dict(epochs=1, steps_per_epoch=2, images=200),
+        # the probes that run on every class (mask, warp) at their smallest: at full size they took 264 of
+        # the tiny suite's 314 s on 2 cores
         "staged": dict(classes=24, config=dict(n_seeds=5, steps=5, stage1_seeds=2, stage1_steps=2, top_k=2,
-                                               wi_probes=10),
+                                               wi_probes=10, mask_epochs=1, mask_restarts=1, mask_fit=64,
+                                               warp_steps=2, warp_fit=8),
                        images=200),
     },
 }
@@ -118,7 +122,7 @@ def detection_rows(size, model_path, data, data_dir):
     x, y = x[:s["train_images"]], y[:s["train_images"]]
     x = check_fits_model(x, y, model, data).astype("float32")
     classes = list(range(int(model.output_shape[-1])))
-    config = DetectConfig(n_seeds=s["seeds"], steps=s["steps"])
+    config = DetectConfig(n_seeds=s["seeds"], steps=s["steps"], **s.get("probes", {}))
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
         report = run_aegis(model, x, y, classes=classes, config=config, pixel_max=255.0, out_dir=out_dir)

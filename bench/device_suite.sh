@@ -2,7 +2,7 @@
 # One command for the accelerator: every speed figure of the project in one run.
 #
 #   bash bench/device_suite.sh OUT                 # full sizes (meant for a GPU: at most 10 minutes on an H100)
-#   SIZE=tiny bash bench/device_suite.sh OUT       # the same steps, small: a few minutes on a CPU (CI)
+#   SIZE=tiny bash bench/device_suite.sh OUT       # the same steps, small: about a minute on a CPU (CI)
 #
 # Optional: MODEL and DATA (detection and Neural Cleanse; default the embedded robust
 # digits model and data/train.h5), DATA_DIR (for named sets such as mnist), WEIGHTS (CSAW

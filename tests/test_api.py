@@ -60,9 +60,9 @@ def test_scan_result_is_frozen_and_the_same_from_a_path_a_model_or_arrays(tmp_pa
     assert by_path.summary().splitlines()[0] == f"robust_bd_net: {by_path.line}"
     x, y = load_h5(PATHS["train"])
     model = load_model(PATHS["robust_bd_net"])
-    for other in (aegis_tf.scan(model, PATHS["train"], **FAST), aegis_tf.scan(PATHS["robust_bd_net"], (x, y), **FAST)):
-        assert other.line == by_path.line
-        assert other.to_dict()["aegis"]["classes"] == by_path.to_dict()["aegis"]["classes"]
+    other = aegis_tf.scan(model, (x, y), **FAST)  # a loaded model and arrays, in one call
+    assert other.line == by_path.line
+    assert other.to_dict()["aegis"]["classes"] == by_path.to_dict()["aegis"]["classes"]
     assert os.listdir(tmp_path) == []  # nothing written without out_dir
     saved = by_path.save(str(tmp_path / "a"))
     assert saved["verdict"] == by_path.verdict and (tmp_path / "a" / "detect.json").exists()
@@ -88,17 +88,20 @@ def test_scan_refuses_bad_input_before_any_work(tmp_path, kwargs, message):
 
 
 def test_fail_on_backdoor_gates_a_pipeline(tmp_path, capsys, monkeypatch):
-    both = cli.main(["detect", "--out-dir", str(tmp_path / "pair"), "--fail-on-backdoor"] + FAST_FLAGS)
-    out = capsys.readouterr().out
-    assert both == 1 and "--fail-on-backdoor: 1 of 2 model(s) flagged: robust_bd_net" in out
     # 25 steps: at FAST_FLAGS' 10, a third of the clean model's translations reach their class, and a scan
     # whose translations did not converge is inconclusive, which the gate does not pass.
-    clean = cli.main(["detect", "--bad_model", PATHS["robust_clean_net"], "--out-dir", str(tmp_path / "clean"),
-                      "--fail-on-backdoor"] + FAST_FLAGS + ["--steps", "25"])
-    assert clean == 0 and capsys.readouterr().out.startswith("robust_clean_net: CLEAN")
-    # Without the flag a flagged model exits with 0 (the verdict is in the report, not the status).
+    both = cli.main(["detect", "--out-dir", str(tmp_path / "pair"), "--fail-on-backdoor"] + FAST_FLAGS
+                    + ["--steps", "25"])
+    out = capsys.readouterr().out
+    assert both == 1 and "--fail-on-backdoor: 1 of 2 model(s) flagged: robust_bd_net" in out
+    assert "\nrobust_clean_net: CLEAN" in out and "inconclusive" not in out.split("--fail-on-backdoor")[-1]
     import aegis_tf.api
 
+    # the gate passes what the scans found clean, exits 1 on any flagged model ...
+    clean = {"robust_clean_net": {"verdict": {"backdoored": False}}}
+    monkeypatch.setattr(aegis_tf.api, "detect", lambda **kwargs: clean)
+    assert cli.main(["detect", "--bad_model", PATHS["robust_clean_net"], "--fail-on-backdoor"] + FAST_FLAGS) == 0
+    # ... and without the flag a flagged model exits with 0 (the verdict is in the report, not the status).
     flagged = {"robust_bd_net": {"verdict": {"backdoored": True}}}
     monkeypatch.setattr(aegis_tf.api, "detect", lambda **kwargs: flagged)
     assert cli.main(["detect", "--out-dir", str(tmp_path / "pair2")] + FAST_FLAGS) == 0

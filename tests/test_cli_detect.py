@@ -36,6 +36,10 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
     assert set(verdict["evidence"]) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image", "blend_probe",
                                         "warp_probe", "mask_probe", "pair_mask"}
     assert report["pair_mask"]["examined_pairs"]
+    # by default the pair mask probe runs on the candidates only (where the per-pair view saw a pair transfer
+    # without flagging it), and the blend probe on every examined class, its gap on the console line
+    assert report["config"]["pair_mask"] == "candidates" and report["config"]["wi_blend"] == "auto"
+    assert set(report["blend_probe"]["classes"]) == {"5", "6", "7"} and "blend gap" in printed.splitlines()[0]
     assert verdict["evidence"]["patch_transfer"]["flagged"] == report["suspect_classes"]
     # Each flagged class leaves a recovered trigger that `repair --trigger-from` reads back.
     assert verdict["backdoored"] and 7 in verdict["target_classes"]  # robust_bd_net's backdoor, even on 3 classes
@@ -66,14 +70,8 @@ def test_detect_writes_report_and_is_reproducible(tmp_path, capsys):
         assert report[key] == second[key]
 
 
-def test_detect_blend_probe_joins_the_one_verdict_by_default_and_turns_off(tmp_path, capsys):
-    out, printed = _run(tmp_path, "blend", [], capsys)
-    result = json.load(open(out / "detect.json"))
-    assert result["aegis"]["config"]["wi_blend"] == "auto"
-    assert set(result["verdict"]["evidence"]) == {"patch_transfer", "pair_transfer", "pair_breadth", "whole_image",
-                                                  "blend_probe", "warp_probe", "mask_probe", "pair_mask"}
-    assert set(result["aegis"]["blend_probe"]["classes"]) == {"5", "6", "7"}
-    assert "blend gap" in printed.splitlines()[0]
+def test_detect_probes_turn_off(tmp_path, capsys):
+    # on by default: test_detect_writes_report_and_is_reproducible
     out, printed = _run(tmp_path, "no_blend", ["--no-blend-probe", "--no-warp-probe", "--no-mask-probe",
                                                "--no-pair-mask"], capsys)
     result = json.load(open(out / "detect.json"))
@@ -168,7 +166,8 @@ def test_a_scan_that_cannot_be_read_says_inconclusive_names_no_class_and_fails_t
     assert verdict["limits"] == ["too few training images (class 7: 4; at least 10 per examined class expected)"]
     assert not verdict["backdoored"] and verdict["line"].startswith("INCONCLUSIVE: too few training images")
     rc = cli.main(["detect", "--bad_model", PATHS["robust_bd_net"], "--classes", "5,6,7", "--seeds", "15",
-                   "--steps", "2", "--eps", "0.01", "--out-dir", str(tmp_path / "oe"), "--quiet"])
+                   "--steps", "2", "--eps", "0.01", "--out-dir", str(tmp_path / "oe"), "--quiet", "--no-warp-probe",
+                   "--no-mask-probe", "--no-pair-mask"])  # the probes need no translations: off, for time
     verdict = json.load(open(tmp_path / "oe" / "detect.json"))["verdict"]
     assert rc == 0 and verdict["line"].startswith("INCONCLUSIVE: the translations did not converge (on average ")
     assert verdict["limits"][0].endswith("at least 50% expected); raise --eps or --steps")
@@ -183,10 +182,8 @@ def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it
     assert result["aegis"]["config"]["pair_mask"] is True and "pair_mask" in result["verdict"]["evidence"]
     assert len(pm["pairs"]) == 6 and all(v["norm"] > 0 for v in pm["pairs"].values())  # 3 classes: 6 pairs
     assert "pair mask gap" in printed.splitlines()[0] and "aegis pair mask:" in printed
-    default = json.load(open(_run(tmp_path, "cand", ["--no-warp-probe", "--no-mask-probe"], capsys)[0] / "detect.json"))
-    assert default["aegis"]["config"]["pair_mask"] == "candidates"
-    # it runs only where the per-pair view saw a pair transfer without flagging it, on those pairs
-    assert "pair_mask" not in default["aegis"] or default["aegis"]["pair_mask"]["examined_pairs"]
+    # by default it runs on the candidates only (test_detect_writes_report_and_is_reproducible), and
+    # --no-pair-mask turns it off (test_detect_probes_turn_off)
     import aegis_tf.detect.scan as scan_module
 
     # one candidate, whatever the view saw
@@ -197,6 +194,3 @@ def test_the_pair_mask_probe_runs_on_candidates_by_default_and_pair_mask_runs_it
     assert "gap" in pm["pairs"]["5->7"] and "gap" not in pm["pairs"]["5->6"]
     assert "aegis pair mask:" in printed and "highest pair gaps (source->target: gap, norm): 5->7: " in printed
     assert (out / "report.html").exists()
-    off = json.load(open(_run(tmp_path, "nopm", ["--no-warp-probe", "--no-mask-probe", "--no-pair-mask"], capsys)[0]
-                         / "detect.json"))
-    assert off["aegis"]["config"]["pair_mask"] is False and "pair_mask" not in off["aegis"]

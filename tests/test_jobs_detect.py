@@ -9,7 +9,7 @@ from aegis_tf.core.embedded import PATHS
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.scan import aegis_evidence, run_aegis, run_detect
 
-FAST = DetectConfig(n_seeds=15, steps=10)
+FAST = DetectConfig(n_seeds=15, steps=10, warp_probe=False, mask_probe=False, pair_mask=False)  # probes: own tests
 
 
 def test_both_methods_give_the_aegis_verdict_with_neural_cleanse_beside_it(tmp_path):

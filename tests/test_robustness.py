@@ -91,7 +91,8 @@ def test_the_cli_flag_sets_the_field_and_shows_its_default():
 def test_a_scan_shows_its_robustness_on_the_console_and_in_the_report_and_0_skips_it(tmp_path):
     from aegis_tf.detect.scan import run_detect
 
-    fast = DetectConfig(n_seeds=15, steps=10, whole_image=False, robustness_images=100)
+    fast = DetectConfig(n_seeds=15, steps=10, whole_image=False, robustness_images=100, warp_probe=False,
+                        mask_probe=False, pair_mask=False)  # the probes play no part here: off, for time
     lines = []
     results = run_detect(config=fast, bad_model=PATHS["robust_bd_net"], classes="5,6,7", out_dir=str(tmp_path / "a"),
                          echo=lines.append)
@@ -125,7 +126,8 @@ def test_the_scan_measures_robustness_first_and_raises_the_whole_image_threshold
     monkeypatch.setattr(scan, "aegis_scan", lambda *a, **k: order.append(("aegis", k["robust"])) or real(*a, **k))
     x, y = load_h5(PATHS["train"])
     result = scan.scan_model(load_model(PATHS["robust_bd_net"]), x, y, classes=[5, 6, 7], pixel_max=255.0,
-                             config=DetectConfig(n_seeds=10, steps=5, wi_probes=20)).to_dict()
+                             config=DetectConfig(n_seeds=10, steps=5, wi_probes=20, warp_probe=False,
+                                                 mask_probe=False, pair_mask=False)).to_dict()
     assert order == ["robustness", ("aegis", robust)]
     expected = 2.0 if robust else 4.0
     assert result["robustness"]["whole_image_threshold"] == expected

@@ -285,7 +285,7 @@ def test_a_staged_scan_runs_the_warp_and_mask_probes_on_every_class_within_their
     from aegis_tf.detect.verdict import combine, verdict_line
 
     model, x, y = bd
-    cheap = FAST.replace(warp_probe="auto", mask_probe="auto", warp_steps=5)
+    cheap = FAST.replace(warp_probe="auto", mask_probe="auto", warp_steps=5, mask_epochs=5, mask_restarts=1)
     report = run_aegis(model, x, y, classes=list(range(10)), config=cheap, pixel_max=255.0, batch_size=16)
     promoted = report["stages"]["promoted"]
     assert len(promoted) < 10 and report["stages"]["mask_probe"] == "every class, within 300 s"
@@ -324,7 +324,8 @@ def test_cli_scan_flag_and_interrupt(tmp_path, monkeypatch):
     monkeypatch.setattr(html_report, "write_detect_html", interrupted)
     out = tmp_path / "o"
     rc = main(["detect", "--bad_model", PATHS["robust_bd_net"], "--scan", "staged", "--n-seeds", "10", "--steps", "5",
-               "--stage1-seeds", "3", "--stage1-steps", "3", "--wi-probes", "10", "--quiet", "--out-dir", str(out)])
+               "--stage1-seeds", "3", "--stage1-steps", "3", "--wi-probes", "10", "--quiet", "--out-dir", str(out),
+               "--no-warp-probe", "--no-mask-probe", "--no-pair-mask"])  # the probes play no part here: off, for time
     assert rc == 130
     assert os.listdir(out) == [STATE_DIR]  # the resume state stays; figures, triggers and detect.json do not
     assert "stage1.json" in os.listdir(out / STATE_DIR)

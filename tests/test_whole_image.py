@@ -64,8 +64,8 @@ def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path,
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
-    report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=DetectConfig(n_seeds=20, steps=10, wi_probes=40),
-                       pixel_max=1.0, out_dir=str(tmp_path))
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40, warp_probe=False, mask_probe=False, pair_mask=False)
+    report = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config, pixel_max=1.0, out_dir=str(tmp_path))
     assert report["whole_image"]["suspect_classes"] == [2]
     assert report["whole_image"]["evidence"]["flagged"] == [2]
     assert os.path.getsize(report["files"]["suspect_whole_image"]["2"]) > 5_000
@@ -123,7 +123,8 @@ def test_the_scan_runs_the_blend_probe_by_default_in_a_full_scan_and_in_both_sta
 
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
-    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40)
+    # the probes without translations at their smallest (their own tests measure them)
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40, mask_epochs=1, mask_restarts=1, warp_steps=3)
     assert config.wi_blend == "auto" and blend_probe_on(config)
     assert not blend_probe_on(config.replace(whole_image=False))  # "auto" follows the whole-image signal
     assert not blend_probe_on(DetectConfig.from_preset("paper"))  # the paper preset stays as it was
@@ -200,7 +201,7 @@ def test_on_a_model_measured_not_robust_the_whole_image_signal_needs_a_larger_ga
     x = rng.random((300, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 6, 300)
     model = _linear(2)
-    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40)
+    config = DetectConfig(n_seeds=20, steps=10, wi_probes=40, warp_probe=False, mask_probe=False, pair_mask=False)
     translations = translate(model, x, y, list(range(6)), config, pixel_max=1.0)
 
     def scored(robust, factor):
