@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 from aegis_tf.core.utils import write_json
-from tables import IMPLANTED_ASR, ranking_metrics
+from tables import IMPLANTED_ASR, learned_asr, ranking_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def truth(report):
     if not report.get("poison_rate"):
         return "clean", [], True
     rows = (report.get("test") or {}).get("backdoors") or [{"asr": (report.get("test") or {}).get("asr", 0.0)}]
-    learned = all(r["asr"] >= IMPLANTED_ASR for r in rows)
+    learned = all(learned_asr(r) >= IMPLANTED_ASR for r in rows)  # all-to-all: on the images it classifies right
     out = []
     for spec in specs:
         kind = ("all-to-all" if spec.get("mapping") == "all-to-all" else

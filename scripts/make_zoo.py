@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from aegis_tf.attack.sidecar import read_trigger_configs  # noqa: E402
 from aegis_tf.core.utils import write_json  # noqa: E402
+from aegis_tf.detect.ranking import learned_asr  # noqa: E402
 
 TEN_CLASSES = ("mnist", "fashion_mnist", "cifar10")
 
@@ -66,7 +67,7 @@ def truth_of(model_path, report):
                 sources = sorted(set(sources) | set(config.source_classes)) if config.source_classes else "all"
     out["target"] = sorted(set(targets))
     out["sources"] = sources
-    asrs = [b["asr"] for b in report.get("test", {}).get("backdoors", []) if b.get("asr") is not None]
+    asrs = [learned_asr(b) for b in report.get("test", {}).get("backdoors", []) if learned_asr(b) is not None]
     if not asrs and report.get("test", {}).get("asr") is not None:
         asrs = [report["test"]["asr"]]
     if asrs:

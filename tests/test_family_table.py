@@ -28,6 +28,22 @@ def test_truth_reads_each_family():
     assert family_table.truth(_report([warp], [0.1], rate=0)) == ("clean", [], True)
 
 
+def test_an_all_to_all_backdoor_is_learned_by_its_asr_on_the_images_the_model_classifies_right():
+    from aegis_tf.detect.ranking import learned_asr
+
+    a2a = {"trigger": "localised", "target_label": 7, "mapping": "all-to-all"}
+    report = _report([a2a], [0.7774])  # the CIFAR-10 all-to-all seed 2: 83.07% clean, 90.89% of those flip
+    row = {"backdoor": "localised, all-to-all (y -> y+1)", "asr": 0.7774, "asr_on_correct": 0.9089}
+    assert family_table.truth(report)[2] is False  # an older report: the plain ASR only
+    report["test"]["backdoors"] = [row]
+    assert family_table.truth(report)[2] is True and learned_asr(row) == 0.9089
+    assert learned_asr({**row, "asr_on_correct": 0.85}) == 0.85 and family_table.truth(
+        {**report, "test": {"backdoors": [{**row, "asr_on_correct": 0.85}]}})[2] is False
+    # any other backdoor keeps its plain ASR, even where the report carries the other share
+    assert learned_asr({"backdoor": "localised, all -> 7", "asr": 0.8, "asr_on_correct": 0.95}) == 0.8
+    assert learned_asr({"asr": None}) is None
+
+
 def test_judge_asks_for_the_right_target_source_and_mapping():
     ss = [{"kind": "source-specific", "target": 7, "sources": [3]}]
     v = {"backdoored": True, "target_classes": [7], "backdoors": [{"target": 7, "sources": [3]}]}

@@ -17,13 +17,14 @@ from conftest import tiny_cnn
 
 # Small enough that a scan of a tiny model takes about a second.
 FAST = ["--n-seeds", "2", "--steps", "3", "--n-probes", "4", "--wi-probes", "4", "--robustness-images", "0",
-        "--no-blend-probe"]
+        "--no-blend-probe", "--no-warp-probe", "--no-mask-probe", "--no-pair-mask"]
 
 
 def _fast_config():
     from aegis_tf.detect.config import DetectConfig
 
-    return DetectConfig(n_seeds=2, steps=3, n_probes=4, wi_probes=4, robustness_images=0, wi_blend=False)
+    return DetectConfig(n_seeds=2, steps=3, n_probes=4, wi_probes=4, robustness_images=0, wi_blend=False,
+                        warp_probe=False, mask_probe=False, pair_mask=False)
 
 
 def _data(path, n=12, classes=3, seed=0):
@@ -365,11 +366,20 @@ def test_make_zoo_lays_out_trained_models_with_their_truth(tmp_path):
                   "trigger_config": {"trigger": "localised", **trigger},
                   "test": {"clean_acc": 0.99, "backdoors": [] if asr is None else [{"asr": asr}]}}
         (models / f"{name}.keras.json").write_text(json.dumps(report))
+    # an all-to-all report that measured its ASR on the images the model classifies right: learned by that
+    report.update(poison_rate=0.1, n_poisoned=10,
+                  trigger_config={"trigger": "localised", "target_label": 7, "mapping": "all-to-all"})
+    report["test"]["backdoors"] = [{"backdoor": "localised, all-to-all (y -> y+1)", "asr": 0.78,
+                                    "asr_on_correct": 0.91}]
+    tiny_cnn().save(models / "mnist_all-to-all_std_s2.keras")
+    (models / "mnist_all-to-all_std_s2.keras.json").write_text(json.dumps(report))
     tiny_cnn().save(models / "still_training.keras")  # no report yet: skipped
     zoo = tmp_path / "zoo"
     make_zoo.main([str(models), str(zoo)])
     entries = {e.name: e for e in read_zoo(zoo)}
-    assert sorted(entries) == ["mnist_all-to-all_std_s0", "mnist_clean_std_s0", "mnist_source-specific_std_s1"]
+    assert sorted(entries) == ["mnist_all-to-all_std_s0", "mnist_all-to-all_std_s2", "mnist_clean_std_s0",
+                               "mnist_source-specific_std_s1"]
+    assert entries["mnist_all-to-all_std_s2"].truth["asr"] == 0.91
     assert entries["mnist_source-specific_std_s1"].truth == {"poisoned": True, "family": "source-specific",
                                                              "target": [1], "sources": [8], "asr": 0.97}
     assert entries["mnist_all-to-all_std_s0"].truth["target"] == list(range(10))

@@ -12,9 +12,21 @@ import numpy as np
 
 from aegis_tf.detect.verdict import probability
 
-__all__ = ["IMPLANTED_ASR", "roc_auc", "roc_points", "tpr_at_fpr", "ranking_metrics"]
+__all__ = ["IMPLANTED_ASR", "learned_asr", "roc_auc", "roc_points", "tpr_at_fpr", "ranking_metrics"]
 
 IMPLANTED_ASR = 0.9  # a poisoned model counts as backdoored only at this ASR; below it, "not learned"
+
+
+def learned_asr(row):
+    """The ASR that says whether one backdoor (a row of a training report's ``test.backdoors``) was learned.
+
+    An all-to-all backdoor sends y to y + 1 only where the model recognises y, so its plain ASR is
+    capped near the clean accuracy; for it this is ``asr_on_correct`` (the share on the test images
+    the model classifies right), where the report measured it (evaluations since 2026-12-05). Every
+    other backdoor, and an older all-to-all report, gives its plain ``asr``; ``None`` without one."""
+    if "all-to-all" in str(row.get("backdoor", "")) and row.get("asr_on_correct") is not None:
+        return float(row["asr_on_correct"])
+    return None if row.get("asr") is None else float(row["asr"])
 
 
 def _arrays(scores, labels):
