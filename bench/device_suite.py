@@ -19,9 +19,9 @@
   weights) on random 55x47x3 images (not faces: time only).
 
 ``--size tiny`` runs the same steps, small, so that the suite finishes on a CPU
-in about a minute (ResNet-18 at width 16, a few hundred images, few seeds and
-steps, the mask and warp probes at their smallest, the staged scan on 24 of the
-1,283 classes); ``full`` are the sizes
+in about a minute on 2 cores (ResNet-18 at width 16, a few hundred images, few
+seeds and steps, the mask probe at 2 epochs of one start, the staged scan on 24
+of the 1,283 classes with its mask and warp probes at their smallest); ``full`` are the sizes
 meant for the accelerator. ``report`` merges every ``*.json`` of the folder
 into one JSON and one markdown table; the training ratio is computed there as
 images/s of our trainer over images/s of the hand-written JAX loop on the same
@@ -132,7 +132,8 @@ def detection_rows(size, model_path, data, data_dir):
     steady = bench_detect.pgd_steady_rate(model, x, y, config=config, pixel_max=255.0, batch_size=512,
                                           repeats=SIZES[size]["repeats"] + 1)
     aegis = {"model": os.path.relpath(model_path, ROOT), "data": data, "classes": len(classes),
-             "seeds": s["seeds"], "steps": s["steps"], "train_images": len(x), "seconds": report["seconds"],
+             "seeds": s["seeds"], "steps": s["steps"], "probes": s.get("probes", {}), "train_images": len(x),
+             "seconds": report["seconds"],
              "end_to_end_s": total, "verdict": verdict["target_classes"], "line": verdict["line"],
              "forward_backward_images_per_s": fb, "translate_image_steps_per_s": steady}
     print(f"  aegis: {total:.1f} s end to end, {verdict['line']}", flush=True)

@@ -7,8 +7,10 @@ source-specific, all-to-all, warping, position-free and two backdoors in one mod
 Each model is a ``.keras`` file with the ``.keras.json`` report ``cli.py train`` writes beside
 it (``scripts/train_families.sh`` makes them): its data, its backdoor(s) (``trigger_config``,
 ``trigger_configs``) and each backdoor's test ASR. A backdoor is learned when its ASR on its
-sources is at least 90%. Each run scans with ``aegis_tf.scan`` (the default verdict, detection
-seed ``r``) and is scored against the truth:
+sources is at least 90% (an all-to-all one: on the test images the model classifies right, where
+the report measured it; ``aegis_tf.detect.ranking.learned_asrs``), the ASR the table shows.
+Each run scans with ``aegis_tf.scan`` (the default verdict, detection seed ``r``) and is scored
+against the truth:
 
 - clean: right when nothing is flagged;
 - all-to-one: right when the target is flagged;
@@ -33,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 from aegis_tf.core.utils import write_json
-from tables import IMPLANTED_ASR, learned_asr, ranking_metrics
+from tables import IMPLANTED_ASR, learned_asrs, ranking_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +45,8 @@ def truth(report):
     specs = report.get("trigger_configs") or [report["trigger_config"]]
     if not report.get("poison_rate"):
         return "clean", [], True
-    rows = (report.get("test") or {}).get("backdoors") or [{"asr": (report.get("test") or {}).get("asr", 0.0)}]
-    learned = all(learned_asr(r) >= IMPLANTED_ASR for r in rows)  # all-to-all: on the images it classifies right
+    asrs = learned_asrs(report.get("test") or {}, [s.get("mapping") for s in specs]) or [None]
+    learned = all((a or 0.0) >= IMPLANTED_ASR for a in asrs)  # all-to-all: on the images it classifies right
     out = []
     for spec in specs:
         kind = ("all-to-all" if spec.get("mapping") == "all-to-all" else
@@ -71,9 +73,12 @@ def model_case(path, data_dir=None, train_images=0):
 
 
 def true_pairs_found(found, n_classes):
-    """How many of an all-to-all backdoor's true pairs (y -> y + 1) the verdict's all-to-all
-    mappings ``found`` (its ``backdoors``) name."""
+    """How many of an all-to-all backdoor's true pairs (y -> y + 1) the verdict's backdoors
+    ``found`` name: the pairs of its all-to-all mappings, and each named source of a backdoor
+    toward one target (a pair the verdict did not read as part of an all-to-all mapping)."""
     pairs = {tuple(p) for f in found if f.get("kind") == "all-to-all" for p in f["mapping"]}
+    pairs |= {(s, f["target"]) for f in found if f.get("kind") != "all-to-all" and isinstance(f.get("sources"), list)
+              for s in f["sources"]}
     return sum((s, (s + 1) % n_classes) in pairs for s in range(n_classes))
 
 
@@ -136,8 +141,7 @@ def main():
         test = report.get("test") or {}
         rows.append({"model": os.path.relpath(path), "family": family, "truth": backdoors, "learned": learned,
                      "clean_acc": test.get("clean_acc"), "pgd_acc": test.get("adv_acc"),
-                     "asr": [b["asr"] for b in test.get("backdoors") or []] or
-                            ([test["asr"]] if "asr" in test else []),
+                     "asr": [a for a in learned_asrs(test, [b["kind"] for b in backdoors]) if a is not None],
                      "robust": report.get("config", {}).get("robust"), "runs": runs})
         write_json(args.out, {"command": command, "rows": rows})
     write(rows, args.out, command, [command])
@@ -154,7 +158,8 @@ def write(rows, out_path, command, commands):
     md = os.path.splitext(out_path)[0] + ".md"
     lines = ["# The default verdict on the new backdoor families", "", f"`{command}`", "",
              "Rows made by: " + "; ".join(f"`{c}`" for c in commands), "",
-             "| model | family | trained | clean acc | L2 PGD acc (eps 0.5) | ASR | learned | verdict (run 0) | right | "
+             "| model | family | trained | clean acc | L2 PGD acc (eps 0.5) | ASR (all-to-all: of those classified right) "
+             "| learned | verdict (run 0) | right | "
              "score | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

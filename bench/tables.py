@@ -51,7 +51,7 @@ import numpy as np
 
 from aegis_tf.core.utils import atomic_path, write_json
 from aegis_tf.detect.ranking import (  # noqa: F401 (public here too)
-    IMPLANTED_ASR, learned_asr, ranking_metrics, roc_auc, tpr_at_fpr)
+    IMPLANTED_ASR, learned_asrs, ranking_metrics, roc_auc, tpr_at_fpr)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # results/ lives here
 RESULTS = os.path.join(ROOT, "results", "detect")

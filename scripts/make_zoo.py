@@ -8,8 +8,9 @@ Every ``MODELS_DIR/NAME.keras`` with its training report ``NAME.keras.json`` (wr
 link, or a copy across file systems) and ``ZOO/NAME/config.json``: the data it was trained
 on, ``scale: raw``, and the truth (poisoned or not, every backdoor's target and sources,
 the family from the file name ``<data>_<family>_<std|rob>_s<seed>``, and the lowest ASR
-of its backdoors on the test split, so that a backdoor the model did not learn is left out
-of the metrics). ``--embedded`` adds the three embedded digits models on ``data/train.h5``;
+of its backdoors on the test split (an all-to-all backdoor's on the test images the model
+classifies right, where its report measured it: ``aegis_tf.detect.ranking.learned_asrs``),
+so that a backdoor the model did not learn is left out of the metrics). ``--embedded`` adds the three embedded digits models on ``data/train.h5``;
 ``--broken NAME`` a folder whose model file is damaged (the first 5000 bytes of
 ``robust_bd_net.keras``), to see what a zoo does with a model it cannot load.
 A model folder already in ZOO is left as it is. Loads no model (the all-to-all truth
@@ -27,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 from aegis_tf.attack.sidecar import read_trigger_configs  # noqa: E402
 from aegis_tf.core.utils import write_json  # noqa: E402
-from aegis_tf.detect.ranking import learned_asr  # noqa: E402
+from aegis_tf.detect.ranking import learned_asrs  # noqa: E402
 
 TEN_CLASSES = ("mnist", "fashion_mnist", "cifar10")
 
@@ -67,9 +68,7 @@ def truth_of(model_path, report):
                 sources = sorted(set(sources) | set(config.source_classes)) if config.source_classes else "all"
     out["target"] = sorted(set(targets))
     out["sources"] = sources
-    asrs = [learned_asr(b) for b in report.get("test", {}).get("backdoors", []) if learned_asr(b) is not None]
-    if not asrs and report.get("test", {}).get("asr") is not None:
-        asrs = [report["test"]["asr"]]
+    asrs = [a for a in learned_asrs(report.get("test", {}), [c.mapping for c in configs]) if a is not None]
     if asrs:
         out["asr"] = float(min(asrs))
     return out

@@ -29,19 +29,28 @@ def test_truth_reads_each_family():
 
 
 def test_an_all_to_all_backdoor_is_learned_by_its_asr_on_the_images_the_model_classifies_right():
-    from aegis_tf.detect.ranking import learned_asr
+    import json
 
+    from aegis_tf.detect.ranking import learned_asrs
+
+    # the committed report of the CIFAR-10 all-to-all seed 2: 83.07% clean, ASR 77.74%, 90.89% of the images
+    # it classifies right (measured at the top level of its test results, not in its backdoor's row)
+    path = os.path.join(ROOT, "results", "attack", "cifar_training", "cpu_resnet18w16_std_all-to-all_s2.json")
+    report = json.load(open(path))
+    assert "asr_on_correct" not in report["test"]["backdoors"][0]
+    assert learned_asrs(report["test"], ["all-to-all"]) == [report["test"]["asr_on_correct"]]
+    assert family_table.truth(report)[0::2] == ("all-to-all", True)
     a2a = {"trigger": "localised", "target_label": 7, "mapping": "all-to-all"}
-    report = _report([a2a], [0.7774])  # the CIFAR-10 all-to-all seed 2: 83.07% clean, 90.89% of those flip
-    row = {"backdoor": "localised, all-to-all (y -> y+1)", "asr": 0.7774, "asr_on_correct": 0.9089}
-    assert family_table.truth(report)[2] is False  # an older report: the plain ASR only
-    report["test"]["backdoors"] = [row]
-    assert family_table.truth(report)[2] is True and learned_asr(row) == 0.9089
-    assert learned_asr({**row, "asr_on_correct": 0.85}) == 0.85 and family_table.truth(
-        {**report, "test": {"backdoors": [{**row, "asr_on_correct": 0.85}]}})[2] is False
-    # any other backdoor keeps its plain ASR, even where the report carries the other share
-    assert learned_asr({"backdoor": "localised, all -> 7", "asr": 0.8, "asr_on_correct": 0.95}) == 0.8
-    assert learned_asr({"asr": None}) is None
+    older = _report([a2a], [0.7774])  # no asr_on_correct: the plain ASR
+    assert family_table.truth(older)[2] is False
+    older["test"]["backdoors"][0]["asr_on_correct"] = 0.85
+    assert family_table.truth(older)[2] is False and learned_asrs(older["test"], ["all-to-all"]) == [0.85]
+    # every other backdoor keeps its plain ASR, even where the report carries the other share; the second
+    # backdoor of two does not take the first one's top-level share
+    test = {"asr": 0.8, "asr_on_correct": 0.95, "backdoors": [{"asr": 0.8}, {"asr": 0.7}]}
+    assert learned_asrs(test, ["all-to-one", "all-to-all"]) == [0.8, 0.7]
+    assert learned_asrs({"asr": 0.5}, []) == [0.5] and learned_asrs({}, ["all-to-one"]) == []
+    assert family_table.truth({**older, "test": {}})[2] is False  # no ASR at all: not learned
 
 
 def test_judge_asks_for_the_right_target_source_and_mapping():
@@ -56,5 +65,12 @@ def test_judge_asks_for_the_right_target_source_and_mapping():
             "backdoors": [{"kind": "all-to-all", "mapping": [[c, c + 1] for c in range(0, 10, 2)]}]}
     assert family_table.judge(half, a2a, 10)
     assert not family_table.judge({"backdoored": True, "target_classes": [7], "backdoors": [{"target": 7}]}, a2a, 10)
+    # pairs named one target at a time (not read as all-to-all) count too: half of them is right, one is not
+    by_target = [{"target": c + 1, "sources": [c]} for c in range(0, 10, 2)]
+    assert family_table.true_pairs_found(by_target, 10) == 5
+    assert family_table.judge({"backdoored": True, "target_classes": [1, 3, 5, 7, 9], "backdoors": by_target}, a2a, 10)
+    one = [{"target": 7, "sources": [6]}, {"target": 9, "sources": "all"}]  # the CIFAR-10 seed 2's verdict
+    assert family_table.true_pairs_found(one, 10) == 1
+    assert not family_table.judge({"backdoored": True, "target_classes": [7, 9], "backdoors": one}, a2a, 10)
     assert family_table.judge({"backdoored": False, "target_classes": []}, [], 10)
     assert not family_table.judge({"backdoored": True, "target_classes": [1]}, [], 10)

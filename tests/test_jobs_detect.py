@@ -9,7 +9,8 @@ from aegis_tf.core.embedded import PATHS
 from aegis_tf.core.errors import AegisError
 from aegis_tf.detect.scan import aegis_evidence, run_aegis, run_detect
 
-FAST = DetectConfig(n_seeds=15, steps=10, warp_probe=False, mask_probe=False, pair_mask=False)  # probes: own tests
+# the probes without translations at their smallest (their own tests measure them)
+FAST = DetectConfig(n_seeds=15, steps=10, mask_epochs=1, mask_restarts=1, warp_steps=3)
 
 
 def test_both_methods_give_the_aegis_verdict_with_neural_cleanse_beside_it(tmp_path):

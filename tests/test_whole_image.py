@@ -75,7 +75,7 @@ def test_the_scan_reports_the_whole_image_signal_and_draws_its_trigger(tmp_path,
     page = write_detect_html({"model": "m", "verdict": combine({"whole_image": report["whole_image"]["evidence"]}),
                               "aegis": report}, str(tmp_path / "report.html"))
     assert 'alt="class 2: recovered whole-image trigger"' in open(page).read()
-    off = run_aegis(_linear(2), x, y, classes=list(range(6)), config=DetectConfig(n_seeds=20, steps=10, whole_image=False),
+    off = run_aegis(_linear(2), x, y, classes=list(range(6)), config=config.replace(whole_image=False),
                     pixel_max=1.0, out_dir=None)
     assert "whole_image" not in off
 

@@ -369,8 +369,7 @@ def test_make_zoo_lays_out_trained_models_with_their_truth(tmp_path):
     # an all-to-all report that measured its ASR on the images the model classifies right: learned by that
     report.update(poison_rate=0.1, n_poisoned=10,
                   trigger_config={"trigger": "localised", "target_label": 7, "mapping": "all-to-all"})
-    report["test"]["backdoors"] = [{"backdoor": "localised, all-to-all (y -> y+1)", "asr": 0.78,
-                                    "asr_on_correct": 0.91}]
+    report["test"] = {"clean_acc": 0.85, "asr": 0.78, "asr_on_correct": 0.91, "backdoors": [{"asr": 0.78}]}
     tiny_cnn().save(models / "mnist_all-to-all_std_s2.keras")
     (models / "mnist_all-to-all_std_s2.keras.json").write_text(json.dumps(report))
     tiny_cnn().save(models / "still_training.keras")  # no report yet: skipped

@@ -12,21 +12,31 @@ import numpy as np
 
 from aegis_tf.detect.verdict import probability
 
-__all__ = ["IMPLANTED_ASR", "learned_asr", "roc_auc", "roc_points", "tpr_at_fpr", "ranking_metrics"]
+__all__ = ["IMPLANTED_ASR", "learned_asrs", "roc_auc", "roc_points", "tpr_at_fpr", "ranking_metrics"]
 
 IMPLANTED_ASR = 0.9  # a poisoned model counts as backdoored only at this ASR; below it, "not learned"
 
 
-def learned_asr(row):
-    """The ASR that says whether one backdoor (a row of a training report's ``test.backdoors``) was learned.
+def learned_asrs(test, mappings):
+    """Per backdoor of a training report, the ASR that says whether it was learned (``None`` where
+    the report has none).
 
-    An all-to-all backdoor sends y to y + 1 only where the model recognises y, so its plain ASR is
-    capped near the clean accuracy; for it this is ``asr_on_correct`` (the share on the test images
-    the model classifies right), where the report measured it (evaluations since 2026-12-05). Every
-    other backdoor, and an older all-to-all report, gives its plain ``asr``; ``None`` without one."""
-    if "all-to-all" in str(row.get("backdoor", "")) and row.get("asr_on_correct") is not None:
-        return float(row["asr_on_correct"])
-    return None if row.get("asr") is None else float(row["asr"])
+    ``test``: the report's ``test`` results (``backdoors``: one row per backdoor, in the order of the
+    trigger configs; the top-level ``asr``/``asr_on_correct`` are the first backdoor's); ``mappings``:
+    each backdoor's ``mapping`` (``all-to-one`` or ``all-to-all``). An all-to-all backdoor sends y to
+    y + 1 only where the model recognises y, so its plain ASR is capped near the clean accuracy; for
+    it this is ``asr_on_correct`` (the share on the test images the model classifies right) where the
+    report measured it (evaluations since 2026-12-05, in its row or, for the first backdoor, at the
+    top level). Every other backdoor, and an all-to-all one without that measure, gives its ``asr``."""
+    rows = list(test.get("backdoors") or []) or ([{"asr": test["asr"]}] if test.get("asr") is not None else [])
+    out = []
+    for i, row in enumerate(rows):
+        on_correct = row.get("asr_on_correct", test.get("asr_on_correct") if i == 0 else None)
+        if i < len(mappings) and mappings[i] == "all-to-all" and on_correct is not None:
+            out.append(float(on_correct))
+        else:
+            out.append(None if row.get("asr") is None else float(row["asr"]))
+    return out
 
 
 def _arrays(scores, labels):
