@@ -1052,3 +1052,44 @@ def test_repair_table_passes_the_unlearning_settings_to_each_repair(tmp_path, mo
     from repair.config import RepairConfig
 
     assert seen[-1]["unlearn_rounds"] == RepairConfig().unlearn_rounds == 2 and seen[-1]["unlearn_reinvert"] == 0
+
+
+# bench/repair_summary.py: one line per model from repair tables at one or two clean budgets.
+
+def _repair_table(path, model, budget, unlearn, b=(0.83, 0.95), clp=(0.70, 0.01)):
+    rows = [{"method": "B (no repair)", "clean_acc": b[0], "asr": b[1], "g_clean_acc": b[0], "g_asr": b[1]},
+            {"method": "lab pruning -4% (80 ch)", "clean_acc": 0.80, "asr": 0.5, "g_clean_acc": 0.78, "g_asr": 0.4},
+            {"method": "data-free (CLP, u = 3, 9 of 1200 ch)", "clean_acc": clp[0], "asr": clp[1],
+             "g_clean_acc": clp[0], "g_asr": clp[1]},
+            {"method": "trigger-prune", "error": "detect recovered no trigger"},
+            {"method": "unlearning (2 rounds, epoch average, average kept)", "clean_acc": unlearn[0],
+             "asr": unlearn[1], "g_clean_acc": unlearn[0] - 0.02, "g_asr": unlearn[1]}]
+    path.write_text(json.dumps({"clean_images": budget, "models": [{"model": model, "rows": rows}]}))
+    return str(path)
+
+
+def test_repair_summary_joins_two_budgets_and_names_the_repairs_that_meet_the_target(tmp_path, capsys):
+    import repair_summary
+
+    a1 = _repair_table(tmp_path / "a1.json", "out/a.keras", 500, (0.815, 0.021))  # 0.02 over the ASR bar
+    a5 = _repair_table(tmp_path / "a5.json", "out/a.keras", 2500, (0.825, 0.019))
+    b1 = _repair_table(tmp_path / "b1.json", "out/b.keras", 500, (0.81, 0.01), clp=(0.825, 0.015))  # 1.5 pts lost
+    out = tmp_path / "s.md"
+    repair_summary.main([a5, a1, b1, "--title", "t", "--out", str(out)])
+    rows = {r["model"]: r for r in json.load(open(tmp_path / "s.json"))["rows"]}
+    assert rows["out/a.keras"]["budgets"] == [500, 2500] and rows["out/a.keras"]["met"] == ["unlearning (2500)"]
+    assert rows["out/a.keras"]["columns"]["lab pruning -4%, GoodNet"] == [0.78, 0.4]  # GoodNet's numbers
+    assert rows["out/a.keras"]["columns"]["trigger-aware pruning -4%, B'"] is None  # no trigger: no numbers
+    assert rows["out/b.keras"]["met"] == ["CLP (data-free) (500)"]  # unlearning lost 2 points
+    text = out.read_text()
+    assert "| a.keras | 83.00 / 95.00 | 78.00 / 40.00 | - | - | 70.00 / 1.00 | 81.50 / 2.10 | 82.50 / 1.90 | " \
+           "unlearning (2500) |" in text
+    assert "| b.keras |" in text and "| 81.00 / 1.00 | - | CLP (data-free) (500) |" in text
+    assert "Models where some repair meets the target: 2 of 2." in text and "| WaNet | 91.25/89.73 |" in text
+    with pytest.raises(SystemExit, match="in two tables at 500 clean images"):
+        repair_summary.main([a1, _repair_table(tmp_path / "a1b.json", "out/a.keras", 500, (0.8, 0.0)),
+                             "--out", str(tmp_path / "t.md")])
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(SystemExit, match="not a bench/repair_table.py table"):
+        repair_summary.main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "u.md")])
+    assert not (tmp_path / "t.md").exists() and not (tmp_path / "u.md").exists()
