@@ -122,7 +122,7 @@ def test_a_learned_warp_backdoor_is_found_and_its_clean_twin_passes(warp_models,
     (bad, acc, asr), (clean, clean_acc, leak) = models["warp"], models["clean"]
     assert acc > 0.9 and asr > 0.9 and clean_acc > 0.9 and leak < 0.1  # the fixture learned what it should
     cfg = DetectConfig(n_seeds=10, steps=10, whole_image=False, pairs=False, warp_steps=40, warp_fit=24,
-                       wi_probes=40)
+                       wi_probes=40, mask_probe=False, pair_mask=False)  # the warp probe alone
     report = run_aegis(bad, x, y, classes=list(range(10)), config=cfg, pixel_max=255.0, out_dir=str(tmp_path))
     wp = report["warp_probe"]
     assert wp["suspect_classes"] == [7] and wp["max_shift_px"] == pytest.approx(5.6)
