@@ -91,7 +91,7 @@ def test_fail_on_backdoor_gates_a_pipeline(tmp_path, capsys, monkeypatch):
     # 25 steps: at FAST_FLAGS' 10, a third of the clean model's translations reach their class, and a scan
     # whose translations did not converge is inconclusive, which the gate does not pass.
     both = cli.main(["detect", "--out-dir", str(tmp_path / "pair"), "--fail-on-backdoor"] + FAST_FLAGS
-                    + ["--steps", "25"])
+                    + ["--steps", "25", "--no-warp-probe", "--no-mask-probe", "--no-pair-mask"])  # the gate alone
     out = capsys.readouterr().out
     assert both == 1 and "--fail-on-backdoor: 1 of 2 model(s) flagged: robust_bd_net" in out
     assert "\nrobust_clean_net: CLEAN" in out and "inconclusive" not in out.split("--fail-on-backdoor")[-1]
