@@ -25,12 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MAX_ASR, MAX_DROP = 0.02, 0.01  # issue 27's target: true ASR <= 2% at <= 1 point of clean accuracy lost
 
-# (row prefix, the keys read: B' or GoodNet) for each column; the -4% rows as the lab's threshold 4.
-COLUMNS = [("lab pruning -4%", "lab pruning -4%, GoodNet", "g"),
-           ("fine-pruning -4%", "fine-pruning -4%, GoodNet", "g"),
+# (row prefix, column name, the numbers read: GoodNet's "g_" or B-prime's "") for each column at the smaller
+# budget; the -4% rows as the lab's threshold 4. Unlearning has a column per budget.
+COLUMNS = [("lab pruning -4%", "lab pruning -4%, GoodNet", "g_"),
+           ("fine-pruning -4%", "fine-pruning -4%, GoodNet", "g_"),
            ("trigger-aware pruning -4%", "trigger-aware pruning -4%, B'", ""),
-           ("data-free (CLP", "CLP (data-free), B'", ""),
-           ("unlearning", "unlearning, B'", "")]
+           ("data-free (CLP", "CLP (data-free), B'", "")]
 
 # BackdoorBench's CIFAR-10 leaderboard (PreAct-ResNet18, 10% poisoning; clean accuracy / ASR, %), as quoted
 # in issue 27.
@@ -52,7 +52,7 @@ def _row(rows, prefix):
 
 
 def _pair(row, g=""):
-    return None if row is None else (row[g + ("_" if g else "") + "clean_acc"], row[g + ("_" if g else "") + "asr"])
+    return None if row is None else (row[g + "clean_acc"], row[g + "asr"])
 
 
 def meets(b, pair):
@@ -78,8 +78,7 @@ def summarize(tables):
         b = _pair(_row(rows, "B (no repair)"))
         columns = {name: _pair(_row(rows, prefix), g) for prefix, name, g in COLUMNS}
         unlearn = {bud: _pair(_row(by_budget[bud][1]["rows"], "unlearning")) for bud in budgets}
-        met = [f"{name.split(',')[0]} ({budgets[0]})" for name, pair in columns.items()
-               if not name.startswith("unlearning") and meets(b, pair)]
+        met = [f"{name.split(',')[0]} ({budgets[0]})" for name, pair in columns.items() if meets(b, pair)]
         met += [f"unlearning ({bud})" for bud, pair in unlearn.items() if meets(b, pair)]
         out.append({"model": model, "budgets": budgets, "tables": [by_budget[bud][0] for bud in budgets], "b": b,
                     "columns": columns, "unlearn": unlearn, "met": met})
@@ -92,7 +91,7 @@ def _fmt(pair):
 
 def markdown(summary, title, command):
     budgets = sorted({bud for s in summary for bud in s["budgets"]}, key=lambda b: (b is None, b))
-    head = ["model", "B"] + [name for _, name, _ in COLUMNS[:-1]] + [f"unlearning, B', {bud} images"
+    head = ["model", "B"] + [name for _, name, _ in COLUMNS] + [f"unlearning, B', {bud} images"
                                                                       for bud in budgets] + ["meets the target"]
     lines = [f"# Repair summary: {title}", "", f"`{command}`", "",
              f"Clean accuracy / true ASR, %; every column but the last unlearning one(s) at the smaller budget "
@@ -100,7 +99,7 @@ def markdown(summary, title, command):
              f"{100 * MAX_ASR:.0f}% with <= {100 * MAX_DROP:.0f} point of B's clean accuracy lost.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [os.path.basename(s["model"]), _fmt(s["b"])] + [_fmt(s["columns"][name]) for _, name, _ in COLUMNS[:-1]]
+        cells = [os.path.basename(s["model"]), _fmt(s["b"])] + [_fmt(s["columns"][name]) for _, name, _ in COLUMNS]
         cells += [_fmt(s["unlearn"].get(bud)) for bud in budgets]
         cells.append(", ".join(s["met"]) or "**none**")
         lines.append("| " + " | ".join(cells) + " |")

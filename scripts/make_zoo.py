@@ -10,7 +10,8 @@ on, ``scale: raw``, and the truth (poisoned or not, every backdoor's target and 
 the family from the file name ``<data>_<family>_<std|rob>_s<seed>``, and the lowest ASR
 of its backdoors on the test split (an all-to-all backdoor's on the test images the model
 classifies right, where its report measured it: ``aegis_tf.detect.ranking.learned_asrs``),
-so that a backdoor the model did not learn is left out of the metrics). ``--embedded`` adds the three embedded digits models on ``data/train.h5``;
+so that a backdoor the model did not learn is left out of the metrics). ``--embedded`` adds the
+three embedded digits models on ``data/train.h5``;
 ``--broken NAME`` a folder whose model file is damaged (the first 5000 bytes of
 ``robust_bd_net.keras``), to see what a zoo does with a model it cannot load.
 A model folder already in ZOO is left as it is. Loads no model (the all-to-all truth
