@@ -22,6 +22,7 @@ import os
 from aegis_tf.core.errors import AegisError
 from aegis_tf.core.utils import atomic_path, write_json
 from aegis_tf.detect.config import DetectConfig
+from aegis_tf.detect.ranking import IMPLANTED_ASR
 from aegis_tf.detect.verdict import combine
 
 
@@ -113,7 +114,7 @@ def rows(scans, singles):
     table = []
     for name, path, truth in out:
         off, on, info = both_verdicts(_load(path))
-        learned = truth is None or not truth["poisoned"] or truth.get("asr") is None or truth["asr"] >= 0.9
+        learned = truth is None or not truth["poisoned"] or truth.get("asr") is None or truth["asr"] >= IMPLANTED_ASR
         table.append({"name": name, "file": path, "truth": truth, "learned": learned, **info,
                       "off": {"targets": off["target_classes"], "line": off["line"], "judged": _judge(off, truth)},
                       "on": {"targets": on["target_classes"], "line": on["line"], "judged": _judge(on, truth)},

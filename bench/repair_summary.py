@@ -105,7 +105,8 @@ def markdown(summary, title, command):
         lines.append("| " + " | ".join(cells) + " |")
     n = sum(bool(s["met"]) for s in summary)
     lines += ["", f"Models where some repair meets the target: {n} of {len(summary)}.", "",
-              "Tables: " + "; ".join(f"`{os.path.relpath(t, ROOT)}`" for s in summary for t in s["tables"]), "",
+              "Tables: " + "; ".join(f"`{os.path.relpath(t, ROOT)}`"  # each once, in the order first read
+                                     for t in dict.fromkeys(t for s in summary for t in s["tables"])), "",
               "BackdoorBench's CIFAR-10 leaderboard (PreAct-ResNet18, 10% poisoning; clean accuracy / ASR, %) as "
               "quoted in issue 27, the anchor (another net, poisoning rate, trigger and budget):", "",
               "| attack | " + " | ".join(BACKDOORBENCH["BadNets"]) + " |", "|---|" + "---|" * len(BACKDOORBENCH["BadNets"])]

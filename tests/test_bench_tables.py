@@ -1,6 +1,7 @@
 """Helpers of the benchmark tables (bench/ is on the test path, see conftest)."""
 
 import json
+import os
 
 import pytest
 
@@ -1086,6 +1087,12 @@ def test_repair_summary_joins_two_budgets_and_names_the_repairs_that_meet_the_ta
            "unlearning (2500) |" in text
     assert "| b.keras |" in text and "| 81.00 / 1.00 | - | CLP (data-free) (500) |" in text
     assert "Models where some repair meets the target: 2 of 2." in text and "| WaNet | 91.25/89.73 |" in text
+    both = json.load(open(a1))  # one table holding two models is named once on the "Tables:" line
+    both["models"] += json.load(open(b1))["models"]
+    (tmp_path / "ab.json").write_text(json.dumps(both))
+    repair_summary.main([str(tmp_path / "ab.json"), "--out", str(tmp_path / "ab.md")])
+    tables = [l for l in (tmp_path / "ab.md").read_text().splitlines() if l.startswith("Tables: ")]
+    assert tables == [f"Tables: `{os.path.relpath(tmp_path / 'ab.json', repair_summary.ROOT)}`"]
     with pytest.raises(SystemExit, match="in two tables at 500 clean images"):
         repair_summary.main([a1, _repair_table(tmp_path / "a1b.json", "out/a.keras", 500, (0.8, 0.0)),
                              "--out", str(tmp_path / "t.md")])
