@@ -670,27 +670,29 @@ def format_table(report):
         lines.append(f"pruned layer {report['layer']} (conv {report['conv']}, {report['n_channels']} channels); "
                      f"validation: clean {100 * val['clean_acc']:.2f}%, {watched}")
     recovered = any("recovered_asr" in r["B"] for r in report["test"].values())
+    floor = any(r["B"].get("clean_to_target") is not None for r in report["test"].values())
     lines.append(f"{'model':<28}{'clean acc':>10}{'ASR':>9}{'to class N (clean/poisoned)':>30}"
-                 + (f"{'recovered-trigger ASR':>23}" if recovered else ""))
+                 + (f"{'recovered-trigger ASR':>23}" if recovered else "")
+                 + (f"{'ASR without trigger':>21}" if floor else ""))
     first = True
     for tag, res in report["test"].items():
         if first:
-            lines.append(_row("B (backdoored)", res["B"], recovered))
+            lines.append(_row("B (backdoored)", res["B"], recovered, floor))
             first = False
         if tag == "unlearned":
-            lines.append(_row("B' unlearned", res["B_prime"], recovered))
-            lines.append(_row("GoodNet unlearned", res["G"], recovered))
+            lines.append(_row("B' unlearned", res["B_prime"], recovered, floor))
+            lines.append(_row("GoodNet unlearned", res["G"], recovered, floor))
             continue
         if tag == "clp":
-            lines.append(_row(f"B' CLP ({clp['channels_pruned']} ch)", res["B_prime"], recovered))
-            lines.append(_row("GoodNet CLP", res["G"], recovered))
+            lines.append(_row(f"B' CLP ({clp['channels_pruned']} ch)", res["B_prime"], recovered, floor))
+            lines.append(_row("GoodNet CLP", res["G"], recovered, floor))
             continue
         t = tag.split("_")[0]
         p = report["pruned"].get(t)
         ft = " +ft" if "finetuned" in tag else ""
         mark = " *" if tag == str(report["threshold"]) else ""
-        lines.append(_row(f"B' -{t}% ({p['channels_pruned']} ch){ft}", res["B_prime"], recovered))
-        lines.append(_row(f"GoodNet -{t}%{ft}{mark}", res["G"], recovered))
+        lines.append(_row(f"B' -{t}% ({p['channels_pruned']} ch){ft}", res["B_prime"], recovered, floor))
+        lines.append(_row(f"GoodNet -{t}%{ft}{mark}", res["G"], recovered, floor))
     for t, p in report["pruned"].items():
         if p is None:
             lines.append(f"threshold {t}%: accuracy never dropped that far; no B' saved")
@@ -716,7 +718,7 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def _row(label, m, recovered=False):
+def _row(label, m, recovered=False, floor=False):
     rej = ""
     if "bad_rejected" in m:
         rej = (f"{100 * m['clean_rejected']:.2f}% / "
@@ -724,4 +726,6 @@ def _row(label, m, recovered=False):
     out = f"{label:<28}{100 * m['clean_acc']:>9.2f}%{_pct(m['asr'], 9)}{rej:>30}"
     if recovered:
         out += _pct(m.get("recovered_asr"), 23)
+    if floor:  # the share of clean images of other classes sent to the target: the ASR with no trigger
+        out += _pct(m.get("clean_to_target"), 21)
     return out

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from aegis_tf.detect.config import DetectConfig
@@ -1100,3 +1101,30 @@ def test_repair_summary_joins_two_budgets_and_names_the_repairs_that_meet_the_ta
     with pytest.raises(SystemExit, match="not a bench/repair_table.py table"):
         repair_summary.main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "u.md")])
     assert not (tmp_path / "t.md").exists() and not (tmp_path / "u.md").exists()
+
+
+def test_asr_floor_measures_the_true_asr_and_the_asr_without_trigger_of_each_model(tmp_path, capsys):
+    import asr_floor
+    from conftest import constant_model
+
+    from aegis_tf.core.data import save_h5
+
+    y = np.array([0, 1, 2, 2, 1, 0, 2, 1])
+    save_h5(str(tmp_path / "test.h5"), np.full((8, 8, 8, 1), 100.0, "float32"), y)
+    to_target, to_zero = str(tmp_path / "b.keras"), str(tmp_path / "b_prime.keras")
+    constant_model(2).save(to_target)  # sends every image, triggered or not, to the target 2
+    constant_model(0).save(to_zero)
+    spec = {"trigger": "localised", "target_label": 2, "trigger_size": 2, "mapping": "all-to-one"}
+    (tmp_path / "b.keras.json").write_text(json.dumps({"trigger_config": spec, "poison_rate": 0.1}))
+    out = tmp_path / "floor.json"
+    asr_floor.main([to_target, to_zero, "--trigger-of", to_target, "--test", str(tmp_path / "test.h5"),
+                    "--out", str(out)])
+    rows = {r["model"]: r for r in json.load(open(out))["rows"]}
+    assert rows[to_target]["asr"] == 1.0 and rows[to_target]["clean_to_target"] == 1.0
+    assert rows[to_target]["clean_acc"] == pytest.approx(3 / 8) and rows[to_target]["backdoor"] == "localised, all -> 2"
+    assert rows[to_zero]["asr"] == 0.0 and rows[to_zero]["clean_to_target"] == 0.0
+    assert "| 37.50 | 100.00 | 100.00 |" in (tmp_path / "floor.md").read_text()
+    with pytest.raises(SystemExit, match="no trigger file"):
+        asr_floor.main([to_zero, "--trigger-of", to_zero, "--test", str(tmp_path / "test.h5"),
+                        "--out", str(tmp_path / "none.json")])
+    assert not (tmp_path / "none.json").exists() and not (tmp_path / "none.md").exists()

@@ -36,6 +36,9 @@ def test_repair_on_embedded_default_writes_everything(repaired, capsys):
     assert (t4["B_prime"]["clean_acc"], t4["B_prime"]["asr"]) == (pytest.approx(0.9194, abs=5e-5),
                                                                  pytest.approx(0.9938, abs=5e-5))
     assert (t4["G"]["clean_acc"], t4["G"]["asr"]) == (pytest.approx(0.9111, abs=5e-5), pytest.approx(0.9784, abs=5e-5))
+    # The ASR with no trigger: B sends 0.62% of the clean test images of other classes to the target by mistake.
+    assert t4["B"]["clean_to_target"] == pytest.approx(0.0062, abs=5e-5) and t4["G"]["clean_to_target"] == 0
+    assert "<th>ASR without trigger</th>" in (repaired / "report.html").read_text()
     curve = json.load(open(repaired / "prune_curve.json"))
     assert len(curve["curve"]) == report["n_channels"] + 1
 

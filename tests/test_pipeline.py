@@ -50,3 +50,14 @@ def test_run_repair_on_the_default_writes_models_report_and_html(default_model, 
     assert again["G"] == pytest.approx(report["test"]["2"]["G"])
     assert report["validation"]["clean_acc"] == pytest.approx(report["test"]["2"]["B"]["clean_acc"])
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_the_asr_without_a_trigger_is_the_share_of_other_classes_clean_images_sent_to_the_target():
+    from aegis_tf.core.metrics import summarize
+
+    y_clean = np.array([0, 1, 1, 2, 2, 2])
+    pred_clean = np.array([0, 2, 1, 2, 1, 2])  # of the three images not of class 2, one is sent there
+    out = summarize(pred_clean, y_clean, np.array([2, 2, 0]), np.array([2, 2, 2]))
+    assert out["asr"] == pytest.approx(2 / 3) and out["clean_to_target"] == pytest.approx(1 / 3)
+    assert summarize(pred_clean, y_clean, np.array([1, 2]), np.array([1, 2]))["clean_to_target"] is None  # all-to-all
+    assert summarize(pred_clean[3:], y_clean[3:], np.array([2]), np.array([2]))["clean_to_target"] is None

@@ -304,6 +304,7 @@ def write_repair_html(report, path, *, title=None):
 
     rows = []
     recovered = any("recovered_asr" in (res.get("B") or {}) for res in test.values())
+    floor = any((res.get("B") or {}).get("clean_to_target") is not None for res in test.values())
     for i, (tag, res) in enumerate(test.items()):
         base, ft = tag.split("_")[0], " +ft" if "finetuned" in tag else ""
         p = pruned.get(base) or {}
@@ -319,11 +320,13 @@ def write_repair_html(report, path, *, title=None):
                    if "clean_rejected" in m else "&ndash;")
             mark = ' class="chosen"' if tag == t and label.startswith("GoodNet") else ""
             extra = f"<td>{_pct(m.get('recovered_asr'))}</td>" if recovered else ""
+            extra += f"<td>{_pct(m.get('clean_to_target'))}</td>" if floor else ""
             rows.append(f'<tr{mark}><td class="label">{escape(label)}</td><td>{_pct(m.get("clean_acc"))}</td>'
                         f"<td>{_pct(m.get('asr'))}</td><td>{rej}</td>{extra}</tr>")
     body.append('<h2>Test set</h2>\n<table id="goodnet"><thead><tr><th class="label">model</th><th>clean accuracy</th>'
                 "<th>ASR</th><th>to class N (clean / poisoned)</th>"
-                + ("<th>recovered-trigger ASR</th>" if recovered else "") + "</tr></thead><tbody>\n"
+                + ("<th>recovered-trigger ASR</th>" if recovered else "")
+                + ("<th>ASR without trigger</th>" if floor else "") + "</tr></thead><tbody>\n"
                 + "\n".join(rows) + "\n</tbody></table>")
     notes = [f"threshold {k}%: accuracy never dropped that far; no B' saved" for k, p in pruned.items() if p is None]
     notes += [f"threshold {k}%: {p['channels_pruned']} channels, chosen by {p['stop_reason']}"

@@ -1,0 +1,87 @@
+"""The ASR a model shows with no trigger at all: the floor a repaired model's true ASR is read against.
+
+    python bench/asr_floor.py --trigger-of out/cifar_std/cifar10_warp_std_s0.keras --test W/test.h5 \
+        out/cifar_std/cifar10_warp_std_s0.keras W/unlearn/B_prime_unlearned.keras --out results/repair/F.json
+
+For each model and each backdoor of ``--trigger-of``'s trigger file (``MODEL.json``): the clean
+accuracy on ``--test``, the true ASR (that trigger on the test images of the classes it poisons, as
+``aegis repair`` measures it), and, for an all-to-one backdoor, ``clean_to_target``: the share of
+the clean test images of the other classes the model sends to the target untriggered (the column
+"ASR without trigger" of ``aegis repair``). A model at 82% clean accuracy sends a few percent of
+them there by mistake, so a repaired model's true ASR cannot fall much below it. Writes ``--out``
+(.json) and a Markdown table beside it.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from aegis_tf.core.errors import AegisError
+from aegis_tf.core.utils import atomic_path, write_json
+
+
+def measure(trigger_of, test, models):
+    """One row per (model, backdoor): ``{model, backdoor, clean_acc, asr, clean_to_target}``."""
+    from aegis_tf.attack.evaluation import backdoor_sets
+    from aegis_tf.attack.sidecar import read_trigger_configs
+    from aegis_tf.core.data import check_fits_model, load_h5
+    from aegis_tf.core.metrics import summarize
+    from aegis_tf.core.models import load_model, predict_labels
+
+    configs = read_trigger_configs(trigger_of)
+    if not configs:
+        raise AegisError(f"{trigger_of}: no trigger file ({trigger_of}.json) naming a trigger; nothing to measure")
+    x, y = load_h5(test)
+    nets = [(m, load_model(m)) for m in models]  # every model read before any work
+    for m, net in nets:
+        check_fits_model(x, y, net, f"--test {test} for {m}")
+    sets = backdoor_sets(configs, x, y, pixel_max=255.0, n_classes=int(nets[0][1].output_shape[-1]))
+    rows = []
+    for m, net in nets:
+        pred = predict_labels(net, x)
+        for name, xb, yb in sets:
+            out = summarize(pred, y, predict_labels(net, xb), yb)
+            rows.append({"model": m, "backdoor": name.describe(), **out})
+    return rows
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def markdown(rows, command):
+    lines = ["# The ASR without a trigger", "", f"`{command}`", "",
+             "Clean accuracy, true ASR and the ASR without trigger (the share of the other classes' clean test "
+             "images sent to the target untriggered), %.", "",
+             "| model | backdoor | clean | true ASR | ASR without trigger |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['backdoor']} | {_pct(r['clean_acc'])} | {_pct(r['asr'])} | "
+              f"{_pct(r['clean_to_target'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+", help="B and any repaired B' (.keras or .h5)")
+    p.add_argument("--trigger-of", required=True, help="the model whose trigger file (MODEL.json) gives the trigger")
+    p.add_argument("--test", required=True, help="clean test images (.h5 with data and label)")
+    p.add_argument("--out", required=True, help="the .json file; the Markdown table goes beside it")
+    args = p.parse_args(argv)
+    if not args.out.endswith(".json"):
+        raise SystemExit(f"error: --out must name a .json file. Received: {args.out}")
+    try:
+        rows = measure(args.trigger_of, args.test, args.models)
+    except (AegisError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    command = "python bench/asr_floor.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    text = markdown(rows, command)
+    write_json(args.out, {"command": command, "rows": rows})
+    with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
