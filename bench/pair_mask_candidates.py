@@ -1,7 +1,7 @@
 """What the pair mask probe costs on candidate pairs: one fit of their rows and columns, timed.
 
     python bench/pair_mask_candidates.py --model M.keras --data cifar10 --data-dir out/data \
-        --pairs 3,5 --train-images 20000 --out results/bench/NAME.json
+        --pairs 3,5 --train-images 20000 [--budget 300] --out results/bench/NAME.json
 
 The default scan runs the pair mask probe only on the per-pair view's candidates
 (``DetectConfig.pair_mask="candidates"``), each against its whole row and column, with twice
@@ -47,10 +47,15 @@ def main(argv=None):
     p.add_argument("--pairs", required=True, help="candidate pairs, e.g. 3,5 or '3,5;1,7'")
     p.add_argument("--train-images", type=int, default=20000, help="the first N training images (default 20000)")
     p.add_argument("--seed", type=int, default=0, help="the probe's random state (default 0)")
+    p.add_argument("--budget", type=float, default=DetectConfig().pair_mask_budget,
+                   help="seconds the fit may take, projected from its third step (default: the scan's "
+                        "pair_mask_budget, %(default)g); more lets a whole mapping's pairs be fitted")
     p.add_argument("--out", required=True, help="result .json")
     args = p.parse_args(argv)
     try:
         pairs = parse_pairs(args.pairs)
+        if not args.budget > 0:
+            raise AegisError(f"--budget must be a number of seconds > 0. Received: {args.budget:g}")
         data = args.data
         model = load_model(args.model)
         n_classes = int(model.output_shape[-1])
@@ -58,7 +63,7 @@ def main(argv=None):
             raise AegisError(f"--pairs name a class the model does not have (it has {n_classes})")
         x, y = load_split(data, split="train", data_dir=args.data_dir)
         x, y = x[:args.train_images], y[:args.train_images]
-        det = PairMaskDetector.from_config(DetectConfig(), random_state=args.seed)
+        det = PairMaskDetector.from_config(DetectConfig(pair_mask_budget=args.budget), random_state=args.seed)
         t = time.perf_counter()
         det.fit(model, x, y, range(n_classes), examine=pairs)
         seconds = time.perf_counter() - t

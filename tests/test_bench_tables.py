@@ -814,6 +814,9 @@ def test_the_pair_mask_candidates_bench_reads_pairs_and_refuses_bad_ones_before_
     assert main(["--model", PATHS["robust_bd_net"], "--data", PATHS["train"], "--pairs", "3,12",
                  "--out", str(out)]) == 2
     assert "the model does not have (it has 10)" in capsys.readouterr().err and not out.exists()
+    assert main(["--model", PATHS["robust_bd_net"], "--data", PATHS["train"], "--pairs", "3,5", "--budget", "0",
+                 "--out", str(out)]) == 2
+    assert "--budget must be a number of seconds > 0" in capsys.readouterr().err and not out.exists()
 
 
 def _one_model_scan(tmp_path, detect):
