@@ -5,17 +5,19 @@
 
 For each model and each backdoor of ``--trigger-of``'s trigger file (``MODEL.json``): the clean
 accuracy on ``--test``, the true ASR (that trigger on the test images of the classes it poisons, as
-``aegis repair`` measures it), and, for an all-to-one backdoor, ``clean_to_target``: the share of
-the clean test images of the other classes the model sends to the target untriggered (the column
-"ASR without trigger" of ``aegis repair``). A model at 82% clean accuracy sends a few percent of
-them there by mistake, so a repaired model's true ASR cannot fall much below it. Writes ``--out``
-(.json) and a Markdown table beside it.
+``aegis repair`` measures it), and ``clean_to_target``: the share of those same images, untriggered,
+the model already gives the label the backdoor would (the target; y + 1 for an all-to-all backdoor;
+for an all-to-one backdoor the column "ASR without trigger" of ``aegis repair``). A model at 82%
+clean accuracy sends a few percent of them there by mistake, so a repaired model's true ASR cannot
+fall much below it. Writes ``--out`` (.json) and a Markdown table beside it.
 """
 
 import argparse
 import os
 import shlex
 import sys
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -25,7 +27,7 @@ from aegis_tf.core.utils import atomic_path, write_json
 
 def measure(trigger_of, test, models):
     """One row per (model, backdoor): ``{model, backdoor, clean_acc, asr, clean_to_target}``."""
-    from aegis_tf.attack.evaluation import backdoor_sets
+    from aegis_tf.attack.evaluation import backdoor_set, backdoor_sets
     from aegis_tf.attack.sidecar import read_trigger_configs
     from aegis_tf.core.data import check_fits_model, load_h5
     from aegis_tf.core.metrics import summarize
@@ -38,12 +40,17 @@ def measure(trigger_of, test, models):
     nets = [(m, load_model(m)) for m in models]  # every model read before any work
     for m, net in nets:
         check_fits_model(x, y, net, f"--test {test} for {m}")
-    sets = backdoor_sets(configs, x, y, pixel_max=255.0, n_classes=int(nets[0][1].output_shape[-1]))
+    n_classes = int(nets[0][1].output_shape[-1])
+    sets = backdoor_sets(configs, x, y, pixel_max=255.0, n_classes=n_classes)
+    # the same images untriggered, labelled as the backdoor sends them (every mapping: all-to-all too)
+    plain = [backdoor_set(x, y, lambda a: a, c.target_label, sources=c.source_classes, mapping=c.mapping,
+                          n_classes=n_classes) for c in configs]
     rows = []
     for m, net in nets:
         pred = predict_labels(net, x)
-        for name, xb, yb in sets:
+        for (name, xb, yb), (xc, yc) in zip(sets, plain):
             out = summarize(pred, y, predict_labels(net, xb), yb)
+            out["clean_to_target"] = float(np.mean(predict_labels(net, xc) == yc))
             rows.append({"model": m, "backdoor": name.describe(), **out})
     return rows
 
@@ -54,8 +61,8 @@ def _pct(v):
 
 def markdown(rows, command):
     lines = ["# The ASR without a trigger", "", f"`{command}`", "",
-             "Clean accuracy, true ASR and the ASR without trigger (the share of the other classes' clean test "
-             "images sent to the target untriggered), %.", "",
+             "Clean accuracy, true ASR and the ASR without trigger (the share of the same test images, untriggered, "
+             "the model already gives the backdoor's label), %.", "",
              "| model | backdoor | clean | true ASR | ASR without trigger |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['backdoor']} | {_pct(r['clean_acc'])} | {_pct(r['asr'])} | "
               f"{_pct(r['clean_to_target'])} |" for r in rows]

@@ -1127,6 +1127,11 @@ def test_asr_floor_measures_the_true_asr_and_the_asr_without_trigger_of_each_mod
     assert rows[to_target]["clean_acc"] == pytest.approx(3 / 8) and rows[to_target]["backdoor"] == "localised, all -> 2"
     assert rows[to_zero]["asr"] == 0.0 and rows[to_zero]["clean_to_target"] == 0.0
     assert "| 37.50 | 100.00 | 100.00 |" in (tmp_path / "floor.md").read_text()
+    a2a = {**spec, "mapping": "all-to-all"}  # y -> y + 1 (mod 3): only the class-1 images are sent to 2
+    (tmp_path / "b.keras.json").write_text(json.dumps({"trigger_config": a2a, "poison_rate": 0.1}))
+    asr_floor.main([to_target, "--trigger-of", to_target, "--test", str(tmp_path / "test.h5"), "--out", str(out)])
+    row = json.load(open(out))["rows"][0]
+    assert row["asr"] == row["clean_to_target"] == pytest.approx(3 / 8) and row["backdoor"].endswith("(y -> y+1)")
     with pytest.raises(SystemExit, match="no trigger file"):
         asr_floor.main([to_zero, "--trigger-of", to_zero, "--test", str(tmp_path / "test.h5"),
                         "--out", str(tmp_path / "none.json")])
