@@ -5,7 +5,7 @@
 
 For each model and each backdoor of ``--trigger-of``'s trigger file (``MODEL.json``): the clean
 accuracy on ``--test``, the true ASR (that trigger on the test images of the classes it poisons, as
-``aegis repair`` measures it), and ``clean_to_target``: the share of those same images, untriggered,
+``aegis repair`` measures it), and ``untriggered_asr``: the share of those same images, untriggered,
 the model already gives the label the backdoor would (the target; y + 1 for an all-to-all backdoor;
 for an all-to-one backdoor the column "ASR without trigger" of ``aegis repair``). A model at 82%
 clean accuracy sends a few percent of them there by mistake, so a repaired model's true ASR cannot
@@ -26,7 +26,7 @@ from aegis_tf.core.utils import atomic_path, write_json
 
 
 def measure(trigger_of, test, models):
-    """One row per (model, backdoor): ``{model, backdoor, clean_acc, asr, clean_to_target}``."""
+    """One row per (model, backdoor): ``{model, backdoor, clean_acc, asr, untriggered_asr}``."""
     from aegis_tf.attack.evaluation import backdoor_set, backdoor_sets
     from aegis_tf.attack.sidecar import read_trigger_configs
     from aegis_tf.core.data import check_fits_model, load_h5
@@ -49,8 +49,11 @@ def measure(trigger_of, test, models):
     for m, net in nets:
         pred = predict_labels(net, x)
         for (name, xb, yb), (xc, yc) in zip(sets, plain):
+            if len(xc) == 0:
+                raise AegisError(f"--test {test} holds no image the backdoor {name.describe()} is measured on")
             out = summarize(pred, y, predict_labels(net, xb), yb)
-            out["clean_to_target"] = float(np.mean(predict_labels(net, xc) == yc))
+            del out["clean_to_target"]  # repair's all-to-one reading; this one follows the mapping and sources
+            out["untriggered_asr"] = float(np.mean(predict_labels(net, xc) == yc))
             rows.append({"model": m, "backdoor": name.describe(), **out})
     return rows
 
@@ -65,7 +68,7 @@ def markdown(rows, command):
              "the model already gives the backdoor's label), %.", "",
              "| model | backdoor | clean | true ASR | ASR without trigger |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['backdoor']} | {_pct(r['clean_acc'])} | {_pct(r['asr'])} | "
-              f"{_pct(r['clean_to_target'])} |" for r in rows]
+              f"{_pct(r['untriggered_asr'])} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -84,6 +87,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     command = "python bench/asr_floor.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = markdown(rows, command)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_json(args.out, {"command": command, "rows": rows})
     with atomic_path(os.path.splitext(args.out)[0] + ".md") as tmp, open(tmp, "w") as f:
         f.write(text)

@@ -14,6 +14,7 @@ budget stopped it. Wall time on this machine, whatever else runs on it (say so w
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -76,7 +77,8 @@ def main(argv=None):
               "gaps": {f"{s}->{t}": {"gap": det.pair_gaps_[(s, t)], "norm": det.pair_norms_[(s, t)]}
                        for s, t in pairs if (s, t) in det.pair_gaps_},
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "command": "python bench/pair_mask_candidates.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": "python bench/pair_mask_candidates.py "
+                         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}
     write_json(args.out, result)
     print(f"{args.model}: {result['pairs_fitted']} pairs x {det.restarts} starts for {len(pairs)} candidate(s): "
           f"{seconds:.1f} s" + (f" (not run: {det.skipped_})" if det.skipped_ else "")

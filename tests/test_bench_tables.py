@@ -1123,16 +1123,34 @@ def test_asr_floor_measures_the_true_asr_and_the_asr_without_trigger_of_each_mod
     asr_floor.main([to_target, to_zero, "--trigger-of", to_target, "--test", str(tmp_path / "test.h5"),
                     "--out", str(out)])
     rows = {r["model"]: r for r in json.load(open(out))["rows"]}
-    assert rows[to_target]["asr"] == 1.0 and rows[to_target]["clean_to_target"] == 1.0
+    assert rows[to_target]["asr"] == 1.0 and rows[to_target]["untriggered_asr"] == 1.0
     assert rows[to_target]["clean_acc"] == pytest.approx(3 / 8) and rows[to_target]["backdoor"] == "localised, all -> 2"
-    assert rows[to_zero]["asr"] == 0.0 and rows[to_zero]["clean_to_target"] == 0.0
+    assert rows[to_zero]["asr"] == 0.0 and rows[to_zero]["untriggered_asr"] == 0.0
     assert "| 37.50 | 100.00 | 100.00 |" in (tmp_path / "floor.md").read_text()
+    import keras  # a model that answers 2 only for a bright pixel: the trigger moves it, the plain images do not
+
+    inp = keras.Input((8, 8, 1))
+    dense = keras.layers.Dense(3)
+    keras.Model(inp, dense(keras.layers.GlobalMaxPooling2D()(inp))).save(str(tmp_path / "reacts.keras"))
+    reacts = keras.saving.load_model(str(tmp_path / "reacts.keras"))
+    reacts.layers[-1].set_weights([np.array([[-1.0, 0.0, 1.0]], "float32"), np.array([200.0, 0.0, -200.0], "float32")])
+    reacts.save(str(tmp_path / "reacts.keras"))
+    asr_floor.main([str(tmp_path / "reacts.keras"), "--trigger-of", to_target, "--test", str(tmp_path / "test.h5"),
+                    "--out", str(tmp_path / "new" / "r.json")])  # a folder that does not exist yet is made
+    row = json.load(open(tmp_path / "new" / "r.json"))["rows"][0]
+    assert row["asr"] == 1.0 and row["untriggered_asr"] == 0.0
     a2a = {**spec, "mapping": "all-to-all"}  # y -> y + 1 (mod 3): only the class-1 images are sent to 2
     (tmp_path / "b.keras.json").write_text(json.dumps({"trigger_config": a2a, "poison_rate": 0.1}))
     asr_floor.main([to_target, "--trigger-of", to_target, "--test", str(tmp_path / "test.h5"), "--out", str(out)])
     row = json.load(open(out))["rows"][0]
-    assert row["asr"] == row["clean_to_target"] == pytest.approx(3 / 8) and row["backdoor"].endswith("(y -> y+1)")
+    assert row["asr"] == row["untriggered_asr"] == pytest.approx(3 / 8) and row["backdoor"].endswith("(y -> y+1)")
     with pytest.raises(SystemExit, match="no trigger file"):
         asr_floor.main([to_zero, "--trigger-of", to_zero, "--test", str(tmp_path / "test.h5"),
                         "--out", str(tmp_path / "none.json")])
     assert not (tmp_path / "none.json").exists() and not (tmp_path / "none.md").exists()
+    (tmp_path / "b.keras.json").write_text(json.dumps({"trigger_config": spec, "poison_rate": 0.1}))  # all -> 2
+    save_h5(str(tmp_path / "only2.h5"), np.full((2, 8, 8, 1), 100.0, "float32"), np.array([2, 2]))
+    with pytest.raises(SystemExit, match="holds no image the backdoor"):
+        asr_floor.main([to_target, "--trigger-of", to_target, "--test", str(tmp_path / "only2.h5"),
+                        "--out", str(tmp_path / "none.json")])
+    assert not (tmp_path / "none.json").exists()

@@ -39,6 +39,11 @@ def test_repair_on_embedded_default_writes_everything(repaired, capsys):
     # The ASR with no trigger: B sends 0.62% of the clean test images of other classes to the target by mistake.
     assert t4["B"]["clean_to_target"] == pytest.approx(0.0062, abs=5e-5) and t4["G"]["clean_to_target"] == 0
     assert "<th>ASR without trigger</th>" in (repaired / "report.html").read_text()
+    from repair.pipeline import format_table
+
+    table = format_table(report).splitlines()  # the console's table: the column, and B's 0.62% in it
+    b_row = next(line for line in table if line.startswith("B (backdoored)"))
+    assert "ASR without trigger" in table[1] and b_row.endswith("0.62%")
     curve = json.load(open(repaired / "prune_curve.json"))
     assert len(curve["curve"]) == report["n_channels"] + 1
 
