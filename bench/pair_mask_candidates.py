@@ -78,7 +78,7 @@ def main(argv=None):
                        for s, t in pairs if (s, t) in det.pair_gaps_},
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "command": "python bench/pair_mask_candidates.py "
-                         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))}
+                         + shlex.join(argv if argv is not None else sys.argv[1:])}
     write_json(args.out, result)
     print(f"{args.model}: {result['pairs_fitted']} pairs x {det.restarts} starts for {len(pairs)} candidate(s): "
           f"{seconds:.1f} s" + (f" (not run: {det.skipped_})" if det.skipped_ else "")

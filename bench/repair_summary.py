@@ -19,7 +19,8 @@ import os
 import shlex
 import sys
 
-from aegis_tf.core.utils import atomic_path, write_json
+from aegis_tf.core.utils import write_json
+from tables import write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,11 +134,10 @@ def main(argv=None):
             raise SystemExit(f"error: {path}: not a bench/repair_table.py table (no 'models')")
         tables.append((path, table))
     summary = summarize(tables)
-    command = "python bench/repair_summary.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python bench/repair_summary.py " + shlex.join(argv or sys.argv[1:])
     text = markdown(summary, args.title, command)
     write_json(os.path.splitext(args.out)[0] + ".json", {"command": command, "rows": summary})
-    with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-        f.write(text)
+    write_text(args.out, text)
     print(text)
 
 

@@ -39,9 +39,10 @@ def summarize(pred_clean, y_clean, pred_bad, y_bad, reject_class=None):
         "clean_to_target": None,
     }
     targets = np.unique(np.asarray(y_bad))
-    other = np.asarray(y_clean) != targets[0] if len(targets) == 1 else np.zeros(0, bool)
-    if other.any():
-        out["clean_to_target"] = float(np.mean(np.asarray(pred_clean)[other] == targets[0]))
+    if len(targets) == 1:
+        other = np.asarray(y_clean) != targets[0]
+        if other.any():
+            out["clean_to_target"] = float(np.mean(np.asarray(pred_clean)[other] == targets[0]))
     if reject_class is not None:
         out["clean_rejected"] = rejection_rate(pred_clean, reject_class)
         out["bad_rejected"] = rejection_rate(pred_bad, reject_class)
